@@ -1,0 +1,339 @@
+//! Running one claimed try: render its keys, call its operator under a timeout, capture its
+//! output, and record the end as a fenced write.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::dag::{Dag, Task};
+use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
+use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
+use crate::secrets::Secrets;
+use crate::state::TaskState;
+use crate::store::{Claim, RunRow, Store, TiRow, TryEnd};
+use crate::template::{self, TaskPart};
+use crate::time::{now, rfc3339};
+
+/// Where the log of one try lives under `$FLOW_HOME`.
+pub fn log_path(
+    home: &Path,
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: i64,
+    try_number: i64,
+) -> PathBuf {
+    let mut p = home
+        .join("logs")
+        .join(format!("dag_id={dag_id}"))
+        .join(format!("run_id={run_id}"))
+        .join(format!("task_id={task_id}"));
+    if map_index != UNMAPPED {
+        p = p.join(format!("map_index={map_index}"));
+    }
+    p.join(format!("attempt={try_number}.log"))
+}
+
+pub fn snapshot(run: &RunRow, tis: &[TiRow]) -> RunSnapshot {
+    RunSnapshot {
+        run_id: run.run_id.clone(),
+        dag_id: run.dag_id.clone(),
+        state: run.state,
+        logical_date: run.logical_date,
+        data_interval_start: run.data_interval_start,
+        data_interval_end: run.data_interval_end,
+        params: run.params.clone(),
+        tis: tis
+            .iter()
+            .map(|t| TiSnapshot {
+                task_id: t.task_id.clone(),
+                map_index: t.map_index,
+                state: t.state,
+                try_number: t.try_number,
+                try_base: t.try_base,
+                next_try_at: t.next_try_at,
+                output: t.output.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub struct TryEnv {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub secrets: Secrets,
+    pub home: PathBuf,
+}
+
+enum Outcome {
+    Success(Option<Json>),
+    Failed { message: String, retryable: bool },
+}
+
+/// Runs one claimed try to its end and records it. Returns false when the lease was lost.
+pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> bool {
+    let masker = env.secrets.masker();
+    let Some(task) = dag.task(&claim.task_id) else {
+        // The run's DAG version always has its tasks; reaching this is a bug.
+        return finish(
+            env,
+            claim,
+            None,
+            Outcome::Failed {
+                message: format!(
+                    "internal error: task '{}' is not in DAG version {}",
+                    claim.task_id, dag.version
+                ),
+                retryable: false,
+            },
+        )
+        .await;
+    };
+    let path = log_path(
+        &env.home,
+        &dag.id,
+        &run.run_id,
+        &task.id,
+        claim.map_index,
+        claim.try_number,
+    );
+    let log = match LogSink::create(&path, masker.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            return finish(
+                env,
+                claim,
+                Some(task),
+                Outcome::Failed {
+                    message: format!("cannot open the log file {}: {e}", path.display()),
+                    retryable: true,
+                },
+            )
+            .await;
+        }
+    };
+    log.line(&format!(
+        "flow: task {} try {} of run {} started at {}",
+        task.id,
+        claim.try_number,
+        run.run_id,
+        rfc3339(now())
+    ))
+    .await;
+    let outcome = execute(env, claim, dag, task, run, &log).await;
+    match &outcome {
+        Outcome::Success(_) => log.line("flow: try succeeded").await,
+        Outcome::Failed { message, .. } => log.line(&format!("flow: try failed: {message}")).await,
+    }
+    log.flush().await;
+    finish(env, claim, Some(task), outcome).await
+}
+
+async fn execute(
+    env: &TryEnv,
+    claim: &Claim,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    log: &LogSink,
+) -> Outcome {
+    let Some(op) = env.registry.get(&task.operator).cloned() else {
+        return Outcome::Failed {
+            message: format!("unknown operator '{}'", task.operator),
+            retryable: false,
+        };
+    };
+    let tis = match env.store.task_instances(&run.run_id).await {
+        Ok(t) => t,
+        Err(e) => {
+            return Outcome::Failed {
+                message: format!("cannot read the run's upstream outputs: {e}"),
+                retryable: true,
+            };
+        }
+    };
+    let snap = snapshot(run, &tis);
+    let ancestors = dag.ancestors(&task.id);
+    let ctx_value = snap.context(ancestors.iter().copied()).to_value(
+        &TaskPart {
+            task_id: &task.id,
+            try_number: claim.try_number,
+            item: claim.item.as_ref(),
+            map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
+        },
+        &env.secrets,
+    );
+    let config = match template::render_json(&Json::Object(task.config.clone()), &ctx_value) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed {
+                message: format!("template error: {e}"),
+                retryable: false,
+            };
+        }
+    };
+    let output_path = env.home.join("tmp").join(format!(
+        "output-{}-{}.json",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    if let Err(e) = tokio::fs::create_dir_all(env.home.join("tmp")).await {
+        return Outcome::Failed {
+            message: format!("cannot create {}: {e}", env.home.join("tmp").display()),
+            retryable: true,
+        };
+    }
+    let (pid_tx, mut pid_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let ctx = TaskContext {
+        dag_id: dag.id.clone(),
+        run_id: run.run_id.clone(),
+        task_id: task.id.clone(),
+        map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
+        try_number: claim.try_number,
+        logical_date: rfc3339(run.logical_date),
+        dag_folder: dag.folder(),
+        output_path: output_path.clone(),
+        log: log.clone(),
+        secrets: env.secrets.clone(),
+        masker: env.secrets.masker(),
+        on_spawn: Some(pid_tx),
+    };
+    // The process group is recorded while the try runs, off its critical path, so that a
+    // scheduler that finds this try orphaned can stop it.
+    let store = env.store.clone();
+    let pid_claim = claim.clone();
+    let pid_writer = tokio::spawn(async move {
+        while let Some(pid) = pid_rx.recv().await {
+            if let Err(e) = store.set_pid(&pid_claim, pid as i64).await {
+                tracing::warn!("cannot record pid {pid}: {e}");
+            }
+        }
+    });
+    let fut = op.execute(&config, &ctx);
+    let result = match task.timeout {
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(OperatorError::Retryable(format!(
+                "timed out after {}",
+                human(limit)
+            ))),
+        },
+        None => fut.await,
+    };
+    // Closing the channel ends the writer; aborting it mid-write could cut a statement in half.
+    drop(ctx);
+    let _ = pid_writer.await;
+    let file_output = read_output(&output_path).await;
+    match (result, file_output) {
+        (Err(OperatorError::Retryable(m)), _) => Outcome::Failed {
+            message: m,
+            retryable: true,
+        },
+        (Err(OperatorError::Fatal(m)), _) => Outcome::Failed {
+            message: m,
+            retryable: false,
+        },
+        (Ok(_), Err(m)) => Outcome::Failed {
+            message: m,
+            retryable: false,
+        },
+        (Ok(out), Ok(file)) => Outcome::Success(out.or(file)),
+    }
+}
+
+/// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
+/// under `$FLOW_HOME`.
+async fn read_output(path: &Path) -> Result<Option<Json>, String> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read FLOW_OUTPUT: {e}")),
+    };
+    let _ = tokio::fs::remove_file(path).await;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("FLOW_OUTPUT does not hold JSON: {e}"))
+}
+
+async fn finish(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -> bool {
+    let masker = env.secrets.masker();
+    let now = now();
+    let end = match outcome {
+        Outcome::Success(mut output) => {
+            if let Some(o) = output.as_mut() {
+                masker.mask_json(o);
+            }
+            TryEnd {
+                state: TaskState::Success,
+                output,
+                error: None,
+                next_try_at: None,
+                now,
+                requeue: false,
+            }
+        }
+        Outcome::Failed { message, retryable } => {
+            let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
+            let f = after_failure(&policy, claim.try_number - claim.try_base, retryable, now);
+            TryEnd {
+                state: f.state(),
+                output: None,
+                error: Some(masker.mask(&message)),
+                next_try_at: f.retry_at(),
+                now,
+                requeue: false,
+            }
+        }
+    };
+    match env.store.finish_try(claim, &end).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                "try {} of {}/{}[{}] lost its lease; its result is dropped",
+                claim.try_number,
+                claim.run_id,
+                claim.task_id,
+                claim.map_index
+            );
+            false
+        }
+        Err(e) => {
+            // The lease will expire and another pass retries the try per its policy.
+            tracing::error!("cannot record the end of a try: {e}");
+            false
+        }
+    }
+}
+
+/// Outcome of a try whose scheduler died: another try if the policy allows.
+pub fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
+    let now = now();
+    let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
+    let f: Failure = after_failure(&policy, ti.try_number - ti.try_base, true, now);
+    TryEnd {
+        state: f.state(),
+        output: None,
+        error: Some("the scheduler running this try stopped (its lease expired)".to_string()),
+        next_try_at: f.retry_at(),
+        now,
+        requeue: false,
+    }
+}
+
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() != 0 && s < 60 {
+        format!("{}ms", d.as_millis())
+    } else if s.is_multiple_of(3600) && s >= 3600 {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) && s >= 60 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}

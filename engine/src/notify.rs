@@ -1,0 +1,68 @@
+//! Run notifications: a JSON message that Slack's incoming webhooks accept, posted when a run
+//! ends. A failing webhook is logged and never changes the run.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::secrets::{Masker, Secrets};
+use crate::template;
+
+#[derive(Debug, Clone)]
+pub struct RunEnded {
+    pub dag_id: String,
+    pub run_id: String,
+    pub state: String,
+    pub failed_tasks: Vec<String>,
+    pub url: String,
+}
+
+/// The message body: `text` for Slack, the same facts as fields for other receivers.
+pub fn message(ev: &RunEnded) -> serde_json::Value {
+    let text = if ev.failed_tasks.is_empty() {
+        format!(
+            "flow: run {} of DAG {} ended {}. {}",
+            ev.run_id, ev.dag_id, ev.state, ev.url
+        )
+    } else {
+        format!(
+            "flow: run {} of DAG {} ended {}; failed tasks: {}. {}",
+            ev.run_id,
+            ev.dag_id,
+            ev.state,
+            ev.failed_tasks.join(", "),
+            ev.url
+        )
+    };
+    json!({
+        "text": text,
+        "dag_id": ev.dag_id,
+        "run_id": ev.run_id,
+        "state": ev.state,
+        "failed_tasks": ev.failed_tasks,
+        "url": ev.url,
+    })
+}
+
+/// Renders the webhook template (it may name secrets) and posts the message. Blocking: call it
+/// from `spawn_blocking`.
+pub fn post(webhook_template: &str, ev: &RunEnded, secrets: &Secrets) -> Result<(), String> {
+    let masker: Masker = secrets.masker();
+    let ctx = minijinja::Value::from(minijinja::value::Serde(json!({
+        "secrets": secrets.names().map(|n| (n.to_string(), serde_json::Value::from(secrets.get(n).unwrap_or_default()))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        "dag_id": ev.dag_id,
+        "run_id": ev.run_id,
+    })));
+    let url = template::render(webhook_template, &ctx)
+        .map_err(|e| format!("webhook URL did not render: {}", masker.mask(&e)))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(true)
+        .build()
+        .into();
+    agent
+        .post(&url)
+        .send_json(message(ev))
+        .map(|_| ())
+        .map_err(|e| masker.mask(&format!("webhook {} failed: {e}", url)))
+}

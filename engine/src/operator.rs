@@ -1,0 +1,164 @@
+//! The `Operator` trait: what a task does when it runs, and the registry that names them.
+//!
+//! The engine knows operators only through this trait: it renders a task's keys, hands them to
+//! the operator with a [`TaskContext`], and records what comes back. Validation asks the
+//! [`Catalog`] which keys each operator takes, so a misspelt key is reported with its position
+//! before anything runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value as Json;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::secrets::{Masker, Secrets};
+
+/// The keys an operator takes beside the common task keys.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorKeys {
+    pub required: &'static [&'static str],
+    pub optional: &'static [&'static str],
+}
+
+/// Names operators and their keys, for validation.
+pub trait Catalog: Send + Sync {
+    fn keys(&self, operator: &str) -> Option<OperatorKeys>;
+    fn names(&self) -> Vec<&str>;
+}
+
+/// Why a try failed. `Retryable` failures follow the task's retry policy; `Fatal` ones (bad
+/// configuration that no retry can fix) fail the task at once.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+#[async_trait]
+pub trait Operator: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn keys(&self) -> OperatorKeys;
+    /// Runs one try. `config` holds the operator's keys, already rendered. Returns the task's
+    /// output, if it publishes one. Dropping the future must stop the work (the executor drops it
+    /// on timeout and on shutdown).
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError>;
+}
+
+#[derive(Default, Clone)]
+pub struct Registry {
+    ops: BTreeMap<&'static str, Arc<dyn Operator>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    pub fn register(&mut self, op: Arc<dyn Operator>) {
+        self.ops.insert(op.name(), op);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Operator>> {
+        self.ops.get(name)
+    }
+}
+
+impl Catalog for Registry {
+    fn keys(&self, operator: &str) -> Option<OperatorKeys> {
+        self.ops.get(operator).map(|o| o.keys())
+    }
+    fn names(&self) -> Vec<&str> {
+        self.ops.keys().copied().collect()
+    }
+}
+
+/// Everything an operator may use while it runs one try.
+pub struct TaskContext {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: Option<i64>,
+    pub try_number: i64,
+    pub logical_date: String,
+    /// The DAG file's folder: relative paths in task keys are taken from here.
+    pub dag_folder: PathBuf,
+    /// Where a task may write its JSON output (`FLOW_OUTPUT`).
+    pub output_path: PathBuf,
+    pub log: LogSink,
+    pub secrets: Secrets,
+    pub masker: Masker,
+    /// Tells the executor which process group to kill if the scheduler dies; see the executor.
+    pub on_spawn: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
+}
+
+impl TaskContext {
+    /// The `FLOW_*` variables every child process of a task sees.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("FLOW_DAG_ID".to_string(), self.dag_id.clone()),
+            ("FLOW_RUN_ID".to_string(), self.run_id.clone()),
+            ("FLOW_TASK_ID".to_string(), self.task_id.clone()),
+            ("FLOW_TRY_NUMBER".to_string(), self.try_number.to_string()),
+            ("FLOW_LOGICAL_DATE".to_string(), self.logical_date.clone()),
+            (
+                "FLOW_OUTPUT".to_string(),
+                self.output_path.display().to_string(),
+            ),
+        ];
+        if let Some(i) = self.map_index {
+            env.push(("FLOW_MAP_INDEX".to_string(), i.to_string()));
+        }
+        env
+    }
+}
+
+/// A try's log file. Every line is masked before it is written, so a secret never reaches disk.
+#[derive(Clone)]
+pub struct LogSink {
+    file: Arc<Mutex<tokio::fs::File>>,
+    masker: Masker,
+}
+
+impl LogSink {
+    pub async fn create(path: &std::path::Path, masker: Masker) -> std::io::Result<LogSink> {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        Ok(LogSink {
+            file: Arc::new(Mutex::new(file)),
+            masker,
+        })
+    }
+
+    /// Writes one line (a trailing newline is added when missing).
+    pub async fn line(&self, text: &str) {
+        let mut masked = self.masker.mask(text);
+        if !masked.ends_with('\n') {
+            masked.push('\n');
+        }
+        let mut f = self.file.lock().await;
+        // A log that cannot be written must not fail the task; the error goes to our own log.
+        if let Err(e) = f.write_all(masked.as_bytes()).await {
+            tracing::warn!("cannot write task log: {e}");
+        }
+    }
+
+    pub async fn flush(&self) {
+        let mut f = self.file.lock().await;
+        let _ = f.flush().await;
+    }
+}

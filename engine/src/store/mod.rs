@@ -1,0 +1,256 @@
+//! The metadata store: one trait, two databases.
+//!
+//! [`Store`] is everything the engine, the CLI and (later) the API need from the database. It is
+//! implemented once in [`sql`] and instantiated for SQLite (the embedded default) and PostgreSQL;
+//! the same contract test suite runs on both. Every write that acts on a claimed try is a
+//! compare-and-set on (state, try number, lease owner): zero rows changed means the lease was lost
+//! and the caller backs off.
+
+mod sql;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+
+use crate::plan::Decision;
+use crate::state::{RunState, RunType, TaskState};
+
+pub use sql::{PgStore, SqliteStore, connect};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST:PORT/DB")]
+    BadUrl(String),
+    #[error("corrupt row in the database: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A DAG as the scheduler last loaded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DagRecord {
+    pub dag_id: String,
+    pub fileloc: String,
+    pub version: String,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub tags: Vec<String>,
+    /// The declared params, as JSON (for forms and the API).
+    pub params: Json,
+    /// The initial pause state; an existing DAG keeps the state a user gave it.
+    pub paused: bool,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DagRow {
+    pub dag_id: String,
+    pub fileloc: String,
+    pub version: String,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub tags: Vec<String>,
+    pub params: Json,
+    pub paused: bool,
+    pub active: bool,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_run: Option<(String, RunState)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTaskInstance {
+    pub task_id: String,
+    pub priority: i32,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub run_id: String,
+    pub dag_id: String,
+    pub dag_version: String,
+    pub run_type: RunType,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval_start: DateTime<Utc>,
+    pub data_interval_end: DateTime<Utc>,
+    pub params: Json,
+    pub tasks: Vec<NewTaskInstance>,
+    pub queued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub dag_id: String,
+    pub dag_version: String,
+    pub run_type: RunType,
+    pub state: RunState,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval_start: DateTime<Utc>,
+    pub data_interval_end: DateTime<Utc>,
+    pub params: Json,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiRow {
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+    pub state: TaskState,
+    pub try_number: i64,
+    pub try_base: i64,
+    pub priority: i64,
+    pub pool: String,
+    pub item: Option<Json>,
+    pub output: Option<Json>,
+    pub error: Option<String>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub hostname: Option<String>,
+    pub pid: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TryRow {
+    pub try_number: i64,
+    pub state: TaskState,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub dag_id: Option<String>,
+    pub state: Option<RunState>,
+    pub limit: i64,
+    /// Only runs queued strictly before this (keyset pagination).
+    pub before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub owner: String,
+    pub hostname: String,
+    pub pool: String,
+    pub limit: i64,
+    pub now: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+    /// Claim only tries of this run (`flow run`).
+    pub run_id: Option<String>,
+}
+
+/// A try this process now owns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+    pub try_number: i64,
+    pub try_base: i64,
+    pub item: Option<Json>,
+    pub owner: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TryEnd {
+    pub state: TaskState,
+    pub output: Option<Json>,
+    pub error: Option<String>,
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub now: DateTime<Utc>,
+    /// The try was interrupted through no fault of its own (a clean shutdown): the instance goes
+    /// back to `queued` and the try does not count against its retries.
+    pub requeue: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> &'static str;
+
+    /// Records what loading the DAGs folder found: `changed` DAGs are inserted with their initial
+    /// pause state or updated (keeping the pause state a user gave them), their versions kept for
+    /// the runs that start on them; DAGs not in `present` are marked inactive; the import errors
+    /// are replaced.
+    async fn sync_dags(
+        &self,
+        changed: &[DagRecord],
+        present: &[String],
+        import_errors: &BTreeMap<String, Vec<String>>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn import_errors(&self) -> Result<BTreeMap<String, Vec<String>>>;
+    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<(String, String)>>;
+    async fn list_dags(&self) -> Result<Vec<DagRow>>;
+    async fn get_dag(&self, dag_id: &str) -> Result<Option<DagRow>>;
+    /// Returns false when the DAG is unknown.
+    async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<bool>;
+    async fn set_next_run_at(&self, dag_id: &str, at: Option<DateTime<Utc>>) -> Result<()>;
+
+    /// Creates a queued run with its task instances. Returns false (and creates nothing) when a
+    /// scheduled or backfill run already exists for that DAG and logical date.
+    async fn create_run(&self, run: &NewRun) -> Result<bool>;
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>>;
+    /// Queued and running runs, oldest logical date first.
+    async fn active_runs(&self) -> Result<Vec<RunRow>>;
+    async fn latest_logical_date(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>>;
+    /// queued -> running; false if the run was not queued.
+    async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool>;
+    async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>>;
+    /// Applies a plan's decisions in one transaction, each guarded by the state it expects.
+    async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()>;
+
+    /// Claims up to `limit` queued tries of one pool, highest priority and oldest first, and
+    /// records each try's start. Two claimers never get the same try.
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Claim>>;
+    async fn running_by_pool(&self) -> Result<BTreeMap<String, i64>>;
+    /// Pools that have queued tries.
+    async fn queued_pools(&self) -> Result<Vec<String>>;
+    /// Each active DAG's pause flag.
+    async fn paused_flags(&self) -> Result<BTreeMap<String, bool>>;
+    /// Records the process group of a running try, so a later scheduler can stop an orphan.
+    async fn set_pid(&self, claim: &Claim, pid: i64) -> Result<()>;
+    /// Ends a claimed try; false if the lease was lost (someone else owns the try now).
+    async fn finish_try(&self, claim: &Claim, end: &TryEnd) -> Result<bool>;
+    /// Marks this scheduler alive and extends the leases of its running tries.
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        hostname: &str,
+        pid: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn last_heartbeat(&self) -> Result<Option<DateTime<Utc>>>;
+    /// Running tries whose lease has expired.
+    async fn expired_tries(&self, now: DateTime<Utc>) -> Result<Vec<TiRow>>;
+    async fn tries(&self, run_id: &str, task_id: &str, map_index: i64) -> Result<Vec<TryRow>>;
+    /// Resets the given task instances to `scheduled` and the run to `queued`, in one
+    /// transaction. Returns false when the run is unknown.
+    async fn clear_tasks(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+}

@@ -1,0 +1,890 @@
+//! The SQL behind [`Store`], written once for SQLite and PostgreSQL.
+//!
+//! Both databases accept the same text for every query here (`$N` parameters, `RETURNING`,
+//! `ON CONFLICT`, partial indexes); the one real difference, how a claim locks rows, is passed
+//! in as a fragment. A macro stamps the implementation out for each backend because sqlx's
+//! generic bounds over `Database` are heavier to read than the queries themselves.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+
+use super::*;
+use crate::plan::{Decision, UNMAPPED};
+use crate::state::{RunState, RunType, TaskState};
+use crate::time::{from_micros, to_micros};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+pub struct PgStore {
+    pool: sqlx::PgPool,
+}
+
+/// Opens (creating if needed) the database named by `url` and applies pending migrations.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::BadUrl(url.to_string()))
+    }
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before we act on it (WAL + NORMAL could lose the last
+            // commits on power loss).
+            .synchronous(SqliteSynchronous::Full)
+            // Concurrent CLI calls and the scheduler wait for each other instead of failing with
+            // "database is locked".
+            .busy_timeout(Duration::from_secs(60))
+            .foreign_keys(true);
+        if let Some(dir) = opts.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot create {}: {e}", dir.display()).into(),
+                ))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.clone())
+            .await?;
+        // sqlx takes no lock around SQLite migrations, so two commands opening a fresh database
+        // at once would both create the tables; a lock file beside the database serialises them.
+        let lock_path = {
+            let mut p = opts.get_filename().as_os_str().to_owned();
+            p.push(".migrate.lock");
+            std::path::PathBuf::from(p)
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot open {}: {e}", lock_path.display()).into(),
+                ))
+            })?;
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("lock task failed: {e}")))?
+            .map_err(|e| {
+                StoreError::Database(sqlx::Error::Configuration(
+                    format!("cannot lock {}: {e}", lock_path.display()).into(),
+                ))
+            })?;
+        let migrated = SQLITE_MIGRATIONS.run(&pool).await;
+        drop(lock);
+        migrated?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        // IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades can
+        // fail with SQLITE_BUSY at once instead of waiting out the busy timeout.
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = match PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.clone())
+            .await
+        {
+            Ok(pool) => pool,
+            // A missing database is created, so that one URL is all a user has to give.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                let name = opts.get_database().unwrap_or("flow").to_string();
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone().database("postgres"))
+                    .await?;
+                let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+                if let Err(err) = sqlx::query(sqlx::AssertSqlSafe(create))
+                    .execute(&admin)
+                    .await
+                {
+                    // Another process may have created it meanwhile: 42P04 (duplicate_database), or
+                    // 23505 when both inserted into pg_database at the same moment.
+                    let dup = matches!(&err, sqlx::Error::Database(d)
+                        if matches!(d.code().as_deref(), Some("42P04" | "23505")));
+                    if !dup {
+                        return Err(err.into());
+                    }
+                }
+                admin.close().await;
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts)
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        PG_MIGRATIONS.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+fn ts(us: Option<i64>) -> Option<DateTime<Utc>> {
+    us.map(from_micros)
+}
+
+fn opt_us(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(to_micros)
+}
+
+fn json_text(v: &Json) -> String {
+    v.to_string()
+}
+
+fn parse_json(text: Option<String>, what: &str) -> Result<Option<Json>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
+        .transpose()
+}
+
+fn parse_state<T: FromStr<Err = String>>(s: &str) -> Result<T> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+const RUN_COLUMNS: &str = "run_id, dag_id, dag_version, run_type, state, logical_date, data_interval_start, \
+     data_interval_end, params, queued_at, started_at, ended_at";
+
+const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, item, \
+     output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid";
+
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal) => {
+        impl $store {
+            fn run_row(r: &$row) -> Result<RunRow> {
+                Ok(RunRow {
+                    run_id: r.try_get("run_id")?,
+                    dag_id: r.try_get("dag_id")?,
+                    dag_version: r.try_get("dag_version")?,
+                    run_type: parse_state::<RunType>(&r.try_get::<String, _>("run_type")?)?,
+                    state: parse_state::<RunState>(&r.try_get::<String, _>("state")?)?,
+                    logical_date: from_micros(r.try_get("logical_date")?),
+                    data_interval_start: from_micros(r.try_get("data_interval_start")?),
+                    data_interval_end: from_micros(r.try_get("data_interval_end")?),
+                    params: parse_json(Some(r.try_get("params")?), "params")?.unwrap_or(Json::Null),
+                    queued_at: from_micros(r.try_get("queued_at")?),
+                    started_at: ts(r.try_get("started_at")?),
+                    ended_at: ts(r.try_get("ended_at")?),
+                })
+            }
+
+            fn ti_row(r: &$row) -> Result<TiRow> {
+                Ok(TiRow {
+                    run_id: r.try_get("run_id")?,
+                    task_id: r.try_get("task_id")?,
+                    map_index: r.try_get("map_index")?,
+                    state: parse_state::<TaskState>(&r.try_get::<String, _>("state")?)?,
+                    try_number: r.try_get("try_number")?,
+                    try_base: r.try_get("try_base")?,
+                    priority: r.try_get("priority")?,
+                    pool: r.try_get("pool")?,
+                    item: parse_json(r.try_get("item")?, "item")?,
+                    output: parse_json(r.try_get("output")?, "output")?,
+                    error: r.try_get("error")?,
+                    queued_at: ts(r.try_get("queued_at")?),
+                    started_at: ts(r.try_get("started_at")?),
+                    ended_at: ts(r.try_get("ended_at")?),
+                    next_try_at: ts(r.try_get("next_try_at")?),
+                    lease_owner: r.try_get("lease_owner")?,
+                    lease_expires_at: ts(r.try_get("lease_expires_at")?),
+                    hostname: r.try_get("hostname")?,
+                    pid: r.try_get("pid")?,
+                })
+            }
+
+            fn dag_row(r: &$row) -> Result<DagRow> {
+                let last_id: Option<String> = r.try_get("last_run_id")?;
+                let last_state: Option<String> = r.try_get("last_run_state")?;
+                let last_run = match (last_id, last_state) {
+                    (Some(id), Some(s)) => Some((id, parse_state::<RunState>(&s)?)),
+                    _ => None,
+                };
+                let tags = parse_json(Some(r.try_get("tags")?), "tags")?
+                    .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+                    .unwrap_or_default();
+                Ok(DagRow {
+                    dag_id: r.try_get("dag_id")?,
+                    fileloc: r.try_get("fileloc")?,
+                    version: r.try_get("version")?,
+                    description: r.try_get("description")?,
+                    schedule: r.try_get("schedule")?,
+                    timezone: r.try_get("timezone")?,
+                    tags,
+                    params: parse_json(Some(r.try_get("params")?), "params")?.unwrap_or(Json::Null),
+                    paused: r.try_get("paused")?,
+                    active: r.try_get("active")?,
+                    next_run_at: ts(r.try_get("next_run_at")?),
+                    last_run,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn sync_dags(
+                &self,
+                changed: &[DagRecord],
+                present: &[String],
+                import_errors: &BTreeMap<String, Vec<String>>,
+                now: DateTime<Utc>,
+            ) -> Result<()> {
+                let now = to_micros(now);
+                let mut tx = self.begin_write().await?;
+                for d in changed {
+                    sqlx::query(
+                        "INSERT INTO dags (dag_id, fileloc, version, description, schedule, timezone, tags, params, \
+                         paused, active, next_run_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, TRUE, $10, $11) \
+                         ON CONFLICT (dag_id) DO UPDATE SET fileloc = excluded.fileloc, version = excluded.version, \
+                         description = excluded.description, schedule = excluded.schedule, timezone = excluded.timezone, \
+                         tags = excluded.tags, params = excluded.params, active = TRUE, next_run_at = excluded.next_run_at, \
+                         updated_at = excluded.updated_at",
+                    )
+                    .bind(&d.dag_id)
+                    .bind(&d.fileloc)
+                    .bind(&d.version)
+                    .bind(&d.description)
+                    .bind(&d.schedule)
+                    .bind(&d.timezone)
+                    .bind(json_text(&serde_json::json!(d.tags)))
+                    .bind(json_text(&d.params))
+                    .bind(d.paused)
+                    .bind(opt_us(d.next_run_at))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO dag_versions (dag_id, version, fileloc, source, created_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (dag_id, version) DO NOTHING",
+                    )
+                    .bind(&d.dag_id)
+                    .bind(&d.version)
+                    .bind(&d.fileloc)
+                    .bind(&d.source)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("UPDATE dags SET active = FALSE WHERE active");
+                if !present.is_empty() {
+                    qb.push(" AND dag_id NOT IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in present {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                }
+                qb.build().execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM import_errors").execute(&mut *tx).await?;
+                for (file, errors) in import_errors {
+                    sqlx::query("INSERT INTO import_errors (fileloc, errors, updated_at) VALUES ($1, $2, $3)")
+                        .bind(file)
+                        .bind(json_text(&serde_json::json!(errors)))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn import_errors(&self) -> Result<BTreeMap<String, Vec<String>>> {
+                let rows = sqlx::query("SELECT fileloc, errors FROM import_errors ORDER BY fileloc")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let errors: Vec<String> = serde_json::from_str(&r.try_get::<String, _>("errors")?)
+                            .map_err(|e| StoreError::Corrupt(format!("import_errors: {e}")))?;
+                        Ok((r.try_get("fileloc")?, errors))
+                    })
+                    .collect()
+            }
+
+            async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<(String, String)>> {
+                let row = sqlx::query("SELECT fileloc, source FROM dag_versions WHERE dag_id = $1 AND version = $2")
+                    .bind(dag_id)
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| Ok((r.try_get("fileloc")?, r.try_get("source")?))).transpose()
+            }
+
+            async fn list_dags(&self) -> Result<Vec<DagRow>> {
+                let rows = sqlx::query(
+                    "SELECT d.*, \
+                     (SELECT r.run_id FROM dag_runs r WHERE r.dag_id = d.dag_id ORDER BY r.queued_at DESC LIMIT 1) AS last_run_id, \
+                     (SELECT r.state FROM dag_runs r WHERE r.dag_id = d.dag_id ORDER BY r.queued_at DESC LIMIT 1) AS last_run_state \
+                     FROM dags d WHERE d.active ORDER BY d.dag_id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::dag_row).collect()
+            }
+
+            async fn get_dag(&self, dag_id: &str) -> Result<Option<DagRow>> {
+                let row = sqlx::query(
+                    "SELECT d.*, \
+                     (SELECT r.run_id FROM dag_runs r WHERE r.dag_id = d.dag_id ORDER BY r.queued_at DESC LIMIT 1) AS last_run_id, \
+                     (SELECT r.state FROM dag_runs r WHERE r.dag_id = d.dag_id ORDER BY r.queued_at DESC LIMIT 1) AS last_run_state \
+                     FROM dags d WHERE d.dag_id = $1",
+                )
+                .bind(dag_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(Self::dag_row).transpose()
+            }
+
+            async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE dags SET paused = $1 WHERE dag_id = $2")
+                    .bind(paused)
+                    .bind(dag_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn set_next_run_at(&self, dag_id: &str, at: Option<DateTime<Utc>>) -> Result<()> {
+                sqlx::query("UPDATE dags SET next_run_at = $1 WHERE dag_id = $2")
+                    .bind(opt_us(at))
+                    .bind(dag_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn create_run(&self, run: &NewRun) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
+                     data_interval_start, data_interval_end, params, queued_at) \
+                     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                )
+                .bind(&run.run_id)
+                .bind(&run.dag_id)
+                .bind(&run.dag_version)
+                .bind(run.run_type.as_str())
+                .bind(to_micros(run.logical_date))
+                .bind(to_micros(run.data_interval_start))
+                .bind(to_micros(run.data_interval_end))
+                .bind(json_text(&run.params))
+                .bind(to_micros(run.queued_at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                for chunk in run.tasks.chunks(1000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool) ",
+                    );
+                    qb.push_values(chunk, |mut b, t| {
+                        b.push_bind(run.run_id.clone())
+                            .push_bind(t.task_id.clone())
+                            .push_bind(UNMAPPED)
+                            .push_bind(TaskState::Scheduled.as_str())
+                            .push_bind(t.priority as i64)
+                            .push_bind(t.pool.clone());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM dag_runs WHERE run_id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(run_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(Self::run_row).transpose()
+            }
+
+            async fn list_runs(&self, f: &RunFilter) -> Result<Vec<RunRow>> {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM dag_runs WHERE TRUE"));
+                if let Some(d) = &f.dag_id {
+                    qb.push(" AND dag_id = ").push_bind(d.clone());
+                }
+                if let Some(s) = f.state {
+                    qb.push(" AND state = ").push_bind(s.as_str());
+                }
+                if let Some(b) = f.before {
+                    qb.push(" AND queued_at < ").push_bind(to_micros(b));
+                }
+                qb.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
+                    .push_bind(f.limit.max(0));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(Self::run_row).collect()
+            }
+
+            async fn active_runs(&self) -> Result<Vec<RunRow>> {
+                let sql = format!(
+                    "SELECT {RUN_COLUMNS} FROM dag_runs WHERE state IN ('queued', 'running') \
+                     ORDER BY logical_date, queued_at"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::run_row).collect()
+            }
+
+            async fn latest_logical_date(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>> {
+                let row = sqlx::query(
+                    "SELECT MAX(logical_date) AS m FROM dag_runs WHERE dag_id = $1 AND run_type <> 'manual'",
+                )
+                .bind(dag_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(ts(row.try_get("m")?))
+            }
+
+            async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, $1), ended_at = NULL \
+                     WHERE run_id = $2 AND state = 'queued'",
+                )
+                .bind(to_micros(now))
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>> {
+                let sql = format!(
+                    "SELECT {TI_COLUMNS} FROM task_instances WHERE run_id = $1 ORDER BY task_id, map_index"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(run_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::ti_row).collect()
+            }
+
+            async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()> {
+                if decisions.is_empty() {
+                    return Ok(());
+                }
+                let now = to_micros(now);
+                let mut tx = self.begin_write().await?;
+                for d in decisions {
+                    match d {
+                        Decision::Queue { task_id, map_index } => {
+                            sqlx::query(
+                                "UPDATE task_instances SET state = 'queued', queued_at = $1, next_try_at = NULL \
+                                 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 AND state IN ('scheduled', 'up_for_retry')",
+                            )
+                            .bind(now)
+                            .bind(run_id)
+                            .bind(task_id)
+                            .bind(*map_index)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        Decision::Skip { task_id, map_index } | Decision::UpstreamFailed { task_id, map_index } => {
+                            let state = if matches!(d, Decision::Skip { .. }) {
+                                TaskState::Skipped
+                            } else {
+                                TaskState::UpstreamFailed
+                            };
+                            sqlx::query(
+                                "UPDATE task_instances SET state = $1, ended_at = $2 \
+                                 WHERE run_id = $3 AND task_id = $4 AND map_index = $5 AND state = 'scheduled'",
+                            )
+                            .bind(state.as_str())
+                            .bind(now)
+                            .bind(run_id)
+                            .bind(task_id)
+                            .bind(*map_index)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        Decision::FailTry { task_id, map_index, message, outcome } => {
+                            let row = sqlx::query(
+                                "UPDATE task_instances SET state = $1, try_number = try_number + 1, error = $2, \
+                                 started_at = $3, ended_at = $3, next_try_at = $4 \
+                                 WHERE run_id = $5 AND task_id = $6 AND map_index = $7 AND state = 'scheduled' \
+                                 RETURNING try_number",
+                            )
+                            .bind(outcome.state().as_str())
+                            .bind(message)
+                            .bind(now)
+                            .bind(opt_us(outcome.retry_at()))
+                            .bind(run_id)
+                            .bind(task_id)
+                            .bind(*map_index)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            if let Some(row) = row {
+                                let try_number: i64 = row.try_get("try_number")?;
+                                sqlx::query(
+                                    "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, ended_at, error) \
+                                     VALUES ($1, $2, $3, $4, 'failed', $5, $5, $6) ON CONFLICT DO NOTHING",
+                                )
+                                .bind(run_id)
+                                .bind(task_id)
+                                .bind(*map_index)
+                                .bind(try_number)
+                                .bind(now)
+                                .bind(message)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                        }
+                        Decision::Expand { task_id, items } => {
+                            if items.is_empty() {
+                                sqlx::query(
+                                    "UPDATE task_instances SET state = 'skipped', ended_at = $1 \
+                                     WHERE run_id = $2 AND task_id = $3 AND map_index = $4 AND state = 'scheduled'",
+                                )
+                                .bind(now)
+                                .bind(run_id)
+                                .bind(task_id)
+                                .bind(UNMAPPED)
+                                .execute(&mut *tx)
+                                .await?;
+                                continue;
+                            }
+                            let placeholder = sqlx::query(
+                                "DELETE FROM task_instances WHERE run_id = $1 AND task_id = $2 AND map_index = $3 \
+                                 AND state = 'scheduled' RETURNING priority, pool, try_number",
+                            )
+                            .bind(run_id)
+                            .bind(task_id)
+                            .bind(UNMAPPED)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let Some(placeholder) = placeholder else { continue };
+                            let priority: i64 = placeholder.try_get("priority")?;
+                            let pool: String = placeholder.try_get("pool")?;
+                            let indexed: Vec<(i64, String)> = items
+                                .iter()
+                                .enumerate()
+                                .map(|(i, v)| (i as i64, json_text(v)))
+                                .collect();
+                            for chunk in indexed.chunks(1000) {
+                                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                                    "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool, item, queued_at) ",
+                                );
+                                qb.push_values(chunk, |mut b, (i, item)| {
+                                    b.push_bind(run_id.to_string())
+                                        .push_bind(task_id.clone())
+                                        .push_bind(*i)
+                                        .push_bind(TaskState::Queued.as_str())
+                                        .push_bind(priority)
+                                        .push_bind(pool.clone())
+                                        .push_bind(item.clone())
+                                        .push_bind(now);
+                                });
+                                qb.build().execute(&mut *tx).await?;
+                            }
+                        }
+                        Decision::FinishRun(state) => {
+                            sqlx::query(
+                                "UPDATE dag_runs SET state = $1, ended_at = $2 WHERE run_id = $3 AND state = 'running'",
+                            )
+                            .bind(state.as_str())
+                            .bind(now)
+                            .bind(run_id)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Claim>> {
+                if req.limit <= 0 {
+                    return Ok(Vec::new());
+                }
+                let mut tx = self.begin_write().await?;
+                let rows = sqlx::query(concat!(
+                    "UPDATE task_instances SET state = 'running', try_number = try_number + 1, started_at = $1, \
+                     ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
+                     next_try_at = NULL, error = NULL \
+                     WHERE (run_id, task_id, map_index) IN (\
+                       SELECT run_id, task_id, map_index FROM task_instances \
+                       WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) \
+                       ORDER BY priority DESC, queued_at, run_id, task_id, map_index LIMIT $7 ",
+                    $claim_lock,
+                    ") RETURNING run_id, task_id, map_index, try_number, try_base, item"
+                ))
+                .bind(to_micros(req.now))
+                .bind(&req.owner)
+                .bind(to_micros(req.lease_until))
+                .bind(&req.hostname)
+                .bind(&req.pool)
+                .bind(&req.run_id)
+                .bind(req.limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut claims = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    claims.push(Claim {
+                        run_id: r.try_get("run_id")?,
+                        task_id: r.try_get("task_id")?,
+                        map_index: r.try_get("map_index")?,
+                        try_number: r.try_get("try_number")?,
+                        try_base: r.try_get("try_base")?,
+                        item: parse_json(r.try_get("item")?, "item")?,
+                        owner: req.owner.clone(),
+                    });
+                }
+                for chunk in claims.chunks(1000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) ",
+                    );
+                    qb.push_values(chunk, |mut b, c| {
+                        b.push_bind(c.run_id.clone())
+                            .push_bind(c.task_id.clone())
+                            .push_bind(c.map_index)
+                            .push_bind(c.try_number)
+                            .push_bind(TaskState::Running.as_str())
+                            .push_bind(to_micros(req.now))
+                            .push_bind(req.owner.clone())
+                            .push_bind(req.hostname.clone());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(claims)
+            }
+
+            async fn running_by_pool(&self) -> Result<BTreeMap<String, i64>> {
+                let rows = sqlx::query(
+                    "SELECT pool, COUNT(*) AS n FROM task_instances WHERE state = 'running' GROUP BY pool",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("pool")?, r.try_get("n")?)))
+                    .collect()
+            }
+
+            async fn queued_pools(&self) -> Result<Vec<String>> {
+                let rows = sqlx::query("SELECT DISTINCT pool FROM task_instances WHERE state = 'queued'")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get("pool")?)).collect()
+            }
+
+            async fn paused_flags(&self) -> Result<BTreeMap<String, bool>> {
+                let rows = sqlx::query("SELECT dag_id, paused FROM dags WHERE active")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("dag_id")?, r.try_get("paused")?)))
+                    .collect()
+            }
+
+            async fn set_pid(&self, c: &Claim, pid: i64) -> Result<()> {
+                sqlx::query(
+                    "UPDATE task_instances SET pid = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
+                     AND state = 'running' AND try_number = $5 AND lease_owner = $6",
+                )
+                .bind(pid)
+                .bind(&c.run_id)
+                .bind(&c.task_id)
+                .bind(c.map_index)
+                .bind(c.try_number)
+                .bind(&c.owner)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn finish_try(&self, c: &Claim, end: &TryEnd) -> Result<bool> {
+                let now = to_micros(end.now);
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
+                     lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
+                     WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
+                     AND try_number = $9 AND lease_owner = $10",
+                )
+                .bind(end.state.as_str())
+                .bind(end.output.as_ref().map(json_text))
+                .bind(&end.error)
+                .bind(now)
+                .bind(opt_us(end.next_try_at))
+                .bind(&c.run_id)
+                .bind(&c.task_id)
+                .bind(c.map_index)
+                .bind(c.try_number)
+                .bind(&c.owner)
+                .bind(if end.requeue { 1i64 } else { 0 })
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n == 1 {
+                    sqlx::query(
+                        "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
+                         WHERE run_id = $4 AND task_id = $5 AND map_index = $6 AND try_number = $7",
+                    )
+                    .bind(if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() })
+                    .bind(now)
+                    .bind(&end.error)
+                    .bind(&c.run_id)
+                    .bind(&c.task_id)
+                    .bind(c.map_index)
+                    .bind(c.try_number)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn heartbeat(
+                &self,
+                owner: &str,
+                hostname: &str,
+                pid: i64,
+                now: DateTime<Utc>,
+                lease_until: DateTime<Utc>,
+            ) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO schedulers (id, hostname, pid, started_at, last_heartbeat) VALUES ($1, $2, $3, $4, $4) \
+                     ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat",
+                )
+                .bind(owner)
+                .bind(hostname)
+                .bind(pid)
+                .bind(to_micros(now))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE task_instances SET lease_expires_at = $1 WHERE lease_owner = $2 AND state = 'running'",
+                )
+                .bind(to_micros(lease_until))
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn last_heartbeat(&self) -> Result<Option<DateTime<Utc>>> {
+                let row = sqlx::query("SELECT MAX(last_heartbeat) AS m FROM schedulers")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(ts(row.try_get("m")?))
+            }
+
+            async fn expired_tries(&self, now: DateTime<Utc>) -> Result<Vec<TiRow>> {
+                let sql = format!(
+                    "SELECT {TI_COLUMNS} FROM task_instances WHERE state = 'running' AND lease_expires_at < $1"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(to_micros(now))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::ti_row).collect()
+            }
+
+            async fn tries(&self, run_id: &str, task_id: &str, map_index: i64) -> Result<Vec<TryRow>> {
+                let rows = sqlx::query(
+                    "SELECT try_number, state, started_at, ended_at, error FROM task_tries \
+                     WHERE run_id = $1 AND task_id = $2 AND map_index = $3 ORDER BY try_number",
+                )
+                .bind(run_id)
+                .bind(task_id)
+                .bind(map_index)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(TryRow {
+                            try_number: r.try_get("try_number")?,
+                            state: parse_state::<TaskState>(&r.try_get::<String, _>("state")?)?,
+                            started_at: from_micros(r.try_get("started_at")?),
+                            ended_at: ts(r.try_get("ended_at")?),
+                            error: r.try_get("error")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn clear_tasks(&self, run_id: &str, task_ids: &[String], now: DateTime<Utc>) -> Result<bool> {
+                let _ = now;
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1")
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    return Ok(false);
+                }
+                for task_id in task_ids {
+                    sqlx::query(
+                        "UPDATE task_instances SET state = 'scheduled', try_base = try_number, output = NULL, error = NULL, \
+                         queued_at = NULL, started_at = NULL, ended_at = NULL, next_try_at = NULL, lease_owner = NULL, \
+                         lease_expires_at = NULL, pid = NULL WHERE run_id = $1 AND task_id = $2",
+                    )
+                    .bind(run_id)
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+    };
+}
+
+impl_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite", "");
+impl_store!(
+    PgStore,
+    Postgres,
+    sqlx::postgres::PgRow,
+    "postgres",
+    "FOR UPDATE SKIP LOCKED"
+);

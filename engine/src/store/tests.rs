@@ -1,0 +1,1619 @@
+//! The store contract: every case below runs once on SQLite and once on PostgreSQL (the
+//! `contract!` list at the bottom stamps out `sqlite::<case>` and `postgres::<case>`), so the two
+//! backends cannot drift apart behind the one `Store` trait.
+//!
+//! PostgreSQL is expected at 127.0.0.1:5432 (user postgres, trust auth); each test gets a fresh
+//! database. Where it is unreachable the PostgreSQL half is skipped with a note, except under
+//! `CI=true`, where a silently skipped half would let a backend regress unnoticed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::{Value as Json, json};
+
+use super::*;
+use crate::plan::{Decision, Failure, UNMAPPED};
+use crate::state::{RunState, RunType, TaskState};
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+struct TestDb {
+    url: String,
+    store: Arc<dyn Store>,
+}
+
+async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("create a temp dir");
+    let url = format!("sqlite://{}/flow.db", dir.path().display());
+    let store = connect(&url).await.expect("open a fresh SQLite store");
+    assert_eq!(store.backend(), "sqlite");
+    case(TestDb { url, store }).await;
+}
+
+async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect("127.0.0.1:5432"),
+    )
+    .await;
+    if !matches!(probe, Ok(Ok(_))) {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL is unreachable at 127.0.0.1:5432 and CI=true: the PostgreSQL half of the \
+             store contract must run in CI"
+        );
+        eprintln!("note: PostgreSQL unreachable at 127.0.0.1:5432; skipping the PostgreSQL half");
+        return;
+    }
+    let name = format!("flow_test_{:016x}", rand::random::<u64>());
+    let url = format!("{PG_SERVER}/{name}");
+    let store = connect(&url).await.expect("open a fresh PostgreSQL store");
+    assert_eq!(store.backend(), "postgres");
+    // Run the case on its own task so that a failing assertion still lets us drop the database.
+    let outcome = tokio::spawn(case(TestDb { url, store })).await;
+    drop_database(&name).await;
+    if let Err(e) = outcome {
+        match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => panic!("test task did not finish: {e}"),
+        }
+    }
+}
+
+/// Best-effort: a leftover test database is clutter, not a failure.
+async fn drop_database(name: &str) {
+    use sqlx::Connection;
+    let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres")).await else {
+        return;
+    };
+    // FORCE: pool connections of the dropped store may still be closing.
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+/// Seconds after a fixed instant that carries an odd microsecond fraction, so that a backend
+/// rounding to milliseconds (or seconds) breaks equality everywhere, not only in one case.
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
+        + Duration::seconds(secs)
+        + Duration::microseconds(123_457)
+}
+
+fn ids(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn no_errors() -> BTreeMap<String, Vec<String>> {
+    BTreeMap::new()
+}
+
+fn dag(dag_id: &str, version: &str, paused: bool) -> DagRecord {
+    DagRecord {
+        dag_id: dag_id.into(),
+        fileloc: format!("dags/{dag_id}.yaml"),
+        version: version.into(),
+        description: Some(format!("{dag_id} at {version}")),
+        schedule: Some("@daily".into()),
+        timezone: "Europe/Paris".into(),
+        tags: vec!["team-a".into(), version.into()],
+        params: json!({"limit": {"type": "integer", "default": 10}}),
+        paused,
+        next_run_at: Some(at(86_400)),
+        source: format!("# {dag_id} {version}\ntasks:\n  - id: t\n"),
+    }
+}
+
+fn new_run(
+    run_id: &str,
+    dag_id: &str,
+    run_type: RunType,
+    logical: DateTime<Utc>,
+    tasks: &[(&str, i32, &str)],
+) -> NewRun {
+    NewRun {
+        run_id: run_id.into(),
+        dag_id: dag_id.into(),
+        dag_version: "v1".into(),
+        run_type,
+        logical_date: logical,
+        data_interval_start: logical - Duration::days(1),
+        data_interval_end: logical,
+        params: json!({"limit": 3, "label": "ünïcode"}),
+        tasks: tasks
+            .iter()
+            .map(|(task_id, priority, pool)| NewTaskInstance {
+                task_id: task_id.to_string(),
+                priority: *priority,
+                pool: pool.to_string(),
+            })
+            .collect(),
+        queued_at: logical,
+    }
+}
+
+/// A started manual run whose tasks (all priority 0, pool `default`) are still `scheduled`.
+async fn started_run(s: &dyn Store, run_id: &str, tasks: &[&str]) {
+    let tasks: Vec<(&str, i32, &str)> = tasks.iter().map(|t| (*t, 0, "default")).collect();
+    assert!(
+        s.create_run(&new_run(run_id, "etl", RunType::Manual, at(0), &tasks))
+            .await
+            .unwrap()
+    );
+    assert!(s.start_run(run_id, at(0)).await.unwrap());
+}
+
+fn queue(task_id: &str) -> Decision {
+    Decision::Queue {
+        task_id: task_id.into(),
+        map_index: UNMAPPED,
+    }
+}
+
+async fn queue_all(s: &dyn Store, run_id: &str, now: DateTime<Utc>) {
+    let decisions: Vec<Decision> = s
+        .task_instances(run_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| Decision::Queue {
+            task_id: t.task_id.clone(),
+            map_index: t.map_index,
+        })
+        .collect();
+    s.apply(run_id, &decisions, now).await.unwrap();
+}
+
+async fn ti(s: &dyn Store, run_id: &str, task_id: &str, map_index: i64) -> TiRow {
+    s.task_instances(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.task_id == task_id && t.map_index == map_index)
+        .unwrap_or_else(|| panic!("no task instance {run_id}/{task_id}[{map_index}]"))
+}
+
+fn fresh_ti(run_id: &str, task_id: &str, priority: i64, pool: &str) -> TiRow {
+    TiRow {
+        run_id: run_id.into(),
+        task_id: task_id.into(),
+        map_index: UNMAPPED,
+        state: TaskState::Scheduled,
+        try_number: 0,
+        try_base: 0,
+        priority,
+        pool: pool.into(),
+        item: None,
+        output: None,
+        error: None,
+        queued_at: None,
+        started_at: None,
+        ended_at: None,
+        next_try_at: None,
+        lease_owner: None,
+        lease_expires_at: None,
+        hostname: None,
+        pid: None,
+    }
+}
+
+fn claim_req(owner: &str, pool: &str, limit: i64, now: DateTime<Utc>) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.into(),
+        hostname: format!("{owner}.local"),
+        pool: pool.into(),
+        limit,
+        now,
+        lease_until: now + Duration::seconds(60),
+        run_id: None,
+    }
+}
+
+async fn claim_one(s: &dyn Store, owner: &str, now: DateTime<Utc>) -> Claim {
+    let mut got = s.claim(&claim_req(owner, "default", 1, now)).await.unwrap();
+    assert_eq!(got.len(), 1, "expected one claimable try for {owner}");
+    got.pop().unwrap()
+}
+
+fn ended(state: TaskState, now: DateTime<Utc>) -> TryEnd {
+    TryEnd {
+        state,
+        output: None,
+        error: None,
+        next_try_at: None,
+        now,
+        requeue: false,
+    }
+}
+
+fn run_ids(runs: &[RunRow]) -> Vec<&str> {
+    runs.iter().map(|r| r.run_id.as_str()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+async fn migrations_apply_on_fresh_db_and_again_on_reopen(db: TestDb) {
+    let s = db.store;
+    // Each of these reads a different table: a missing migration fails here, not later.
+    assert!(s.list_dags().await.unwrap().is_empty());
+    assert!(s.import_errors().await.unwrap().is_empty());
+    assert!(s.active_runs().await.unwrap().is_empty());
+    assert!(s.running_by_pool().await.unwrap().is_empty());
+    assert_eq!(s.last_heartbeat().await.unwrap(), None);
+    s.sync_dags(
+        &[dag("etl", "v1", false)],
+        &ids(&["etl"]),
+        &no_errors(),
+        at(0),
+    )
+    .await
+    .unwrap();
+
+    for _ in 0..2 {
+        let reopened = connect(&db.url)
+            .await
+            .expect("reopening an up-to-date database must not fail on its migrations");
+        assert_eq!(reopened.backend(), s.backend());
+        let etl = reopened.get_dag("etl").await.unwrap();
+        assert_eq!(etl.map(|d| d.version), Some("v1".to_string()));
+    }
+}
+
+async fn sync_dags_upserts_keeps_pause_and_deactivates(db: TestDb) {
+    let s = db.store;
+    let errors = BTreeMap::from([("dags/broken.yaml".to_string(), ids(&["line 3: bad indent"]))]);
+    s.sync_dags(
+        &[dag("etl", "v1", true), dag("report", "v1", false)],
+        &ids(&["etl", "report"]),
+        &errors,
+        at(0),
+    )
+    .await
+    .unwrap();
+
+    let want = dag("etl", "v1", true);
+    assert_eq!(
+        s.get_dag("etl").await.unwrap(),
+        Some(DagRow {
+            dag_id: want.dag_id,
+            fileloc: want.fileloc,
+            version: want.version,
+            description: want.description,
+            schedule: want.schedule,
+            timezone: want.timezone,
+            tags: want.tags,
+            params: want.params,
+            paused: true,
+            active: true,
+            next_run_at: want.next_run_at,
+            last_run: None,
+        })
+    );
+    let listed: Vec<String> = s
+        .list_dags()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.dag_id)
+        .collect();
+    assert_eq!(listed, ["etl", "report"]);
+    assert_eq!(s.import_errors().await.unwrap(), errors);
+
+    // The user unpauses etl; its file then changes, and the new record's initial pause state
+    // must not override the user's choice.
+    assert!(s.set_paused("etl", false).await.unwrap());
+    let errors = BTreeMap::from([(
+        "dags/other.yaml".to_string(),
+        ids(&["unknown operator 'shel'", "cycle a -> b -> a"]),
+    )]);
+    s.sync_dags(&[dag("etl", "v2", true)], &ids(&["etl"]), &errors, at(10))
+        .await
+        .unwrap();
+
+    let etl = s.get_dag("etl").await.unwrap().expect("etl is still known");
+    assert_eq!(etl.version, "v2");
+    assert_eq!(etl.description.as_deref(), Some("etl at v2"));
+    assert_eq!(etl.tags, ["team-a", "v2"]);
+    assert!(
+        !etl.paused,
+        "a re-sync must keep the pause flag the user set"
+    );
+    assert!(etl.active);
+
+    let report = s
+        .get_dag("report")
+        .await
+        .unwrap()
+        .expect("inactive DAGs are kept");
+    assert!(
+        !report.active,
+        "a DAG missing from `present` must be marked inactive"
+    );
+    assert_eq!(report.version, "v1");
+    let listed: Vec<String> = s
+        .list_dags()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.dag_id)
+        .collect();
+    assert_eq!(listed, ["etl"]);
+    assert_eq!(
+        s.import_errors().await.unwrap(),
+        errors,
+        "import errors are replaced, not merged"
+    );
+
+    // Runs started on v1 still need v1's source after v2 arrives.
+    for v in ["v1", "v2"] {
+        assert_eq!(
+            s.dag_source("etl", v).await.unwrap(),
+            Some(("dags/etl.yaml".to_string(), dag("etl", v, true).source))
+        );
+    }
+    assert_eq!(s.dag_source("etl", "v3").await.unwrap(), None);
+    assert_eq!(s.dag_source("report", "v2").await.unwrap(), None);
+
+    // A file that comes back reactivates its DAG; an empty error map clears the errors.
+    s.sync_dags(
+        &[dag("report", "v1", false)],
+        &ids(&["etl", "report"]),
+        &no_errors(),
+        at(20),
+    )
+    .await
+    .unwrap();
+    assert!(s.get_dag("report").await.unwrap().unwrap().active);
+    assert!(s.get_dag("etl").await.unwrap().unwrap().active);
+    assert!(s.import_errors().await.unwrap().is_empty());
+
+    // An empty DAGs folder deactivates everything.
+    s.sync_dags(&[], &[], &no_errors(), at(30)).await.unwrap();
+    assert!(s.list_dags().await.unwrap().is_empty());
+    assert!(!s.get_dag("etl").await.unwrap().unwrap().active);
+}
+
+async fn set_paused_reports_unknown_dags(db: TestDb) {
+    let s = db.store;
+    assert!(!s.set_paused("ghost", true).await.unwrap());
+    assert_eq!(
+        s.get_dag("ghost").await.unwrap(),
+        None,
+        "set_paused must not create a DAG"
+    );
+
+    s.sync_dags(
+        &[dag("etl", "v1", false)],
+        &ids(&["etl"]),
+        &no_errors(),
+        at(0),
+    )
+    .await
+    .unwrap();
+    assert!(s.set_paused("etl", true).await.unwrap());
+    assert!(s.get_dag("etl").await.unwrap().unwrap().paused);
+    // Setting the flag it already has is still a known DAG.
+    assert!(s.set_paused("etl", true).await.unwrap());
+    assert!(s.set_paused("etl", false).await.unwrap());
+    assert!(!s.get_dag("etl").await.unwrap().unwrap().paused);
+}
+
+async fn create_run_creates_the_run_and_its_instances(db: TestDb) {
+    let s = db.store;
+    let day = at(0);
+    let first = new_run(
+        "scheduled__d1",
+        "etl",
+        RunType::Scheduled,
+        day,
+        &[("extract", 5, "default"), ("load", 0, "db")],
+    );
+    assert!(s.create_run(&first).await.unwrap());
+    assert_eq!(
+        s.get_run("scheduled__d1").await.unwrap(),
+        Some(RunRow {
+            run_id: first.run_id.clone(),
+            dag_id: first.dag_id.clone(),
+            dag_version: first.dag_version.clone(),
+            run_type: RunType::Scheduled,
+            state: RunState::Queued,
+            logical_date: first.logical_date,
+            data_interval_start: first.data_interval_start,
+            data_interval_end: first.data_interval_end,
+            params: first.params.clone(),
+            queued_at: first.queued_at,
+            started_at: None,
+            ended_at: None,
+        })
+    );
+    assert_eq!(
+        s.task_instances("scheduled__d1").await.unwrap(),
+        [
+            fresh_ti("scheduled__d1", "extract", 5, "default"),
+            fresh_ti("scheduled__d1", "load", 0, "db"),
+        ]
+    );
+
+    // The scheduler and a backfill may race for the same interval: exactly one run may win.
+    for (run_id, run_type) in [
+        ("scheduled__again", RunType::Scheduled),
+        ("backfill__d1", RunType::Backfill),
+    ] {
+        let dup = new_run(run_id, "etl", run_type, day, &[("other", 0, "default")]);
+        assert!(
+            !s.create_run(&dup).await.unwrap(),
+            "{run_id} duplicates an interval"
+        );
+        assert_eq!(s.get_run(run_id).await.unwrap(), None);
+        assert!(s.task_instances(run_id).await.unwrap().is_empty());
+    }
+    // Reusing a run id is refused too, without touching the existing run's instances.
+    let same_id = new_run(
+        "scheduled__d1",
+        "etl",
+        RunType::Manual,
+        at(99),
+        &[("other", 0, "default")],
+    );
+    assert!(!s.create_run(&same_id).await.unwrap());
+    assert_eq!(s.task_instances("scheduled__d1").await.unwrap().len(), 2);
+    assert_eq!(
+        s.get_run("scheduled__d1").await.unwrap().unwrap().run_type,
+        RunType::Scheduled
+    );
+
+    for run_id in ["manual__1", "manual__2"] {
+        let manual = new_run(
+            run_id,
+            "etl",
+            RunType::Manual,
+            day,
+            &[("extract", 5, "default")],
+        );
+        assert!(
+            s.create_run(&manual).await.unwrap(),
+            "manual runs may share a logical date"
+        );
+        assert_eq!(s.task_instances(run_id).await.unwrap().len(), 1);
+    }
+    // Uniqueness is per DAG and per logical date.
+    let other_dag = new_run("scheduled__r1", "report", RunType::Scheduled, day, &[]);
+    assert!(s.create_run(&other_dag).await.unwrap());
+    let next_day = new_run("scheduled__d2", "etl", RunType::Backfill, at(86_400), &[]);
+    assert!(s.create_run(&next_day).await.unwrap());
+}
+
+async fn list_runs_newest_first_with_filters_and_keyset(db: TestDb) {
+    let s = db.store;
+    for (i, dag_id) in ["etl", "report", "etl", "etl", "report"].iter().enumerate() {
+        let run = new_run(
+            &format!("r{i}"),
+            dag_id,
+            RunType::Manual,
+            at(i as i64 * 60),
+            &[],
+        );
+        assert!(s.create_run(&run).await.unwrap());
+    }
+    assert!(s.start_run("r1", at(500)).await.unwrap());
+    assert!(s.start_run("r3", at(500)).await.unwrap());
+
+    let list = |dag_id: Option<&str>, state: Option<RunState>, limit: i64, before| {
+        let s = s.clone();
+        let filter = RunFilter {
+            dag_id: dag_id.map(str::to_string),
+            state,
+            limit,
+            before,
+        };
+        async move { s.list_runs(&filter).await.unwrap() }
+    };
+
+    assert_eq!(
+        run_ids(&list(None, None, 10, None).await),
+        ["r4", "r3", "r2", "r1", "r0"]
+    );
+    assert_eq!(
+        run_ids(&list(Some("etl"), None, 10, None).await),
+        ["r3", "r2", "r0"]
+    );
+    assert_eq!(
+        run_ids(&list(None, Some(RunState::Running), 10, None).await),
+        ["r3", "r1"]
+    );
+    assert_eq!(
+        run_ids(&list(Some("etl"), Some(RunState::Queued), 10, None).await),
+        ["r2", "r0"]
+    );
+    assert_eq!(run_ids(&list(None, None, 2, None).await), ["r4", "r3"]);
+    // `before` is strict: r3 itself (queued at 180 s) is on the previous page.
+    assert_eq!(
+        run_ids(&list(None, None, 10, Some(at(180))).await),
+        ["r2", "r1", "r0"]
+    );
+    assert_eq!(
+        run_ids(&list(Some("report"), None, 10, Some(at(240))).await),
+        ["r1"]
+    );
+
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = list(None, None, 2, before).await;
+        let Some(last) = page.last() else { break };
+        before = Some(last.queued_at);
+        pages.push(
+            run_ids(&page)
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(
+        pages,
+        [ids(&["r4", "r3"]), ids(&["r2", "r1"]), ids(&["r0"])]
+    );
+}
+
+async fn start_run_only_from_queued(db: TestDb) {
+    let s = db.store;
+    let run = new_run("r", "etl", RunType::Manual, at(0), &[("a", 0, "default")]);
+    assert!(s.create_run(&run).await.unwrap());
+    assert_eq!(run_ids(&s.active_runs().await.unwrap()), ["r"]);
+
+    assert!(s.start_run("r", at(5)).await.unwrap());
+    let row = s.get_run("r").await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.started_at),
+        (RunState::Running, Some(at(5)))
+    );
+
+    assert!(
+        !s.start_run("r", at(9)).await.unwrap(),
+        "a running run is not queued"
+    );
+    assert_eq!(
+        s.get_run("r").await.unwrap().unwrap().started_at,
+        Some(at(5))
+    );
+    assert!(!s.start_run("ghost", at(9)).await.unwrap());
+
+    s.apply("r", &[Decision::FinishRun(RunState::Success)], at(20))
+        .await
+        .unwrap();
+    assert!(
+        !s.start_run("r", at(30)).await.unwrap(),
+        "a finished run is not queued"
+    );
+    let row = s.get_run("r").await.unwrap().unwrap();
+    assert_eq!((row.state, row.ended_at), (RunState::Success, Some(at(20))));
+    assert!(s.active_runs().await.unwrap().is_empty());
+}
+
+async fn apply_moves_only_instances_in_the_expected_state(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["a", "b", "c", "d", "e", "f"]).await;
+    let retry_at = at(300);
+    let fail_try = |task_id: &str, outcome| Decision::FailTry {
+        task_id: task_id.into(),
+        map_index: UNMAPPED,
+        message: format!("`when` of {task_id} did not render"),
+        outcome,
+    };
+    let skip = |task_id: &str| Decision::Skip {
+        task_id: task_id.into(),
+        map_index: UNMAPPED,
+    };
+    let upstream_failed = |task_id: &str| Decision::UpstreamFailed {
+        task_id: task_id.into(),
+        map_index: UNMAPPED,
+    };
+    s.apply(
+        "r",
+        &[
+            queue("a"),
+            skip("b"),
+            upstream_failed("c"),
+            fail_try("d", Failure::Retry { at: retry_at }),
+            fail_try("e", Failure::Final),
+        ],
+        at(1),
+    )
+    .await
+    .unwrap();
+
+    let a = ti(&*s, "r", "a", UNMAPPED).await;
+    assert_eq!(
+        (a.state, a.queued_at, a.try_number),
+        (TaskState::Queued, Some(at(1)), 0)
+    );
+    let b = ti(&*s, "r", "b", UNMAPPED).await;
+    assert_eq!((b.state, b.ended_at), (TaskState::Skipped, Some(at(1))));
+    let c = ti(&*s, "r", "c", UNMAPPED).await;
+    assert_eq!(
+        (c.state, c.ended_at),
+        (TaskState::UpstreamFailed, Some(at(1)))
+    );
+    let d = ti(&*s, "r", "d", UNMAPPED).await;
+    assert_eq!(d.state, TaskState::UpForRetry);
+    assert_eq!(
+        d.try_number, 1,
+        "a try that failed before the executor still counts"
+    );
+    assert_eq!(d.error.as_deref(), Some("`when` of d did not render"));
+    assert_eq!((d.started_at, d.ended_at), (Some(at(1)), Some(at(1))));
+    assert_eq!(d.next_try_at, Some(retry_at));
+    assert_eq!(
+        s.tries("r", "d", UNMAPPED).await.unwrap(),
+        [TryRow {
+            try_number: 1,
+            state: TaskState::Failed,
+            started_at: at(1),
+            ended_at: Some(at(1)),
+            error: Some("`when` of d did not render".into()),
+        }]
+    );
+    let e = ti(&*s, "r", "e", UNMAPPED).await;
+    assert_eq!(
+        (e.state, e.try_number, e.next_try_at),
+        (TaskState::Failed, 1, None)
+    );
+    assert_eq!(
+        ti(&*s, "r", "f", UNMAPPED).await,
+        fresh_ti("r", "f", 0, "default")
+    );
+
+    // A plan made from a stale snapshot (or replayed) must not move instances that have moved on.
+    let claimed = claim_one(&*s, "w1", at(2)).await;
+    assert_eq!(claimed.task_id, "a");
+    let before = s.task_instances("r").await.unwrap();
+    s.apply(
+        "r",
+        &[
+            queue("a"),
+            skip("a"),
+            upstream_failed("a"),
+            fail_try("a", Failure::Final),
+            queue("b"),
+            upstream_failed("b"),
+            queue("c"),
+            skip("d"),
+            fail_try("d", Failure::Final),
+            queue("e"),
+            skip("e"),
+            // Unknown instances are no-ops, not errors.
+            queue("ghost"),
+        ],
+        at(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.task_instances("r").await.unwrap(), before);
+    assert_eq!(s.tries("r", "a", UNMAPPED).await.unwrap().len(), 1);
+    assert_eq!(s.tries("r", "d", UNMAPPED).await.unwrap().len(), 1);
+
+    // A retry whose time has come goes back to the queue.
+    s.apply("r", &[queue("d")], at(301)).await.unwrap();
+    let d = ti(&*s, "r", "d", UNMAPPED).await;
+    assert_eq!(
+        (d.state, d.queued_at, d.next_try_at),
+        (TaskState::Queued, Some(at(301)), None)
+    );
+    assert_eq!(d.try_number, 1);
+
+    // Decisions are scoped to their run.
+    started_run(&*s, "r2", &["f"]).await;
+    s.apply("r2", &[queue("f")], at(4)).await.unwrap();
+    assert_eq!(
+        ti(&*s, "r", "f", UNMAPPED).await.state,
+        TaskState::Scheduled
+    );
+    assert_eq!(ti(&*s, "r2", "f", UNMAPPED).await.state, TaskState::Queued);
+
+    s.apply("r", &[Decision::FinishRun(RunState::Success)], at(5))
+        .await
+        .unwrap();
+    let run = s.get_run("r").await.unwrap().unwrap();
+    assert_eq!((run.state, run.ended_at), (RunState::Success, Some(at(5))));
+    s.apply("r", &[Decision::FinishRun(RunState::Failed)], at(6))
+        .await
+        .unwrap();
+    let run = s.get_run("r").await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.ended_at),
+        (RunState::Success, Some(at(5))),
+        "finished once"
+    );
+
+    let queued = new_run("r3", "etl", RunType::Manual, at(0), &[]);
+    assert!(s.create_run(&queued).await.unwrap());
+    s.apply("r3", &[Decision::FinishRun(RunState::Failed)], at(7))
+        .await
+        .unwrap();
+    let run = s.get_run("r3").await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.ended_at),
+        (RunState::Queued, None),
+        "only a running run finishes"
+    );
+}
+
+async fn expand_replaces_the_placeholder(db: TestDb) {
+    let s = db.store;
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("fan", 7, "io"),
+            ("none", 3, "default"),
+            ("late", 0, "default"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+
+    // More than one insert batch, so chunking cannot drop or renumber items.
+    let items: Vec<Json> = (0..2500)
+        .map(|i| json!({"n": i, "file": format!("part-{i:05}.csv")}))
+        .collect();
+    let expand = |task_id: &str, items: Vec<Json>| Decision::Expand {
+        task_id: task_id.into(),
+        items,
+    };
+    s.apply("r", &[expand("fan", items.clone())], at(1))
+        .await
+        .unwrap();
+    let fan: Vec<TiRow> = s
+        .task_instances("r")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.task_id == "fan")
+        .collect();
+    assert_eq!(
+        fan.len(),
+        2500,
+        "one instance per item, and the placeholder gone"
+    );
+    for (i, t) in fan.iter().enumerate() {
+        assert_eq!(t.map_index, i as i64);
+        assert_eq!(t.state, TaskState::Queued);
+        assert_eq!(t.item.as_ref(), Some(&items[i]));
+        assert_eq!((t.priority, t.pool.as_str()), (7, "io"));
+        assert_eq!((t.queued_at, t.try_number, t.try_base), (Some(at(1)), 0, 0));
+    }
+
+    // Replaying the expansion finds no placeholder and changes nothing.
+    s.apply("r", &[expand("fan", vec![json!(1), json!(2)])], at(2))
+        .await
+        .unwrap();
+    let again: Vec<TiRow> = s
+        .task_instances("r")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.task_id == "fan")
+        .collect();
+    assert_eq!(again, fan);
+
+    s.apply("r", &[expand("none", vec![])], at(3))
+        .await
+        .unwrap();
+    let none: Vec<TiRow> = s
+        .task_instances("r")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.task_id == "none")
+        .collect();
+    assert_eq!(none.len(), 1);
+    assert_eq!(
+        (none[0].map_index, none[0].state, none[0].ended_at),
+        (UNMAPPED, TaskState::Skipped, Some(at(3)))
+    );
+
+    // Only a scheduled placeholder expands.
+    s.apply("r", &[queue("late")], at(4)).await.unwrap();
+    s.apply("r", &[expand("late", vec![json!("x"), json!("y")])], at(5))
+        .await
+        .unwrap();
+    let late: Vec<TiRow> = s
+        .task_instances("r")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.task_id == "late")
+        .collect();
+    assert_eq!(late.len(), 1);
+    assert_eq!(
+        (late[0].map_index, late[0].state),
+        (UNMAPPED, TaskState::Queued)
+    );
+
+    let claims = s.claim(&claim_req("w1", "io", 1, at(6))).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(
+        (claims[0].map_index, claims[0].item.as_ref()),
+        (0, Some(&items[0]))
+    );
+}
+
+async fn claim_takes_highest_priority_then_oldest_within_its_pool(db: TestDb) {
+    let s = db.store;
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("low", 1, "default"),
+            ("z_old", 5, "default"),
+            ("a_new", 5, "default"),
+            ("high", 9, "default"),
+            ("gpu", 100, "gpu"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    // The names sort against their age, so only queued_at can put z_old before a_new.
+    s.apply("r", &[queue("low"), queue("z_old")], at(1))
+        .await
+        .unwrap();
+    s.apply("r", &[queue("a_new"), queue("high"), queue("gpu")], at(2))
+        .await
+        .unwrap();
+
+    let mut order = Vec::new();
+    loop {
+        let got = s
+            .claim(&claim_req("w1", "default", 1, at(10)))
+            .await
+            .unwrap();
+        assert!(got.len() <= 1, "limit 1 returned {} claims", got.len());
+        let Some(c) = got.into_iter().next() else {
+            break;
+        };
+        order.push(c.task_id);
+    }
+    assert_eq!(order, ["high", "z_old", "a_new", "low"]);
+    assert_eq!(
+        ti(&*s, "r", "gpu", UNMAPPED).await.state,
+        TaskState::Queued,
+        "another pool's try, whatever its priority, is not claimed"
+    );
+    let gpu = s.claim(&claim_req("w1", "gpu", 5, at(11))).await.unwrap();
+    assert_eq!(
+        gpu.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(),
+        ["gpu"]
+    );
+}
+
+async fn claim_respects_limit_and_run_filter(db: TestDb) {
+    let s = db.store;
+    let hi: Vec<(String, i32, &str)> = (0..5).map(|i| (format!("t{i}"), 10, "default")).collect();
+    let lo: Vec<(String, i32, &str)> = (0..3).map(|i| (format!("t{i}"), 0, "default")).collect();
+    for (run_id, day, tasks) in [("r1", 0, &hi), ("r2", 86_400, &lo)] {
+        let tasks: Vec<(&str, i32, &str)> = tasks
+            .iter()
+            .map(|(t, p, pool)| (t.as_str(), *p, *pool))
+            .collect();
+        assert!(
+            s.create_run(&new_run(run_id, "etl", RunType::Manual, at(day), &tasks))
+                .await
+                .unwrap()
+        );
+        assert!(s.start_run(run_id, at(day)).await.unwrap());
+        queue_all(&*s, run_id, at(1)).await;
+    }
+
+    assert!(
+        s.claim(&claim_req("w1", "default", 0, at(2)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.claim(&claim_req("w1", "default", -1, at(2)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let three = s
+        .claim(&claim_req("w1", "default", 3, at(2)))
+        .await
+        .unwrap();
+    assert_eq!(three.len(), 3);
+    assert!(
+        three.iter().all(|c| c.run_id == "r1"),
+        "r1's tries have the higher priority"
+    );
+
+    let only_r2 = ClaimRequest {
+        run_id: Some("r2".into()),
+        ..claim_req("w1", "default", 10, at(3))
+    };
+    let r2: BTreeSet<(String, String)> = s
+        .claim(&only_r2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.run_id, c.task_id))
+        .collect();
+    let want: BTreeSet<(String, String)> = (0..3)
+        .map(|i| ("r2".to_string(), format!("t{i}")))
+        .collect();
+    assert_eq!(r2, want);
+
+    let rest = s
+        .claim(&claim_req("w1", "default", 10, at(4)))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|c| c.run_id == "r1"));
+    assert!(
+        s.claim(&claim_req("w1", "default", 10, at(5)))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn claim_records_the_try_and_counts_tries(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["a"]).await;
+    s.apply("r", &[queue("a")], at(1)).await.unwrap();
+
+    let c = claim_one(&*s, "w1", at(5)).await;
+    assert_eq!(
+        c,
+        Claim {
+            run_id: "r".into(),
+            task_id: "a".into(),
+            map_index: UNMAPPED,
+            try_number: 1,
+            try_base: 0,
+            item: None,
+            owner: "w1".into(),
+        }
+    );
+    assert_eq!(
+        ti(&*s, "r", "a", UNMAPPED).await,
+        TiRow {
+            state: TaskState::Running,
+            try_number: 1,
+            queued_at: Some(at(1)),
+            started_at: Some(at(5)),
+            lease_owner: Some("w1".into()),
+            lease_expires_at: Some(at(65)),
+            hostname: Some("w1.local".into()),
+            ..fresh_ti("r", "a", 0, "default")
+        }
+    );
+    assert_eq!(
+        s.tries("r", "a", UNMAPPED).await.unwrap(),
+        [TryRow {
+            try_number: 1,
+            state: TaskState::Running,
+            started_at: at(5),
+            ended_at: None,
+            error: None,
+        }]
+    );
+
+    s.set_pid(&c, 4242).await.unwrap();
+    assert_eq!(ti(&*s, "r", "a", UNMAPPED).await.pid, Some(4242));
+    let stranger = Claim {
+        owner: "w2".into(),
+        ..c.clone()
+    };
+    s.set_pid(&stranger, 1).await.unwrap();
+    assert_eq!(
+        ti(&*s, "r", "a", UNMAPPED).await.pid,
+        Some(4242),
+        "set_pid is fenced too"
+    );
+
+    let retry = TryEnd {
+        error: Some("exit status 1".into()),
+        next_try_at: Some(at(30)),
+        ..ended(TaskState::UpForRetry, at(6))
+    };
+    assert!(s.finish_try(&c, &retry).await.unwrap());
+    s.apply("r", &[queue("a")], at(30)).await.unwrap();
+    let second = claim_one(&*s, "w2", at(31)).await;
+    assert_eq!((second.try_number, second.try_base), (2, 0));
+    let a = ti(&*s, "r", "a", UNMAPPED).await;
+    assert_eq!(
+        (a.try_number, a.error, a.pid),
+        (2, None, None),
+        "a new try starts clean"
+    );
+    assert_eq!(
+        s.tries("r", "a", UNMAPPED).await.unwrap(),
+        [
+            TryRow {
+                try_number: 1,
+                state: TaskState::UpForRetry,
+                started_at: at(5),
+                ended_at: Some(at(6)),
+                error: Some("exit status 1".into()),
+            },
+            TryRow {
+                try_number: 2,
+                state: TaskState::Running,
+                started_at: at(31),
+                ended_at: None,
+                error: None,
+            },
+        ]
+    );
+}
+
+async fn concurrent_claimers_never_share_a_try(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["m"]).await;
+    let items: Vec<Json> = (0..200).map(|i| json!(i)).collect();
+    s.apply(
+        "r",
+        &[Decision::Expand {
+            task_id: "m".into(),
+            items,
+        }],
+        at(1),
+    )
+    .await
+    .unwrap();
+
+    let workers: Vec<_> = ["w1", "w2"]
+        .into_iter()
+        .map(|owner| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = s
+                        .claim(&claim_req(owner, "default", 1, at(2)))
+                        .await
+                        .unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    got.extend(batch);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("claimer task panicked"));
+    }
+
+    let distinct: BTreeSet<i64> = all.iter().map(|c| c.map_index).collect();
+    assert_eq!(all.len(), 200, "every try claimed exactly once");
+    assert_eq!(distinct, (0..200).collect::<BTreeSet<i64>>());
+    assert!(all.iter().all(|c| c.try_number == 1));
+    // The database agrees with each claimer about who owns what.
+    let owners: BTreeMap<i64, String> =
+        all.iter().map(|c| (c.map_index, c.owner.clone())).collect();
+    for t in s.task_instances("r").await.unwrap() {
+        assert_eq!(t.state, TaskState::Running);
+        assert_eq!(t.try_number, 1);
+        assert_eq!(t.lease_owner.as_ref(), owners.get(&t.map_index));
+    }
+}
+
+async fn finish_try_is_fenced_by_owner_and_try_number(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["a", "b"]).await;
+    queue_all(&*s, "r", at(1)).await;
+    let c = claim_one(&*s, "w1", at(5)).await;
+    assert_eq!(c.task_id, "a");
+
+    let output = json!({"rows": 3, "files": ["a.csv", "b.csv"], "ok": true});
+    let success = TryEnd {
+        output: Some(output.clone()),
+        ..ended(TaskState::Success, at(9))
+    };
+    let before = ti(&*s, "r", "a", UNMAPPED).await;
+    let before_tries = s.tries("r", "a", UNMAPPED).await.unwrap();
+    let stranger = Claim {
+        owner: "w2".into(),
+        ..c.clone()
+    };
+    let stale = Claim {
+        try_number: c.try_number + 1,
+        ..c.clone()
+    };
+    assert!(!s.finish_try(&stranger, &success).await.unwrap());
+    assert!(!s.finish_try(&stale, &success).await.unwrap());
+    assert_eq!(ti(&*s, "r", "a", UNMAPPED).await, before);
+    assert_eq!(s.tries("r", "a", UNMAPPED).await.unwrap(), before_tries);
+
+    assert!(s.finish_try(&c, &success).await.unwrap());
+    let a = ti(&*s, "r", "a", UNMAPPED).await;
+    assert_eq!(a.state, TaskState::Success);
+    assert_eq!(a.output, Some(output));
+    assert_eq!(a.ended_at, Some(at(9)));
+    assert_eq!((a.lease_owner, a.lease_expires_at), (None, None));
+    assert_eq!((a.try_number, a.try_base), (1, 0));
+    assert_eq!(
+        s.tries("r", "a", UNMAPPED).await.unwrap(),
+        [TryRow {
+            try_number: 1,
+            state: TaskState::Success,
+            started_at: at(5),
+            ended_at: Some(at(9)),
+            error: None,
+        }]
+    );
+    // Orphan recovery racing the executor: whoever ends the try second loses.
+    assert!(
+        !s.finish_try(&c, &ended(TaskState::Failed, at(10)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ti(&*s, "r", "a", UNMAPPED).await.state, TaskState::Success);
+
+    // A try cut short by a clean shutdown goes back to the queue without using up a retry.
+    let cb = claim_one(&*s, "w1", at(11)).await;
+    assert_eq!((cb.task_id.as_str(), cb.try_number), ("b", 1));
+    let requeue = TryEnd {
+        error: Some("interrupted".into()),
+        requeue: true,
+        ..ended(TaskState::Queued, at(12))
+    };
+    assert!(s.finish_try(&cb, &requeue).await.unwrap());
+    let b = ti(&*s, "r", "b", UNMAPPED).await;
+    assert_eq!(
+        (b.state, b.try_number, b.try_base),
+        (TaskState::Queued, 1, 1)
+    );
+    assert_eq!((b.lease_owner, b.lease_expires_at), (None, None));
+    let tries = s.tries("r", "b", UNMAPPED).await.unwrap();
+    assert_eq!(tries.len(), 1);
+    assert_eq!(
+        tries[0].ended_at,
+        Some(at(12)),
+        "the interrupted try is closed in the history"
+    );
+    let again = claim_one(&*s, "w2", at(13)).await;
+    assert_eq!(
+        (again.task_id.as_str(), again.try_number, again.try_base),
+        ("b", 2, 1)
+    );
+}
+
+async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
+    let s = db.store;
+    assert_eq!(s.last_heartbeat().await.unwrap(), None);
+    started_run(&*s, "r", &["a", "b", "c"]).await;
+    queue_all(&*s, "r", at(1)).await;
+    let mine = claim_one(&*s, "w1", at(5)).await;
+    let theirs = claim_one(&*s, "w2", at(5)).await;
+
+    s.heartbeat("w1", "w1.local", 100, at(30), at(90))
+        .await
+        .unwrap();
+    assert_eq!(
+        ti(&*s, "r", &mine.task_id, UNMAPPED).await.lease_expires_at,
+        Some(at(90))
+    );
+    assert_eq!(
+        ti(&*s, "r", &theirs.task_id, UNMAPPED)
+            .await
+            .lease_expires_at,
+        Some(at(65))
+    );
+    assert_eq!(ti(&*s, "r", "c", UNMAPPED).await.lease_expires_at, None);
+    assert_eq!(s.last_heartbeat().await.unwrap(), Some(at(30)));
+
+    // A finished try has no lease left to extend.
+    assert!(
+        s.finish_try(&mine, &ended(TaskState::Success, at(40)))
+            .await
+            .unwrap()
+    );
+    s.heartbeat("w1", "w1.local", 100, at(50), at(110))
+        .await
+        .unwrap();
+    let done = ti(&*s, "r", &mine.task_id, UNMAPPED).await;
+    assert_eq!(
+        (done.state, done.lease_expires_at),
+        (TaskState::Success, None)
+    );
+    assert_eq!(
+        ti(&*s, "r", &theirs.task_id, UNMAPPED)
+            .await
+            .lease_expires_at,
+        Some(at(65))
+    );
+
+    s.heartbeat("w2", "w2.local", 200, at(45), at(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        ti(&*s, "r", &theirs.task_id, UNMAPPED)
+            .await
+            .lease_expires_at,
+        Some(at(120))
+    );
+    assert_eq!(
+        s.last_heartbeat().await.unwrap(),
+        Some(at(50)),
+        "the latest of all schedulers"
+    );
+}
+
+async fn expired_tries_finds_running_tries_past_their_lease(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["a", "b", "c"]).await;
+    queue_all(&*s, "r", at(0)).await;
+    let short = s
+        .claim(&ClaimRequest {
+            lease_until: at(60),
+            ..claim_req("w1", "default", 1, at(0))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let long = s
+        .claim(&ClaimRequest {
+            lease_until: at(600),
+            ..claim_req("w2", "default", 1, at(0))
+        })
+        .await
+        .unwrap()
+        .remove(0);
+
+    assert!(s.expired_tries(at(30)).await.unwrap().is_empty());
+    assert_eq!(
+        s.expired_tries(at(120)).await.unwrap(),
+        [ti(&*s, "r", &short.task_id, UNMAPPED).await]
+    );
+    let both: BTreeSet<String> = s
+        .expired_tries(at(1000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(
+        both,
+        BTreeSet::from([short.task_id.clone(), long.task_id.clone()])
+    );
+
+    s.heartbeat("w1", "w1.local", 1, at(100), at(300))
+        .await
+        .unwrap();
+    assert!(s.expired_tries(at(120)).await.unwrap().is_empty());
+    assert!(
+        s.finish_try(&long, &ended(TaskState::Success, at(130)))
+            .await
+            .unwrap()
+    );
+    let left: Vec<String> = s
+        .expired_tries(at(1000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert_eq!(left, [short.task_id], "only running tries can expire");
+}
+
+async fn clear_tasks_resets_instances_and_requeues_the_run(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["a", "b", "c"]).await;
+    queue_all(&*s, "r", at(1)).await;
+    let claims = s
+        .claim(&claim_req("w1", "default", 3, at(2)))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 3);
+    for c in &claims {
+        s.set_pid(c, 77).await.unwrap();
+        let end = match c.task_id.as_str() {
+            "b" => TryEnd {
+                error: Some("boom".into()),
+                ..ended(TaskState::Failed, at(3))
+            },
+            _ => TryEnd {
+                output: Some(json!({"task": c.task_id})),
+                ..ended(TaskState::Success, at(3))
+            },
+        };
+        assert!(s.finish_try(c, &end).await.unwrap());
+    }
+    s.apply("r", &[Decision::FinishRun(RunState::Failed)], at(4))
+        .await
+        .unwrap();
+    let c_before = ti(&*s, "r", "c", UNMAPPED).await;
+
+    assert!(s.clear_tasks("r", &ids(&["a", "b"]), at(5)).await.unwrap());
+    for task_id in ["a", "b"] {
+        let t = ti(&*s, "r", task_id, UNMAPPED).await;
+        assert_eq!(
+            t,
+            TiRow {
+                state: TaskState::Scheduled,
+                try_number: 1,
+                try_base: 1,
+                // Informational only; whether a clear forgets it is not part of the contract.
+                hostname: t.hostname.clone(),
+                ..fresh_ti("r", task_id, 0, "default")
+            }
+        );
+        assert_eq!(
+            s.tries("r", task_id, UNMAPPED).await.unwrap().len(),
+            1,
+            "history is kept"
+        );
+    }
+    assert_eq!(ti(&*s, "r", "c", UNMAPPED).await, c_before);
+    let run = s.get_run("r").await.unwrap().unwrap();
+    assert_eq!((run.state, run.ended_at), (RunState::Queued, None));
+
+    assert!(!s.clear_tasks("ghost", &ids(&["a"]), at(6)).await.unwrap());
+    assert_eq!(s.get_run("ghost").await.unwrap(), None);
+
+    // Try numbers keep counting after a clear; retries count from try_base.
+    assert!(s.start_run("r", at(7)).await.unwrap());
+    s.apply("r", &[queue("a")], at(7)).await.unwrap();
+    let again = claim_one(&*s, "w2", at(8)).await;
+    assert_eq!(
+        (again.task_id.as_str(), again.try_number, again.try_base),
+        ("a", 2, 1)
+    );
+}
+
+async fn timestamps_round_trip_exactly(db: TestDb) {
+    let s = db.store;
+    let instants = [
+        Utc.timestamp_micros(1_767_225_600_123_457).unwrap(),
+        // Before the epoch: negative microseconds must not be rounded toward zero.
+        Utc.timestamp_micros(-1).unwrap(),
+        Utc.timestamp_micros(-86_400_000_001).unwrap(),
+        Utc.timestamp_micros(4_102_444_799_999_999).unwrap(),
+    ];
+    s.sync_dags(
+        &[dag("etl", "v1", false)],
+        &ids(&["etl"]),
+        &no_errors(),
+        at(0),
+    )
+    .await
+    .unwrap();
+    for (i, t) in instants.into_iter().enumerate() {
+        let run_id = format!("r{i}");
+        let run = NewRun {
+            data_interval_start: t - Duration::microseconds(1),
+            data_interval_end: t + Duration::microseconds(1),
+            queued_at: t + Duration::microseconds(7),
+            ..new_run(
+                &run_id,
+                "etl",
+                RunType::Scheduled,
+                t,
+                &[("a", 0, "default")],
+            )
+        };
+        assert!(s.create_run(&run).await.unwrap());
+        let row = s.get_run(&run_id).await.unwrap().unwrap();
+        assert_eq!(row.logical_date, run.logical_date);
+        assert_eq!(row.data_interval_start, run.data_interval_start);
+        assert_eq!(row.data_interval_end, run.data_interval_end);
+        assert_eq!(row.queued_at, run.queued_at);
+
+        assert!(s.start_run(&run_id, t).await.unwrap());
+        assert_eq!(
+            s.get_run(&run_id).await.unwrap().unwrap().started_at,
+            Some(t)
+        );
+        s.set_next_run_at("etl", Some(t)).await.unwrap();
+        assert_eq!(
+            s.get_dag("etl").await.unwrap().unwrap().next_run_at,
+            Some(t)
+        );
+
+        s.apply(&run_id, &[queue("a")], t).await.unwrap();
+        let claim = s
+            .claim(&ClaimRequest {
+                run_id: Some(run_id.clone()),
+                lease_until: t + Duration::microseconds(3),
+                ..claim_req("w1", "default", 1, t)
+            })
+            .await
+            .unwrap()
+            .remove(0);
+        let a = ti(&*s, &run_id, "a", UNMAPPED).await;
+        assert_eq!((a.queued_at, a.started_at), (Some(t), Some(t)));
+        assert_eq!(a.lease_expires_at, Some(t + Duration::microseconds(3)));
+        let end = TryEnd {
+            next_try_at: Some(t + Duration::microseconds(11)),
+            ..ended(TaskState::UpForRetry, t + Duration::microseconds(5))
+        };
+        assert!(s.finish_try(&claim, &end).await.unwrap());
+        let a = ti(&*s, &run_id, "a", UNMAPPED).await;
+        assert_eq!(a.ended_at, Some(t + Duration::microseconds(5)));
+        assert_eq!(a.next_try_at, Some(t + Duration::microseconds(11)));
+        let tries = s.tries(&run_id, "a", UNMAPPED).await.unwrap();
+        assert_eq!(
+            (tries[0].started_at, tries[0].ended_at),
+            (t, Some(t + Duration::microseconds(5)))
+        );
+    }
+    assert_eq!(
+        s.latest_logical_date("etl").await.unwrap(),
+        Some(instants[3]),
+        "the latest of the scheduled runs"
+    );
+    s.heartbeat("w1", "w1.local", 1, instants[0], instants[3])
+        .await
+        .unwrap();
+    assert_eq!(s.last_heartbeat().await.unwrap(), Some(instants[0]));
+}
+
+async fn running_by_pool_and_queued_pools(db: TestDb) {
+    let s = db.store;
+    assert!(s.running_by_pool().await.unwrap().is_empty());
+    assert!(s.queued_pools().await.unwrap().is_empty());
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("d0", 0, "default"),
+            ("d1", 0, "default"),
+            ("d2", 0, "default"),
+            ("g0", 0, "gpu"),
+            ("g1", 0, "gpu"),
+            ("i0", 0, "io"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    assert!(
+        s.queued_pools().await.unwrap().is_empty(),
+        "scheduled is not queued"
+    );
+
+    queue_all(&*s, "r", at(1)).await;
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(s.queued_pools().await.unwrap()),
+        ["default", "gpu", "io"]
+    );
+    assert!(s.running_by_pool().await.unwrap().is_empty());
+
+    let defaults = s
+        .claim(&claim_req("w1", "default", 2, at(2)))
+        .await
+        .unwrap();
+    assert_eq!(defaults.len(), 2);
+    s.claim(&claim_req("w1", "gpu", 1, at(2))).await.unwrap();
+    assert_eq!(
+        s.running_by_pool().await.unwrap(),
+        BTreeMap::from([("default".to_string(), 2), ("gpu".to_string(), 1)])
+    );
+    assert_eq!(
+        sorted(s.queued_pools().await.unwrap()),
+        ["default", "gpu", "io"]
+    );
+
+    s.claim(&claim_req("w1", "gpu", 5, at(3))).await.unwrap();
+    s.claim(&claim_req("w1", "io", 5, at(3))).await.unwrap();
+    assert_eq!(s.queued_pools().await.unwrap(), ["default"]);
+    assert!(
+        s.finish_try(&defaults[0], &ended(TaskState::Success, at(4)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.running_by_pool().await.unwrap(),
+        BTreeMap::from([
+            ("default".to_string(), 1),
+            ("gpu".to_string(), 2),
+            ("io".to_string(), 1),
+        ])
+    );
+}
+
+async fn paused_flags_cover_active_dags(db: TestDb) {
+    let s = db.store;
+    assert!(s.paused_flags().await.unwrap().is_empty());
+    s.sync_dags(
+        &[
+            dag("a", "v1", true),
+            dag("b", "v1", false),
+            dag("c", "v1", false),
+        ],
+        &ids(&["a", "b", "c"]),
+        &no_errors(),
+        at(0),
+    )
+    .await
+    .unwrap();
+    let flags = |pairs: &[(&str, bool)]| -> BTreeMap<String, bool> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    assert_eq!(
+        s.paused_flags().await.unwrap(),
+        flags(&[("a", true), ("b", false), ("c", false)])
+    );
+
+    assert!(s.set_paused("b", true).await.unwrap());
+    s.sync_dags(&[], &ids(&["a", "b"]), &no_errors(), at(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.paused_flags().await.unwrap(),
+        flags(&[("a", true), ("b", true)])
+    );
+}
+
+macro_rules! contract {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_sqlite(super::$case).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::on_postgres(super::$case).await;
+                }
+            )+
+        }
+    };
+}
+
+contract!(
+    migrations_apply_on_fresh_db_and_again_on_reopen,
+    sync_dags_upserts_keeps_pause_and_deactivates,
+    set_paused_reports_unknown_dags,
+    create_run_creates_the_run_and_its_instances,
+    list_runs_newest_first_with_filters_and_keyset,
+    start_run_only_from_queued,
+    apply_moves_only_instances_in_the_expected_state,
+    expand_replaces_the_placeholder,
+    claim_takes_highest_priority_then_oldest_within_its_pool,
+    claim_respects_limit_and_run_filter,
+    claim_records_the_try_and_counts_tries,
+    concurrent_claimers_never_share_a_try,
+    finish_try_is_fenced_by_owner_and_try_number,
+    heartbeat_extends_only_the_owners_leases,
+    expired_tries_finds_running_tries_past_their_lease,
+    clear_tasks_resets_instances_and_requeues_the_run,
+    timestamps_round_trip_exactly,
+    running_by_pool_and_queued_pools,
+    paused_flags_cover_active_dags,
+);

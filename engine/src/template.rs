@@ -1,0 +1,244 @@
+//! Task templates: a Jinja-compatible language (minijinja), strict about unknown names.
+//!
+//! Values render as a user of YAML and JSON expects: integral numbers without a decimal point,
+//! booleans as `true`/`false`, null as `null`, lists and objects as JSON. Rendering is pure: the
+//! caller builds the context (see [`RunContext`]) and gets a string or a message.
+
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+use minijinja::value::ValueKind;
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde_json::Value as Json;
+
+/// The names a template may use at the top level.
+pub const CONTEXT_NAMES: &[&str] = &[
+    "ds",
+    "ds_nodash",
+    "ts",
+    "ts_nodash",
+    "logical_date",
+    "data_interval_start",
+    "data_interval_end",
+    "dag_id",
+    "run_id",
+    "task_id",
+    "try_number",
+    "params",
+    "tasks",
+    "secrets",
+    "item",
+    "map_index",
+];
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_formatter(|out, state, value| {
+            if let Some(text) = plain_text(value) {
+                out.write_str(&text).map_err(minijinja::Error::from)
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        env
+    })
+}
+
+/// How a non-string value is written into the rendered text.
+fn plain_text(value: &Value) -> Option<String> {
+    match value.kind() {
+        ValueKind::Number => {
+            if let Some(f) = f64::try_from(value.clone())
+                .ok()
+                .filter(|_| !value.is_integer())
+                && f.is_finite()
+                && f.fract() == 0.0
+                && f.abs() < 1e15
+            {
+                // An integral float (say 0.5 * 8) prints as an integer, as users expect.
+                return Some(format!("{}", f as i64));
+            }
+            None
+        }
+        ValueKind::None => Some("null".to_string()),
+        ValueKind::Bool => Some(value.is_true().to_string()),
+        ValueKind::Seq | ValueKind::Map => serde_json::to_string(value).ok(),
+        _ => None,
+    }
+}
+
+/// A function the template language itself provides (`range`, `dict`, ...).
+pub fn is_builtin(name: &str) -> bool {
+    env().globals().any(|(n, _)| n == name)
+}
+
+/// Renders one template string.
+pub fn render(source: &str, ctx: &Value) -> Result<String, String> {
+    env().render_str(source, ctx).map_err(describe_error)
+}
+
+/// Renders every string inside a JSON value (keys are left alone).
+pub fn render_json(value: &Json, ctx: &Value) -> Result<Json, String> {
+    Ok(match value {
+        Json::String(s) if is_template(s) => Json::String(render(s, ctx)?),
+        Json::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|v| render_json(v, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_json(v, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Only strings with template syntax need the engine; the rest are returned as they are.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%") || s.contains("{#")
+}
+
+fn describe_error(err: minijinja::Error) -> String {
+    let mut msg = err.to_string();
+    // minijinja adds "(in <string>:1)" which tells a DAG author nothing.
+    if let Some(idx) = msg.find(" (in <string>") {
+        msg.truncate(idx);
+    }
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Parses a template and returns the dotted names it reads (`params.model`,
+/// `tasks.extract.output.rows`), for static checks at validation time.
+pub fn references(source: &str) -> Result<BTreeSet<String>, String> {
+    let tmpl = env().template_from_str(source).map_err(describe_error)?;
+    Ok(tmpl.undeclared_variables(true).into_iter().collect())
+}
+
+/// The values a task's templates see in one run. Built by the executor (and by the planner for
+/// `when` and `for_each`) from what the store holds.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    pub dag_id: String,
+    pub run_id: String,
+    pub logical_date: chrono::DateTime<chrono::Utc>,
+    pub data_interval_start: chrono::DateTime<chrono::Utc>,
+    pub data_interval_end: chrono::DateTime<chrono::Utc>,
+    pub params: Json,
+    /// task id -> `{"output": ...}` for the upstream tasks that published one.
+    pub tasks: serde_json::Map<String, Json>,
+}
+
+/// What varies per task instance and try.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPart<'a> {
+    pub task_id: &'a str,
+    pub try_number: i64,
+    pub item: Option<&'a Json>,
+    pub map_index: Option<i64>,
+}
+
+impl RunContext {
+    pub fn to_value(&self, task: &TaskPart<'_>, secrets: &crate::secrets::Secrets) -> Value {
+        use crate::time::rfc3339;
+        let ld = self.logical_date;
+        let mut ctx = serde_json::Map::new();
+        ctx.insert("ds".into(), ld.format("%Y-%m-%d").to_string().into());
+        ctx.insert("ds_nodash".into(), ld.format("%Y%m%d").to_string().into());
+        ctx.insert("ts".into(), rfc3339(ld).into());
+        ctx.insert(
+            "ts_nodash".into(),
+            ld.format("%Y%m%dT%H%M%S").to_string().into(),
+        );
+        ctx.insert("logical_date".into(), rfc3339(ld).into());
+        ctx.insert(
+            "data_interval_start".into(),
+            rfc3339(self.data_interval_start).into(),
+        );
+        ctx.insert(
+            "data_interval_end".into(),
+            rfc3339(self.data_interval_end).into(),
+        );
+        ctx.insert("dag_id".into(), self.dag_id.clone().into());
+        ctx.insert("run_id".into(), self.run_id.clone().into());
+        ctx.insert("task_id".into(), task.task_id.into());
+        ctx.insert("try_number".into(), task.try_number.into());
+        ctx.insert("params".into(), self.params.clone());
+        ctx.insert("tasks".into(), Json::Object(self.tasks.clone()));
+        let secrets: serde_json::Map<String, Json> = secrets
+            .names()
+            .map(|n| (n.to_string(), secrets.get(n).unwrap_or_default().into()))
+            .collect();
+        ctx.insert("secrets".into(), Json::Object(secrets));
+        if let Some(item) = task.item {
+            ctx.insert("item".into(), item.clone());
+        }
+        if let Some(i) = task.map_index {
+            ctx.insert("map_index".into(), i.into());
+        }
+        Value::from(minijinja::value::Serde(Json::Object(ctx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(v: Json) -> Value {
+        Value::from(minijinja::value::Serde(v))
+    }
+
+    #[test]
+    fn values_render_as_a_yaml_user_expects() {
+        let c = ctx(json!({"i": 4, "f": 0.5, "b": true, "n": null, "l": [1, "a"], "o": {"k": 1}}));
+        let cases = [
+            ("{{ i }}", "4"),
+            ("{{ f * 8 }}", "4"),
+            ("{{ i * 2 }}", "8"),
+            ("{{ f }}", "0.5"),
+            ("{{ b }}", "true"),
+            ("{{ n }}", "null"),
+            ("{{ l }}", r#"[1,"a"]"#),
+            ("{{ o }}", r#"{"k":1}"#),
+            ("{{ '<b>' }}", "<b>"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(render(src, &c).unwrap(), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_fail_with_a_clear_message() {
+        let err = render("{{ params.nope }}", &ctx(json!({"params": {}}))).unwrap_err();
+        assert!(err.contains("undefined"), "{err}");
+        let err = render("{{ oops", &ctx(json!({}))).unwrap_err();
+        assert!(err.contains("syntax error"), "{err}");
+    }
+
+    #[test]
+    fn references_are_dotted_paths() {
+        let refs = references("{{ params.model }} {{ tasks.a.output.rows }} {{ ds }}").unwrap();
+        assert!(refs.contains("params.model"), "{refs:?}");
+        assert!(refs.contains("tasks.a.output.rows"), "{refs:?}");
+        assert!(refs.contains("ds"), "{refs:?}");
+    }
+
+    #[test]
+    fn render_json_renders_nested_strings_only() {
+        let c = ctx(json!({"ds": "2026-03-01"}));
+        let out = render_json(&json!({"a": ["{{ ds }}", 3], "b": "x"}), &c).unwrap();
+        assert_eq!(out, json!({"a": ["2026-03-01", 3], "b": "x"}));
+    }
+}

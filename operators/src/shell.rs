@@ -1,0 +1,130 @@
+//! `shell`: a command run by `/bin/sh -c` in its own process group.
+//!
+//! The group matters: a timeout or a shutdown kills every process the command started, not just
+//! the shell. Standard output and error are read line by line and written, masked, to the try's
+//! log.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use flow_engine::operator::{LogSink, Operator, OperatorError, OperatorKeys, TaskContext};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value as Json;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+pub struct Shell;
+
+/// Kills the whole process group when dropped: when the try's future is dropped on timeout or
+/// shutdown, nothing it started survives.
+struct GroupGuard {
+    pgid: Option<Pid>,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+async fn pump(reader: impl AsyncRead + Unpin, log: LogSink) {
+    let mut lines = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => log.line(&String::from_utf8_lossy(&buf)).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for Shell {
+    fn name(&self) -> &'static str {
+        "shell"
+    }
+
+    fn keys(&self) -> OperatorKeys {
+        OperatorKeys {
+            required: &["command"],
+            optional: &["env", "cwd"],
+        }
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
+        let command = config
+            .get("command")
+            .and_then(Json::as_str)
+            .ok_or_else(|| OperatorError::Fatal("'command' must be a string".into()))?;
+        let cwd = match config.get("cwd") {
+            None | Some(Json::Null) => ctx.dag_folder.clone(),
+            Some(Json::String(dir)) => ctx.dag_folder.join(Path::new(dir)),
+            Some(_) => return Err(OperatorError::Fatal("'cwd' must be a string".into())),
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(command)
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for (k, v) in ctx.env() {
+            cmd.env(k, v);
+        }
+        match config.get("env") {
+            None | Some(Json::Null) => {}
+            Some(Json::Object(vars)) => {
+                for (k, v) in vars {
+                    let text = match v {
+                        Json::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    cmd.env(k, text);
+                }
+            }
+            Some(_) => return Err(OperatorError::Fatal("'env' must be a mapping".into())),
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            OperatorError::Retryable(format!("cannot start /bin/sh in {}: {e}", cwd.display()))
+        })?;
+        let pid = child.id();
+        let _guard = GroupGuard {
+            pgid: pid.map(|p| Pid::from_raw(p as i32)),
+        };
+        if let (Some(pid), Some(tx)) = (pid, &ctx.on_spawn) {
+            let _ = tx.send(pid);
+        }
+        let out = tokio::spawn(pump(child.stdout.take().expect("piped"), ctx.log.clone()));
+        let err = tokio::spawn(pump(child.stderr.take().expect("piped"), ctx.log.clone()));
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| OperatorError::Retryable(format!("cannot wait for the command: {e}")))?;
+        let _ = out.await;
+        let _ = err.await;
+        if status.success() {
+            Ok(None)
+        } else if let Some(code) = status.code() {
+            Err(OperatorError::Retryable(format!(
+                "command exited with code {code}"
+            )))
+        } else {
+            use std::os::unix::process::ExitStatusExt;
+            Err(OperatorError::Retryable(format!(
+                "command was killed by signal {}",
+                status.signal().unwrap_or(0)
+            )))
+        }
+    }
+}

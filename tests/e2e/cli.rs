@@ -1,0 +1,175 @@
+//! Command-line contract: exit codes, validation output, listing, pausing.
+
+use crate::harness::*;
+
+#[test]
+fn example_dags_validate() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let out = env.flow_ok(
+        &[
+            "dags",
+            "validate",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../dags"),
+        ],
+        0,
+    );
+    assert!(out.contains("valid"), "{out}");
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_position() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag(
+        "broken.yaml",
+        "id: broken\ntasks:\n  a:\n    operator: shell\n    command: echo\n    retires: 3\n  b:\n    operator: teleport\n    depends_on: [a, zz]\n",
+    );
+    env.dag(
+        "other.yaml",
+        "id: broken\ntasks:\n  x: { operator: shell, command: echo }\n",
+    );
+    let out = env.flow(&["dags", "validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let path = env.dags().join("broken.yaml");
+    let p = path.display();
+    assert!(
+        stderr.contains(&format!(
+            "{p}:6:5: unknown key 'retires' in task 'a' (did you mean 'retries'?)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{p}:8:15: unknown operator 'teleport'")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{p}:9:21: task 'b' depends on unknown task 'zz'")),
+        "{stderr}"
+    );
+    // broken.yaml has problems, so other.yaml's id is not a duplicate of anything valid.
+    assert!(!stderr.contains("duplicate DAG id"), "{stderr}");
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag(
+        "p.yaml",
+        "id: p\nparams:\n  n: { type: integer, default: 1 }\ntasks:\n  a: { operator: shell, command: echo }\n",
+    );
+    let cases: &[&[&str]] = &[
+        &["run", "nope"],
+        &["trigger", "nope"],
+        &["run", "p", "--param", "zz=1"],
+        &["run", "p", "--param", "n=abc"],
+        &["run", "p", "--logical-date", "yesterday"],
+        &["runs", "show", "no_such_run"],
+        &["tasks", "logs", "no_such_run", "a"],
+        &["tasks", "clear", "no_such_run", "a"],
+        &["dags", "pause", "nope"],
+        &["runs", "list", "--state", "done"],
+        &["run", "p", "--no-such-flag"],
+    ];
+    for args in cases {
+        let out = env.flow(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(!stderr.trim().is_empty(), "{args:?} printed no reason");
+    }
+    let out = env.flow(&["run", "p", "--param", "zz=1"]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no param 'zz'"), "{stderr}");
+}
+
+#[test]
+fn dags_list_pause_and_unpause() {
+    each_db(|env, _| {
+        env.dag(
+            "sched.yaml",
+            "id: sched\ndescription: daily\nschedule: '@daily'\nstart_date: 2026-01-01\ntags: [a]\ntasks:\n  a: { operator: shell, command: echo }\n",
+        );
+        env.flow_ok(&["dags", "pause", "sched"], 0);
+        let list = env.flow_json(&["dags", "list", "--json"], 0);
+        let d = &list.as_array().unwrap()[0];
+        assert_eq!(d["dag_id"], "sched");
+        assert_eq!(d["paused"], true);
+        assert_eq!(d["schedule"], "@daily");
+        assert_eq!(d["timezone"], "UTC");
+        assert_eq!(d["tags"], serde_json::json!(["a"]));
+        assert!(d["next_run_at"].as_str().unwrap().ends_with('Z'));
+        assert!(d["last_run"].is_null());
+        env.flow_ok(&["dags", "unpause", "sched"], 0);
+        let list = env.flow_json(&["dags", "list", "--json"], 0);
+        assert_eq!(list[0]["paused"], false);
+    });
+}
+
+#[test]
+fn backfill_creates_each_interval_once() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag(
+        "daily.yaml",
+        "id: daily\nschedule: '@daily'\ntimezone: Europe/Amsterdam\nstart_date: 2026-01-01\ntasks:\n  a: { operator: shell, command: 'echo {{ ds }}' }\n",
+    );
+    let out = env.flow_ok(
+        &[
+            "backfill",
+            "daily",
+            "--from",
+            "2026-03-28",
+            "--to",
+            "2026-03-30",
+        ],
+        0,
+    );
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    let again = env.flow(&[
+        "backfill",
+        "daily",
+        "--from",
+        "2026-03-28",
+        "--to",
+        "2026-03-30",
+    ]);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).trim().is_empty());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 run(s) created, 3 already existed"));
+    let runs = env.flow_json(&["runs", "list", "--dag", "daily", "--json"], 0);
+    let mut starts: Vec<(String, String)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["data_interval_start"].as_str().unwrap().to_string(),
+                r["data_interval_end"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    starts.sort();
+    // Local midnights in Amsterdam; 2026-03-29 is 23 hours long (clocks go forward).
+    assert_eq!(
+        starts,
+        vec![
+            (
+                "2026-03-27T23:00:00Z".to_string(),
+                "2026-03-28T23:00:00Z".to_string()
+            ),
+            (
+                "2026-03-28T23:00:00Z".to_string(),
+                "2026-03-29T22:00:00Z".to_string()
+            ),
+            (
+                "2026-03-29T22:00:00Z".to_string(),
+                "2026-03-30T22:00:00Z".to_string()
+            ),
+        ]
+    );
+}

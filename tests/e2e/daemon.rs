@@ -1,0 +1,194 @@
+//! The scheduler daemon: triggered runs, scheduled runs, clears, clean shutdown and crash recovery.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn stop(mut child: std::process::Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(
+                status.code(),
+                Some(0),
+                "the scheduler did not shut down cleanly"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the scheduler ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn daemon_runs_triggered_runs_and_clears() {
+    each_db(|env, db| {
+        env.dag(
+            "chain.yaml",
+            "id: chain\ntasks:\n  a: { operator: shell, command: 'echo a' }\n  b: { operator: shell, command: 'echo b', depends_on: [a] }\n  c: { operator: shell, command: 'echo c', depends_on: [b] }\n",
+        );
+        let scheduler = env.spawn(&["scheduler"]);
+        let run = env.flow_json(&["trigger", "chain", "--wait", "--json"], 0);
+        assert_eq!(run["state"], "success", "{db:?}");
+        let run_id = run["run_id"].as_str().unwrap().to_string();
+        // Without --wait: the run id alone on stdout.
+        let out = env.flow_ok(&["trigger", "chain"], 0);
+        assert!(
+            out.trim().starts_with("chain__") && out.trim().lines().count() == 1,
+            "{out}"
+        );
+        env.wait_run(out.trim(), Duration::from_secs(30));
+
+        env.flow_ok(&["tasks", "clear", &run_id, "b", "--downstream"], 0);
+        let run = env.wait_run(&run_id, Duration::from_secs(30));
+        assert_eq!(run["state"], "success");
+        assert_eq!(task(&run, "a", None)["tries"], 1, "a was not cleared");
+        assert_eq!(task(&run, "b", None)["tries"], 2);
+        assert_eq!(task(&run, "c", None)["tries"], 2);
+        stop(scheduler);
+    });
+}
+
+#[test]
+fn daemon_creates_scheduled_runs_and_respects_pause() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    // A schedule every second, started long ago, without catchup: exactly the latest interval.
+    env.dag(
+        "ticker.yaml",
+        "id: ticker\nschedule: '* * * * * *'\nstart_date: 2026-01-01\nmax_active_runs: 1\ntasks:\n  a: { operator: shell, command: 'echo {{ data_interval_start }}' }\n",
+    );
+    env.flow_ok(&["dags", "pause", "ticker"], 0);
+    let scheduler = env.spawn(&["scheduler"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let runs = env.flow_json(&["runs", "list", "--dag", "ticker", "--json"], 0);
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        0,
+        "a paused DAG got runs: {runs:#}"
+    );
+    env.flow_ok(&["dags", "unpause", "ticker"], 0);
+    let start = Instant::now();
+    let runs = loop {
+        let runs = env.flow_json(
+            &[
+                "runs", "list", "--dag", "ticker", "--state", "success", "--json",
+            ],
+            0,
+        );
+        if runs.as_array().unwrap().len() >= 2 || start.elapsed() > Duration::from_secs(20) {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop(scheduler);
+    let runs = runs.as_array().unwrap();
+    assert!(runs.len() >= 2, "expected scheduled runs: {runs:#?}");
+    for r in runs {
+        assert_eq!(r["run_type"], "scheduled");
+        let start =
+            chrono::DateTime::parse_from_rfc3339(r["data_interval_start"].as_str().unwrap())
+                .unwrap();
+        let end =
+            chrono::DateTime::parse_from_rfc3339(r["data_interval_end"].as_str().unwrap()).unwrap();
+        assert_eq!((end - start).num_seconds(), 1, "{r}");
+        assert_eq!(r["logical_date"], r["data_interval_start"]);
+    }
+    let all = env.flow_json(&["runs", "list", "--dag", "ticker", "--json"], 0);
+    let mut dates: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["logical_date"].as_str().unwrap())
+        .collect();
+    let n = dates.len();
+    dates.sort();
+    dates.dedup();
+    assert_eq!(dates.len(), n, "two runs for one interval");
+}
+
+#[test]
+fn kill_9_loses_nothing_and_runs_nothing_twice() {
+    each_db(|env, db| {
+        env.config("lease_timeout = \"2s\"\n");
+        let marker = env.path("markers");
+        std::fs::create_dir_all(&marker).unwrap();
+        let m = marker.display();
+        env.dag(
+            "crash.yaml",
+            &format!(
+                r#"
+id: crash
+tasks:
+  first:
+    operator: shell
+    command: echo ran >> {m}/first
+  second:
+    operator: shell
+    depends_on: [first]
+    retries: 1
+    retry_delay: 100ms
+    command: |
+      echo "$FLOW_TRY_NUMBER" >> {m}/second
+      if [ "$FLOW_TRY_NUMBER" = 1 ]; then sleep 60 & echo $! > {m}/orphan; wait; fi
+  third:
+    operator: shell
+    depends_on: [second]
+    command: echo ran >> {m}/third
+"#
+            ),
+        );
+        let mut scheduler = env.spawn(&["scheduler"]);
+        let run_id = env.flow_ok(&["trigger", "crash"], 0).trim().to_string();
+        let start = Instant::now();
+        while !marker.join("orphan").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{db:?}: second never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        scheduler.kill().unwrap(); // SIGKILL
+        scheduler.wait().unwrap();
+        let orphan: i32 = std::fs::read_to_string(marker.join("orphan"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
+        assert_eq!(run["state"], "running", "{db:?}: {run:#}");
+        assert_eq!(task(&run, "second", None)["state"], "running");
+
+        let restarted = env.spawn(&["scheduler"]);
+        let run = env.wait_run(&run_id, Duration::from_secs(60));
+        stop(restarted);
+        assert_eq!(run["state"], "success", "{db:?}: {run:#}");
+        assert_eq!(task(&run, "first", None)["tries"], 1);
+        assert_eq!(task(&run, "second", None)["tries"], 2);
+        assert_eq!(
+            std::fs::read_to_string(marker.join("first")).unwrap(),
+            "ran\n",
+            "first ran twice"
+        );
+        assert_eq!(
+            std::fs::read_to_string(marker.join("second")).unwrap(),
+            "1\n2\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(marker.join("third")).unwrap(),
+            "ran\n"
+        );
+        assert!(
+            !pid_alive(orphan),
+            "{db:?}: the orphaned try's process {orphan} was not stopped"
+        );
+        let log = env.flow_ok(&["tasks", "logs", &run_id, "second", "--try", "1"], 0);
+        assert!(log.contains("try 1"), "{log}");
+    });
+}

@@ -1,0 +1,253 @@
+//! A scratch flow home per test: a DAGs folder, a database (SQLite file or a fresh PostgreSQL
+//! database), and helpers to run the binary.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+pub const FLOW: &str = env!("CARGO_BIN_EXE_flow");
+const PG_ADDR: &str = "127.0.0.1:5432";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+    pg_db: Option<String>,
+    pub secrets: Vec<(String, String)>,
+}
+
+/// True when PostgreSQL answers; under CI=true a missing server fails the test instead.
+pub fn postgres_available() -> bool {
+    let up = TcpStream::connect_timeout(&PG_ADDR.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    if !up {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PostgreSQL is not answering on {PG_ADDR}, and CI=true requires it"
+        );
+        eprintln!("note: PostgreSQL is not answering on {PG_ADDR}; skipping the PostgreSQL half");
+    }
+    up
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Env {
+    /// A fresh environment, or None when the database is PostgreSQL and it is not available
+    /// outside CI.
+    pub fn new(db: Db) -> Option<Env> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        let (db_url, pg_db) = match db {
+            Db::Sqlite => (
+                format!("sqlite://{}/home/flow.db", dir.path().display()),
+                None,
+            ),
+            Db::Postgres => {
+                if !postgres_available() {
+                    return None;
+                }
+                let name = format!(
+                    "flow_e2e_{}_{}_{:x}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::SeqCst),
+                    rand_suffix()
+                );
+                (format!("postgres://postgres@{PG_ADDR}/{name}"), Some(name))
+            }
+        };
+        Some(Env {
+            dir,
+            db_url,
+            pg_db,
+            secrets: Vec::new(),
+        })
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn dags(&self) -> PathBuf {
+        self.dir.path().join("dags")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn dag(&self, file: &str, yaml: &str) {
+        std::fs::write(self.dags().join(file), yaml).unwrap();
+    }
+
+    pub fn config(&self, toml: &str) {
+        std::fs::write(self.home().join("flow.toml"), toml).unwrap();
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(FLOW);
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("FLOW_BIND")
+            .env("FLOW_HOME", self.home())
+            .env("FLOW_DAGS_FOLDER", self.dags())
+            .env("FLOW_DATABASE_URL", &self.db_url)
+            .env("FLOW_LOG", "warn")
+            .stdin(Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FLOW_SECRET_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in &self.secrets {
+            cmd.env(format!("FLOW_SECRET_{k}"), v);
+        }
+        cmd
+    }
+
+    pub fn flow(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    /// Runs a command that must exit with `code`; returns its stdout.
+    pub fn flow_ok(&self, args: &[&str], code: i32) -> String {
+        let out = self.flow(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "flow {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn flow_json(&self, args: &[&str], code: i32) -> Json {
+        let text = self.flow_ok(args, code);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Starts a long-running command; its stderr goes to a file in the scratch folder (a pipe
+    /// nobody reads would block it once full).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("spawned.log"))
+            .unwrap();
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Polls `runs show` until the run has ended; panics after `limit`.
+    pub fn wait_run(&self, run_id: &str, limit: Duration) -> Json {
+        let start = Instant::now();
+        loop {
+            let run = self.flow_json(&["runs", "show", run_id, "--json"], 0);
+            if matches!(run["state"].as_str(), Some("success" | "failed")) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "run {run_id} did not end within {limit:?}: {run:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every file under the home folder, read as bytes, for "no secret on disk" checks.
+    pub fn home_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        walk(&self.home(), &mut out);
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            out.push((p, bytes));
+        }
+    }
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn rand_suffix() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.subsec_nanos() ^ (t.as_secs() as u32)
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(db) = &self.pg_db {
+            // Best effort: scratch databases should not pile up on a developer's server.
+            let _ = Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-q",
+                    "-c",
+                ])
+                .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs `body` once per database (the PostgreSQL half only where it is available).
+pub fn each_db(body: impl Fn(Env, Db)) {
+    for db in [Db::Sqlite, Db::Postgres] {
+        if let Some(env) = Env::new(db) {
+            body(env, db);
+        }
+    }
+}
+
+pub fn task<'a>(run: &'a Json, id: &str, map_index: Option<i64>) -> &'a Json {
+    run["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == id && t["map_index"].as_i64() == map_index)
+        .unwrap_or_else(|| panic!("no task {id}[{map_index:?}] in {run:#}"))
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still has a /proc entry; its state letter is Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

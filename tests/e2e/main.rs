@@ -1,0 +1,9 @@
+//! End-to-end tests of the real `flow` binary, on SQLite and PostgreSQL.
+//!
+//! One test binary for the whole project (see `ui/Cargo.toml`), so the link happens once.
+
+mod harness;
+
+mod cli;
+mod daemon;
+mod run;

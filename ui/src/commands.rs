@@ -1,0 +1,609 @@
+//! What each command does. Errors a user must fix come back as [`Usage`] (exit code 2).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use flow_engine::dag::Dag;
+use flow_engine::dag::load::{dag_files, load_files};
+use flow_engine::executor::log_path;
+use flow_engine::plan::UNMAPPED;
+use flow_engine::schedule::parse_date;
+use flow_engine::scheduler::{self, Engine, EngineError, Mode};
+use flow_engine::secrets::Secrets;
+use flow_engine::state::RunState;
+use flow_engine::store::{RunFilter, Store};
+use flow_engine::time::{now, rfc3339};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Given, Settings, resolve};
+use crate::progress::follow;
+use crate::render::{dag_json, run_json, short_ts, table};
+use crate::{Cli, Command, DagsCommand, Global, RunArgs, RunsCommand, TasksCommand};
+
+/// An input or usage error: exit code 2, one line.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(msg.into()))
+}
+
+fn engine_err(e: EngineError) -> anyhow::Error {
+    match e {
+        EngineError::Input(m) => usage(m),
+        other => anyhow::Error::new(other),
+    }
+}
+
+struct Ctx {
+    settings: Settings,
+    store: Arc<dyn Store>,
+    secrets: Secrets,
+}
+
+fn settings(g: &Global) -> Result<Settings> {
+    resolve(&Given {
+        home: g.home.clone(),
+        dags: g.dags.clone(),
+        database_url: g.database_url.clone(),
+        bind: g.bind.clone(),
+    })
+    .map_err(|e| usage(format!("{e:#}")))
+}
+
+async fn open(g: &Global) -> Result<Ctx> {
+    let settings = settings(g)?;
+    let store = flow_engine::store::connect(&settings.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact_url(&settings.database_url)
+            )
+        })?;
+    Ok(Ctx {
+        settings,
+        store,
+        secrets: Secrets::from_env(),
+    })
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// An engine with the DAGs folder loaded and recorded.
+async fn engine(ctx: &Ctx) -> Result<Engine> {
+    let mut engine = Engine::new(
+        ctx.store.clone(),
+        Arc::new(flow_operators::registry()),
+        ctx.settings.engine.clone(),
+        ctx.secrets.clone(),
+    );
+    engine.reload_dags().await.map_err(engine_err)?;
+    Ok(engine)
+}
+
+fn find_dag(engine: &Engine, id: &str) -> Result<Arc<Dag>> {
+    engine
+        .dags()
+        .find(|d| d.id == id)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<&str> = engine.dags().map(|d| d.id.as_str()).collect();
+            let hint = flow_engine::dag::parse::did_you_mean(id, known.iter().copied());
+            usage(format!(
+                "unknown DAG '{id}'{hint}: see `flow dags list`, or `flow dags validate` if its file has problems"
+            ))
+        })
+}
+
+fn parse_logical(text: &Option<String>, dag: &Dag) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref()
+        .map(|s| parse_date(s, dag.timezone).map_err(|e| usage(format!("--logical-date: {e}"))))
+        .transpose()
+}
+
+pub async fn dispatch(cli: Cli) -> Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Dags { command } => match command {
+            DagsCommand::Validate { paths } => validate(g, paths),
+            DagsCommand::List { json } => dags_list(g, json).await,
+            DagsCommand::Pause { dag } => set_paused(g, &dag, true).await,
+            DagsCommand::Unpause { dag } => set_paused(g, &dag, false).await,
+        },
+        Command::Run(args) => run(g, args).await,
+        Command::Trigger { run, wait } => trigger(g, run, wait).await,
+        Command::Backfill {
+            dag,
+            from,
+            to,
+            wait,
+        } => backfill(g, &dag, &from, &to, wait).await,
+        Command::Runs { command } => match command {
+            RunsCommand::List {
+                dag,
+                state,
+                limit,
+                json,
+            } => runs_list(g, dag, state, limit, json).await,
+            RunsCommand::Show { run_id, json } => runs_show(g, &run_id, json).await,
+        },
+        Command::Tasks { command } => match command {
+            TasksCommand::Logs {
+                run_id,
+                task,
+                try_number,
+                map_index,
+            } => task_logs(g, &run_id, &task, try_number, map_index).await,
+            TasksCommand::Clear {
+                run_id,
+                task,
+                downstream,
+            } => task_clear(g, &run_id, &task, downstream).await,
+        },
+        Command::Scheduler => daemon(g, false).await,
+        Command::Standalone => daemon(g, true).await,
+    }
+}
+
+fn validate(g: &Global, paths: Vec<PathBuf>) -> Result<u8> {
+    let paths = if paths.is_empty() {
+        vec![settings(g)?.dags_folder]
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for p in &paths {
+        if !p.exists() {
+            return Err(usage(format!("{}: no such file or folder", p.display())));
+        }
+        files.extend(dag_files(p).with_context(|| format!("cannot read {}", p.display()))?);
+    }
+    let registry = flow_operators::registry();
+    let loaded = load_files(&files, &registry, &Engine::parse_options());
+    let mut problems = 0;
+    for p in loaded.problems() {
+        eprintln!("{p}");
+        problems += 1;
+    }
+    if problems > 0 {
+        eprintln!(
+            "{problems} problem(s) in {} of {} file(s)",
+            loaded.errors.len(),
+            files.len()
+        );
+        Ok(1)
+    } else {
+        println!(
+            "{} DAG(s) valid in {} file(s)",
+            loaded.dags.len(),
+            files.len()
+        );
+        Ok(0)
+    }
+}
+
+async fn dags_list(g: &Global, json: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let engine = engine(&ctx).await?;
+    let now = now();
+    let mut items = Vec::new();
+    for row in ctx.store.list_dags().await? {
+        let next = match engine.dags().find(|d| d.id == row.dag_id) {
+            Some(dag) => scheduler::next_run_at(ctx.store.as_ref(), dag, now)
+                .await
+                .map_err(engine_err)?,
+            None => row.next_run_at,
+        };
+        items.push((row, next));
+    }
+    if json {
+        let v: Vec<_> = items.iter().map(|(d, n)| dag_json(d, *n)).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let rows = items
+            .iter()
+            .map(|(d, n)| {
+                vec![
+                    d.dag_id.clone(),
+                    d.schedule.clone().unwrap_or_else(|| "-".into()),
+                    if d.paused { "yes".into() } else { "no".into() },
+                    d.last_run
+                        .as_ref()
+                        .map(|(_, s)| s.as_str().to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    short_ts(*n),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["dag", "schedule", "paused", "last run", "next run"], rows)
+        );
+    }
+    Ok(0)
+}
+
+async fn set_paused(g: &Global, dag: &str, paused: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let engine = engine(&ctx).await?;
+    let known_in_db = ctx.store.get_dag(dag).await?.is_some_and(|d| d.active);
+    if !known_in_db {
+        find_dag(&engine, dag)?;
+    }
+    if !ctx.store.set_paused(dag, paused).await? {
+        find_dag(&engine, dag)?;
+    }
+    eprintln!("DAG {dag} {}", if paused { "paused" } else { "unpaused" });
+    Ok(0)
+}
+
+async fn create_manual_run(
+    ctx: &Ctx,
+    args: &RunArgs,
+) -> Result<(Engine, flow_engine::store::RunRow)> {
+    let engine = engine(ctx).await?;
+    let dag = find_dag(&engine, &args.dag)?;
+    let given = dag.params_from_cli(&args.params).map_err(usage)?;
+    let logical = parse_logical(&args.logical_date, &dag)?;
+    let run = scheduler::trigger(ctx.store.as_ref(), &dag, &given, logical)
+        .await
+        .map_err(engine_err)?;
+    Ok((engine, run))
+}
+
+async fn print_run(ctx: &Ctx, run_id: &str) -> Result<RunState> {
+    let run = ctx
+        .store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {run_id} disappeared"))?;
+    let tis = ctx.store.task_instances(run_id).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&run_json(&run, Some(&tis), &ctx.secrets.masker()))?
+    );
+    Ok(run.state)
+}
+
+async fn run(g: &Global, args: RunArgs) -> Result<u8> {
+    let ctx = open(g).await?;
+    let (engine, run) = create_manual_run(&ctx, &args).await?;
+    eprintln!("flow: run {}", run.run_id);
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.cancel();
+        }
+    });
+    let run_id = run.run_id.clone();
+    let store = ctx.store.clone();
+    let follower = tokio::spawn(async move { follow(store.as_ref(), &[run_id], "run").await });
+    let result = engine
+        .run(Mode::Single(run.run_id.clone()), shutdown)
+        .await
+        .map_err(engine_err)?;
+    // The follower sees the same end state within its polling interval.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), follower).await;
+    let state = if args.json {
+        print_run(&ctx, &run.run_id).await?
+    } else {
+        let state = result.unwrap_or(RunState::Failed);
+        println!("{}", run.run_id);
+        state
+    };
+    Ok(if state == RunState::Success { 0 } else { 1 })
+}
+
+async fn trigger(g: &Global, args: RunArgs, wait: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let (_engine, run) = create_manual_run(&ctx, &args).await?;
+    if !wait {
+        if args.json {
+            print_run(&ctx, &run.run_id).await?;
+        } else {
+            println!("{}", run.run_id);
+        }
+        return Ok(0);
+    }
+    let ok = follow(ctx.store.as_ref(), std::slice::from_ref(&run.run_id), "run").await?;
+    if args.json {
+        print_run(&ctx, &run.run_id).await?;
+    } else {
+        println!("{}", run.run_id);
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// A day or timestamp for --from/--to: a date means that whole day in the DAG's timezone.
+fn day_bound(text: &str, dag: &Dag, end: bool, flag: &str) -> Result<DateTime<Utc>> {
+    let t = parse_date(text, dag.timezone).map_err(|e| usage(format!("{flag}: {e}")))?;
+    let is_date = text.len() == 10;
+    Ok(if end && is_date {
+        // The whole last day: up to just before the next local midnight.
+        let next = text
+            .parse::<chrono::NaiveDate>()
+            .ok()
+            .and_then(|d| d.succ_opt())
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .and_then(|s| parse_date(&s, dag.timezone).ok())
+            .unwrap_or(t);
+        next - chrono::Duration::microseconds(1)
+    } else {
+        t
+    })
+}
+
+async fn backfill(g: &Global, dag_id: &str, from: &str, to: &str, wait: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let engine = engine(&ctx).await?;
+    let dag = find_dag(&engine, dag_id)?;
+    let from = day_bound(from, &dag, false, "--from")?;
+    let to = day_bound(to, &dag, true, "--to")?;
+    if to < from {
+        return Err(usage("--to is before --from"));
+    }
+    let (created, existing) = scheduler::backfill(ctx.store.as_ref(), &dag, from, to)
+        .await
+        .map_err(engine_err)?;
+    eprintln!(
+        "backfill of {dag_id}: {} run(s) created, {existing} already existed",
+        created.len()
+    );
+    for id in &created {
+        println!("{id}");
+    }
+    if !wait || created.is_empty() {
+        return Ok(0);
+    }
+    let ok = follow(ctx.store.as_ref(), &created, "backfill").await?;
+    Ok(if ok { 0 } else { 1 })
+}
+
+async fn runs_list(
+    g: &Global,
+    dag: Option<String>,
+    state: Option<String>,
+    limit: i64,
+    json: bool,
+) -> Result<u8> {
+    let state = state
+        .map(|s| s.parse::<RunState>().map_err(usage))
+        .transpose()?;
+    if limit < 0 {
+        return Err(usage("--limit must be 0 or more"));
+    }
+    let ctx = open(g).await?;
+    let runs = ctx
+        .store
+        .list_runs(&RunFilter {
+            dag_id: dag,
+            state,
+            limit,
+            before: None,
+        })
+        .await?;
+    let masker = ctx.secrets.masker();
+    if json {
+        let v: Vec<_> = runs.iter().map(|r| run_json(r, None, &masker)).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let rows = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.run_id.clone(),
+                    r.state.as_str().to_string(),
+                    rfc3339(r.logical_date),
+                    short_ts(r.started_at),
+                    short_ts(r.ended_at),
+                ]
+            })
+            .collect();
+        println!(
+            "{}",
+            table(&["run", "state", "logical date", "started", "ended"], rows)
+        );
+    }
+    Ok(0)
+}
+
+async fn runs_show(g: &Global, run_id: &str, json: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let Some(run) = ctx.store.get_run(run_id).await? else {
+        return Err(usage(format!(
+            "unknown run '{run_id}': see `flow runs list`"
+        )));
+    };
+    if json {
+        print_run(&ctx, run_id).await?;
+        return Ok(0);
+    }
+    let tis = ctx.store.task_instances(run_id).await?;
+    println!(
+        "run {}\n  dag: {}\n  state: {}\n  logical date: {}\n  started: {}\n  ended: {}",
+        run.run_id,
+        run.dag_id,
+        run.state,
+        rfc3339(run.logical_date),
+        short_ts(run.started_at),
+        short_ts(run.ended_at)
+    );
+    let rows = tis
+        .iter()
+        .map(|t| {
+            vec![
+                t.task_id.clone(),
+                if t.map_index == UNMAPPED {
+                    "-".into()
+                } else {
+                    t.map_index.to_string()
+                },
+                t.state.as_str().to_string(),
+                t.try_number.to_string(),
+                short_ts(t.started_at),
+                short_ts(t.ended_at),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["task", "map", "state", "tries", "started", "ended", "error"],
+            rows
+        )
+    );
+    Ok(0)
+}
+
+async fn task_logs(
+    g: &Global,
+    run_id: &str,
+    task: &str,
+    try_number: Option<i64>,
+    map_index: Option<i64>,
+) -> Result<u8> {
+    let ctx = open(g).await?;
+    let Some(run) = ctx.store.get_run(run_id).await? else {
+        return Err(usage(format!(
+            "unknown run '{run_id}': see `flow runs list`"
+        )));
+    };
+    let map_index = map_index.unwrap_or(UNMAPPED);
+    let tis = ctx.store.task_instances(run_id).await?;
+    let Some(ti) = tis
+        .iter()
+        .find(|t| t.task_id == task && t.map_index == map_index)
+    else {
+        let mapped = tis.iter().any(|t| t.task_id == task);
+        return Err(usage(if mapped {
+            format!("task '{task}' of run {run_id} has no map index {map_index}; give --map-index")
+        } else {
+            format!("run {run_id} has no task '{task}'")
+        }));
+    };
+    let n = try_number.unwrap_or(ti.try_number);
+    if n < 1 || n > ti.try_number {
+        return Err(usage(format!(
+            "task '{task}' has {} tr{} so far; --try must be between 1 and that",
+            ti.try_number,
+            if ti.try_number == 1 { "y" } else { "ies" }
+        )));
+    }
+    let path = log_path(&ctx.settings.home, &run.dag_id, run_id, task, map_index, n);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => print!("{}", ctx.secrets.masker().mask(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(err) = ctx
+                .store
+                .tries(run_id, task, map_index)
+                .await?
+                .into_iter()
+                .find(|t| t.try_number == n)
+                .and_then(|t| t.error)
+            {
+                println!("{err}");
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    Ok(0)
+}
+
+async fn task_clear(g: &Global, run_id: &str, task: &str, downstream: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let Some(run) = ctx.store.get_run(run_id).await? else {
+        return Err(usage(format!(
+            "unknown run '{run_id}': see `flow runs list`"
+        )));
+    };
+    let mut engine = Engine::new(
+        ctx.store.clone(),
+        Arc::new(flow_operators::registry()),
+        ctx.settings.engine.clone(),
+        ctx.secrets.clone(),
+    );
+    let dag = engine
+        .dag_version(&run.dag_id, &run.dag_version)
+        .await
+        .map_err(engine_err)?
+        .ok_or_else(|| anyhow::anyhow!("the DAG version of run {run_id} is not stored"))?;
+    if dag.task(task).is_none() {
+        return Err(usage(format!("run {run_id} has no task '{task}'")));
+    }
+    let mut ids: BTreeSet<String> = BTreeSet::from([task.to_string()]);
+    if downstream {
+        ids.extend(dag.all_downstream(task).into_iter().map(String::from));
+    }
+    let ids: Vec<String> = ids.into_iter().collect();
+    ctx.store.clear_tasks(run_id, &ids, now()).await?;
+    eprintln!(
+        "cleared {} in run {run_id}; the run is queued again",
+        ids.join(", ")
+    );
+    Ok(0)
+}
+
+async fn daemon(g: &Global, standalone: bool) -> Result<u8> {
+    let ctx = open(g).await?;
+    let mut engine = engine(&ctx).await?;
+    let loaded = engine.dags().count();
+    eprintln!(
+        "flow scheduler: {loaded} DAG(s) from {}, database {} ({})",
+        ctx.settings.dags_folder.display(),
+        redact_url(&ctx.settings.database_url),
+        ctx.store.backend()
+    );
+    if standalone {
+        eprintln!(
+            "flow standalone: the web UI (to be served on {}) is not built yet; running the scheduler alone",
+            ctx.settings.bind
+        );
+    }
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        stop.cancel();
+    });
+    let _ = engine.reload_dags().await.map_err(engine_err)?;
+    engine
+        .run(Mode::Daemon, shutdown)
+        .await
+        .map_err(engine_err)?;
+    eprintln!("flow scheduler: stopped");
+    Ok(0)
+}

@@ -1,0 +1,128 @@
+//! Settings: a flag, else an environment variable, else `$FLOW_HOME/flow.toml`, else the default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use flow_engine::scheduler::{EngineConfig, default_parallelism};
+use serde::Deserialize;
+
+/// `flow.toml`. Unknown keys are errors, so that a misspelt setting is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub dags_folder: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub bind: Option<String>,
+    pub parallelism: Option<usize>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, usize>,
+    /// Read by the operators of the heavy-steps work; kept as a table until then.
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "accepted now so that flow.toml files stay valid; read by the S3/warehouse operators"
+    )]
+    pub connections: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    pub notifications: Notifications,
+    /// How long a running try's lease lasts without a heartbeat (default 30s).
+    pub lease_timeout: Option<String>,
+    /// The web UI's public address, for links in notifications (default http://BIND).
+    pub base_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notifications {
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub home: PathBuf,
+    pub dags_folder: PathBuf,
+    pub database_url: String,
+    pub bind: String,
+    pub engine: EngineConfig,
+}
+
+/// What the command line and environment gave (clap reads both).
+#[derive(Debug, Default, Clone)]
+pub struct Given {
+    pub home: Option<PathBuf>,
+    pub dags: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub bind: Option<String>,
+}
+
+pub fn resolve(given: &Given) -> Result<Settings> {
+    let home = absolute(
+        given
+            .home
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./.flow")),
+    );
+    let file = read_file_config(&home.join("flow.toml"))?;
+    let dags_folder = absolute(
+        given
+            .dags
+            .clone()
+            .or(file.dags_folder.clone())
+            .unwrap_or_else(|| PathBuf::from("./dags")),
+    );
+    let database_url = given
+        .database_url
+        .clone()
+        .or(file.database_url.clone())
+        .unwrap_or_else(|| format!("sqlite://{}", home.join("flow.db").display()));
+    let bind = given
+        .bind
+        .clone()
+        .or(file.bind.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let parallelism = file.parallelism.unwrap_or_else(default_parallelism);
+    if parallelism == 0 {
+        bail!("flow.toml: parallelism must be at least 1");
+    }
+    let lease_timeout = match &file.lease_timeout {
+        Some(s) => flow_engine::schedule::parse_duration(s)
+            .map_err(|e| anyhow::anyhow!("flow.toml: lease_timeout: {e}"))?,
+        None => Duration::from_secs(30),
+    };
+    if lease_timeout < Duration::from_millis(500) {
+        bail!("flow.toml: lease_timeout must be at least 500ms");
+    }
+    let base_url = file
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bind}"));
+    Ok(Settings {
+        engine: EngineConfig {
+            home: home.clone(),
+            dags_folder: dags_folder.clone(),
+            parallelism,
+            pools: file.pools.clone(),
+            lease_timeout,
+            base_url,
+            default_webhook: file.notifications.webhook.clone(),
+        },
+        home,
+        dags_folder,
+        database_url,
+        bind,
+    })
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}

@@ -1,0 +1,192 @@
+//! `flow`: the command line of the flow orchestrator.
+
+mod commands;
+mod config;
+mod progress;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flow",
+    version,
+    about = "Workflow orchestration for ML data teams",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Home folder (embedded database, logs)
+    #[arg(long, env = "FLOW_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// DAGs folder
+    #[arg(long, env = "FLOW_DAGS_FOLDER", global = true)]
+    pub dags: Option<PathBuf>,
+    /// Metadata database (sqlite://PATH or postgres://USER@HOST:PORT/DB)
+    #[arg(long, env = "FLOW_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Web server address
+    #[arg(long, env = "FLOW_BIND", global = true)]
+    pub bind: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate, list, pause and unpause DAGs
+    Dags {
+        #[command(subcommand)]
+        command: DagsCommand,
+    },
+    /// Run one DAG run in this process, to the end (no daemon needed)
+    Run(RunArgs),
+    /// Create a queued run for the scheduler daemon
+    Trigger {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Follow the run until it ends
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Create the scheduled runs whose logical dates fall in [FROM, TO]
+    Backfill {
+        dag: String,
+        /// First day (YYYY-MM-DD in the DAG's timezone, or RFC 3339)
+        #[arg(long)]
+        from: String,
+        /// Last day, inclusive
+        #[arg(long)]
+        to: String,
+        /// Follow the runs until they end
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List and show runs
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Task logs and clears
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
+    Scheduler,
+    /// Scheduler and web server in one process, on the embedded default database
+    Standalone,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The DAG id
+    pub dag: String,
+    /// A param value, NAME=VALUE (repeatable)
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// The run's logical date (RFC 3339 or YYYY-MM-DD); default: now
+    #[arg(long)]
+    pub logical_date: Option<String>,
+    /// Print the run as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DagsCommand {
+    /// Validate DAG files (default: the DAGs folder); one PATH:LINE:COL: message per problem
+    Validate { paths: Vec<PathBuf> },
+    /// The DAGs with schedule, pause flag and last run
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a DAG: no new scheduled runs, queued runs wait
+    Pause { dag: String },
+    /// Unpause a DAG
+    Unpause { dag: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// Runs, newest first
+    List {
+        #[arg(long)]
+        dag: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run and each of its task instances
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCommand {
+    /// The log of one try (the latest by default), secrets masked
+    Logs {
+        run_id: String,
+        task: String,
+        #[arg(long = "try")]
+        try_number: Option<i64>,
+        #[arg(long)]
+        map_index: Option<i64>,
+    },
+    /// Reset a task (and with --downstream every task after it) so the scheduler runs it again
+    Clear {
+        run_id: String,
+        task: String,
+        #[arg(long)]
+        downstream: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flow: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(u) = e.downcast_ref::<commands::Usage>() {
+                eprintln!("flow: {}", u.0);
+                ExitCode::from(2)
+            } else {
+                eprintln!("flow: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
