@@ -173,3 +173,49 @@ fn backfill_creates_each_interval_once() {
         ]
     );
 }
+
+#[test]
+fn tokens_are_printed_once_and_stored_as_hashes() {
+    each_db(|env, db| {
+        let token = env.flow_ok(&["tokens", "create", "ci-bot", "--role", "operator"], 0);
+        let token = token.trim();
+        assert!(token.starts_with("flow_") && token.len() > 40, "{token}");
+        let again = env.flow(&["tokens", "create", "ci-bot"]);
+        assert_eq!(
+            again.status.code(),
+            Some(2),
+            "a duplicate name is an input error"
+        );
+        let bad = env.flow(&["tokens", "create", "x", "--role", "root"]);
+        assert_eq!(bad.status.code(), Some(2));
+        if db == Db::Sqlite {
+            for (path, bytes) in env.home_files() {
+                assert!(
+                    !contains(&bytes, token),
+                    "the token is stored in {}",
+                    path.display()
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn dags_list_mentions_files_that_failed_to_load() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag(
+        "ok.yaml",
+        "id: ok\ntasks:\n  a: { operator: shell, command: 'true' }\n",
+    );
+    env.dag("bad.yaml", "id: bad\ntasks:\n  a: { operator: nope }\n");
+    let out = env.flow(&["dags", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "the valid DAG is listed: {list}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 DAG file(s) failed to load"), "{stderr}");
+}

@@ -192,3 +192,168 @@ tasks:
         assert!(log.contains("try 1"), "{log}");
     });
 }
+
+#[test]
+fn backfill_runs_oldest_first_within_max_active_runs() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let marks = env.path("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    env.dag(
+        "nightly.yaml",
+        &format!(
+            "id: nightly\nschedule: '@daily'\nstart_date: 2026-01-01\nmax_active_runs: 1\ntasks:\n  work:\n    operator: shell\n    command: |\n      echo \"start {{{{ ds }}}} $(date +%s%N)\" >> {m}/log\n      sleep 0.3\n      echo \"end {{{{ ds }}}} $(date +%s%N)\" >> {m}/log\n",
+            m = marks.display()
+        ),
+    );
+    // The DAG is paused so that the daemon creates no scheduled run of its own (start_date is in
+    // the past); backfill runs wait for an unpause like any queued run.
+    env.flow_ok(&["dags", "pause", "nightly"], 0);
+    let out = env.flow_ok(
+        &[
+            "backfill",
+            "nightly",
+            "--from",
+            "2026-02-01",
+            "--to",
+            "2026-02-04",
+        ],
+        0,
+    );
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let scheduler = env.spawn(&["scheduler"]);
+    env.flow_ok(&["dags", "unpause", "nightly"], 0);
+    let start = Instant::now();
+    loop {
+        let runs = env.flow_json(
+            &[
+                "runs", "list", "--dag", "nightly", "--state", "success", "--json",
+            ],
+            0,
+        );
+        let backfilled = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["run_type"] == "backfill")
+            .count();
+        if backfilled == 4 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "backfill did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(scheduler);
+    let log = std::fs::read_to_string(marks.join("log")).unwrap();
+    let events: Vec<(String, String)> = log
+        .lines()
+        .map(|l| {
+            let mut p = l.split_whitespace();
+            (p.next().unwrap().to_string(), p.next().unwrap().to_string())
+        })
+        .collect();
+    let backfill: Vec<&(String, String)> = events
+        .iter()
+        .filter(|(_, d)| d.starts_with("2026-02"))
+        .collect();
+    let expected: Vec<(String, String)> = ["01", "02", "03", "04"]
+        .iter()
+        .flat_map(|d| {
+            [
+                ("start".to_string(), format!("2026-02-{d}")),
+                ("end".to_string(), format!("2026-02-{d}")),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        backfill.into_iter().cloned().collect::<Vec<_>>(),
+        expected,
+        "runs overlapped or ran out of order:\n{log}"
+    );
+}
+
+#[test]
+fn a_pool_of_one_slot_runs_one_task_at_a_time_highest_priority_first() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.config("[pools]\nsolo = 1\n");
+    let marks = env.path("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    let mut yaml =
+        String::from("id: pooled\ntasks:\n  gate: { operator: shell, command: 'true' }\n");
+    for (i, prio) in [(1, 1), (2, 5), (3, 3)] {
+        yaml.push_str(&format!(
+            "  t{i}:\n    operator: shell\n    pool: solo\n    priority: {prio}\n    depends_on: [gate]\n    command: |\n      echo \"start t{i}\" >> {m}/log\n      sleep 0.2\n      echo \"end t{i}\" >> {m}/log\n"
+        ));
+    }
+    env.dag("pooled.yaml", &yaml);
+    let run = env.flow_json(&["run", "pooled", "--json"], 0);
+    assert_eq!(run["state"], "success");
+    let log = std::fs::read_to_string(marks.join("log")).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "start t2", "end t2", "start t3", "end t3", "start t1", "end t1"
+        ],
+        "{log}"
+    );
+}
+
+#[test]
+fn an_unconfigured_pool_fails_the_task_with_a_clear_message() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag(
+        "nopool.yaml",
+        "id: nopool\ntasks:\n  a: { operator: shell, command: 'true', pool: gpu }\n",
+    );
+    let run = env.flow_json(&["run", "nopool", "--json"], 1);
+    let a = task(&run, "a", None);
+    assert_eq!(a["state"], "failed");
+    assert!(
+        a["error"]
+            .as_str()
+            .unwrap()
+            .contains("pool 'gpu' is not configured"),
+        "{a}"
+    );
+}
+
+#[test]
+fn the_daemon_picks_up_new_files_and_a_run_keeps_its_version() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let marks = env.path("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    env.dag("broken.yaml", "id: broken\ntasks: [\n");
+    let scheduler = env.spawn(&["scheduler"]);
+    std::thread::sleep(Duration::from_millis(700));
+    // A new file while the daemon runs: no restart needed.
+    env.dag(
+        "live.yaml",
+        &format!("id: live\ntasks:\n  a:\n    operator: shell\n    command: |\n      echo v1 >> {m}/a\n      sleep 1\n  b:\n    operator: shell\n    depends_on: [a]\n    command: echo v1 >> {m}/b\n"),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let run_id = env.flow_ok(&["trigger", "live"], 0).trim().to_string();
+    let start = Instant::now();
+    while !marks.join("a").exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "a never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Edit the file while the run is in flight: the run keeps the version it started with.
+    env.dag(
+        "live.yaml",
+        &format!("id: live\ntasks:\n  a:\n    operator: shell\n    command: echo v2 >> {m}/a\n  b:\n    operator: shell\n    depends_on: [a]\n    command: echo v2 >> {m}/b\n"),
+    );
+    let run = env.wait_run(&run_id, Duration::from_secs(30));
+    assert_eq!(run["state"], "success");
+    assert_eq!(std::fs::read_to_string(marks.join("b")).unwrap(), "v1\n");
+    let second = env.flow_json(&["trigger", "live", "--wait", "--json"], 0);
+    assert_eq!(second["state"], "success");
+    stop(scheduler);
+    assert_eq!(
+        std::fs::read_to_string(marks.join("b")).unwrap(),
+        "v1\nv2\n"
+    );
+}

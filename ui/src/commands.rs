@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Given, Settings, resolve};
 use crate::progress::follow;
 use crate::render::{dag_json, run_json, short_ts, table};
-use crate::{Cli, Command, DagsCommand, Global, RunArgs, RunsCommand, TasksCommand};
+use crate::{Cli, Command, DagsCommand, Global, RunArgs, RunsCommand, TasksCommand, TokensCommand};
 
 /// An input or usage error: exit code 2, one line.
 #[derive(Debug)]
@@ -164,8 +164,33 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
                 downstream,
             } => task_clear(g, &run_id, &task, downstream).await,
         },
+        Command::Tokens {
+            command: TokensCommand::Create { name, role },
+        } => create_token(g, &name, &role).await,
         Command::Scheduler => daemon(g, false).await,
         Command::Standalone => daemon(g, true).await,
+        Command::Bench {
+            postgres,
+            only,
+            repeats,
+        } => {
+            crate::bench::bench(crate::bench::BenchOptions {
+                postgres_url: postgres,
+                workloads: if only.is_empty() {
+                    crate::bench::WORKLOADS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                } else {
+                    only
+                },
+                repeats: repeats.max(1),
+            })
+            .await
+        }
+        Command::BenchLoad { dags, database_url } => {
+            crate::bench::load_only(dags, database_url).await
+        }
     }
 }
 
@@ -219,6 +244,13 @@ async fn dags_list(g: &Global, json: bool) -> Result<u8> {
             None => row.next_run_at,
         };
         items.push((row, next));
+    }
+    let broken = ctx.store.import_errors().await?;
+    if !broken.is_empty() {
+        eprintln!(
+            "flow: {} DAG file(s) failed to load; `flow dags validate` shows why",
+            broken.len()
+        );
     }
     if json {
         let v: Vec<_> = items.iter().map(|(d, n)| dag_json(d, *n)).collect();
@@ -565,6 +597,26 @@ async fn task_clear(g: &Global, run_id: &str, task: &str, downstream: bool) -> R
     eprintln!(
         "cleared {} in run {run_id}; the run is queued again",
         ids.join(", ")
+    );
+    Ok(0)
+}
+
+async fn create_token(g: &Global, name: &str, role: &str) -> Result<u8> {
+    let role: flow_engine::store::Role = role.parse().map_err(usage)?;
+    if name.trim().is_empty() {
+        return Err(usage("the token name must not be empty"));
+    }
+    let ctx = open(g).await?;
+    let (token, hash) = flow_engine::store::new_token();
+    if !ctx.store.create_token(name, role, &hash, now()).await? {
+        return Err(usage(format!(
+            "a token named '{name}' exists already; choose another name"
+        )));
+    }
+    println!("{token}");
+    eprintln!(
+        "token '{name}' ({}) created; it is shown only this once",
+        role.as_str()
     );
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `flow`: the command line of the flow orchestrator.
 
+mod bench;
 mod commands;
 mod config;
 mod progress;
@@ -80,10 +81,28 @@ pub enum Command {
         #[command(subcommand)]
         command: TasksCommand,
     },
+    /// API tokens
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
     Scheduler,
     /// Scheduler and web server in one process, on the embedded default database
     Standalone,
+    /// Measure scheduling overhead (chain40, fan500, map10k, dags1000) on SQLite and PostgreSQL
+    Bench {
+        /// Also measure on this PostgreSQL database (created if missing)
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Workloads to run (default: all)
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+    },
+    #[command(hide = true)]
+    BenchLoad { dags: PathBuf, database_url: String },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -134,6 +153,16 @@ pub enum RunsCommand {
         run_id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create an API token and print it, once; only its hash is stored
+    Create {
+        name: String,
+        #[arg(long, default_value = "viewer", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
     },
 }
 

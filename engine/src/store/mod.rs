@@ -183,6 +183,57 @@ pub struct TryEnd {
     pub requeue: bool,
 }
 
+/// API token roles, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!(
+                "unknown role '{s}' (expected viewer, operator or admin)"
+            )),
+        }
+    }
+}
+
+/// A new API token: the secret (shown once) and the hash the database keeps.
+pub fn new_token() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let token = format!(
+        "flow_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> &'static str;
@@ -253,4 +304,15 @@ pub trait Store: Send + Sync {
         task_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// Stores a token's hash under a unique name; false if the name is taken.
+    async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// The name and role of the token with this hash.
+    async fn token_role(&self, token_hash: &str) -> Result<Option<(String, Role)>>;
 }

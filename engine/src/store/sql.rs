@@ -851,6 +851,32 @@ macro_rules! impl_store {
                     .collect()
             }
 
+            async fn create_token(&self, name: &str, role: Role, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let n = sqlx::query(
+                    "INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .bind(role.as_str())
+                .bind(token_hash)
+                .bind(to_micros(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            async fn token_role(&self, token_hash: &str) -> Result<Option<(String, Role)>> {
+                let row = sqlx::query("SELECT name, role FROM api_tokens WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| Ok((r.try_get("name")?, parse_state::<Role>(&r.try_get::<String, _>("role")?)?)))
+                    .transpose()
+            }
+
             async fn clear_tasks(&self, run_id: &str, task_ids: &[String], now: DateTime<Utc>) -> Result<bool> {
                 let _ = now;
                 let mut tx = self.begin_write().await?;
@@ -878,6 +904,25 @@ macro_rules! impl_store {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod migration_files {
+    #[test]
+    fn both_databases_have_the_same_migration_files() {
+        let names = |db: &str| {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/").to_string() + db;
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let sqlite = names("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(sqlite, names("postgres"));
+    }
 }
 
 impl_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite", "");
