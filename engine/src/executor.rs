@@ -12,7 +12,7 @@ use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
-use crate::store::{Claim, RunRow, Store, TiRow, TryEnd};
+use crate::store::{Claim, PlanRow, RunRow, Store, TiRow, TryEnd};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -34,6 +34,37 @@ pub fn log_path(
         p = p.join(format!("map_index={map_index}"));
     }
     p.join(format!("attempt={try_number}.log"))
+}
+
+/// A run's snapshot for the planner, with the given outputs attached to their instances.
+pub fn plan_snapshot(
+    run: &RunRow,
+    rows: &[PlanRow],
+    outputs: Vec<(String, i64, Json)>,
+) -> RunSnapshot {
+    let mut outputs: std::collections::HashMap<(String, i64), Json> =
+        outputs.into_iter().map(|(t, m, o)| ((t, m), o)).collect();
+    RunSnapshot {
+        run_id: run.run_id.clone(),
+        dag_id: run.dag_id.clone(),
+        state: run.state,
+        logical_date: run.logical_date,
+        data_interval_start: run.data_interval_start,
+        data_interval_end: run.data_interval_end,
+        params: run.params.clone(),
+        tis: rows
+            .iter()
+            .map(|t| TiSnapshot {
+                task_id: t.task_id.clone(),
+                map_index: t.map_index,
+                state: t.state,
+                try_number: t.try_number,
+                try_base: t.try_base,
+                next_try_at: t.next_try_at,
+                output: outputs.remove(&(t.task_id.clone(), t.map_index)),
+            })
+            .collect(),
+    }
 }
 
 pub fn snapshot(run: &RunRow, tis: &[TiRow]) -> RunSnapshot {
@@ -145,8 +176,10 @@ async fn execute(
             retryable: false,
         };
     };
-    let tis = match env.store.task_instances(&run.run_id).await {
-        Ok(t) => t,
+    let ancestors = dag.ancestors(&task.id);
+    let ancestor_ids: Vec<String> = ancestors.iter().map(|s| s.to_string()).collect();
+    let outputs = match env.store.outputs(&run.run_id, &ancestor_ids).await {
+        Ok(o) => o,
         Err(e) => {
             return Outcome::Failed {
                 message: format!("cannot read the run's upstream outputs: {e}"),
@@ -154,8 +187,18 @@ async fn execute(
             };
         }
     };
-    let snap = snapshot(run, &tis);
-    let ancestors = dag.ancestors(&task.id);
+    let rows: Vec<PlanRow> = outputs
+        .iter()
+        .map(|(t, m, _)| PlanRow {
+            task_id: t.clone(),
+            map_index: *m,
+            state: TaskState::Success,
+            try_number: 0,
+            try_base: 0,
+            next_try_at: None,
+        })
+        .collect();
+    let snap = plan_snapshot(run, &rows, outputs);
     let ctx_value = snap.context(ancestors.iter().copied()).to_value(
         &TaskPart {
             task_id: &task.id,

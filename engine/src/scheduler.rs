@@ -609,8 +609,20 @@ impl Engine {
             );
             return Ok((Some(run.state), None));
         };
-        let tis = self.store.task_instances(run_id).await?;
-        let snap = crate::executor::snapshot(&run, &tis);
+        let rows = self.store.plan_rows(run_id).await?;
+        // Outputs matter to the planner only where it renders `when` or a templated `for_each`.
+        let rendering: Vec<String> = dag
+            .tasks
+            .iter()
+            .filter(|t| {
+                t.when.is_some() || matches!(t.for_each, Some(crate::dag::ForEach::Template(_)))
+            })
+            .flat_map(|t| dag.ancestors(&t.id).into_iter().map(String::from))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let outputs = self.store.outputs(run_id, &rendering).await?;
+        let snap = crate::executor::plan_snapshot(&run, &rows, outputs);
         let p = plan(&dag, &snap, &self.secrets, now);
         self.store.apply(run_id, &p.decisions, now).await?;
         let finished = p.decisions.iter().find_map(|d| match d {
@@ -619,13 +631,18 @@ impl Engine {
         });
         if let Some(state) = finished {
             tracing::info!("run {run_id} ended {state}");
-            self.notify(&dag, &run, state, &tis);
+            let failed: Vec<String> = rows
+                .iter()
+                .filter(|t| t.state == TaskState::Failed)
+                .map(|t| t.task_id.clone())
+                .collect();
+            self.notify(&dag, &run, state, failed);
             return Ok((Some(state), None));
         }
         Ok((Some(run.state), p.wake_at))
     }
 
-    fn notify(&mut self, dag: &Dag, run: &RunRow, state: RunState, tis: &[crate::store::TiRow]) {
+    fn notify(&mut self, dag: &Dag, run: &RunRow, state: RunState, mut failed_tasks: Vec<String>) {
         let webhook = match state {
             RunState::Failed => dag
                 .on_failure
@@ -636,11 +653,6 @@ impl Engine {
             _ => None,
         };
         let Some(webhook) = webhook else { return };
-        let mut failed_tasks: Vec<String> = tis
-            .iter()
-            .filter(|t| t.state == TaskState::Failed)
-            .map(|t| t.task_id.clone())
-            .collect();
         failed_tasks.dedup();
         let ev = RunEnded {
             dag_id: dag.id.clone(),
@@ -735,6 +747,7 @@ impl Engine {
             Mode::Daemon => None,
         };
         let now = now();
+        let mut runs: HashMap<String, RunRow> = HashMap::new();
         for pool in pools {
             if free == 0 {
                 break;
@@ -765,8 +778,15 @@ impl Engine {
                 .await?;
             free -= claims.len();
             for claim in claims {
-                let Some(run) = self.store.get_run(&claim.run_id).await? else {
-                    continue;
+                let run = match runs.get(&claim.run_id) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let Some(r) = self.store.get_run(&claim.run_id).await? else {
+                            continue;
+                        };
+                        runs.insert(claim.run_id.clone(), r.clone());
+                        r
+                    }
                 };
                 let dag = self.dag_for(&run.dag_id, &run.dag_version).await?;
                 self.running.fetch_add(1, Ordering::SeqCst);

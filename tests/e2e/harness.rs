@@ -202,6 +202,11 @@ fn rand_suffix() -> u32 {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.path("spawned.log"))
+        {
+            eprintln!("--- stderr of the processes this test started ---\n{log}");
+        }
         if let Some(db) = &self.pg_db {
             // Best effort: scratch databases should not pile up on a developer's server.
             let _ = Command::new("psql")

@@ -130,6 +130,16 @@ pub struct TiRow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct PlanRow {
+    pub task_id: String,
+    pub map_index: i64,
+    pub state: TaskState,
+    pub try_number: i64,
+    pub try_base: i64,
+    pub next_try_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct TryRow {
     pub try_number: i64,
     pub state: TaskState,
@@ -268,6 +278,11 @@ pub trait Store: Send + Sync {
     /// queued -> running; false if the run was not queued.
     async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool>;
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>>;
+    /// What the planner needs of each task instance, without outputs or items: cheap enough to
+    /// read after every state change of a run with thousands of mapped instances.
+    async fn plan_rows(&self, run_id: &str) -> Result<Vec<PlanRow>>;
+    /// (task id, map index, output) of the given tasks' instances that published an output.
+    async fn outputs(&self, run_id: &str, task_ids: &[String]) -> Result<Vec<(String, i64, Json)>>;
     /// Applies a plan's decisions in one transaction, each guarded by the state it expects.
     async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()>;
 

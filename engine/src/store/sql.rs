@@ -48,7 +48,6 @@ impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before we act on it (WAL + NORMAL could lose the last
             // commits on power loss).
             .synchronous(SqliteSynchronous::Full)
@@ -59,18 +58,13 @@ impl SqliteStore {
         if let Some(dir) = opts.get_filename().parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Database(sqlx::Error::Configuration(
-                    format!("cannot create {}: {e}", dir.display()).into(),
-                ))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| config_error(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts.clone())
-            .await?;
-        // sqlx takes no lock around SQLite migrations, so two commands opening a fresh database
-        // at once would both create the tables; a lock file beside the database serialises them.
+        // Switching a new database to WAL and migrating it are done by one process at a time,
+        // under a lock file beside the database: sqlx takes no lock around SQLite migrations, and
+        // a journal-mode change races with other connections ("database is locked"). WAL mode is
+        // a property of the file, so the everyday pool below never needs to set it again.
         let lock_path = {
             let mut p = opts.get_filename().as_os_str().to_owned();
             p.push(".migrate.lock");
@@ -81,22 +75,27 @@ impl SqliteStore {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| {
-                StoreError::Database(sqlx::Error::Configuration(
-                    format!("cannot open {}: {e}", lock_path.display()).into(),
-                ))
-            })?;
+            .map_err(|e| config_error(format!("cannot open {}: {e}", lock_path.display())))?;
         let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
             .await
             .map_err(|e| StoreError::Corrupt(format!("lock task failed: {e}")))?
-            .map_err(|e| {
-                StoreError::Database(sqlx::Error::Configuration(
-                    format!("cannot lock {}: {e}", lock_path.display()).into(),
-                ))
-            })?;
-        let migrated = SQLITE_MIGRATIONS.run(&pool).await;
+            .map_err(|e| config_error(format!("cannot lock {}: {e}", lock_path.display())))?;
+        let setup = async {
+            let setup_pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone().journal_mode(SqliteJournalMode::Wal))
+                .await?;
+            let migrated = SQLITE_MIGRATIONS.run(&setup_pool).await;
+            setup_pool.close().await;
+            migrated.map_err(StoreError::from)
+        }
+        .await;
         drop(lock);
-        migrated?;
+        setup?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         Ok(SqliteStore { pool })
     }
 
@@ -151,6 +150,10 @@ impl PgStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }
+}
+
+fn config_error(message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Configuration(message.into()))
 }
 
 fn ts(us: Option<i64>) -> Option<DateTime<Utc>> {
@@ -501,6 +504,50 @@ macro_rules! impl_store {
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(Self::ti_row).collect()
+            }
+
+            async fn plan_rows(&self, run_id: &str) -> Result<Vec<PlanRow>> {
+                let rows = sqlx::query(
+                    "SELECT task_id, map_index, state, try_number, try_base, next_try_at FROM task_instances \
+                     WHERE run_id = $1",
+                )
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(PlanRow {
+                            task_id: r.try_get(0)?,
+                            map_index: r.try_get(1)?,
+                            state: parse_state::<TaskState>(r.try_get::<&str, _>(2)?)?,
+                            try_number: r.try_get(3)?,
+                            try_base: r.try_get(4)?,
+                            next_try_at: ts(r.try_get(5)?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn outputs(&self, run_id: &str, task_ids: &[String]) -> Result<Vec<(String, i64, Json)>> {
+                if task_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT task_id, map_index, output FROM task_instances WHERE output IS NOT NULL AND run_id = ",
+                );
+                qb.push_bind(run_id.to_string()).push(" AND task_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in task_ids {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(")");
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let output = parse_json(r.try_get("output")?, "output")?.unwrap_or(Json::Null);
+                        Ok((r.try_get("task_id")?, r.try_get("map_index")?, output))
+                    })
+                    .collect()
             }
 
             async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()> {
