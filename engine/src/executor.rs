@@ -12,7 +12,7 @@ use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
-use crate::store::{Claim, PlanRow, RunRow, Store, TiRow, TryEnd};
+use crate::store::{Claim, PlanRow, PlanRows, RunRow, Store, TiRow, TryEnd};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -36,14 +36,8 @@ pub fn log_path(
     p.join(format!("attempt={try_number}.log"))
 }
 
-/// A run's snapshot for the planner, with the given outputs attached to their instances.
-pub fn plan_snapshot(
-    run: &RunRow,
-    rows: &[PlanRow],
-    outputs: Vec<(String, i64, Json)>,
-) -> RunSnapshot {
-    let mut outputs: std::collections::HashMap<(String, i64), Json> =
-        outputs.into_iter().map(|(t, m, o)| ((t, m), o)).collect();
+/// A run's snapshot for the planner.
+pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
     RunSnapshot {
         run_id: run.run_id.clone(),
         dag_id: run.dag_id.clone(),
@@ -53,17 +47,19 @@ pub fn plan_snapshot(
         data_interval_end: run.data_interval_end,
         params: run.params.clone(),
         tis: rows
-            .iter()
+            .rows
+            .into_iter()
             .map(|t| TiSnapshot {
-                task_id: t.task_id.clone(),
+                task_id: t.task_id,
                 map_index: t.map_index,
                 state: t.state,
                 try_number: t.try_number,
                 try_base: t.try_base,
                 next_try_at: t.next_try_at,
-                output: outputs.remove(&(t.task_id.clone(), t.map_index)),
+                output: t.output,
             })
             .collect(),
+        counts: rows.counts,
     }
 }
 
@@ -76,6 +72,7 @@ pub fn snapshot(run: &RunRow, tis: &[TiRow]) -> RunSnapshot {
         data_interval_start: run.data_interval_start,
         data_interval_end: run.data_interval_end,
         params: run.params.clone(),
+        counts: Vec::new(),
         tis: tis
             .iter()
             .map(|t| TiSnapshot {
@@ -188,17 +185,24 @@ async fn execute(
         }
     };
     let rows: Vec<PlanRow> = outputs
-        .iter()
-        .map(|(t, m, _)| PlanRow {
-            task_id: t.clone(),
-            map_index: *m,
+        .into_iter()
+        .map(|(task_id, map_index, output)| PlanRow {
+            task_id,
+            map_index,
             state: TaskState::Success,
             try_number: 0,
             try_base: 0,
             next_try_at: None,
+            output,
         })
         .collect();
-    let snap = plan_snapshot(run, &rows, outputs);
+    let snap = plan_snapshot(
+        run,
+        PlanRows {
+            rows,
+            counts: Vec::new(),
+        },
+    );
     let ctx_value = snap.context(ancestors.iter().copied()).to_value(
         &TaskPart {
             task_id: &task.id,

@@ -44,7 +44,12 @@ pub struct RunSnapshot {
     pub data_interval_start: DateTime<Utc>,
     pub data_interval_end: DateTime<Utc>,
     pub params: Json,
+    /// Instances listed one by one: every one the planner may act on, and any other the caller
+    /// chose to list (with outputs, for rendering).
     pub tis: Vec<TiSnapshot>,
+    /// (task id, state, how many) of the instances not in `tis`: mapped instances the planner
+    /// only needs to count.
+    pub counts: Vec<(String, TaskState, usize)>,
 }
 
 impl RunSnapshot {
@@ -165,15 +170,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn add(&mut self, s: TaskState) {
-        self.total += 1;
+    fn add(&mut self, s: TaskState, n: usize) {
+        self.total += n;
         if s.is_terminal() {
-            self.done += 1;
+            self.done += n;
         }
         match s {
-            TaskState::Success => self.success += 1,
-            TaskState::Failed | TaskState::UpstreamFailed => self.failed += 1,
-            TaskState::Skipped => self.skipped += 1,
+            TaskState::Success => self.success += n,
+            TaskState::Failed | TaskState::UpstreamFailed => self.failed += n,
+            TaskState::Skipped => self.skipped += n,
             _ => {}
         }
     }
@@ -232,6 +237,14 @@ pub fn plan(dag: &Dag, run: &RunSnapshot, secrets: &Secrets, now: DateTime<Utc>)
     // Working copy of states: a decision made for one task is seen by its downstream tasks in
     // the same call, so an upstream failure cascades through the whole DAG at once.
     let mut states: HashMap<&str, Vec<(i64, TaskState)>> = HashMap::new();
+    // Counted instances never change in a plan: they are neither scheduled nor up for retry.
+    let mut counted: HashMap<&str, Vec<(TaskState, usize)>> = HashMap::new();
+    for (task_id, state, n) in &run.counts {
+        counted
+            .entry(task_id.as_str())
+            .or_default()
+            .push((*state, *n));
+    }
     let mut by_key: HashMap<(&str, i64), &TiSnapshot> = HashMap::new();
     for ti in &run.tis {
         states
@@ -242,13 +255,14 @@ pub fn plan(dag: &Dag, run: &RunSnapshot, secrets: &Secrets, now: DateTime<Utc>)
     }
 
     for task in &dag.tasks {
-        let Some(mine) = states.get(task.id.as_str()).cloned() else {
-            continue;
-        };
+        let mine = states.get(task.id.as_str()).cloned().unwrap_or_default();
         let mut upstream = Upstream::default();
         for d in &task.depends_on {
             for (_, s) in states.get(d.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
-                upstream.add(*s);
+                upstream.add(*s, 1);
+            }
+            for (s, n) in counted.get(d.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+                upstream.add(*s, *n);
             }
         }
         let mut updated = Vec::with_capacity(mine.len());
@@ -278,7 +292,18 @@ pub fn plan(dag: &Dag, run: &RunSnapshot, secrets: &Secrets, now: DateTime<Utc>)
         states.insert(task.id.as_str(), updated);
     }
 
-    let all: Vec<TaskState> = states.values().flatten().map(|(_, s)| *s).collect();
+    let all: Vec<TaskState> = states
+        .values()
+        .flatten()
+        .map(|(_, s)| *s)
+        .chain(
+            counted
+                .values()
+                .flatten()
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, _)| *s),
+        )
+        .collect();
     if !all.is_empty() && all.iter().all(|s| s.is_terminal()) {
         let failed = all.iter().any(|s| s.is_failure());
         out.decisions.push(Decision::FinishRun(if failed {
@@ -515,6 +540,7 @@ mod tests {
             data_interval_end: t0(),
             params,
             tis,
+            counts: Vec::new(),
         }
     }
 
@@ -561,7 +587,7 @@ mod tests {
     fn upstream(states: &[S]) -> Upstream {
         let mut u = Upstream::default();
         for s in states {
-            u.add(*s);
+            u.add(*s, 1);
         }
         u
     }
@@ -1344,5 +1370,58 @@ mod tests {
         assert_eq!(Failure::Retry { at }.retry_at(), Some(at));
         assert_eq!(Failure::Final.state(), S::Failed);
         assert_eq!(Failure::Final.retry_at(), None);
+    }
+
+    fn with_counts(mut run: RunSnapshot, counts: &[(&str, S, usize)]) -> RunSnapshot {
+        run.counts = counts
+            .iter()
+            .map(|(t, s, n)| (t.to_string(), *s, *n))
+            .collect();
+        run
+    }
+
+    #[test]
+    fn counted_instances_count_as_upstreams_and_toward_the_end_of_the_run() {
+        let d = dag(&tasks_yaml(&[
+            ("src", &[], ""),
+            ("fan", &["src"], "for_each: [1, 2, 3, 4]"),
+            ("join", &["fan"], ""),
+        ]));
+        // Two mapped instances still running: join waits, the run goes on.
+        let r = with_counts(
+            run(vec![ti("src", S::Success), ti("join", S::Scheduled)]),
+            &[("fan", S::Success, 2), ("fan", S::Running, 2)],
+        );
+        assert_eq!(decide(&d, &r), vec![]);
+        // All four succeeded: join is queued.
+        let r = with_counts(
+            run(vec![ti("src", S::Success), ti("join", S::Scheduled)]),
+            &[("fan", S::Success, 4)],
+        );
+        assert_eq!(decide(&d, &r), vec![queue("join")]);
+        // One failed: join is upstream_failed and the run fails, in one plan.
+        let r = with_counts(
+            run(vec![ti("src", S::Success), ti("join", S::Scheduled)]),
+            &[("fan", S::Success, 3), ("fan", S::Failed, 1)],
+        );
+        assert_eq!(
+            decide(&d, &r),
+            vec![
+                upstream_failed("join"),
+                Decision::FinishRun(RunState::Failed)
+            ]
+        );
+        // Everything ended well: the run succeeds even though most instances were only counted.
+        let r = with_counts(
+            run(vec![ti("src", S::Success), ti("join", S::Success)]),
+            &[("fan", S::Success, 4)],
+        );
+        assert_eq!(decide(&d, &r), vec![Decision::FinishRun(RunState::Success)]);
+        // A counted instance still queued keeps the run open.
+        let r = with_counts(
+            run(vec![ti("src", S::Success), ti("join", S::Success)]),
+            &[("fan", S::Success, 3), ("fan", S::Queued, 1)],
+        );
+        assert_eq!(decide(&d, &r), vec![]);
     }
 }

@@ -609,7 +609,6 @@ impl Engine {
             );
             return Ok((Some(run.state), None));
         };
-        let rows = self.store.plan_rows(run_id).await?;
         // Outputs matter to the planner only where it renders `when` or a templated `for_each`.
         let rendering: Vec<String> = dag
             .tasks
@@ -621,8 +620,20 @@ impl Engine {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let outputs = self.store.outputs(run_id, &rendering).await?;
-        let snap = crate::executor::plan_snapshot(&run, &rows, outputs);
+        let rows = self.store.plan_rows(run_id, &rendering).await?;
+        let failed: Vec<String> = rows
+            .rows
+            .iter()
+            .filter(|t| t.state == TaskState::Failed)
+            .map(|t| t.task_id.clone())
+            .chain(
+                rows.counts
+                    .iter()
+                    .filter(|(_, s, _)| *s == TaskState::Failed)
+                    .map(|(t, _, _)| t.clone()),
+            )
+            .collect();
+        let snap = crate::executor::plan_snapshot(&run, rows);
         let p = plan(&dag, &snap, &self.secrets, now);
         self.store.apply(run_id, &p.decisions, now).await?;
         let finished = p.decisions.iter().find_map(|d| match d {
@@ -631,11 +642,6 @@ impl Engine {
         });
         if let Some(state) = finished {
             tracing::info!("run {run_id} ended {state}");
-            let failed: Vec<String> = rows
-                .iter()
-                .filter(|t| t.state == TaskState::Failed)
-                .map(|t| t.task_id.clone())
-                .collect();
             self.notify(&dag, &run, state, failed);
             return Ok((Some(state), None));
         }

@@ -56,7 +56,7 @@ fn fan500() -> String {
 }
 
 fn map10k() -> String {
-    "id: map10k\ntasks:\n  items:\n    operator: shell\n    command: echo \"{\\\"n\\\": 10000}\" > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: \"{{ range(tasks.items.output.n) | list }}\"\n    command: \"true\"\n".to_string()
+    "id: map10k\ntasks:\n  items:\n    operator: shell\n    command: |\n      echo '{\"n\": 10000}' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: \"{{ range(tasks.items.output.n) | list }}\"\n    command: \"true\"\n".to_string()
 }
 
 /// A realistic small DAG, numbered, for the 1,000-files load.

@@ -137,6 +137,14 @@ pub struct PlanRow {
     pub try_number: i64,
     pub try_base: i64,
     pub next_try_at: Option<DateTime<Utc>>,
+    pub output: Option<Json>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanRows {
+    pub rows: Vec<PlanRow>,
+    /// (task id, state, how many) of the instances not in `rows`.
+    pub counts: Vec<(String, TaskState, usize)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,11 +286,17 @@ pub trait Store: Send + Sync {
     /// queued -> running; false if the run was not queued.
     async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool>;
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>>;
-    /// What the planner needs of each task instance, without outputs or items: cheap enough to
-    /// read after every state change of a run with thousands of mapped instances.
-    async fn plan_rows(&self, run_id: &str) -> Result<Vec<PlanRow>>;
-    /// (task id, map index, output) of the given tasks' instances that published an output.
-    async fn outputs(&self, run_id: &str, task_ids: &[String]) -> Result<Vec<(String, i64, Json)>>;
+    /// What the planner needs of a run, cheap enough to read after every state change of a run
+    /// with thousands of mapped instances: a row for every unmapped instance, every instance the
+    /// planner may act on (`scheduled`, `up_for_retry`) and every instance of `full_tasks` (with
+    /// its output); the other mapped instances only counted per task and state.
+    async fn plan_rows(&self, run_id: &str, full_tasks: &[String]) -> Result<PlanRows>;
+    /// (task id, map index, output) of every instance of the given tasks.
+    async fn outputs(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+    ) -> Result<Vec<(String, i64, Option<Json>)>>;
     /// Applies a plan's decisions in one transaction, each guarded by the state it expects.
     async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()>;
 

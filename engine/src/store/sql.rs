@@ -27,7 +27,13 @@ static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/po
 
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// SQLite has one writer at a time. Queueing this process's writers here, in order, beats
+    /// letting them collide in SQLite, whose busy handler sleeps in growing steps (1, 2, 5, 10 ms
+    /// ...) before trying again. Other processes still wait through the busy timeout.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
+
+type WriteGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 pub struct PgStore {
     pool: sqlx::PgPool,
@@ -96,13 +102,17 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+    async fn begin_write(&self) -> Result<(WriteGuard, sqlx::Transaction<'static, Sqlite>)> {
+        let guard = self.writer.clone().lock_owned().await;
         // IMMEDIATE takes the write lock up front: a deferred transaction that later upgrades can
         // fail with SQLITE_BUSY at once instead of waiting out the busy timeout.
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok((Some(guard), self.pool.begin_with("BEGIN IMMEDIATE").await?))
     }
 }
 
@@ -147,8 +157,8 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
-        Ok(self.pool.begin().await?)
+    async fn begin_write(&self) -> Result<(WriteGuard, sqlx::Transaction<'static, Postgres>)> {
+        Ok((None, self.pool.begin().await?))
     }
 }
 
@@ -268,7 +278,7 @@ macro_rules! impl_store {
                 now: DateTime<Utc>,
             ) -> Result<()> {
                 let now = to_micros(now);
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 for d in changed {
                     sqlx::query(
                         "INSERT INTO dags (dag_id, fileloc, version, description, schedule, timezone, tags, params, \
@@ -374,7 +384,7 @@ macro_rules! impl_store {
             }
 
             async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query("UPDATE dags SET paused = $1 WHERE dag_id = $2")
                     .bind(paused)
                     .bind(dag_id)
@@ -386,16 +396,18 @@ macro_rules! impl_store {
             }
 
             async fn set_next_run_at(&self, dag_id: &str, at: Option<DateTime<Utc>>) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query("UPDATE dags SET next_run_at = $1 WHERE dag_id = $2")
                     .bind(opt_us(at))
                     .bind(dag_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn create_run(&self, run: &NewRun) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
                      data_interval_start, data_interval_end, params, queued_at) \
@@ -481,7 +493,7 @@ macro_rules! impl_store {
             }
 
             async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, $1), ended_at = NULL \
                      WHERE run_id = $2 AND state = 'queued'",
@@ -506,34 +518,70 @@ macro_rules! impl_store {
                 rows.iter().map(Self::ti_row).collect()
             }
 
-            async fn plan_rows(&self, run_id: &str) -> Result<Vec<PlanRow>> {
-                let rows = sqlx::query(
-                    "SELECT task_id, map_index, state, try_number, try_base, next_try_at FROM task_instances \
-                     WHERE run_id = $1",
-                )
-                .bind(run_id)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(PlanRow {
-                            task_id: r.try_get(0)?,
-                            map_index: r.try_get(1)?,
-                            state: parse_state::<TaskState>(r.try_get::<&str, _>(2)?)?,
-                            try_number: r.try_get(3)?,
-                            try_base: r.try_get(4)?,
-                            next_try_at: ts(r.try_get(5)?),
-                        })
-                    })
-                    .collect()
+            async fn plan_rows(&self, run_id: &str, full_tasks: &[String]) -> Result<PlanRows> {
+                // One predicate picks the listed rows; its negation, the counted ones.
+                let listed = |qb: &mut QueryBuilder<$db>| {
+                    qb.push("(map_index = ")
+                        .push_bind(UNMAPPED)
+                        .push(" OR state IN ('scheduled', 'up_for_retry')");
+                    if !full_tasks.is_empty() {
+                        qb.push(" OR task_id IN (");
+                        let mut sep = qb.separated(", ");
+                        for t in full_tasks {
+                            sep.push_bind(t.clone());
+                        }
+                        qb.push(")");
+                    }
+                    qb.push(")");
+                };
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT task_id, map_index, state, try_number, try_base, next_try_at, output \
+                     FROM task_instances WHERE run_id = ",
+                );
+                qb.push_bind(run_id.to_string()).push(" AND ");
+                listed(&mut qb);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut out = PlanRows::default();
+                for r in &rows {
+                    let task_id: String = r.try_get(0)?;
+                    let output = if full_tasks.contains(&task_id) {
+                        parse_json(r.try_get(6)?, "output")?
+                    } else {
+                        None
+                    };
+                    out.rows.push(PlanRow {
+                        task_id,
+                        map_index: r.try_get(1)?,
+                        state: parse_state::<TaskState>(r.try_get::<&str, _>(2)?)?,
+                        try_number: r.try_get(3)?,
+                        try_base: r.try_get(4)?,
+                        next_try_at: ts(r.try_get(5)?),
+                        output,
+                    });
+                }
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT task_id, state, COUNT(*) FROM task_instances WHERE run_id = ",
+                );
+                qb.push_bind(run_id.to_string()).push(" AND NOT ");
+                listed(&mut qb);
+                qb.push(" GROUP BY task_id, state");
+                for r in qb.build().fetch_all(&self.pool).await? {
+                    let n: i64 = r.try_get(2)?;
+                    out.counts.push((
+                        r.try_get(0)?,
+                        parse_state::<TaskState>(r.try_get::<&str, _>(1)?)?,
+                        n as usize,
+                    ));
+                }
+                Ok(out)
             }
 
-            async fn outputs(&self, run_id: &str, task_ids: &[String]) -> Result<Vec<(String, i64, Json)>> {
+            async fn outputs(&self, run_id: &str, task_ids: &[String]) -> Result<Vec<(String, i64, Option<Json>)>> {
                 if task_ids.is_empty() {
                     return Ok(Vec::new());
                 }
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT task_id, map_index, output FROM task_instances WHERE output IS NOT NULL AND run_id = ",
+                    "SELECT task_id, map_index, output FROM task_instances WHERE run_id = ",
                 );
                 qb.push_bind(run_id.to_string()).push(" AND task_id IN (");
                 let mut sep = qb.separated(", ");
@@ -544,7 +592,7 @@ macro_rules! impl_store {
                 let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()
                     .map(|r| {
-                        let output = parse_json(r.try_get("output")?, "output")?.unwrap_or(Json::Null);
+                        let output = parse_json(r.try_get("output")?, "output")?;
                         Ok((r.try_get("task_id")?, r.try_get("map_index")?, output))
                     })
                     .collect()
@@ -555,7 +603,7 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let now = to_micros(now);
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 for d in decisions {
                     match d {
                         Decision::Queue { task_id, map_index } => {
@@ -688,7 +736,7 @@ macro_rules! impl_store {
                 if req.limit <= 0 {
                     return Ok(Vec::new());
                 }
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let rows = sqlx::query(concat!(
                     "UPDATE task_instances SET state = 'running', try_number = try_number + 1, started_at = $1, \
                      ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
@@ -770,6 +818,7 @@ macro_rules! impl_store {
             }
 
             async fn set_pid(&self, c: &Claim, pid: i64) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query(
                     "UPDATE task_instances SET pid = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
                      AND state = 'running' AND try_number = $5 AND lease_owner = $6",
@@ -780,14 +829,15 @@ macro_rules! impl_store {
                 .bind(c.map_index)
                 .bind(c.try_number)
                 .bind(&c.owner)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn finish_try(&self, c: &Claim, end: &TryEnd) -> Result<bool> {
                 let now = to_micros(end.now);
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query(
                     "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
                      lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
@@ -835,7 +885,7 @@ macro_rules! impl_store {
                 now: DateTime<Utc>,
                 lease_until: DateTime<Utc>,
             ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO schedulers (id, hostname, pid, started_at, last_heartbeat) VALUES ($1, $2, $3, $4, $4) \
                      ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat",
@@ -899,7 +949,7 @@ macro_rules! impl_store {
             }
 
             async fn create_token(&self, name: &str, role: Role, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query(
                     "INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT DO NOTHING",
@@ -926,7 +976,7 @@ macro_rules! impl_store {
 
             async fn clear_tasks(&self, run_id: &str, task_ids: &[String], now: DateTime<Utc>) -> Result<bool> {
                 let _ = now;
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1")
                     .bind(run_id)
                     .execute(&mut *tx)

@@ -1596,7 +1596,82 @@ macro_rules! contract {
     };
 }
 
+async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb) {
+    let s = db.store;
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("src", 0, "default"),
+            ("fan", 0, "default"),
+            ("join", 0, "default"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    let items: Vec<Json> = (0..10).map(|i| json!(i)).collect();
+    s.apply(
+        "r",
+        &[Decision::Expand {
+            task_id: "fan".into(),
+            items,
+        }],
+        at(1),
+    )
+    .await
+    .unwrap();
+    // Three mapped instances run and succeed, one with an output.
+    let claims = s
+        .claim(&ClaimRequest {
+            limit: 3,
+            ..claim_req("w", "default", 3, at(2))
+        })
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 3);
+    for (i, c) in claims.iter().enumerate() {
+        let mut end = ended(TaskState::Success, at(3));
+        if i == 0 {
+            end.output = Some(json!({"n": 1}));
+        }
+        assert!(s.finish_try(c, &end).await.unwrap());
+    }
+    let rows = s.plan_rows("r", &[]).await.unwrap();
+    let listed: Vec<(&str, i64)> = rows
+        .rows
+        .iter()
+        .map(|r| (r.task_id.as_str(), r.map_index))
+        .collect();
+    // The unmapped instances are listed; the mapped ones are counted, not one of them listed.
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.contains(&("src", -1)) && listed.contains(&("join", -1)));
+    let mut counts = rows.counts.clone();
+    counts.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        counts,
+        vec![
+            ("fan".to_string(), TaskState::Queued, 7),
+            ("fan".to_string(), TaskState::Success, 3)
+        ]
+    );
+    assert!(rows.rows.iter().all(|r| r.output.is_none()));
+    // A task named in full_tasks is listed instance by instance, with outputs.
+    let rows = s.plan_rows("r", &ids(&["fan"])).await.unwrap();
+    assert_eq!(rows.rows.len(), 12);
+    assert!(rows.counts.is_empty(), "{:?}", rows.counts);
+    let with_output: Vec<_> = rows.rows.iter().filter(|r| r.output.is_some()).collect();
+    assert_eq!(with_output.len(), 1);
+    assert_eq!(with_output[0].output, Some(json!({"n": 1})));
+    // outputs() reads every instance of the named tasks.
+    let outputs = s.outputs("r", &ids(&["fan"])).await.unwrap();
+    assert_eq!(outputs.len(), 10);
+    assert_eq!(outputs.iter().filter(|(_, _, o)| o.is_some()).count(), 1);
+}
+
 contract!(
+    plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest,
     migrations_apply_on_fresh_db_and_again_on_reopen,
     sync_dags_upserts_keeps_pause_and_deactivates,
     set_paused_reports_unknown_dags,
