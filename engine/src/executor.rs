@@ -12,7 +12,7 @@ use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
-use crate::store::{Claim, PlanRow, PlanRows, RunRow, Store, TiRow, TryEnd};
+use crate::store::{Claim, PlanRow, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -88,7 +88,64 @@ pub fn snapshot(run: &RunRow, tis: &[TiRow]) -> RunSnapshot {
     }
 }
 
+/// Group commit for the writes tries make (their pid, their end): writes that arrive while one
+/// transaction commits go together into the next, so many tasks ending at once cost one commit.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: tokio::sync::mpsc::UnboundedSender<(
+        TryWrite,
+        tokio::sync::oneshot::Sender<Result<bool, String>>,
+    )>,
+}
+
+impl Recorder {
+    /// Starts the writer task; it ends when the last `Recorder` is dropped.
+    pub fn start(store: Arc<dyn Store>) -> Recorder {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            TryWrite,
+            tokio::sync::oneshot::Sender<Result<bool, String>>,
+        )>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (writes, replies): (Vec<TryWrite>, Vec<_>) = batch.into_iter().unzip();
+                match store.record_tries(&writes).await {
+                    Ok(applied) => {
+                        for (reply, ok) in replies.into_iter().zip(applied) {
+                            let _ = reply.send(Ok(ok));
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Recorder { tx }
+    }
+
+    pub async fn write(&self, w: TryWrite) -> Result<bool, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((w, reply))
+            .map_err(|_| "the try recorder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the try recorder has stopped".to_string())?
+    }
+}
+
 pub struct TryEnv {
+    pub recorder: Recorder,
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub secrets: Secrets,
@@ -100,8 +157,9 @@ enum Outcome {
     Failed { message: String, retryable: bool },
 }
 
-/// Runs one claimed try to its end and records it. Returns false when the lease was lost.
-pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> bool {
+/// Runs one claimed try to its end and records it. Returns the state recorded, or None when the
+/// lease was lost.
+pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Option<TaskState> {
     let masker = env.secrets.masker();
     let Some(task) = dag.task(&claim.task_id) else {
         // The run's DAG version always has its tasks; reaching this is a bug.
@@ -249,11 +307,14 @@ async fn execute(
     };
     // The process group is recorded while the try runs, off its critical path, so that a
     // scheduler that finds this try orphaned can stop it.
-    let store = env.store.clone();
+    let recorder = env.recorder.clone();
     let pid_claim = claim.clone();
     let pid_writer = tokio::spawn(async move {
         while let Some(pid) = pid_rx.recv().await {
-            if let Err(e) = store.set_pid(&pid_claim, pid as i64).await {
+            if let Err(e) = recorder
+                .write(TryWrite::Pid(pid_claim.clone(), pid as i64))
+                .await
+            {
                 tracing::warn!("cannot record pid {pid}: {e}");
             }
         }
@@ -307,7 +368,12 @@ async fn read_output(path: &Path) -> Result<Option<Json>, String> {
         .map_err(|e| format!("FLOW_OUTPUT does not hold JSON: {e}"))
 }
 
-async fn finish(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -> bool {
+async fn finish(
+    env: &TryEnv,
+    claim: &Claim,
+    task: Option<&Task>,
+    outcome: Outcome,
+) -> Option<TaskState> {
     let masker = env.secrets.masker();
     let now = now();
     let end = match outcome {
@@ -337,8 +403,9 @@ async fn finish(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outco
             }
         }
     };
-    match env.store.finish_try(claim, &end).await {
-        Ok(true) => true,
+    let state = end.state;
+    match env.recorder.write(TryWrite::End(claim.clone(), end)).await {
+        Ok(true) => Some(state),
         Ok(false) => {
             tracing::warn!(
                 "try {} of {}/{}[{}] lost its lease; its result is dropped",
@@ -347,12 +414,12 @@ async fn finish(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outco
                 claim.task_id,
                 claim.map_index
             );
-            false
+            None
         }
         Err(e) => {
             // The lease will expire and another pass retries the try per its policy.
             tracing::error!("cannot record the end of a try: {e}");
-            false
+            None
         }
     }
 }

@@ -64,6 +64,16 @@ pub fn default_parallelism() -> usize {
         * 4
 }
 
+/// A try ended. `mapped_success`: a mapped instance succeeded, which alone unblocks nothing
+/// until its siblings end.
+#[derive(Debug)]
+struct TryDone {
+    run_id: String,
+    mapped_success: bool,
+}
+
+const MAPPED_PLAN_INTERVAL: Duration = Duration::from_millis(50);
+
 /// What the loop is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -354,7 +364,7 @@ impl Engine {
         mode: Mode,
         shutdown: CancellationToken,
     ) -> Result<Option<RunState>, EngineError> {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<TryDone>();
         let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<()>();
         let _watcher = if mode == Mode::Daemon {
             watch(&self.config.dags_folder, reload_tx)
@@ -363,6 +373,7 @@ impl Engine {
         };
         let heartbeat = self.spawn_heartbeat(shutdown.clone());
         let try_env = Arc::new(TryEnv {
+            recorder: crate::executor::Recorder::start(self.store.clone()),
             store: self.store.clone(),
             registry: self.registry.clone(),
             secrets: self.secrets.clone(),
@@ -371,6 +382,11 @@ impl Engine {
         let tries = tokio_util::task::TaskTracker::new();
         let try_cancel = CancellationToken::new();
         let mut dirty: HashSet<String> = HashSet::new();
+        // Runs whose only news is mapped instances that succeeded: planning them again cannot
+        // unblock anything until the last instance ends, so they are planned at most every
+        // MAPPED_PLAN_INTERVAL instead of after every instance.
+        let mut deferred: HashMap<String, std::time::Instant> = HashMap::new();
+        let mut last_planned: HashMap<String, std::time::Instant> = HashMap::new();
         let mut full_pass = true;
         let mut last_recovery = DateTime::<Utc>::MIN_UTC;
         let mut result = None;
@@ -395,7 +411,18 @@ impl Engine {
                 self.recover_orphans(now, &mut dirty).await?;
             }
             let mut wake_at: Option<DateTime<Utc>> = None;
+            let instant = std::time::Instant::now();
+            deferred.retain(|run_id, due| {
+                if *due <= instant {
+                    dirty.insert(run_id.clone());
+                    false
+                } else {
+                    true
+                }
+            });
             for run_id in std::mem::take(&mut dirty) {
+                deferred.remove(&run_id);
+                last_planned.insert(run_id.clone(), instant);
                 let (state, wake) = self.plan_run(&run_id, now).await?;
                 if let Some(w) = wake {
                     wake_at = Some(wake_at.map_or(w, |x| x.min(w)));
@@ -425,13 +452,28 @@ impl Engine {
                 let until = (w - now).to_std().unwrap_or_default();
                 sleep_for = sleep_for.min(until);
             }
+            if let Some(due) = deferred.values().min() {
+                sleep_for = sleep_for.min(due.saturating_duration_since(std::time::Instant::now()));
+            }
+            last_planned.retain(|_, t| t.elapsed() < MAPPED_PLAN_INTERVAL);
             full_pass = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(run_id) = done_rx.recv() => {
-                    dirty.insert(run_id);
-                    while let Ok(r) = done_rx.try_recv() {
-                        dirty.insert(r);
+                Some(first) = done_rx.recv() => {
+                    let mut events = vec![first];
+                    while let Ok(ev) = done_rx.try_recv() {
+                        events.push(ev);
+                    }
+                    for ev in events {
+                        let recent = last_planned
+                            .get(&ev.run_id)
+                            .is_some_and(|t| t.elapsed() < MAPPED_PLAN_INTERVAL);
+                        if ev.mapped_success && recent && !dirty.contains(&ev.run_id) {
+                            let due = last_planned[&ev.run_id] + MAPPED_PLAN_INTERVAL;
+                            deferred.entry(ev.run_id).or_insert(due);
+                        } else {
+                            dirty.insert(ev.run_id);
+                        }
                     }
                 }
                 Some(()) = reload_rx.recv() => {
@@ -734,7 +776,7 @@ impl Engine {
         env: &Arc<TryEnv>,
         tries: &tokio_util::task::TaskTracker,
         cancel: &CancellationToken,
-        done_tx: &mpsc::UnboundedSender<String>,
+        done_tx: &mpsc::UnboundedSender<TryDone>,
     ) -> Result<(), EngineError> {
         let mut free = self
             .config
@@ -803,10 +845,14 @@ impl Engine {
                 let unknown_pool = size.is_none().then(|| pool.clone());
                 tries.spawn(async move {
                     let run_id = claim.run_id.clone();
+                    let mut mapped_success = false;
                     match (dag, unknown_pool) {
                         (Some(dag), None) => {
                             tokio::select! {
-                                _ = run_try(&env, &claim, &dag, &run) => {}
+                                state = run_try(&env, &claim, &dag, &run) => {
+                                    mapped_success = state == Some(TaskState::Success)
+                                        && claim.map_index != crate::plan::UNMAPPED;
+                                }
                                 _ = cancel.cancelled() => {
                                     // Dropping the try's future kills its process group.
                                     requeue(&env, &claim).await;
@@ -822,7 +868,10 @@ impl Engine {
                         }
                     }
                     running.fetch_sub(1, Ordering::SeqCst);
-                    let _ = done.send(run_id);
+                    let _ = done.send(TryDone {
+                        run_id,
+                        mapped_success,
+                    });
                 });
             }
         }

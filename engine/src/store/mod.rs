@@ -189,6 +189,13 @@ pub struct Claim {
     pub owner: String,
 }
 
+/// A write about a claimed try.
+#[derive(Debug, Clone)]
+pub enum TryWrite {
+    Pid(Claim, i64),
+    End(Claim, TryEnd),
+}
+
 #[derive(Debug, Clone)]
 pub struct TryEnd {
     pub state: TaskState,
@@ -309,9 +316,21 @@ pub trait Store: Send + Sync {
     /// Each active DAG's pause flag.
     async fn paused_flags(&self) -> Result<BTreeMap<String, bool>>;
     /// Records the process group of a running try, so a later scheduler can stop an orphan.
-    async fn set_pid(&self, claim: &Claim, pid: i64) -> Result<()>;
+    async fn set_pid(&self, claim: &Claim, pid: i64) -> Result<()> {
+        self.record_tries(&[TryWrite::Pid(claim.clone(), pid)])
+            .await
+            .map(|_| ())
+    }
     /// Ends a claimed try; false if the lease was lost (someone else owns the try now).
-    async fn finish_try(&self, claim: &Claim, end: &TryEnd) -> Result<bool>;
+    async fn finish_try(&self, claim: &Claim, end: &TryEnd) -> Result<bool> {
+        let done = self
+            .record_tries(&[TryWrite::End(claim.clone(), end.clone())])
+            .await?;
+        Ok(done.first().copied().unwrap_or(false))
+    }
+    /// Applies several writes about claimed tries in one transaction (group commit); each is
+    /// fenced on its claim. Returns, per write, whether it applied.
+    async fn record_tries(&self, writes: &[TryWrite]) -> Result<Vec<bool>>;
     /// Marks this scheduler alive and extends the leases of its running tries.
     async fn heartbeat(
         &self,

@@ -817,64 +817,73 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn set_pid(&self, c: &Claim, pid: i64) -> Result<()> {
+            async fn record_tries(&self, writes: &[TryWrite]) -> Result<Vec<bool>> {
+                let mut applied = Vec::with_capacity(writes.len());
+                if writes.is_empty() {
+                    return Ok(applied);
+                }
                 let (_writer, mut tx) = self.begin_write().await?;
-                sqlx::query(
-                    "UPDATE task_instances SET pid = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
-                     AND state = 'running' AND try_number = $5 AND lease_owner = $6",
-                )
-                .bind(pid)
-                .bind(&c.run_id)
-                .bind(&c.task_id)
-                .bind(c.map_index)
-                .bind(c.try_number)
-                .bind(&c.owner)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn finish_try(&self, c: &Claim, end: &TryEnd) -> Result<bool> {
-                let now = to_micros(end.now);
-                let (_writer, mut tx) = self.begin_write().await?;
-                let n = sqlx::query(
-                    "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
-                     lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
-                     WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
-                     AND try_number = $9 AND lease_owner = $10",
-                )
-                .bind(end.state.as_str())
-                .bind(end.output.as_ref().map(json_text))
-                .bind(&end.error)
-                .bind(now)
-                .bind(opt_us(end.next_try_at))
-                .bind(&c.run_id)
-                .bind(&c.task_id)
-                .bind(c.map_index)
-                .bind(c.try_number)
-                .bind(&c.owner)
-                .bind(if end.requeue { 1i64 } else { 0 })
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n == 1 {
-                    sqlx::query(
-                        "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
-                         WHERE run_id = $4 AND task_id = $5 AND map_index = $6 AND try_number = $7",
-                    )
-                    .bind(if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() })
-                    .bind(now)
-                    .bind(&end.error)
-                    .bind(&c.run_id)
-                    .bind(&c.task_id)
-                    .bind(c.map_index)
-                    .bind(c.try_number)
-                    .execute(&mut *tx)
-                    .await?;
+                for w in writes {
+                    match w {
+                        TryWrite::Pid(c, pid) => {
+                            let n = sqlx::query(
+                                "UPDATE task_instances SET pid = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
+                                 AND state = 'running' AND try_number = $5 AND lease_owner = $6",
+                            )
+                            .bind(*pid)
+                            .bind(&c.run_id)
+                            .bind(&c.task_id)
+                            .bind(c.map_index)
+                            .bind(c.try_number)
+                            .bind(&c.owner)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            applied.push(n == 1);
+                        }
+                        TryWrite::End(c, end) => {
+                            let now = to_micros(end.now);
+                            let n = sqlx::query(
+                                "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
+                                 lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
+                                 WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
+                                 AND try_number = $9 AND lease_owner = $10",
+                            )
+                            .bind(end.state.as_str())
+                            .bind(end.output.as_ref().map(json_text))
+                            .bind(&end.error)
+                            .bind(now)
+                            .bind(opt_us(end.next_try_at))
+                            .bind(&c.run_id)
+                            .bind(&c.task_id)
+                            .bind(c.map_index)
+                            .bind(c.try_number)
+                            .bind(&c.owner)
+                            .bind(if end.requeue { 1i64 } else { 0 })
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            if n == 1 {
+                                sqlx::query(
+                                    "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
+                                     WHERE run_id = $4 AND task_id = $5 AND map_index = $6 AND try_number = $7",
+                                )
+                                .bind(if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() })
+                                .bind(now)
+                                .bind(&end.error)
+                                .bind(&c.run_id)
+                                .bind(&c.task_id)
+                                .bind(c.map_index)
+                                .bind(c.try_number)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            applied.push(n == 1);
+                        }
+                    }
                 }
                 tx.commit().await?;
-                Ok(n == 1)
+                Ok(applied)
             }
 
             async fn heartbeat(
