@@ -1648,7 +1648,7 @@ async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.contains(&("src", -1)) && listed.contains(&("join", -1)));
     let mut counts = rows.counts.clone();
-    counts.sort_by(|a, b| a.1.cmp(&b.1));
+    counts.sort_by_key(|a| a.1);
     assert_eq!(
         counts,
         vec![
