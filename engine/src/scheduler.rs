@@ -438,12 +438,13 @@ impl Engine {
                 break;
             }
             if !shutdown.is_cancelled() {
-                self.launch(&mode, &try_env, &tries, &try_cancel, &done_tx)
+                self.launch(full_pass, &mode, &try_env, &tries, &try_cancel, &done_tx)
                     .await?;
             }
 
+            // How soon work written by other processes (a trigger, a clear) is seen.
             let tick = if mode == Mode::Daemon {
-                Duration::from_secs(1)
+                Duration::from_millis(250)
             } else {
                 Duration::from_millis(500)
             };
@@ -772,6 +773,7 @@ impl Engine {
     /// Claims what fits in the free slots and starts each try.
     async fn launch(
         &mut self,
+        full_pass: bool,
         mode: &Mode,
         env: &Arc<TryEnv>,
         tries: &tokio_util::task::TaskTracker,
@@ -785,9 +787,18 @@ impl Engine {
         if free == 0 {
             return Ok(());
         }
-        let pools = self.store.queued_pools().await?;
-        if pools.is_empty() {
-            return Ok(());
+        // The configured pools are tried on every pass; finding queued tries in pools nobody
+        // configured costs a scan of the queue, so that is done on full passes only.
+        let mut pools: Vec<String> = self.config.pools.keys().cloned().collect();
+        if !pools.iter().any(|p| p == DEFAULT_POOL) {
+            pools.insert(0, DEFAULT_POOL.to_string());
+        }
+        if full_pass {
+            for p in self.store.queued_pools().await? {
+                if !pools.contains(&p) {
+                    pools.push(p);
+                }
+            }
         }
         let running = self.store.running_by_pool().await?;
         let run_filter = match mode {
