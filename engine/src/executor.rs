@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value as Json;
 
 use crate::dag::{Dag, Task};
@@ -115,7 +116,18 @@ impl Recorder {
                     }
                 }
                 let (writes, replies): (Vec<TryWrite>, Vec<_>) = batch.into_iter().unzip();
-                match store.record_tries(&writes).await {
+                // A deadlock or serialization failure (PostgreSQL aborts one of two transactions
+                // that wait on each other) is worth another go: the batch is all-or-nothing.
+                let attempt = || async { store.record_tries(&writes).await };
+                let result = attempt
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(5))
+                            .with_max_times(5),
+                    )
+                    .when(|e| e.is_transient())
+                    .await;
+                match result {
                     Ok(applied) => {
                         for (reply, ok) in replies.into_iter().zip(applied) {
                             let _ = reply.send(Ok(ok));

@@ -390,17 +390,35 @@ impl Engine {
         let mut full_pass = true;
         let mut last_recovery = DateTime::<Utc>::MIN_UTC;
         let mut result = None;
+        let mut failures = 0u32;
 
         loop {
             let now = now();
+            // A database that fails for a moment (a deadlock, a restart, a full disk being
+            // cleaned) must not stop the scheduler: the pass is logged and tried again; nothing
+            // is lost because nothing was acted on before it was committed.
+            let mut trouble: Option<EngineError> = None;
+            macro_rules! attempt {
+                ($e:expr) => {
+                    match $e {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            tracing::error!("scheduler: {e}; trying again shortly");
+                            trouble = Some(e.into());
+                            None
+                        }
+                    }
+                };
+            }
             if full_pass {
                 // Runs changed by other processes (trigger, clear) and due times are found here.
                 if mode == Mode::Daemon {
-                    self.create_due_runs(now).await?;
+                    attempt!(self.create_due_runs(now).await);
                 }
-                let started = self.start_runs(&mode, now).await?;
-                dirty.extend(started);
-                for r in self.store.active_runs().await? {
+                if let Some(started) = attempt!(self.start_runs(&mode, now).await) {
+                    dirty.extend(started);
+                }
+                for r in attempt!(self.store.active_runs().await).unwrap_or_default() {
                     if r.state == RunState::Running && mode_accepts(&mode, &r.run_id) {
                         dirty.insert(r.run_id);
                     }
@@ -408,7 +426,7 @@ impl Engine {
             }
             if now - last_recovery > chrono::Duration::seconds(1) {
                 last_recovery = now;
-                self.recover_orphans(now, &mut dirty).await?;
+                attempt!(self.recover_orphans(now, &mut dirty).await);
             }
             let mut wake_at: Option<DateTime<Utc>> = None;
             let instant = std::time::Instant::now();
@@ -420,10 +438,14 @@ impl Engine {
                     true
                 }
             });
+            let mut plan_again = Vec::new();
             for run_id in std::mem::take(&mut dirty) {
                 deferred.remove(&run_id);
                 last_planned.insert(run_id.clone(), instant);
-                let (state, wake) = self.plan_run(&run_id, now).await?;
+                let Some((state, wake)) = attempt!(self.plan_run(&run_id, now).await) else {
+                    plan_again.push(run_id);
+                    continue;
+                };
                 if let Some(w) = wake {
                     wake_at = Some(wake_at.map_or(w, |x| x.min(w)));
                 }
@@ -434,12 +456,24 @@ impl Engine {
                     result = Some(s);
                 }
             }
+            dirty.extend(plan_again);
             if result.is_some() && self.running.load(Ordering::SeqCst) == 0 {
                 break;
             }
             if !shutdown.is_cancelled() {
-                self.launch(full_pass, &mode, &try_env, &tries, &try_cancel, &done_tx)
-                    .await?;
+                attempt!(
+                    self.launch(full_pass, &mode, &try_env, &tries, &try_cancel, &done_tx)
+                        .await
+                );
+            }
+            if let Some(e) = trouble.take() {
+                failures += 1;
+                // `flow run` gives up after about a minute of failures; the daemon never does.
+                if matches!(mode, Mode::Single(_)) && failures >= 120 {
+                    return Err(e);
+                }
+            } else {
+                failures = 0;
             }
 
             // How soon work written by other processes (a trigger, a clear) is seen.
@@ -455,6 +489,9 @@ impl Engine {
             }
             if let Some(due) = deferred.values().min() {
                 sleep_for = sleep_for.min(due.saturating_duration_since(std::time::Instant::now()));
+            }
+            if failures > 0 {
+                sleep_for = Duration::from_millis(500);
             }
             last_planned.retain(|_, t| t.elapsed() < MAPPED_PLAN_INTERVAL);
             full_pass = false;

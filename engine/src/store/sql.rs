@@ -905,9 +905,16 @@ macro_rules! impl_store {
                 .bind(to_micros(now))
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "UPDATE task_instances SET lease_expires_at = $1 WHERE lease_owner = $2 AND state = 'running'",
-                )
+                // Rows another transaction holds (a try ending right now) are skipped rather than
+                // waited for: waiting on rows locked in another order deadlocks on PostgreSQL, and
+                // the next heartbeat extends whatever is still running.
+                sqlx::query(concat!(
+                    "UPDATE task_instances SET lease_expires_at = $1 WHERE (run_id, task_id, map_index) IN (\
+                       SELECT run_id, task_id, map_index FROM task_instances \
+                       WHERE lease_owner = $2 AND state = 'running' ",
+                    $claim_lock,
+                    ")"
+                ))
                 .bind(to_micros(lease_until))
                 .bind(owner)
                 .execute(&mut *tx)
