@@ -13,7 +13,7 @@ use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
-use crate::store::{Claim, PlanRow, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite};
+use crate::store::{Claim, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -47,47 +47,11 @@ pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
         data_interval_start: run.data_interval_start,
         data_interval_end: run.data_interval_end,
         params: run.params.clone(),
-        tis: rows
-            .rows
-            .into_iter()
-            .map(|t| TiSnapshot {
-                task_id: t.task_id,
-                map_index: t.map_index,
-                state: t.state,
-                try_number: t.try_number,
-                try_base: t.try_base,
-                next_try_at: t.next_try_at,
-                output: t.output,
-            })
-            .collect(),
+        tis: rows.rows,
         counts: rows.counts,
     }
 }
 
-pub fn snapshot(run: &RunRow, tis: &[TiRow]) -> RunSnapshot {
-    RunSnapshot {
-        run_id: run.run_id.clone(),
-        dag_id: run.dag_id.clone(),
-        state: run.state,
-        logical_date: run.logical_date,
-        data_interval_start: run.data_interval_start,
-        data_interval_end: run.data_interval_end,
-        params: run.params.clone(),
-        counts: Vec::new(),
-        tis: tis
-            .iter()
-            .map(|t| TiSnapshot {
-                task_id: t.task_id.clone(),
-                map_index: t.map_index,
-                state: t.state,
-                try_number: t.try_number,
-                try_base: t.try_base,
-                next_try_at: t.next_try_at,
-                output: t.output.clone(),
-            })
-            .collect(),
-    }
-}
 
 /// Group commit for the writes tries make (their pid, their end): writes that arrive while one
 /// transaction commits go together into the next, so many tasks ending at once cost one commit.
@@ -254,9 +218,9 @@ async fn execute(
             };
         }
     };
-    let rows: Vec<PlanRow> = outputs
+    let rows: Vec<TiSnapshot> = outputs
         .into_iter()
-        .map(|(task_id, map_index, output)| PlanRow {
+        .map(|(task_id, map_index, output)| TiSnapshot {
             task_id,
             map_index,
             state: TaskState::Success,

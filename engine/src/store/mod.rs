@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use crate::plan::Decision;
+use crate::plan::{Decision, TiSnapshot};
 use crate::state::{RunState, RunType, TaskState};
 
 pub use sql::{PgStore, SqliteStore, connect};
@@ -144,20 +144,9 @@ pub struct TiRow {
     pub pid: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct PlanRow {
-    pub task_id: String,
-    pub map_index: i64,
-    pub state: TaskState,
-    pub try_number: i64,
-    pub try_base: i64,
-    pub next_try_at: Option<DateTime<Utc>>,
-    pub output: Option<Json>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlanRows {
-    pub rows: Vec<PlanRow>,
+    pub rows: Vec<TiSnapshot>,
     /// (task id, state, how many) of the instances not in `rows`.
     pub counts: Vec<(String, TaskState, usize)>,
 }

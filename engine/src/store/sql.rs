@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use super::*;
-use crate::plan::{Decision, UNMAPPED};
+use crate::plan::{Decision, TiSnapshot, UNMAPPED};
 use crate::state::{RunState, RunType, TaskState};
 use crate::time::{from_micros, to_micros};
 
@@ -549,7 +549,7 @@ macro_rules! impl_store {
                     } else {
                         None
                     };
-                    out.rows.push(PlanRow {
+                    out.rows.push(TiSnapshot {
                         task_id,
                         map_index: r.try_get(1)?,
                         state: parse_state::<TaskState>(r.try_get::<&str, _>(2)?)?,
