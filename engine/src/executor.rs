@@ -52,7 +52,6 @@ pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
     }
 }
 
-
 /// Group commit for the writes tries make (their pid, their end): writes that arrive while one
 /// transaction commits go together into the next, so many tasks ending at once cost one commit.
 #[derive(Clone)]

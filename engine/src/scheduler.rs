@@ -64,12 +64,28 @@ pub fn default_parallelism() -> usize {
         * 4
 }
 
-/// A try ended. `mapped_success`: a mapped instance succeeded, which alone unblocks nothing
-/// until its siblings end.
+/// A try ended. `can_wait`: its end cannot by itself make another task runnable (a mapped
+/// instance succeeded, or a task succeeded whose downstream tasks all wait for other upstreams
+/// too), so planning its run may be put off for a few milliseconds and shared with its siblings.
 #[derive(Debug)]
 struct TryDone {
     run_id: String,
-    mapped_success: bool,
+    can_wait: bool,
+}
+
+/// See [`TryDone::can_wait`].
+fn can_wait(dag: &Dag, task_id: &str, mapped: bool, state: Option<TaskState>) -> bool {
+    if state != Some(TaskState::Success) {
+        return false;
+    }
+    if mapped {
+        return true;
+    }
+    let downstream: Vec<&crate::dag::Task> = dag.downstream(task_id).collect();
+    !downstream.is_empty()
+        && downstream.iter().all(|d| {
+            d.depends_on.len() > 1 && d.trigger_rule != crate::dag::TriggerRule::OneSuccess
+        })
 }
 
 const MAPPED_PLAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -382,9 +398,8 @@ impl Engine {
         let tries = tokio_util::task::TaskTracker::new();
         let try_cancel = CancellationToken::new();
         let mut dirty: HashSet<String> = HashSet::new();
-        // Runs whose only news is mapped instances that succeeded: planning them again cannot
-        // unblock anything until the last instance ends, so they are planned at most every
-        // MAPPED_PLAN_INTERVAL instead of after every instance.
+        // Runs whose only news is tries that cannot unblock anything by themselves (see
+        // `TryDone::can_wait`) are planned at most every MAPPED_PLAN_INTERVAL, not after every try.
         let mut deferred: HashMap<String, std::time::Instant> = HashMap::new();
         let mut last_planned: HashMap<String, std::time::Instant> = HashMap::new();
         let mut full_pass = true;
@@ -506,7 +521,7 @@ impl Engine {
                         let recent = last_planned
                             .get(&ev.run_id)
                             .is_some_and(|t| t.elapsed() < MAPPED_PLAN_INTERVAL);
-                        if ev.mapped_success && recent && !dirty.contains(&ev.run_id) {
+                        if ev.can_wait && recent && !dirty.contains(&ev.run_id) {
                             let due = last_planned[&ev.run_id] + MAPPED_PLAN_INTERVAL;
                             deferred.entry(ev.run_id).or_insert(due);
                         } else {
@@ -893,13 +908,13 @@ impl Engine {
                 let unknown_pool = size.is_none().then(|| pool.clone());
                 tries.spawn(async move {
                     let run_id = claim.run_id.clone();
-                    let mut mapped_success = false;
+                    let mut wait = false;
                     match (dag, unknown_pool) {
                         (Some(dag), None) => {
                             tokio::select! {
                                 state = run_try(&env, &claim, &dag, &run) => {
-                                    mapped_success = state == Some(TaskState::Success)
-                                        && claim.map_index != crate::plan::UNMAPPED;
+                                    let mapped = claim.map_index != crate::plan::UNMAPPED;
+                                    wait = can_wait(&dag, &claim.task_id, mapped, state);
                                 }
                                 _ = cancel.cancelled() => {
                                     // Dropping the try's future kills its process group.
@@ -918,7 +933,7 @@ impl Engine {
                     running.fetch_sub(1, Ordering::SeqCst);
                     let _ = done.send(TryDone {
                         run_id,
-                        mapped_success,
+                        can_wait: wait,
                     });
                 });
             }
