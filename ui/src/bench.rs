@@ -16,6 +16,7 @@ use flow_engine::state::RunState;
 use tokio_util::sync::CancellationToken;
 
 pub struct BenchOptions {
+    pub parallelism: usize,
     pub postgres_url: Option<String>,
     pub workloads: Vec<String>,
     pub repeats: usize,
@@ -85,6 +86,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn run_workload(
+    parallelism: usize,
     dir: &Path,
     db_url: &str,
     workload: &'static str,
@@ -101,7 +103,7 @@ async fn run_workload(
     let config = EngineConfig {
         home: dir.join("home"),
         dags_folder: dags,
-        parallelism: default_parallelism(),
+        parallelism,
         pools: Default::default(),
         lease_timeout: Duration::from_secs(30),
         base_url: "http://127.0.0.1:8080".into(),
@@ -243,8 +245,7 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
         .unwrap_or(1);
     println!(
         "# flow bench: {cores} cores, parallelism {}, {} repeat(s), durable commits",
-        default_parallelism(),
-        opts.repeats
+        opts.parallelism, opts.repeats
     );
     println!(
         "| workload | database | tasks | wall min / median / max (s) | per task (ms) | task-to-task median / p95 (ms) |"
@@ -279,7 +280,7 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
             let mut all_lat = Vec::new();
             for _ in 0..opts.repeats {
                 let (wall, tasks, lat, backend) =
-                    run_workload(scratch.path(), url, workload, &yaml).await?;
+                    run_workload(opts.parallelism, scratch.path(), url, workload, &yaml).await?;
                 m.backend = backend;
                 m.tasks = tasks;
                 m.wall.push(wall);

@@ -173,8 +173,12 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             postgres,
             only,
             repeats,
+            parallelism,
         } => {
             crate::bench::bench(crate::bench::BenchOptions {
+                parallelism: parallelism
+                    .unwrap_or_else(flow_engine::scheduler::default_parallelism)
+                    .max(1),
                 postgres_url: postgres,
                 workloads: if only.is_empty() {
                     crate::bench::WORKLOADS

@@ -100,6 +100,9 @@ pub enum Command {
         only: Vec<String>,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Tries at once (default: 4 x cores, as the scheduler's default)
+        #[arg(long)]
+        parallelism: Option<usize>,
     },
     #[command(hide = true)]
     BenchLoad { dags: PathBuf, database_url: String },
