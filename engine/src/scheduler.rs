@@ -90,6 +90,21 @@ fn can_wait(dag: &Dag, task_id: &str, mapped: bool, state: Option<TaskState>) ->
 
 const MAPPED_PLAN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// What launching a try needs besides the engine: where tries run and how they report back.
+#[derive(Clone, Copy)]
+struct Slots<'a> {
+    env: &'a Arc<TryEnv>,
+    tries: &'a tokio_util::task::TaskTracker,
+    cancel: &'a CancellationToken,
+    registry: &'a RunningTries,
+    done_tx: &'a mpsc::UnboundedSender<TryDone>,
+}
+
+/// (run, task, map index, try number) of a try.
+type TryKey = (String, String, i64, i64);
+/// The tries this process runs, each with the token that stops it.
+type RunningTries = Arc<std::sync::Mutex<HashMap<TryKey, CancellationToken>>>;
+
 /// What the loop is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -387,7 +402,8 @@ impl Engine {
         } else {
             None
         };
-        let heartbeat = self.spawn_heartbeat(shutdown.clone());
+        let running_tries: RunningTries = Default::default();
+        let heartbeat = self.spawn_heartbeat(shutdown.clone(), running_tries.clone());
         let try_env = Arc::new(TryEnv {
             recorder: crate::executor::Recorder::start(self.store.clone()),
             store: self.store.clone(),
@@ -476,10 +492,14 @@ impl Engine {
                 break;
             }
             if !shutdown.is_cancelled() {
-                attempt!(
-                    self.launch(full_pass, &mode, &try_env, &tries, &try_cancel, &done_tx)
-                        .await
-                );
+                let slots = Slots {
+                    env: &try_env,
+                    tries: &tries,
+                    cancel: &try_cancel,
+                    registry: &running_tries,
+                    done_tx: &done_tx,
+                };
+                attempt!(self.launch(full_pass, &mode, &slots).await);
             }
             if let Some(e) = trouble.take() {
                 failures += 1;
@@ -554,25 +574,63 @@ impl Engine {
         Ok(result)
     }
 
-    fn spawn_heartbeat(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Extends this scheduler's leases every third of the lease timeout, and every second stops
+    /// the tries it no longer owns (a clear reset them, or another scheduler took them over
+    /// after a lost lease): their results would be dropped anyway, and their processes must not
+    /// run beside the next try.
+    fn spawn_heartbeat(
+        &self,
+        shutdown: CancellationToken,
+        running: RunningTries,
+    ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let owner = self.owner.clone();
         let hostname = self.hostname.clone();
         let lease = self.config.lease_timeout;
         tokio::spawn(async move {
             let every = (lease / 3).max(Duration::from_millis(100));
+            let mut last_beat: Option<std::time::Instant> = None;
             loop {
-                let now = now();
-                let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-                if let Err(e) = store
-                    .heartbeat(&owner, &hostname, std::process::id() as i64, now, until)
-                    .await
-                {
-                    tracing::error!("heartbeat failed: {e}");
+                if last_beat.is_none_or(|t| t.elapsed() >= every) {
+                    let now = now();
+                    let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+                    match store
+                        .heartbeat(&owner, &hostname, std::process::id() as i64, now, until)
+                        .await
+                    {
+                        Ok(()) => last_beat = Some(std::time::Instant::now()),
+                        Err(e) => tracing::error!("heartbeat failed: {e}"),
+                    }
+                }
+                let mine: Vec<TryKey> = running
+                    .lock()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                if !mine.is_empty() {
+                    match store.owned_tries(&owner).await {
+                        Ok(owned) => {
+                            let owned: HashSet<TryKey> = owned.into_iter().collect();
+                            for key in mine.into_iter().filter(|k| !owned.contains(k)) {
+                                if let Some(token) =
+                                    running.lock().ok().and_then(|m| m.get(&key).cloned())
+                                {
+                                    tracing::warn!(
+                                        "try {} of {}/{}[{}] is no longer this scheduler's (cleared or taken over); stopping it",
+                                        key.3,
+                                        key.0,
+                                        key.1,
+                                        key.2
+                                    );
+                                    token.cancel();
+                                }
+                            }
+                        }
+                        Err(e) => tracing::error!("cannot read this scheduler's tries: {e}"),
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep(every.min(Duration::from_secs(1))) => {}
                 }
             }
         })
@@ -827,11 +885,15 @@ impl Engine {
         &mut self,
         full_pass: bool,
         mode: &Mode,
-        env: &Arc<TryEnv>,
-        tries: &tokio_util::task::TaskTracker,
-        cancel: &CancellationToken,
-        done_tx: &mpsc::UnboundedSender<TryDone>,
+        slots: &Slots<'_>,
     ) -> Result<(), EngineError> {
+        let Slots {
+            env,
+            tries,
+            cancel,
+            registry,
+            done_tx,
+        } = *slots;
         let mut free = self
             .config
             .parallelism
@@ -906,6 +968,17 @@ impl Engine {
                 let running = self.running.clone();
                 let cancel = cancel.clone();
                 let unknown_pool = size.is_none().then(|| pool.clone());
+                let key: TryKey = (
+                    claim.run_id.clone(),
+                    claim.task_id.clone(),
+                    claim.map_index,
+                    claim.try_number,
+                );
+                let lost = CancellationToken::new();
+                if let Ok(mut m) = registry.lock() {
+                    m.insert(key.clone(), lost.clone());
+                }
+                let registry = registry.clone();
                 tries.spawn(async move {
                     let run_id = claim.run_id.clone();
                     let mut wait = false;
@@ -920,6 +993,10 @@ impl Engine {
                                     // Dropping the try's future kills its process group.
                                     requeue(&env, &claim).await;
                                 }
+                                _ = lost.cancelled() => {
+                                    // Not ours any more: dropping the future kills the process
+                                    // group; there is nothing to record.
+                                }
                             }
                         }
                         (dag, unknown_pool) => {
@@ -929,6 +1006,9 @@ impl Engine {
                             };
                             fail_now(&env, &claim, dag.as_deref(), msg).await;
                         }
+                    }
+                    if let Ok(mut m) = registry.lock() {
+                        m.remove(&key);
                     }
                     running.fetch_sub(1, Ordering::SeqCst);
                     let _ = done.send(TryDone {

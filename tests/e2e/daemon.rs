@@ -357,3 +357,49 @@ fn the_daemon_picks_up_new_files_and_a_run_keeps_its_version() {
         "v1\nv2\n"
     );
 }
+
+#[test]
+fn clearing_a_running_task_stops_its_process_and_runs_it_again() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let marks = env.path("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    env.dag(
+        "long.yaml",
+        &format!(
+            "id: long\ntasks:\n  work:\n    operator: shell\n    command: |\n      echo \"$FLOW_TRY_NUMBER\" >> {m}/tries\n      if [ \"$FLOW_TRY_NUMBER\" = 1 ]; then sleep 60 & echo $! > {m}/pid; wait; fi\n"
+        ),
+    );
+    let scheduler = env.spawn(&["scheduler"]);
+    let run_id = env.flow_ok(&["trigger", "long"], 0).trim().to_string();
+    let start = Instant::now();
+    while !marks.join("pid").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "work never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid: i32 = std::fs::read_to_string(marks.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    env.flow_ok(&["tasks", "clear", &run_id, "work"], 0);
+    let run = env.wait_run(&run_id, Duration::from_secs(30));
+    let start = Instant::now();
+    while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop(scheduler);
+    assert_eq!(run["state"], "success", "{run:#}");
+    assert_eq!(task(&run, "work", None)["tries"], 2);
+    assert_eq!(
+        std::fs::read_to_string(marks.join("tries")).unwrap(),
+        "1\n2\n"
+    );
+    assert!(
+        !pid_alive(pid),
+        "the cleared try's process {pid} is still running"
+    );
+}

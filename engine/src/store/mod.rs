@@ -345,6 +345,8 @@ pub trait Store: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<()>;
     async fn last_heartbeat(&self) -> Result<Option<DateTime<Utc>>>;
+    /// (run, task, map index, try number) of the running tries `owner` still holds.
+    async fn owned_tries(&self, owner: &str) -> Result<Vec<(String, String, i64, i64)>>;
     /// Running tries whose lease has expired.
     async fn expired_tries(&self, now: DateTime<Utc>) -> Result<Vec<TiRow>>;
     async fn tries(&self, run_id: &str, task_id: &str, map_index: i64) -> Result<Vec<TryRow>>;

@@ -923,6 +923,19 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn owned_tries(&self, owner: &str) -> Result<Vec<(String, String, i64, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT run_id, task_id, map_index, try_number FROM task_instances \
+                     WHERE state = 'running' AND lease_owner = $1",
+                )
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                    .collect()
+            }
+
             async fn last_heartbeat(&self) -> Result<Option<DateTime<Utc>>> {
                 let row = sqlx::query("SELECT MAX(last_heartbeat) AS m FROM schedulers")
                     .fetch_one(&self.pool)
