@@ -443,13 +443,18 @@ impl Engine {
             }
             if full_pass {
                 // Runs changed by other processes (trigger, clear) and due times are found here.
-                if mode == Mode::Daemon {
-                    attempt!(self.create_due_runs(now).await);
+                let mut active = attempt!(self.store.active_runs().await).unwrap_or_default();
+                let paused = attempt!(self.store.paused_flags().await).unwrap_or_default();
+                if mode == Mode::Daemon
+                    && attempt!(self.create_due_runs(now, &active, &paused).await).unwrap_or(0) > 0
+                {
+                    active = attempt!(self.store.active_runs().await).unwrap_or_default();
                 }
-                if let Some(started) = attempt!(self.start_runs(&mode, now).await) {
+                if let Some(started) = attempt!(self.start_runs(&mode, now, &active, &paused).await)
+                {
                     dirty.extend(started);
                 }
-                for r in attempt!(self.store.active_runs().await).unwrap_or_default() {
+                for r in active {
                     if r.state == RunState::Running && mode_accepts(&mode, &r.run_id) {
                         dirty.insert(r.run_id);
                     }
@@ -640,11 +645,16 @@ impl Engine {
         now + chrono::Duration::from_std(self.config.lease_timeout).unwrap_or_default()
     }
 
-    async fn create_due_runs(&mut self, now: DateTime<Utc>) -> Result<(), EngineError> {
-        let paused = self.store.paused_flags().await?;
-        let active = self.store.active_runs().await?;
+    /// Creates the scheduled runs that are due; returns how many.
+    async fn create_due_runs(
+        &mut self,
+        now: DateTime<Utc>,
+        active: &[RunRow],
+        paused: &BTreeMap<String, bool>,
+    ) -> Result<usize, EngineError> {
+        let mut created = 0;
         let mut active_per_dag: HashMap<&str, u32> = HashMap::new();
-        for r in &active {
+        for r in active {
             *active_per_dag.entry(r.dag_id.as_str()).or_default() += 1;
         }
         let dags: Vec<Arc<Dag>> = self.current.values().cloned().collect();
@@ -678,6 +688,7 @@ impl Engine {
                         if self.store.create_run(&run).await? {
                             tracing::info!("created run {}", run.run_id);
                             active_count += 1;
+                            created += 1;
                         }
                         if !dag.catchup {
                             // Only the latest interval; the next one is computed from it.
@@ -698,7 +709,7 @@ impl Engine {
                 }
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Moves queued runs to running, oldest logical date first, within each DAG's max_active_runs.
@@ -706,11 +717,11 @@ impl Engine {
         &mut self,
         mode: &Mode,
         now: DateTime<Utc>,
+        active: &[RunRow],
+        paused: &BTreeMap<String, bool>,
     ) -> Result<Vec<String>, EngineError> {
-        let active = self.store.active_runs().await?;
-        let paused = self.store.paused_flags().await?;
         let mut running: HashMap<String, u32> = HashMap::new();
-        for r in &active {
+        for r in active {
             if r.state == RunState::Running {
                 *running.entry(r.dag_id.clone()).or_default() += 1;
             }

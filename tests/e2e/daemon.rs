@@ -146,14 +146,11 @@ tasks:
         );
         let mut scheduler = env.spawn(&["scheduler"]);
         let run_id = env.flow_ok(&["trigger", "crash"], 0).trim().to_string();
-        let start = Instant::now();
-        while !marker.join("orphan").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{db:?}: second never started"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_file(
+            &marker.join("orphan"),
+            Duration::from_secs(30),
+            "{db:?}: second never started",
+        );
         scheduler.kill().unwrap(); // SIGKILL
         scheduler.wait().unwrap();
         let orphan: i32 = std::fs::read_to_string(marker.join("orphan"))
@@ -336,11 +333,7 @@ fn the_daemon_picks_up_new_files_and_a_run_keeps_its_version() {
     );
     std::thread::sleep(Duration::from_millis(700));
     let run_id = env.flow_ok(&["trigger", "live"], 0).trim().to_string();
-    let start = Instant::now();
-    while !marks.join("a").exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "a never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_file(&marks.join("a"), Duration::from_secs(20), "a never started");
     // Edit the file while the run is in flight: the run keeps the version it started with.
     env.dag(
         "live.yaml",
@@ -372,14 +365,11 @@ fn clearing_a_running_task_stops_its_process_and_runs_it_again() {
     );
     let scheduler = env.spawn(&["scheduler"]);
     let run_id = env.flow_ok(&["trigger", "long"], 0).trim().to_string();
-    let start = Instant::now();
-    while !marks.join("pid").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "work never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_file(
+        &marks.join("pid"),
+        Duration::from_secs(30),
+        "work never started",
+    );
     let pid: i32 = std::fs::read_to_string(marks.join("pid"))
         .unwrap()
         .trim()
