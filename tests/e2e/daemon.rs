@@ -393,3 +393,102 @@ fn clearing_a_running_task_stops_its_process_and_runs_it_again() {
         "the cleared try's process {pid} is still running"
     );
 }
+
+#[test]
+fn catchup_creates_every_missed_interval_oldest_first() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    // Started 6 seconds ago, every 2 seconds: three intervals have ended by now.
+    let start = (chrono::Utc::now() - chrono::Duration::seconds(6))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    env.dag(
+        "catchup.yaml",
+        &format!(
+            "id: catchup\nschedule: every 2s\nstart_date: \"{start}\"\ncatchup: true\nmax_active_runs: 1\ntasks:\n  a: {{ operator: shell, command: 'echo {{{{ data_interval_start }}}}' }}\n"
+        ),
+    );
+    let scheduler = env.spawn(&["scheduler"]);
+    let started = Instant::now();
+    let runs = loop {
+        let runs = env.flow_json(
+            &[
+                "runs", "list", "--dag", "catchup", "--state", "success", "--json",
+            ],
+            0,
+        );
+        if runs.as_array().unwrap().len() >= 3 || started.elapsed() > Duration::from_secs(30) {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    stop(scheduler);
+    let mut runs: Vec<serde_json::Value> = runs.as_array().unwrap().clone();
+    assert!(runs.len() >= 3, "{runs:#?}");
+    runs.sort_by_key(|r| r["logical_date"].as_str().unwrap().to_string());
+    let first =
+        chrono::DateTime::parse_from_rfc3339(runs[0]["logical_date"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        first,
+        chrono::DateTime::parse_from_rfc3339(&start).unwrap(),
+        "the first interval starts at start_date"
+    );
+    for pair in runs.windows(2) {
+        let a = chrono::DateTime::parse_from_rfc3339(pair[0]["logical_date"].as_str().unwrap())
+            .unwrap();
+        let b = chrono::DateTime::parse_from_rfc3339(pair[1]["logical_date"].as_str().unwrap())
+            .unwrap();
+        assert_eq!((b - a).num_seconds(), 2, "no interval skipped or doubled");
+        // max_active_runs 1: the older run ended before the newer one started.
+        let ended =
+            chrono::DateTime::parse_from_rfc3339(pair[0]["ended_at"].as_str().unwrap()).unwrap();
+        let next_started =
+            chrono::DateTime::parse_from_rfc3339(pair[1]["started_at"].as_str().unwrap()).unwrap();
+        assert!(ended <= next_started, "runs overlapped: {pair:#?}");
+    }
+}
+
+#[test]
+fn flow_toml_notifications_webhook_is_the_default_on_failure() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        String::from_utf8(body).unwrap()
+    });
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.config(&format!("base_url = \"https://flow.example\"\n[notifications]\nwebhook = \"http://127.0.0.1:{port}/slack\"\n"));
+    env.dag(
+        "fails.yaml",
+        "id: fails\ntasks:\n  boom: { operator: shell, command: 'exit 7' }\n",
+    );
+    env.flow_ok(&["run", "fails"], 1);
+    let body: serde_json::Value = serde_json::from_str(&receiver.join().unwrap()).unwrap();
+    assert_eq!(body["dag_id"], "fails");
+    assert!(
+        body["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://flow.example/runs/fails__"),
+        "{body}"
+    );
+    assert!(body["text"].as_str().unwrap().contains("boom"), "{body}");
+}
