@@ -74,21 +74,12 @@ fn daemon_creates_scheduled_runs_and_respects_pause() {
         "a paused DAG got runs: {runs:#}"
     );
     env.flow_ok(&["dags", "unpause", "ticker"], 0);
-    let start = Instant::now();
-    let runs = loop {
-        let runs = env.flow_json(
-            &[
-                "runs", "list", "--dag", "ticker", "--state", "success", "--json",
-            ],
-            0,
-        );
-        if runs.as_array().unwrap().len() >= 2 || start.elapsed() > Duration::from_secs(20) {
-            break runs;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let runs = env.poll_runs(
+        &["--dag", "ticker", "--state", "success"],
+        Duration::from_secs(20),
+        |runs| runs.len() >= 2,
+    );
     stop(scheduler);
-    let runs = runs.as_array().unwrap();
     assert!(runs.len() >= 2, "expected scheduled runs: {runs:#?}");
     for r in runs {
         assert_eq!(r["run_type"], "scheduled");
@@ -219,29 +210,14 @@ fn backfill_runs_oldest_first_within_max_active_runs() {
     assert_eq!(out.lines().count(), 4, "{out}");
     let scheduler = env.spawn(&["scheduler"]);
     env.flow_ok(&["dags", "unpause", "nightly"], 0);
-    let start = Instant::now();
-    loop {
-        let runs = env.flow_json(
-            &[
-                "runs", "list", "--dag", "nightly", "--state", "success", "--json",
-            ],
-            0,
-        );
-        let backfilled = runs
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["run_type"] == "backfill")
-            .count();
-        if backfilled == 4 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "backfill did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let backfilled =
+        |runs: &[serde_json::Value]| runs.iter().filter(|r| r["run_type"] == "backfill").count();
+    let runs = env.poll_runs(
+        &["--dag", "nightly", "--state", "success"],
+        Duration::from_secs(60),
+        |runs| backfilled(runs) == 4,
+    );
+    assert_eq!(backfilled(&runs), 4, "backfill did not finish");
     stop(scheduler);
     let log = std::fs::read_to_string(marks.join("log")).unwrap();
     let events: Vec<(String, String)> = log
@@ -408,21 +384,12 @@ fn catchup_creates_every_missed_interval_oldest_first() {
         ),
     );
     let scheduler = env.spawn(&["scheduler"]);
-    let started = Instant::now();
-    let runs = loop {
-        let runs = env.flow_json(
-            &[
-                "runs", "list", "--dag", "catchup", "--state", "success", "--json",
-            ],
-            0,
-        );
-        if runs.as_array().unwrap().len() >= 3 || started.elapsed() > Duration::from_secs(30) {
-            break runs;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut runs = env.poll_runs(
+        &["--dag", "catchup", "--state", "success"],
+        Duration::from_secs(30),
+        |runs| runs.len() >= 3,
+    );
     stop(scheduler);
-    let mut runs: Vec<serde_json::Value> = runs.as_array().unwrap().clone();
     assert!(runs.len() >= 3, "{runs:#?}");
     runs.sort_by_key(|r| r["logical_date"].as_str().unwrap().to_string());
     let first =
@@ -449,31 +416,7 @@ fn catchup_creates_every_missed_interval_oldest_first() {
 
 #[test]
 fn flow_toml_notifications_webhook_is_the_default_on_failure() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let receiver = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        let mut stream = stream;
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .unwrap();
-        String::from_utf8(body).unwrap()
-    });
+    let (port, receiver) = one_post_receiver();
     let env = Env::new(Db::Sqlite).unwrap();
     env.config(&format!("base_url = \"https://flow.example\"\n[notifications]\nwebhook = \"http://127.0.0.1:{port}/slack\"\n"));
     env.dag(
@@ -481,7 +424,8 @@ fn flow_toml_notifications_webhook_is_the_default_on_failure() {
         "id: fails\ntasks:\n  boom: { operator: shell, command: 'exit 7' }\n",
     );
     env.flow_ok(&["run", "fails"], 1);
-    let body: serde_json::Value = serde_json::from_str(&receiver.join().unwrap()).unwrap();
+    let (_, body) = receiver.join().unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["dag_id"], "fails");
     assert!(
         body["url"]

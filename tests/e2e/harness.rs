@@ -167,6 +167,26 @@ impl Env {
         }
     }
 
+    /// Polls `flow runs list` with `filters` until `done` holds for the runs, or `limit` passes;
+    /// returns the last list (the caller asserts on it).
+    pub fn poll_runs(
+        &self,
+        filters: &[&str],
+        limit: Duration,
+        done: impl Fn(&[Json]) -> bool,
+    ) -> Vec<Json> {
+        let mut args = vec!["runs", "list", "--json"];
+        args.extend_from_slice(filters);
+        let start = Instant::now();
+        loop {
+            let runs = self.flow_json(&args, 0).as_array().unwrap().clone();
+            if done(&runs) || start.elapsed() > limit {
+                return runs;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Every file under the home folder, read as bytes, for "no secret on disk" checks.
     pub fn home_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
@@ -187,6 +207,38 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
             out.push((p, bytes));
         }
     }
+}
+
+/// A one-shot HTTP receiver on a free loopback port: it accepts one request, answers 200, and
+/// hands back the request line and the body.
+pub fn one_post_receiver() -> (u16, std::thread::JoinHandle<(String, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        (request_line, String::from_utf8(body).unwrap())
+    });
+    (port, receiver)
 }
 
 /// Waits until `path` exists; panics with `what` after `limit`.
