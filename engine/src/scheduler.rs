@@ -326,11 +326,8 @@ impl Engine {
                 )
             })
             .collect();
-        for (file, probs) in &errors {
-            for p in probs {
-                tracing::warn!("{p}");
-            }
-            let _ = file;
+        for p in errors.values().flatten() {
+            tracing::warn!("{p}");
         }
         self.store
             .sync_dags(&changed, &present, &errors, now())
@@ -1010,12 +1007,12 @@ impl Engine {
                                 }
                             }
                         }
-                        (dag, unknown_pool) => {
+                        (_, unknown_pool) => {
                             let msg = match unknown_pool {
                                 Some(p) => format!("pool '{p}' is not configured: add it under [pools] in flow.toml"),
                                 None => format!("the DAG version of run {} is not stored", claim.run_id),
                             };
-                            fail_now(&env, &claim, dag.as_deref(), msg).await;
+                            fail_now(&env, &claim, msg).await;
                         }
                     }
                     if let Ok(mut m) = registry.lock() {
@@ -1047,7 +1044,7 @@ async fn requeue(env: &TryEnv, claim: &Claim) {
     }
 }
 
-async fn fail_now(env: &TryEnv, claim: &Claim, dag: Option<&Dag>, message: String) {
+async fn fail_now(env: &TryEnv, claim: &Claim, message: String) {
     let end = crate::store::TryEnd {
         state: TaskState::Failed,
         output: None,
@@ -1056,7 +1053,6 @@ async fn fail_now(env: &TryEnv, claim: &Claim, dag: Option<&Dag>, message: Strin
         now: now(),
         requeue: false,
     };
-    let _ = dag;
     if let Err(e) = env.store.finish_try(claim, &end).await {
         tracing::error!("cannot record a failed try: {e}");
     }
