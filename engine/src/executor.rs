@@ -265,7 +265,8 @@ async fn execute(
             retryable: true,
         };
     }
-    let (pid_tx, mut pid_rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let (pid_tx, mut pid_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(u32, tokio::sync::oneshot::Sender<bool>)>();
     let ctx = TaskContext {
         dag_id: dag.id.clone(),
         run_id: run.run_id.clone(),
@@ -280,18 +281,23 @@ async fn execute(
         masker: env.secrets.masker(),
         on_spawn: Some(pid_tx),
     };
-    // The process group is recorded while the try runs, off its critical path, so that a
-    // scheduler that finds this try orphaned can stop it.
+    // The process group is committed before the task's command may start its work, so that a
+    // scheduler that finds this try orphaned can always stop it.
     let recorder = env.recorder.clone();
     let pid_claim = claim.clone();
     let pid_writer = tokio::spawn(async move {
-        while let Some(pid) = pid_rx.recv().await {
-            if let Err(e) = recorder
+        while let Some((pid, reply)) = pid_rx.recv().await {
+            let ok = match recorder
                 .write(TryWrite::Pid(pid_claim.clone(), pid as i64))
                 .await
             {
-                tracing::warn!("cannot record pid {pid}: {e}");
-            }
+                Ok(applied) => applied,
+                Err(e) => {
+                    tracing::warn!("cannot record pid {pid}: {e}");
+                    false
+                }
+            };
+            let _ = reply.send(ok);
         }
     });
     let fut = op.execute(&config, &ctx);

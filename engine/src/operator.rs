@@ -96,8 +96,9 @@ pub struct TaskContext {
     pub log: LogSink,
     pub secrets: Secrets,
     pub masker: Masker,
-    /// Tells the executor which process group to kill if the scheduler dies; see the executor.
-    pub on_spawn: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
+    /// Records a started process group, so that a scheduler that finds this try orphaned can
+    /// stop it. An operator that starts processes calls it before letting them do any work.
+    pub on_spawn: Option<PidRecorder>,
 }
 
 impl TaskContext {
@@ -118,6 +119,25 @@ impl TaskContext {
             env.push(("FLOW_MAP_INDEX".to_string(), i.to_string()));
         }
         env
+    }
+}
+
+/// Sends a process group id to the executor and answers once it is committed.
+pub type PidRecorder =
+    tokio::sync::mpsc::UnboundedSender<(u32, tokio::sync::oneshot::Sender<bool>)>;
+
+impl TaskContext {
+    /// Records `pid` durably; false if it could not be recorded (the caller must not let the
+    /// process run, since nobody could stop it after a crash).
+    pub async fn record_pid(&self, pid: u32) -> bool {
+        let Some(tx) = &self.on_spawn else {
+            return true;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if tx.send((pid, reply)).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
     }
 }
 

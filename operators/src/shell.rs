@@ -12,10 +12,13 @@ use flow_engine::operator::{LogSink, Operator, OperatorError, OperatorKeys, Task
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value as Json;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 pub struct Shell;
+
+/// Waits for the go-ahead line, then becomes the task's command (`$1`).
+const GATE: &str = r#"IFS= read -r _flow_gate || exit 125; exec /bin/sh -c "$1""#;
 
 /// Kills the whole process group when dropped: when the try's future is dropped on timeout or
 /// shutdown, nothing it started survives.
@@ -71,10 +74,15 @@ impl Operator for Shell {
             Some(_) => return Err(OperatorError::Fatal("'cwd' must be a string".into())),
         };
         let mut cmd = Command::new("/bin/sh");
+        // The command starts only after its process group is recorded: the outer shell waits for
+        // one line on stdin, then `exec`s the command in the same process (same pid and group).
+        // If the scheduler dies first, the pipe closes, `read` fails and nothing runs.
         cmd.arg("-c")
+            .arg(GATE)
+            .arg("flow-shell")
             .arg(command)
             .current_dir(&cwd)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -102,9 +110,23 @@ impl Operator for Shell {
         let _guard = GroupGuard {
             pgid: pid.map(|p| Pid::from_raw(p as i32)),
         };
-        if let (Some(pid), Some(tx)) = (pid, &ctx.on_spawn) {
-            let _ = tx.send(pid);
+        let mut gate = child.stdin.take().expect("piped");
+        let recorded = match pid {
+            Some(pid) => ctx.record_pid(pid).await,
+            None => false,
+        };
+        if !recorded {
+            return Err(OperatorError::Retryable(
+                "cannot record the command's process group; not starting it".into(),
+            ));
         }
+        // Closing stdin after the line gives the command an empty stdin, as /dev/null would.
+        if let Err(e) = gate.write_all(b"\n").await {
+            return Err(OperatorError::Retryable(format!(
+                "cannot start the command: {e}"
+            )));
+        }
+        drop(gate);
         let out = tokio::spawn(pump(child.stdout.take().expect("piped"), ctx.log.clone()));
         let err = tokio::spawn(pump(child.stderr.take().expect("piped"), ctx.log.clone()));
         let status = child
