@@ -1,12 +1,14 @@
 //! Running one claimed try: render its keys, call its operator under a timeout, capture its
 //! output, and record the end as a fenced write.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
 
 use crate::dag::{Dag, Task};
 use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
@@ -26,15 +28,18 @@ pub fn log_path(
     map_index: i64,
     try_number: i64,
 ) -> PathBuf {
-    let mut p = home
+    let folder = home
         .join("logs")
         .join(format!("dag_id={dag_id}"))
         .join(format!("run_id={run_id}"))
         .join(format!("task_id={task_id}"));
-    if map_index != UNMAPPED {
-        p = p.join(format!("map_index={map_index}"));
+    // Mapped tries share their task's folder: a folder per map index made creating the logs of
+    // a 10,000-item map cost more than running its tasks.
+    if map_index == UNMAPPED {
+        folder.join(format!("attempt={try_number}.log"))
+    } else {
+        folder.join(format!("map_index={map_index}.attempt={try_number}.log"))
     }
-    p.join(format!("attempt={try_number}.log"))
 }
 
 /// A run's snapshot for the planner.
@@ -119,8 +124,84 @@ impl Recorder {
     }
 }
 
+/// (run, task, map index, try number) of a try.
+pub type TryKey = (String, String, i64, i64);
+
+pub fn try_key(claim: &Claim) -> TryKey {
+    (
+        claim.run_id.clone(),
+        claim.task_id.clone(),
+        claim.map_index,
+        claim.try_number,
+    )
+}
+
+/// The tries this process runs, each with the token that stops it.
+#[derive(Default)]
+pub struct RunningTries {
+    tries: std::sync::Mutex<HashMap<TryKey, Running>>,
+}
+
+struct Running {
+    stop: CancellationToken,
+    /// Its end is being written: that write releases the lease, so a heartbeat that finds the
+    /// lease gone must not take the try for one that was cleared or taken over.
+    ending: bool,
+}
+
+impl RunningTries {
+    pub fn insert(&self, key: TryKey, stop: CancellationToken) {
+        if let Ok(mut m) = self.tries.lock() {
+            m.insert(
+                key,
+                Running {
+                    stop,
+                    ending: false,
+                },
+            );
+        }
+    }
+
+    pub fn remove(&self, key: &TryKey) {
+        if let Ok(mut m) = self.tries.lock() {
+            m.remove(key);
+        }
+    }
+
+    pub fn keys(&self) -> Vec<TryKey> {
+        self.tries
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn ending(&self, key: &TryKey) {
+        if let Ok(mut m) = self.tries.lock()
+            && let Some(r) = m.get_mut(key)
+        {
+            r.ending = true;
+        }
+    }
+
+    /// Stops a try whose lease this process no longer holds, unless it is writing its own end.
+    /// Returns whether it was stopped.
+    pub fn stop_lost(&self, key: &TryKey) -> bool {
+        let Ok(m) = self.tries.lock() else {
+            return false;
+        };
+        match m.get(key) {
+            Some(r) if !r.ending => {
+                r.stop.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 pub struct TryEnv {
     pub recorder: Recorder,
+    pub running: Arc<RunningTries>,
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub secrets: Secrets,
@@ -188,7 +269,6 @@ pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Op
         Outcome::Success(_) => log.line("flow: try succeeded").await,
         Outcome::Failed { message, .. } => log.line(&format!("flow: try failed: {message}")).await,
     }
-    log.flush().await;
     finish(env, claim, Some(task), outcome).await
 }
 
@@ -206,15 +286,19 @@ async fn execute(
             retryable: false,
         };
     };
-    let ancestors = dag.ancestors(&task.id);
-    let ancestor_ids: Vec<String> = ancestors.iter().map(|s| s.to_string()).collect();
-    let outputs = match env.store.outputs(&run.run_id, &ancestor_ids).await {
-        Ok(o) => o,
-        Err(e) => {
-            return Outcome::Failed {
-                message: format!("cannot read the run's upstream outputs: {e}"),
-                retryable: true,
-            };
+    let reads = task.output_reads.among(&dag.ancestors(&task.id));
+    let read_ids: Vec<String> = reads.iter().map(|s| s.to_string()).collect();
+    let outputs = if read_ids.is_empty() {
+        Vec::new()
+    } else {
+        match env.store.outputs(&run.run_id, &read_ids).await {
+            Ok(o) => o,
+            Err(e) => {
+                return Outcome::Failed {
+                    message: format!("cannot read the run's upstream outputs: {e}"),
+                    retryable: true,
+                };
+            }
         }
     };
     let rows: Vec<TiSnapshot> = outputs
@@ -236,7 +320,7 @@ async fn execute(
             counts: Vec::new(),
         },
     );
-    let ctx_value = snap.context(ancestors.iter().copied()).to_value(
+    let ctx_value = snap.context(reads.iter().copied()).to_value(
         &TaskPart {
             task_id: &task.id,
             try_number: claim.try_number,
@@ -259,7 +343,7 @@ async fn execute(
         std::process::id(),
         rand::random::<u64>()
     ));
-    if let Err(e) = tokio::fs::create_dir_all(env.home.join("tmp")).await {
+    if let Err(e) = std::fs::create_dir_all(env.home.join("tmp")) {
         return Outcome::Failed {
             message: format!("cannot create {}: {e}", env.home.join("tmp").display()),
             retryable: true,
@@ -335,12 +419,14 @@ async fn execute(
 /// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
 /// under `$FLOW_HOME`.
 async fn read_output(path: &Path) -> Result<Option<Json>, String> {
-    let text = match tokio::fs::read_to_string(path).await {
+    // Blocking calls on purpose: a missing file (most tasks) is one failed open, cheaper than a
+    // trip to the blocking pool.
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read FLOW_OUTPUT: {e}")),
     };
-    let _ = tokio::fs::remove_file(path).await;
+    let _ = std::fs::remove_file(path);
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -385,6 +471,7 @@ async fn finish(
         }
     };
     let state = end.state;
+    env.running.ending(&try_key(claim));
     match env.recorder.write(TryWrite::End(claim.clone(), end)).await {
         Ok(true) => Some(state),
         Ok(false) => {

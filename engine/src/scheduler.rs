@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dag::load::{Loaded, load_folder};
 use crate::dag::{DEFAULT_POOL, Dag, ParseOptions, parse_dag};
-use crate::executor::{TryEnv, orphan_end, run_try};
+use crate::executor::{RunningTries, TryEnv, TryKey, orphan_end, run_try, try_key};
 use crate::notify::{self, RunEnded};
 use crate::operator::Registry;
 use crate::plan::{Decision, plan};
@@ -90,20 +90,21 @@ fn can_wait(dag: &Dag, task_id: &str, mapped: bool, state: Option<TaskState>) ->
 
 const MAPPED_PLAN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How long a run whose news can wait (see [`TryDone::can_wait`]) goes unplanned: at least
+/// MAPPED_PLAN_INTERVAL, and long enough that planning it takes at most a twentieth of the time
+/// (planning a 10,000-item map reads 10,000 index entries), but never more than a second.
+fn plan_interval(cost: Duration) -> Duration {
+    (cost * 20).clamp(MAPPED_PLAN_INTERVAL, Duration::from_secs(1))
+}
+
 /// What launching a try needs besides the engine: where tries run and how they report back.
 #[derive(Clone, Copy)]
 struct Slots<'a> {
     env: &'a Arc<TryEnv>,
     tries: &'a tokio_util::task::TaskTracker,
     cancel: &'a CancellationToken,
-    registry: &'a RunningTries,
     done_tx: &'a mpsc::UnboundedSender<TryDone>,
 }
-
-/// (run, task, map index, try number) of a try.
-type TryKey = (String, String, i64, i64);
-/// The tries this process runs, each with the token that stops it.
-type RunningTries = Arc<std::sync::Mutex<HashMap<TryKey, CancellationToken>>>;
 
 /// What the loop is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +137,9 @@ pub struct Engine {
     current: HashMap<String, Arc<Dag>>,
     /// (dag_id, version) -> parsed DAG, for runs that started on an older version.
     versions: HashMap<(String, String), Arc<Dag>>,
+    /// The rows of runs this process started tries of: what a try reads of its run (ids, dates,
+    /// params, DAG version) never changes. Forgotten when the run is no longer active.
+    run_rows: HashMap<String, Arc<RunRow>>,
     /// dag_id -> when it next needs a look for a due run.
     next_due: HashMap<String, DateTime<Utc>>,
     /// Webhook posts in flight: awaited before the loop returns, so `flow run` does not exit
@@ -274,6 +278,7 @@ impl Engine {
             current: HashMap::new(),
             versions: HashMap::new(),
             next_due: HashMap::new(),
+            run_rows: HashMap::new(),
             notifications: Vec::new(),
         }
     }
@@ -399,9 +404,10 @@ impl Engine {
         } else {
             None
         };
-        let running_tries: RunningTries = Default::default();
+        let running_tries: Arc<RunningTries> = Default::default();
         let heartbeat = self.spawn_heartbeat(shutdown.clone(), running_tries.clone());
         let try_env = Arc::new(TryEnv {
+            running: running_tries.clone(),
             recorder: crate::executor::Recorder::start(self.store.clone()),
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -412,9 +418,10 @@ impl Engine {
         let try_cancel = CancellationToken::new();
         let mut dirty: HashSet<String> = HashSet::new();
         // Runs whose only news is tries that cannot unblock anything by themselves (see
-        // `TryDone::can_wait`) are planned at most every MAPPED_PLAN_INTERVAL, not after every try.
+        // `TryDone::can_wait`) are planned at most every `plan_interval`, not after every try.
         let mut deferred: HashMap<String, std::time::Instant> = HashMap::new();
-        let mut last_planned: HashMap<String, std::time::Instant> = HashMap::new();
+        // run -> (when it was last planned, how long that took).
+        let mut last_planned: HashMap<String, (std::time::Instant, Duration)> = HashMap::new();
         let mut full_pass = true;
         let mut last_recovery = DateTime::<Utc>::MIN_UTC;
         let mut result = None;
@@ -451,6 +458,8 @@ impl Engine {
                 {
                     dirty.extend(started);
                 }
+                let live: HashSet<&str> = active.iter().map(|r| r.run_id.as_str()).collect();
+                self.run_rows.retain(|id, _| live.contains(id.as_str()));
                 for r in active {
                     if r.state == RunState::Running && mode_accepts(&mode, &r.run_id) {
                         dirty.insert(r.run_id);
@@ -474,8 +483,10 @@ impl Engine {
             let mut plan_again = Vec::new();
             for run_id in std::mem::take(&mut dirty) {
                 deferred.remove(&run_id);
-                last_planned.insert(run_id.clone(), instant);
-                let Some((state, wake)) = attempt!(self.plan_run(&run_id, now).await) else {
+                let started = std::time::Instant::now();
+                let planned = attempt!(self.plan_run(&run_id, now).await);
+                last_planned.insert(run_id.clone(), (started, started.elapsed()));
+                let Some((state, wake)) = planned else {
                     plan_again.push(run_id);
                     continue;
                 };
@@ -498,7 +509,6 @@ impl Engine {
                     env: &try_env,
                     tries: &tries,
                     cancel: &try_cancel,
-                    registry: &running_tries,
                     done_tx: &done_tx,
                 };
                 attempt!(self.launch(full_pass, &mode, &slots).await);
@@ -530,7 +540,7 @@ impl Engine {
             if failures > 0 {
                 sleep_for = Duration::from_millis(500);
             }
-            last_planned.retain(|_, t| t.elapsed() < MAPPED_PLAN_INTERVAL);
+            last_planned.retain(|_, (t, cost)| t.elapsed() < plan_interval(*cost));
             full_pass = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -540,11 +550,11 @@ impl Engine {
                         events.push(ev);
                     }
                     for ev in events {
-                        let recent = last_planned
+                        let due = last_planned
                             .get(&ev.run_id)
-                            .is_some_and(|t| t.elapsed() < MAPPED_PLAN_INTERVAL);
-                        if ev.can_wait && recent && !dirty.contains(&ev.run_id) {
-                            let due = last_planned[&ev.run_id] + MAPPED_PLAN_INTERVAL;
+                            .map(|(t, cost)| *t + plan_interval(*cost))
+                            .filter(|due| *due > std::time::Instant::now());
+                        if let Some(due) = due.filter(|_| ev.can_wait && !dirty.contains(&ev.run_id)) {
                             deferred.entry(ev.run_id).or_insert(due);
                         } else {
                             dirty.insert(ev.run_id);
@@ -583,7 +593,7 @@ impl Engine {
     fn spawn_heartbeat(
         &self,
         shutdown: CancellationToken,
-        running: RunningTries,
+        running: Arc<RunningTries>,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let owner = self.owner.clone();
@@ -604,18 +614,13 @@ impl Engine {
                         Err(e) => tracing::error!("heartbeat failed: {e}"),
                     }
                 }
-                let mine: Vec<TryKey> = running
-                    .lock()
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default();
+                let mine: Vec<TryKey> = running.keys();
                 if !mine.is_empty() {
                     match store.owned_tries(&owner).await {
                         Ok(owned) => {
                             let owned: HashSet<TryKey> = owned.into_iter().collect();
                             for key in mine.into_iter().filter(|k| !owned.contains(k)) {
-                                if let Some(token) =
-                                    running.lock().ok().and_then(|m| m.get(&key).cloned())
-                                {
+                                if running.stop_lost(&key) {
                                     tracing::warn!(
                                         "try {} of {}/{}[{}] is no longer this scheduler's (cleared or taken over); stopping it",
                                         key.3,
@@ -623,7 +628,6 @@ impl Engine {
                                         key.1,
                                         key.2
                                     );
-                                    token.cancel();
                                 }
                             }
                         }
@@ -899,7 +903,6 @@ impl Engine {
             env,
             tries,
             cancel,
-            registry,
             done_tx,
         } = *slots;
         let mut free = self
@@ -922,36 +925,26 @@ impl Engine {
                 }
             }
         }
-        let running = self.store.running_by_pool().await?;
         let run_filter = match mode {
             Mode::Single(id) => Some(id.clone()),
             Mode::Daemon => None,
         };
         let now = now();
-        let mut runs: HashMap<String, RunRow> = HashMap::new();
         for pool in pools {
             if free == 0 {
                 break;
             }
+            // An unknown pool has no size: its tries are claimed only to fail with a clear
+            // message instead of waiting forever.
             let size = self.config.pool_size(&pool);
-            let limit = match size {
-                Some(size) => {
-                    size.saturating_sub(running.get(&pool).copied().unwrap_or(0) as usize)
-                }
-                // An unknown pool fails its tries with a clear message instead of waiting forever.
-                None => free,
-            }
-            .min(free);
-            if limit == 0 {
-                continue;
-            }
             let claims = self
                 .store
                 .claim(&ClaimRequest {
                     owner: self.owner.clone(),
                     hostname: self.hostname.clone(),
                     pool: pool.clone(),
-                    limit: limit as i64,
+                    limit: free as i64,
+                    pool_slots: size.map(|n| n as i64),
                     now,
                     lease_until: self.lease_until(now),
                     run_id: run_filter.clone(),
@@ -959,13 +952,14 @@ impl Engine {
                 .await?;
             free -= claims.len();
             for claim in claims {
-                let run = match runs.get(&claim.run_id) {
+                let run = match self.run_rows.get(&claim.run_id) {
                     Some(r) => r.clone(),
                     None => {
                         let Some(r) = self.store.get_run(&claim.run_id).await? else {
                             continue;
                         };
-                        runs.insert(claim.run_id.clone(), r.clone());
+                        let r = Arc::new(r);
+                        self.run_rows.insert(claim.run_id.clone(), r.clone());
                         r
                     }
                 };
@@ -976,17 +970,9 @@ impl Engine {
                 let running = self.running.clone();
                 let cancel = cancel.clone();
                 let unknown_pool = size.is_none().then(|| pool.clone());
-                let key: TryKey = (
-                    claim.run_id.clone(),
-                    claim.task_id.clone(),
-                    claim.map_index,
-                    claim.try_number,
-                );
+                let key = try_key(&claim);
                 let lost = CancellationToken::new();
-                if let Ok(mut m) = registry.lock() {
-                    m.insert(key.clone(), lost.clone());
-                }
-                let registry = registry.clone();
+                env.running.insert(key.clone(), lost.clone());
                 tries.spawn(async move {
                     let run_id = claim.run_id.clone();
                     let mut wait = false;
@@ -1015,9 +1001,7 @@ impl Engine {
                             fail_now(&env, &claim, msg).await;
                         }
                     }
-                    if let Ok(mut m) = registry.lock() {
-                        m.remove(&key);
-                    }
+                    env.running.remove(&key);
                     running.fetch_sub(1, Ordering::SeqCst);
                     let _ = done.send(TryDone {
                         run_id,

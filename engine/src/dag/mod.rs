@@ -238,6 +238,73 @@ pub struct Task {
     pub pool: String,
     pub priority: i32,
     pub for_each: Option<ForEach>,
+    /// Which upstream outputs the operator's keys read, so that a try reads only those.
+    pub output_reads: OutputReads,
+}
+
+/// The upstream outputs a task's keys read, found by a static look at their templates.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum OutputReads {
+    /// No template names `tasks` (most tasks): a try reads no outputs at all.
+    #[default]
+    Nothing,
+    /// Only `tasks.NAME...` with these names.
+    Tasks(BTreeSet<String>),
+    /// A template reads `tasks` as a whole (`tasks[name]`, a loop) or could not be parsed.
+    AllUpstream,
+}
+
+impl OutputReads {
+    /// What the templated strings in `config` read.
+    pub fn of(config: &serde_json::Map<String, Json>) -> OutputReads {
+        fn walk(v: &Json, out: &mut OutputReads) {
+            match v {
+                Json::String(text) if crate::template::is_template(text) => {
+                    let Ok(refs) = crate::template::references(text) else {
+                        *out = OutputReads::AllUpstream;
+                        return;
+                    };
+                    for r in refs {
+                        let mut parts = r.split('.');
+                        if parts.next() != Some("tasks") {
+                            continue;
+                        }
+                        match (parts.next(), &mut *out) {
+                            (_, OutputReads::AllUpstream) => {}
+                            (None, o) => *o = OutputReads::AllUpstream,
+                            (Some(name), OutputReads::Tasks(set)) => {
+                                set.insert(name.to_string());
+                            }
+                            (Some(name), o) => {
+                                *o = OutputReads::Tasks(BTreeSet::from([name.to_string()]))
+                            }
+                        }
+                    }
+                }
+                Json::Array(items) => items.iter().for_each(|i| walk(i, out)),
+                Json::Object(map) => map.values().for_each(|i| walk(i, out)),
+                _ => {}
+            }
+        }
+        let mut out = OutputReads::Nothing;
+        for v in config.values() {
+            walk(v, &mut out);
+        }
+        out
+    }
+
+    /// The tasks whose outputs to read, among `upstream` (a task reads only its ancestors').
+    pub fn among<'a>(&self, upstream: &BTreeSet<&'a str>) -> BTreeSet<&'a str> {
+        match self {
+            OutputReads::Nothing => BTreeSet::new(),
+            OutputReads::Tasks(names) => upstream
+                .iter()
+                .filter(|u| names.contains(**u))
+                .copied()
+                .collect(),
+            OutputReads::AllUpstream => upstream.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -679,6 +679,7 @@ impl Cx {
                 Task {
                     id: k.name.clone(),
                     operator,
+                    output_reads: super::OutputReads::of(&config),
                     config,
                     depends_on: depends_on.into_iter().map(|(d, _)| d).collect(),
                     trigger_rule: policy.trigger_rule,

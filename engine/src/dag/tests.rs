@@ -741,3 +741,34 @@ fn reading_a_broken_task_or_param_is_not_reported_as_unknown() {
     has(&p, 3, 17, &["unknown param type 'strng'"]);
     has(&p, 6, 15, &["unknown operator 'teleport'"]);
 }
+
+// A try reads from the store only the outputs its keys' templates name, so the 10,000 tries of
+// a map whose command reads nothing cost no reads at all.
+#[test]
+fn output_reads_name_what_templates_read() {
+    let cfg = |v: serde_json::Value| v.as_object().unwrap().clone();
+    assert_eq!(
+        OutputReads::of(&cfg(json!({"command": "true", "env": {"A": "{{ ds }}"}}))),
+        OutputReads::Nothing
+    );
+    let some = OutputReads::of(&cfg(json!({
+        "command": "echo {{ tasks.a.output.rows }}",
+        "env": {"B": ["{{ tasks.b.output }}", "{{ params.x }}"]},
+    })));
+    assert_eq!(
+        some,
+        OutputReads::Tasks(["a", "b"].into_iter().map(String::from).collect())
+    );
+    let upstream: BTreeSet<&str> = ["a", "c"].into_iter().collect();
+    assert_eq!(some.among(&upstream), BTreeSet::from(["a"]));
+    for whole in [
+        "{{ tasks['a'].output }}",
+        "{% for t in tasks %}{{ t }}{% endfor %}",
+        "{{ broken",
+    ] {
+        let reads = OutputReads::of(&cfg(json!({ "command": whole })));
+        assert_eq!(reads, OutputReads::AllUpstream, "{whole}");
+        assert_eq!(reads.among(&upstream), upstream);
+    }
+    assert!(OutputReads::Nothing.among(&upstream).is_empty());
+}

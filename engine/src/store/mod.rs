@@ -174,7 +174,11 @@ pub struct ClaimRequest {
     pub owner: String,
     pub hostname: String,
     pub pool: String,
+    /// Tries this process may start now.
     pub limit: i64,
+    /// The pool's size: the claim takes no more than its free slots, counted in the claim's own
+    /// transaction. None: no size is known (the claim takes up to `limit`).
+    pub pool_slots: Option<i64>,
     pub now: DateTime<Utc>,
     pub lease_until: DateTime<Utc>,
     /// Claim only tries of this run (`flow run`).

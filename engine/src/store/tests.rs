@@ -214,6 +214,7 @@ fn fresh_ti(run_id: &str, task_id: &str, priority: i64, pool: &str) -> TiRow {
 
 fn claim_req(owner: &str, pool: &str, limit: i64, now: DateTime<Utc>) -> ClaimRequest {
     ClaimRequest {
+        pool_slots: None,
         owner: owner.into(),
         hostname: format!("{owner}.local"),
         pool: pool.into(),
@@ -948,6 +949,7 @@ async fn claim_respects_limit_and_run_filter(db: TestDb) {
     );
 
     let only_r2 = ClaimRequest {
+        pool_slots: None,
         run_id: Some("r2".into()),
         ..claim_req("w1", "default", 10, at(3))
     };
@@ -1269,6 +1271,7 @@ async fn expired_tries_finds_running_tries_past_their_lease(db: TestDb) {
     queue_all(&*s, "r", at(0)).await;
     let short = s
         .claim(&ClaimRequest {
+            pool_slots: None,
             lease_until: at(60),
             ..claim_req("w1", "default", 1, at(0))
         })
@@ -1277,6 +1280,7 @@ async fn expired_tries_finds_running_tries_past_their_lease(db: TestDb) {
         .remove(0);
     let long = s
         .claim(&ClaimRequest {
+            pool_slots: None,
             lease_until: at(600),
             ..claim_req("w2", "default", 1, at(0))
         })
@@ -1437,6 +1441,7 @@ async fn timestamps_round_trip_exactly(db: TestDb) {
         s.apply(&run_id, &[queue("a")], t).await.unwrap();
         let claim = s
             .claim(&ClaimRequest {
+                pool_slots: None,
                 run_id: Some(run_id.clone()),
                 lease_until: t + Duration::microseconds(3),
                 ..claim_req("w1", "default", 1, t)
@@ -1541,6 +1546,40 @@ async fn running_by_pool_and_queued_pools(db: TestDb) {
     );
 }
 
+async fn claim_takes_only_the_free_slots_of_a_sized_pool(db: TestDb) {
+    let s = db.store;
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("a", 0, "gpu"),
+            ("b", 0, "gpu"),
+            ("c", 0, "gpu"),
+            ("d", 0, "gpu"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    queue_all(&*s, "r", at(1)).await;
+    let sized = |owner: &str, limit: i64, slots: i64| ClaimRequest {
+        pool_slots: Some(slots),
+        ..claim_req(owner, "gpu", limit, at(2))
+    };
+    // Three slots: the first claimer takes two of them (its own limit), the second the one left
+    // though it could start more, and a third finds the pool full.
+    assert_eq!(s.claim(&sized("w1", 2, 3)).await.unwrap().len(), 2);
+    assert_eq!(s.claim(&sized("w2", 5, 3)).await.unwrap().len(), 1);
+    assert!(s.claim(&sized("w3", 5, 3)).await.unwrap().is_empty());
+    // A pool that shrank below what runs claims nothing (and never a negative LIMIT).
+    assert!(s.claim(&sized("w3", 5, 1)).await.unwrap().is_empty());
+    assert_eq!(
+        s.running_by_pool().await.unwrap(),
+        BTreeMap::from([("gpu".to_string(), 3)])
+    );
+}
+
 async fn paused_flags_cover_active_dags(db: TestDb) {
     let s = db.store;
     assert!(s.paused_flags().await.unwrap().is_empty());
@@ -1625,6 +1664,7 @@ async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb
     // Three mapped instances run and succeed, one with an output.
     let claims = s
         .claim(&ClaimRequest {
+            pool_slots: None,
             limit: 3,
             ..claim_req("w", "default", 3, at(2))
         })
@@ -1690,5 +1730,6 @@ contract!(
     clear_tasks_resets_instances_and_requeues_the_run,
     timestamps_round_trip_exactly,
     running_by_pool_and_queued_pools,
+    claim_takes_only_the_free_slots_of_a_sized_pool,
     paused_flags_cover_active_dags,
 );
