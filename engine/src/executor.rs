@@ -15,7 +15,7 @@ use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
-use crate::store::{Claim, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite};
+use crate::store::{Claim, ClaimBatch, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -57,36 +57,65 @@ pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
     }
 }
 
-/// Group commit for the writes tries make (their pid, their end): writes that arrive while one
-/// transaction commits go together into the next, so many tasks ending at once cost one commit.
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
+
+enum Job {
+    Write(TryWrite, Reply<bool>),
+    Claim(ClaimBatch, Reply<Vec<Vec<Claim>>>),
+}
+
+/// Group commit for the writes tries make (their pid, their end) and the scheduler's claims:
+/// what arrives while one transaction commits goes together into the next, so many tasks ending
+/// at once, and the claims of the tries that replace them, cost one commit.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: tokio::sync::mpsc::UnboundedSender<(
-        TryWrite,
-        tokio::sync::oneshot::Sender<Result<bool, String>>,
-    )>,
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
 }
 
 impl Recorder {
     /// Starts the writer task; it ends when the last `Recorder` is dropped.
     pub fn start(store: Arc<dyn Store>) -> Recorder {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-            TryWrite,
-            tokio::sync::oneshot::Sender<Result<bool, String>>,
-        )>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+            // A second claim that arrives in one batch waits for the next: a batch claims once.
+            let mut held: Option<Job> = None;
+            loop {
+                let first = match held.take() {
+                    Some(j) => j,
+                    None => match rx.recv().await {
+                        Some(j) => j,
+                        None => return,
+                    },
+                };
+                let mut writes = Vec::new();
+                let mut replies = Vec::new();
+                let mut claim: Option<(ClaimBatch, Reply<Vec<Vec<Claim>>>)> = None;
+                let mut next = Some(first);
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Write(w, r) => {
+                            writes.push(w);
+                            replies.push(r);
+                        }
+                        Job::Claim(c, r) if claim.is_none() => claim = Some((c, r)),
+                        other => {
+                            held = Some(other);
+                            break;
+                        }
+                    }
+                    if writes.len() < 512 {
+                        next = rx.try_recv().ok();
                     }
                 }
-                let (writes, replies): (Vec<TryWrite>, Vec<_>) = batch.into_iter().unzip();
+                let batch = claim.as_ref().map(|(c, _)| c);
+                tracing::trace!(
+                    writes = writes.len(),
+                    claim = batch.is_some(),
+                    "group commit"
+                );
                 // A deadlock or serialization failure (PostgreSQL aborts one of two transactions
                 // that wait on each other) is worth another go: the batch is all-or-nothing.
-                let attempt = || async { store.record_tries(&writes).await };
+                let attempt = || async { store.record_and_claim(&writes, batch).await };
                 let result = attempt
                     .retry(
                         ExponentialBuilder::default()
@@ -96,15 +125,21 @@ impl Recorder {
                     .when(|e| e.is_transient())
                     .await;
                 match result {
-                    Ok(applied) => {
+                    Ok((applied, claimed)) => {
                         for (reply, ok) in replies.into_iter().zip(applied) {
                             let _ = reply.send(Ok(ok));
+                        }
+                        if let Some((_, reply)) = claim {
+                            let _ = reply.send(Ok(claimed));
                         }
                     }
                     Err(e) => {
                         let msg = e.to_string();
                         for reply in replies {
                             let _ = reply.send(Err(msg.clone()));
+                        }
+                        if let Some((_, reply)) = claim {
+                            let _ = reply.send(Err(msg));
                         }
                     }
                 }
@@ -116,7 +151,18 @@ impl Recorder {
     pub async fn write(&self, w: TryWrite) -> Result<bool, String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send((w, reply))
+            .send(Job::Write(w, reply))
+            .map_err(|_| "the try recorder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the try recorder has stopped".to_string())?
+    }
+
+    /// Claims with the next group commit; per request, the tries it claimed.
+    pub async fn claim(&self, batch: ClaimBatch) -> Result<Vec<Vec<Claim>>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job::Claim(batch, reply))
             .map_err(|_| "the try recorder has stopped".to_string())?;
         answer
             .await

@@ -28,7 +28,7 @@ use crate::schedule::{DataInterval, NextRun};
 use crate::secrets::Secrets;
 use crate::state::{RunState, RunType, TaskState};
 use crate::store::{
-    Claim, ClaimRequest, DagRecord, NewRun, NewTaskInstance, RunRow, Store, StoreError,
+    Claim, ClaimBatch, ClaimRequest, DagRecord, NewRun, NewTaskInstance, RunRow, Store, StoreError,
 };
 use crate::time::now;
 
@@ -97,6 +97,13 @@ fn plan_interval(cost: Duration) -> Duration {
     (cost * 20).clamp(MAPPED_PLAN_INTERVAL, Duration::from_secs(1))
 }
 
+/// A claim's answer: per pool (with its size), the tries claimed, and the slots it reserved.
+struct Claimed {
+    pools: Vec<(String, Option<usize>)>,
+    reserved: usize,
+    result: Result<Vec<Vec<Claim>>, String>,
+}
+
 /// What launching a try needs besides the engine: where tries run and how they report back.
 #[derive(Clone, Copy)]
 struct Slots<'a> {
@@ -123,6 +130,8 @@ pub enum EngineError {
     DagsFolder(PathBuf, std::io::Error),
     #[error("{0}")]
     Input(String),
+    #[error("cannot write to the database: {0}")]
+    Write(String),
 }
 
 pub struct Engine {
@@ -133,6 +142,8 @@ pub struct Engine {
     owner: String,
     hostname: String,
     running: Arc<AtomicUsize>,
+    /// Slots held by claims not yet answered.
+    reserved: usize,
     /// dag_id -> the DAG as its file says now.
     current: HashMap<String, Arc<Dag>>,
     /// (dag_id, version) -> parsed DAG, for runs that started on an older version.
@@ -275,6 +286,7 @@ impl Engine {
             ),
             hostname,
             running: Arc::new(AtomicUsize::new(0)),
+            reserved: 0,
             current: HashMap::new(),
             versions: HashMap::new(),
             next_due: HashMap::new(),
@@ -426,6 +438,11 @@ impl Engine {
         let mut last_recovery = DateTime::<Utc>::MIN_UTC;
         let mut result = None;
         let mut failures = 0u32;
+        let (claimed_tx, mut claimed_rx) = mpsc::unbounded_channel::<Claimed>();
+        let mut answers: Vec<Claimed> = Vec::new();
+        // Whether a claim could find work: a claim that finds none is a write transaction, so the
+        // loop claims only after something that can make a try claimable or a slot free.
+        let mut want_claim = true;
 
         loop {
             let now = now();
@@ -444,6 +461,20 @@ impl Engine {
                         }
                     }
                 };
+            }
+            {
+                let slots = Slots {
+                    env: &try_env,
+                    tries: &tries,
+                    cancel: &try_cancel,
+                    done_tx: &done_tx,
+                };
+                for c in std::mem::take(&mut answers) {
+                    // A claim that filled every slot it held may have left more behind.
+                    if attempt!(self.start_claimed(c, &slots).await) == Some(true) {
+                        want_claim = true;
+                    }
+                }
             }
             if full_pass {
                 // Runs changed by other processes (trigger, clear) and due times are found here.
@@ -481,6 +512,7 @@ impl Engine {
                 }
             });
             let mut plan_again = Vec::new();
+            want_claim |= full_pass || !dirty.is_empty();
             for run_id in std::mem::take(&mut dirty) {
                 deferred.remove(&run_id);
                 let started = std::time::Instant::now();
@@ -501,17 +533,12 @@ impl Engine {
                 }
             }
             dirty.extend(plan_again);
-            if result.is_some() && self.running.load(Ordering::SeqCst) == 0 {
+            if result.is_some() && self.running.load(Ordering::SeqCst) == 0 && self.reserved == 0 {
                 break;
             }
-            if !shutdown.is_cancelled() {
-                let slots = Slots {
-                    env: &try_env,
-                    tries: &tries,
-                    cancel: &try_cancel,
-                    done_tx: &done_tx,
-                };
-                attempt!(self.launch(full_pass, &mode, &slots).await);
+            if !shutdown.is_cancelled() && want_claim {
+                want_claim = false;
+                attempt!(self.launch(full_pass, &mode, &try_env, &claimed_tx).await);
             }
             if let Some(e) = trouble.take() {
                 failures += 1;
@@ -545,6 +572,7 @@ impl Engine {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(first) = done_rx.recv() => {
+                    want_claim = true;
                     let mut events = vec![first];
                     while let Ok(ev) = done_rx.try_recv() {
                         events.push(ev);
@@ -561,6 +589,12 @@ impl Engine {
                         }
                     }
                 }
+                Some(first) = claimed_rx.recv() => {
+                    answers.push(first);
+                    while let Ok(c) = claimed_rx.try_recv() {
+                        answers.push(c);
+                    }
+                }
                 Some(()) = reload_rx.recv() => {
                     // Editors write files in several steps: let them finish before reading.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -574,8 +608,22 @@ impl Engine {
             }
         }
 
-        // Clean shutdown: interrupted tries go back to the queue without using up a retry.
+        // Clean shutdown: interrupted tries go back to the queue without using up a retry, and
+        // so do those claimed but not started yet.
         try_cancel.cancel();
+        while self.reserved > 0 {
+            let c = match answers.pop() {
+                Some(c) => c,
+                None => match claimed_rx.recv().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            self.reserved -= c.reserved;
+            for claim in c.result.into_iter().flatten().flatten() {
+                requeue(&try_env, &claim).await;
+            }
+        }
         tries.close();
         tries.wait().await;
         heartbeat.abort();
@@ -892,23 +940,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Claims what fits in the free slots and starts each try.
+    /// Claims what fits in the free slots. The claim commits with the next group commit and comes
+    /// back through `claimed` (see [`Engine::start_claimed`]); until then its slots are reserved,
+    /// so the loop goes on planning, and a slot freed meanwhile is claimed with the commit after.
     async fn launch(
         &mut self,
         full_pass: bool,
         mode: &Mode,
-        slots: &Slots<'_>,
+        env: &Arc<TryEnv>,
+        claimed: &mpsc::UnboundedSender<Claimed>,
     ) -> Result<(), EngineError> {
-        let Slots {
-            env,
-            tries,
-            cancel,
-            done_tx,
-        } = *slots;
-        let mut free = self
+        let free = self
             .config
             .parallelism
-            .saturating_sub(self.running.load(Ordering::SeqCst));
+            .saturating_sub(self.running.load(Ordering::SeqCst) + self.reserved);
         if free == 0 {
             return Ok(());
         }
@@ -930,16 +975,14 @@ impl Engine {
             Mode::Daemon => None,
         };
         let now = now();
-        for pool in pools {
-            if free == 0 {
-                break;
-            }
-            // An unknown pool has no size: its tries are claimed only to fail with a clear
-            // message instead of waiting forever.
-            let size = self.config.pool_size(&pool);
-            let claims = self
-                .store
-                .claim(&ClaimRequest {
+        // An unknown pool has no size: its tries are claimed only to fail with a clear message
+        // instead of waiting forever.
+        let sizes: Vec<Option<usize>> = pools.iter().map(|p| self.config.pool_size(p)).collect();
+        let batch = ClaimBatch {
+            requests: pools
+                .iter()
+                .zip(&sizes)
+                .map(|(pool, size)| ClaimRequest {
                     owner: self.owner.clone(),
                     hostname: self.hostname.clone(),
                     pool: pool.clone(),
@@ -949,8 +992,38 @@ impl Engine {
                     lease_until: self.lease_until(now),
                     run_id: run_filter.clone(),
                 })
-                .await?;
-            free -= claims.len();
+                .collect(),
+            limit: free as i64,
+        };
+        // Through the group commit: the claims share a transaction with the ends (and pids)
+        // that other tries are writing at the same moment.
+        self.reserved += free;
+        let recorder = env.recorder.clone();
+        let claimed = claimed.clone();
+        tokio::spawn(async move {
+            let result = recorder.claim(batch).await;
+            let _ = claimed.send(Claimed {
+                pools: pools.into_iter().zip(sizes).collect(),
+                reserved: free,
+                result,
+            });
+        });
+        Ok(())
+    }
+
+    /// Starts the tries a claim returned, and frees the slots it reserved but did not fill.
+    /// Returns whether the claim filled every slot it reserved.
+    async fn start_claimed(&mut self, c: Claimed, slots: &Slots<'_>) -> Result<bool, EngineError> {
+        let Slots {
+            env,
+            tries,
+            cancel,
+            done_tx,
+        } = *slots;
+        self.reserved -= c.reserved;
+        let claimed = c.result.map_err(EngineError::Write)?;
+        let filled = claimed.iter().map(Vec::len).sum::<usize>() >= c.reserved;
+        for ((pool, size), claims) in c.pools.into_iter().zip(claimed) {
             for claim in claims {
                 let run = match self.run_rows.get(&claim.run_id) {
                     Some(r) => r.clone(),
@@ -1010,7 +1083,7 @@ impl Engine {
                 });
             }
         }
-        Ok(())
+        Ok(filled)
     }
 }
 

@@ -185,6 +185,14 @@ pub struct ClaimRequest {
     pub run_id: Option<String>,
 }
 
+/// Claims in several pools that share one limit (a scheduler's free slots): each request in
+/// turn, its `limit` lowered to what the earlier ones left.
+#[derive(Debug, Clone)]
+pub struct ClaimBatch {
+    pub requests: Vec<ClaimRequest>,
+    pub limit: i64,
+}
+
 /// A try this process now owns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
@@ -339,6 +347,14 @@ pub trait Store: Send + Sync {
     /// Applies several writes about claimed tries in one transaction (group commit); each is
     /// fenced on its claim. Returns, per write, whether it applied.
     async fn record_tries(&self, writes: &[TryWrite]) -> Result<Vec<bool>>;
+    /// `record_tries`, then the claims of `claims`, in one transaction: a scheduler's try ends,
+    /// the pids of its new tries and its next claims share one commit. Returns what
+    /// `record_tries` returns and the claims of each request.
+    async fn record_and_claim(
+        &self,
+        writes: &[TryWrite],
+        claims: Option<&ClaimBatch>,
+    ) -> Result<(Vec<bool>, Vec<Vec<Claim>>)>;
     /// Marks this scheduler alive and extends the leases of its running tries.
     async fn heartbeat(
         &self,

@@ -1580,6 +1580,61 @@ async fn claim_takes_only_the_free_slots_of_a_sized_pool(db: TestDb) {
     );
 }
 
+async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
+    let s = db.store;
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("a", 0, "gpu"),
+            ("b", 0, "gpu"),
+            ("c", 0, "io"),
+            ("d", 0, "io"),
+            ("e", 0, "io"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    queue_all(&*s, "r", at(1)).await;
+    let gpu = |limit| ClaimRequest {
+        pool_slots: Some(1),
+        ..claim_req("w1", "gpu", limit, at(2))
+    };
+    let first = s.claim(&gpu(5)).await.unwrap();
+    assert_eq!(first.len(), 1, "a pool of one slot");
+    // One transaction: the end frees the gpu slot, so the claim after it takes the other gpu
+    // try; the io request gets what the shared limit of 2 leaves (1 of its 3).
+    let batch = ClaimBatch {
+        requests: vec![gpu(5), claim_req("w1", "io", 5, at(3))],
+        limit: 2,
+    };
+    let (applied, claimed) = s
+        .record_and_claim(
+            &[TryWrite::End(
+                first[0].clone(),
+                ended(TaskState::Success, at(3)),
+            )],
+            Some(&batch),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, [true]);
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].len(), 1, "{claimed:?}");
+    assert_ne!(claimed[0][0].task_id, first[0].task_id);
+    assert_eq!(claimed[1].len(), 1, "{claimed:?}");
+    // Nothing to write and nothing to claim answers without a transaction.
+    let empty = ClaimBatch {
+        requests: vec![claim_req("w1", "io", 5, at(4))],
+        limit: 0,
+    };
+    let (applied, claimed) = s.record_and_claim(&[], Some(&empty)).await.unwrap();
+    assert!(applied.is_empty());
+    assert_eq!(claimed, vec![Vec::<Claim>::new()]);
+}
+
 async fn paused_flags_cover_active_dags(db: TestDb) {
     let s = db.store;
     assert!(s.paused_flags().await.unwrap().is_empty());
@@ -1731,5 +1786,6 @@ contract!(
     timestamps_round_trip_exactly,
     running_by_pool_and_queued_pools,
     claim_takes_only_the_free_slots_of_a_sized_pool,
+    record_and_claim_ends_first_then_claims_within_one_limit,
     paused_flags_cover_active_dags,
 );
