@@ -60,7 +60,7 @@ pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
 enum Job {
-    Write(TryWrite, Reply<bool>),
+    Write(Box<TryWrite>, Reply<bool>),
     Claim(ClaimBatch, Reply<Vec<Vec<Claim>>>),
 }
 
@@ -94,7 +94,7 @@ impl Recorder {
                 while let Some(job) = next.take() {
                     match job {
                         Job::Write(w, r) => {
-                            writes.push(w);
+                            writes.push(*w);
                             replies.push(r);
                         }
                         Job::Claim(c, r) if claim.is_none() => claim = Some((c, r)),
@@ -151,7 +151,7 @@ impl Recorder {
     pub async fn write(&self, w: TryWrite) -> Result<bool, String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job::Write(w, reply))
+            .send(Job::Write(Box::new(w), reply))
             .map_err(|_| "the try recorder has stopped".to_string())?;
         answer
             .await
