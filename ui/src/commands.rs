@@ -441,6 +441,7 @@ async fn runs_list(
             state,
             limit,
             before: None,
+            before_run_id: None,
         })
         .await?;
     let masker = ctx.secrets.masker();
