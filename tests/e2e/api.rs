@@ -235,6 +235,13 @@ fn trigger(server: &Server, token: &str, dag: &str, body: Json) -> Answer {
     )
 }
 
+/// Triggers `dag` (201) and returns the new run's id.
+fn trigger_id(server: &Server, token: &str, dag: &str) -> String {
+    let created = trigger(server, token, dag, json!({}));
+    assert_eq!(created.status, 201, "{:#}", created.body);
+    created.body["run_id"].as_str().unwrap().to_string()
+}
+
 fn state_is<'a>(states: &'a [&'a str]) -> impl Fn(&Json) -> bool + 'a {
     move |run| states.iter().any(|s| run["state"] == *s)
 }
@@ -520,10 +527,7 @@ fn api_end_to_end() {
         assert_eq!(task(&rerun, "b", None)["tries"], 2);
 
         // Mark a failed task success: its upstream_failed downstream runs and the run succeeds.
-        let flaky = trigger(&server, &operator, "flaky", json!({})).body["run_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let flaky = trigger_id(&server, &operator, "flaky");
         let failed = server.wait_run(
             &viewer,
             &flaky,
@@ -562,10 +566,7 @@ fn api_end_to_end() {
 
         // Mark a running try failed: the mark wins, the try is stopped, the run fails long
         // before the try's sleep would have ended.
-        let slow = trigger(&server, &operator, "slow", json!({})).body["run_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let slow = trigger_id(&server, &operator, "slow");
         server.wait_run(&viewer, &slow, Duration::from_secs(60), |r| {
             task(r, "sleepy", None)["state"] == "running"
         });

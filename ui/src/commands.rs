@@ -620,16 +620,21 @@ fn shutdown_on_signals() -> CancellationToken {
     shutdown
 }
 
-async fn daemon(g: &Global) -> Result<u8> {
-    let ctx = open(g).await?;
-    let engine = engine(&ctx).await?;
+/// The first line a long-running command prints: what it loaded and where its database is.
+fn announce(what: &str, ctx: &Ctx, engine: &Engine) {
     eprintln!(
-        "flow scheduler: {} DAG(s) from {}, database {} ({})",
+        "flow {what}: {} DAG(s) from {}, database {} ({})",
         engine.dags().count(),
         ctx.settings.dags_folder.display(),
         redact_url(&ctx.settings.database_url),
         ctx.store.backend()
     );
+}
+
+async fn daemon(g: &Global) -> Result<u8> {
+    let ctx = open(g).await?;
+    let engine = engine(&ctx).await?;
+    announce("scheduler", &ctx, &engine);
     let shutdown = shutdown_on_signals();
     engine
         .run(Mode::Daemon, shutdown)
@@ -647,13 +652,7 @@ async fn server(g: &Global, standalone: bool) -> Result<u8> {
     let ctx = open(g).await?;
     let shutdown = shutdown_on_signals();
     let loaded = engine(&ctx).await?;
-    eprintln!(
-        "flow {what}: {} DAG(s) from {}, database {} ({})",
-        loaded.dags().count(),
-        ctx.settings.dags_folder.display(),
-        redact_url(&ctx.settings.database_url),
-        ctx.store.backend()
-    );
+    announce(what, &ctx, &loaded);
     // The API looks DAGs up by the version the database names, which the scheduler keeps current
     // as files change; `flow server` alone serves the folder as it was loaded at start.
     let (scheduler, catalog) = if standalone {
