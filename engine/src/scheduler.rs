@@ -203,6 +203,28 @@ pub fn new_run(
     }
 }
 
+/// The manual run a trigger asks for, not yet stored: params checked against the declarations.
+pub fn manual_run(
+    dag: &Dag,
+    given: &serde_json::Map<String, Json>,
+    logical_date: Option<DateTime<Utc>>,
+) -> Result<NewRun, EngineError> {
+    let params = dag.resolve_params(given).map_err(EngineError::Input)?;
+    let queued_at = now();
+    let logical = logical_date.unwrap_or(queued_at);
+    // A manual run whose logical date falls on the schedule covers that interval; any other
+    // covers the instant itself, as Airflow does.
+    let interval = dag.timetable().and_then(|tt| tt.interval_for(logical));
+    Ok(new_run(
+        dag,
+        RunType::Manual,
+        logical,
+        interval,
+        params,
+        queued_at,
+    ))
+}
+
 /// Creates a manual run (`flow trigger`, `flow run`, the API).
 pub async fn trigger(
     store: &dyn Store,
@@ -210,13 +232,7 @@ pub async fn trigger(
     given: &serde_json::Map<String, Json>,
     logical_date: Option<DateTime<Utc>>,
 ) -> Result<RunRow, EngineError> {
-    let params = dag.resolve_params(given).map_err(EngineError::Input)?;
-    let queued_at = now();
-    let logical = logical_date.unwrap_or(queued_at);
-    // A manual run whose logical date falls on the schedule covers that interval; any other
-    // covers the instant itself, as Airflow does.
-    let interval = dag.timetable().and_then(|tt| tt.interval_for(logical));
-    let run = new_run(dag, RunType::Manual, logical, interval, params, queued_at);
+    let run = manual_run(dag, given, logical_date)?;
     store.create_run(&run).await?;
     store
         .get_run(&run.run_id)

@@ -1,6 +1,5 @@
 //! What each command does. Errors a user must fix come back as [`Usage`] (exit code 2).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,7 +7,6 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
 use flow_engine::dag::load::{dag_files, load_files};
-use flow_engine::executor::log_path;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::schedule::parse_date;
 use flow_engine::scheduler::{self, Engine, EngineError, Mode};
@@ -19,6 +17,7 @@ use flow_engine::time::{now, rfc3339};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Given, Settings, resolve};
+use crate::ops;
 use crate::progress::follow;
 use crate::render::{dag_json, run_json, short_ts, table};
 use crate::{Cli, Command, DagsCommand, Global, RunArgs, RunsCommand, TasksCommand, TokensCommand};
@@ -37,6 +36,14 @@ impl std::error::Error for Usage {}
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Usage(msg.into()))
+}
+
+/// An operation's error: the caller's (exit code 2) or ours.
+fn op_err(e: ops::OpError) -> anyhow::Error {
+    match e {
+        ops::OpError::NotFound(m) | ops::OpError::Invalid(m) => usage(m),
+        other => anyhow::Error::new(other),
+    }
 }
 
 fn engine_err(e: EngineError) -> anyhow::Error {
@@ -167,8 +174,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Tokens {
             command: TokensCommand::Create { name, role },
         } => create_token(g, &name, &role).await,
-        Command::Scheduler => daemon(g, false).await,
-        Command::Standalone => daemon(g, true).await,
+        Command::Scheduler => daemon(g).await,
+        Command::Server => server(g, false).await,
+        Command::Standalone => server(g, true).await,
         Command::Bench {
             postgres,
             only,
@@ -241,12 +249,10 @@ async fn dags_list(g: &Global, json: bool) -> Result<u8> {
     let now = now();
     let mut items = Vec::new();
     for row in ctx.store.list_dags().await? {
-        let next = match engine.dags().find(|d| d.id == row.dag_id) {
-            Some(dag) => scheduler::next_run_at(ctx.store.as_ref(), dag, now)
-                .await
-                .map_err(engine_err)?,
-            None => row.next_run_at,
-        };
+        let dag = engine.dags().find(|d| d.id == row.dag_id);
+        let next = ops::next_run_at(ctx.store.as_ref(), &row, dag.map(|d| d.as_ref()), now)
+            .await
+            .map_err(op_err)?;
         items.push((row, next));
     }
     let broken = ctx.store.import_errors().await?;
@@ -441,6 +447,7 @@ async fn runs_list(
             state,
             limit,
             before: None,
+            before_run_id: None,
         })
         .await?;
     let masker = ctx.secrets.masker();
@@ -525,79 +532,48 @@ async fn task_logs(
     map_index: Option<i64>,
 ) -> Result<u8> {
     let ctx = open(g).await?;
-    let Some(run) = ctx.store.get_run(run_id).await? else {
+    let target = ops::log_target(
+        ctx.store.as_ref(),
+        &ctx.settings.home,
+        run_id,
+        task,
+        try_number,
+        map_index,
+    )
+    .await
+    .map_err(op_err)?;
+    if target.try_number == 0 {
         return Err(usage(format!(
-            "unknown run '{run_id}': see `flow runs list`"
-        )));
-    };
-    let map_index = map_index.unwrap_or(UNMAPPED);
-    let tis = ctx.store.task_instances(run_id).await?;
-    let Some(ti) = tis
-        .iter()
-        .find(|t| t.task_id == task && t.map_index == map_index)
-    else {
-        let mapped = tis.iter().any(|t| t.task_id == task);
-        return Err(usage(if mapped {
-            format!("task '{task}' of run {run_id} has no map index {map_index}; give --map-index")
-        } else {
-            format!("run {run_id} has no task '{task}'")
-        }));
-    };
-    let n = try_number.unwrap_or(ti.try_number);
-    if n < 1 || n > ti.try_number {
-        return Err(usage(format!(
-            "task '{task}' has {} tr{} so far; --try must be between 1 and that",
-            ti.try_number,
-            if ti.try_number == 1 { "y" } else { "ies" }
+            "task '{task}' of run {run_id} has not had a try yet"
         )));
     }
-    let path = log_path(&ctx.settings.home, &run.dag_id, run_id, task, map_index, n);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => print!("{}", ctx.secrets.masker().mask(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(err) = ctx
-                .store
-                .tries(run_id, task, map_index)
-                .await?
-                .into_iter()
-                .find(|t| t.try_number == n)
-                .and_then(|t| t.error)
-            {
-                println!("{err}");
-            }
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    let chunk = ops::read_log(
+        ctx.store.as_ref(),
+        &target,
+        &ctx.secrets.masker(),
+        0,
+        u64::MAX,
+    )
+    .await
+    .map_err(op_err)?;
+    print!("{}", chunk.content);
+    if !chunk.content.is_empty() && !chunk.content.ends_with('\n') {
+        println!();
     }
     Ok(0)
 }
 
 async fn task_clear(g: &Global, run_id: &str, task: &str, downstream: bool) -> Result<u8> {
     let ctx = open(g).await?;
-    let Some(run) = ctx.store.get_run(run_id).await? else {
-        return Err(usage(format!(
-            "unknown run '{run_id}': see `flow runs list`"
-        )));
-    };
     let mut engine = Engine::new(
         ctx.store.clone(),
         Arc::new(flow_operators::registry()),
         ctx.settings.engine.clone(),
         ctx.secrets.clone(),
     );
-    let dag = engine
-        .dag_version(&run.dag_id, &run.dag_version)
+    let ids = ops::clear(&mut engine, run_id, task, downstream)
         .await
-        .map_err(engine_err)?
-        .ok_or_else(|| anyhow::anyhow!("the DAG version of run {run_id} is not stored"))?;
-    if dag.task(task).is_none() {
-        return Err(usage(format!("run {run_id} has no task '{task}'")));
-    }
-    let mut ids: BTreeSet<String> = BTreeSet::from([task.to_string()]);
-    if downstream {
-        ids.extend(dag.all_downstream(task).into_iter().map(String::from));
-    }
-    let ids: Vec<String> = ids.into_iter().collect();
-    ctx.store.clear_tasks(run_id, &ids, now()).await?;
+        .map_err(op_err)?;
     eprintln!(
         "cleared {} in run {run_id}; the run is queued again",
         ids.join(", ")
@@ -625,22 +601,8 @@ async fn create_token(g: &Global, name: &str, role: &str) -> Result<u8> {
     Ok(0)
 }
 
-async fn daemon(g: &Global, standalone: bool) -> Result<u8> {
-    let ctx = open(g).await?;
-    let mut engine = engine(&ctx).await?;
-    let loaded = engine.dags().count();
-    eprintln!(
-        "flow scheduler: {loaded} DAG(s) from {}, database {} ({})",
-        ctx.settings.dags_folder.display(),
-        redact_url(&ctx.settings.database_url),
-        ctx.store.backend()
-    );
-    if standalone {
-        eprintln!(
-            "flow standalone: the web UI (to be served on {}) is not built yet; running the scheduler alone",
-            ctx.settings.bind
-        );
-    }
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> CancellationToken {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -655,11 +617,142 @@ async fn daemon(g: &Global, standalone: bool) -> Result<u8> {
         }
         stop.cancel();
     });
-    let _ = engine.reload_dags().await.map_err(engine_err)?;
+    shutdown
+}
+
+/// The first line a long-running command prints: what it loaded and where its database is.
+fn announce(what: &str, ctx: &Ctx, engine: &Engine) {
+    eprintln!(
+        "flow {what}: {} DAG(s) from {}, database {} ({})",
+        engine.dags().count(),
+        ctx.settings.dags_folder.display(),
+        redact_url(&ctx.settings.database_url),
+        ctx.store.backend()
+    );
+}
+
+async fn daemon(g: &Global) -> Result<u8> {
+    let ctx = open(g).await?;
+    let engine = engine(&ctx).await?;
+    announce("scheduler", &ctx, &engine);
+    let shutdown = shutdown_on_signals();
     engine
         .run(Mode::Daemon, shutdown)
         .await
         .map_err(engine_err)?;
     eprintln!("flow scheduler: stopped");
     Ok(0)
+}
+
+/// `flow server` (the API alone) and `flow standalone` (the scheduler beside it). Either answers
+/// HTTP only once the DAGs folder has been loaded and, for standalone, `admin.token` written:
+/// the listener is bound after both.
+async fn server(g: &Global, standalone: bool) -> Result<u8> {
+    let what = if standalone { "standalone" } else { "server" };
+    let ctx = open(g).await?;
+    let shutdown = shutdown_on_signals();
+    let loaded = engine(&ctx).await?;
+    announce(what, &ctx, &loaded);
+    // The API looks DAGs up by the version the database names, which the scheduler keeps current
+    // as files change; `flow server` alone serves the folder as it was loaded at start.
+    let (scheduler, catalog) = if standalone {
+        ensure_admin_token(&ctx).await?;
+        let catalog = Engine::new(
+            ctx.store.clone(),
+            Arc::new(flow_operators::registry()),
+            ctx.settings.engine.clone(),
+            ctx.secrets.clone(),
+        );
+        (Some(loaded), catalog)
+    } else {
+        (None, loaded)
+    };
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&ctx.settings.bind)
+        .await
+        .map_err(|e| {
+            usage(format!(
+                "--bind {}: {e}; give HOST:PORT, such as 127.0.0.1:8080",
+                ctx.settings.bind
+            ))
+        })?
+        .collect();
+    let listener = tokio::net::TcpListener::bind(addrs.as_slice())
+        .await
+        .with_context(|| format!("cannot listen on {}", ctx.settings.bind))?;
+    let state = Arc::new(crate::api::AppState::new(
+        ctx.store.clone(),
+        ctx.settings.home.clone(),
+        ctx.secrets.masker(),
+        catalog,
+        ctx.settings.rate_limit,
+        ctx.settings.engine.lease_timeout,
+    ));
+    eprintln!(
+        "flow {what}: listening on http://{}",
+        listener.local_addr()?
+    );
+    let api = tokio::spawn(crate::api::serve(listener, state, shutdown.clone()));
+    let scheduled = match scheduler {
+        Some(engine) => {
+            let result = engine.run(Mode::Daemon, shutdown.clone()).await;
+            // The scheduler stopped, by a signal or an error: the server stops with it.
+            shutdown.cancel();
+            result.map(|_| ()).map_err(engine_err)
+        }
+        None => Ok(()),
+    };
+    let served = api.await.context("the web server task failed")?;
+    scheduled?;
+    served.context("the web server failed")?;
+    eprintln!("flow {what}: stopped");
+    Ok(0)
+}
+
+/// On a fresh home (no `admin.token`), creates an admin token, writes it to `admin.token` (mode
+/// 0600) and prints it once on stdout.
+async fn ensure_admin_token(ctx: &Ctx) -> Result<()> {
+    let path = ctx.settings.home.join("admin.token");
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&ctx.settings.home)
+        .with_context(|| format!("cannot create {}", ctx.settings.home.display()))?;
+    let role = flow_engine::store::Role::Admin;
+    let (token, hash) = flow_engine::store::new_token();
+    // "admin" is taken when this database already served another home, or admin.token was
+    // deleted: a timestamped name keeps the earlier token valid and this one distinct.
+    let mut name = "admin".to_string();
+    if !ctx.store.create_token(&name, role, &hash, now()).await? {
+        name = format!("admin-{}", now().format("%Y%m%dT%H%M%S%.6fZ"));
+        if !ctx.store.create_token(&name, role, &hash, now()).await? {
+            anyhow::bail!("cannot create an admin token: the name {name} is taken");
+        }
+    }
+    write_private(&path, &format!("{token}\n"))?;
+    println!("{token}");
+    eprintln!(
+        "flow standalone: created the admin token '{name}' (printed once above, kept in {}, mode 0600)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read, whole or not at all: a temporary file, created 0600,
+/// synced, then renamed into place.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("token.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

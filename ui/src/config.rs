@@ -1,6 +1,7 @@
 //! Settings: a flag, else an environment variable, else `$FLOW_HOME/flow.toml`, else the default.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,6 +32,25 @@ pub struct FileConfig {
     pub lease_timeout: Option<String>,
     /// The web UI's public address, for links in notifications (default http://BIND).
     pub base_url: Option<String>,
+    #[serde(default)]
+    pub api: ApiFile,
+}
+
+/// `[api]` in flow.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    /// Requests a minute each token may make, on average (default 1,200).
+    pub rate_limit_per_minute: Option<u32>,
+    /// Requests a token may make at once before the average applies (default 100).
+    pub rate_limit_burst: Option<u32>,
+}
+
+/// The API's per-token request budget.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +66,7 @@ pub struct Settings {
     pub database_url: String,
     pub bind: String,
     pub engine: EngineConfig,
+    pub rate_limit: RateLimit,
 }
 
 /// What the command line and environment gave (clap reads both).
@@ -98,7 +119,20 @@ pub fn resolve(given: &Given) -> Result<Settings> {
         .base_url
         .clone()
         .unwrap_or_else(|| format!("http://{bind}"));
+    let nonzero = |v: Option<u32>, default: u32, key: &str| {
+        NonZeroU32::new(v.unwrap_or(default))
+            .ok_or_else(|| anyhow::anyhow!("flow.toml: [api] {key} must be at least 1"))
+    };
+    let rate_limit = RateLimit {
+        per_minute: nonzero(
+            file.api.rate_limit_per_minute,
+            1200,
+            "rate_limit_per_minute",
+        )?,
+        burst: nonzero(file.api.rate_limit_burst, 100, "rate_limit_burst")?,
+    };
     Ok(Settings {
+        rate_limit,
         engine: EngineConfig {
             home: home.clone(),
             dags_folder: dags_folder.clone(),

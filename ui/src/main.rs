@@ -1,8 +1,10 @@
 //! `flow`: the command line of the flow orchestrator.
 
+mod api;
 mod bench;
 mod commands;
 mod config;
+mod ops;
 mod progress;
 mod render;
 
@@ -88,6 +90,8 @@ pub enum Command {
     },
     /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
     Scheduler,
+    /// The REST API (and, later, the web UI) on --bind, against the same database
+    Server,
     /// Scheduler and web server in one process, on the embedded default database
     Standalone,
     /// Measure scheduling overhead (chain40, fan500, map10k, dags1000) on SQLite and PostgreSQL

@@ -1,62 +1,215 @@
-//! The JSON shapes of `cli.md` and the tables people read.
+//! The JSON shapes of `cli.md` and `api.md`, and the tables people read.
+//!
+//! Each shape is a struct, so that one definition serves the command line (`--json`), the REST
+//! API and its OpenAPI document: the schema cannot drift from what is printed. Values are
+//! serialized, then masked, so that no secret leaves through any of them.
 
+use chrono::{DateTime, Utc};
+use flow_engine::dag::Dag;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::secrets::Masker;
 use flow_engine::store::{DagRow, RunRow, TiRow};
 use flow_engine::time::rfc3339;
-use serde_json::{Value as Json, json};
+use serde::Serialize;
+use serde_json::Value as Json;
+use utoipa::ToSchema;
 
-fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Json {
-    t.map(|t| Json::String(rfc3339(t))).unwrap_or(Json::Null)
+fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(rfc3339)
 }
 
-pub fn task_json(t: &TiRow) -> Json {
-    json!({
-        "task_id": t.task_id,
-        "map_index": if t.map_index == UNMAPPED { Json::Null } else { json!(t.map_index) },
-        "state": t.state.as_str(),
-        "tries": t.try_number,
-        "started_at": ts(t.started_at),
-        "ended_at": ts(t.ended_at),
-        "output": t.output.clone().unwrap_or(Json::Null),
-        "error": t.error,
-    })
+/// One task instance of a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: String,
+    /// The map index of a mapped (`for_each`) task's instance, 0-based; null when unmapped.
+    pub map_index: Option<i64>,
+    #[schema(example = "success")]
+    pub state: String,
+    /// How many tries it has had.
+    pub tries: i64,
+    #[schema(example = "2026-03-02T00:00:01.102Z")]
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// What the task published (its `FLOW_OUTPUT`), any JSON.
+    #[schema(value_type = Object)]
+    pub output: Json,
+    pub error: Option<String>,
 }
 
-/// The run object of `flow runs show --json` (and `flow run --json`, the API).
-pub fn run_json(r: &RunRow, tasks: Option<&[TiRow]>, masker: &Masker) -> Json {
-    let mut v = json!({
-        "run_id": r.run_id,
-        "dag_id": r.dag_id,
-        "run_type": r.run_type.as_str(),
-        "state": r.state.as_str(),
-        "logical_date": rfc3339(r.logical_date),
-        "data_interval_start": rfc3339(r.data_interval_start),
-        "data_interval_end": rfc3339(r.data_interval_end),
-        "params": r.params,
-        "queued_at": rfc3339(r.queued_at),
-        "started_at": ts(r.started_at),
-        "ended_at": ts(r.ended_at),
-    });
-    if let Some(tasks) = tasks {
-        v["tasks"] = Json::Array(tasks.iter().map(task_json).collect());
+/// A run, in the shape of `flow runs show --json`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunView {
+    pub run_id: String,
+    pub dag_id: String,
+    /// `manual`, `scheduled` or `backfill`.
+    pub run_type: String,
+    #[schema(example = "queued")]
+    pub state: String,
+    pub logical_date: String,
+    pub data_interval_start: String,
+    pub data_interval_end: String,
+    #[schema(value_type = Object)]
+    pub params: Json,
+    pub queued_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// Left out of lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<Vec<TaskView>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastRun {
+    pub run_id: String,
+    pub state: String,
+}
+
+/// An item of `GET /api/v1/dags` and `flow dags list --json`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagView {
+    pub dag_id: String,
+    pub description: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub paused: bool,
+    pub tags: Vec<String>,
+    /// When the next scheduled run will be created; null without a schedule.
+    pub next_run_at: Option<String>,
+    pub last_run: Option<LastRun>,
+    /// The DAG file.
+    pub fileloc: String,
+}
+
+/// A task of a DAG, as its file declares it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskSpecView {
+    pub task_id: String,
+    pub operator: String,
+    pub depends_on: Vec<String>,
+    pub trigger_rule: String,
+    pub pool: String,
+    pub priority: i32,
+    pub retries: u32,
+    /// True for a `for_each` task, which runs once per item.
+    pub mapped: bool,
+}
+
+/// An edge of the DAG: `downstream` depends on `upstream`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EdgeView {
+    pub upstream: String,
+    pub downstream: String,
+}
+
+/// One DAG with its declared params, tasks (in topological order) and edges.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagDetailView {
+    #[serde(flatten)]
+    pub dag: DagView,
+    /// The declared params: name -> `{type, default, description}`.
+    #[schema(value_type = Object)]
+    pub params: Json,
+    pub tasks: Vec<TaskSpecView>,
+    pub edges: Vec<EdgeView>,
+}
+
+pub fn task_view(t: &TiRow) -> TaskView {
+    TaskView {
+        task_id: t.task_id.clone(),
+        map_index: (t.map_index != UNMAPPED).then_some(t.map_index),
+        state: t.state.as_str().to_string(),
+        tries: t.try_number,
+        started_at: ts(t.started_at),
+        ended_at: ts(t.ended_at),
+        output: t.output.clone().unwrap_or(Json::Null),
+        error: t.error.clone(),
     }
+}
+
+/// Serializes a view and masks every secret in it.
+fn masked(view: &impl Serialize, masker: &Masker) -> Json {
+    // These views hold only strings, numbers and JSON values: serializing them cannot fail.
+    let mut v = serde_json::to_value(view).unwrap_or(Json::Null);
     masker.mask_json(&mut v);
     v
 }
 
-pub fn dag_json(d: &DagRow, next_run_at: Option<chrono::DateTime<chrono::Utc>>) -> Json {
-    json!({
-        "dag_id": d.dag_id,
-        "description": d.description,
-        "schedule": d.schedule,
-        "timezone": d.timezone,
-        "paused": d.paused,
-        "tags": d.tags,
-        "next_run_at": ts(next_run_at),
-        "last_run": d.last_run.as_ref().map(|(id, s)| json!({"run_id": id, "state": s.as_str()})),
-        "fileloc": d.fileloc,
-    })
+/// The run object of `flow runs show --json` (and `flow run --json`, the API).
+pub fn run_json(r: &RunRow, tasks: Option<&[TiRow]>, masker: &Masker) -> Json {
+    let view = RunView {
+        run_id: r.run_id.clone(),
+        dag_id: r.dag_id.clone(),
+        run_type: r.run_type.as_str().to_string(),
+        state: r.state.as_str().to_string(),
+        logical_date: rfc3339(r.logical_date),
+        data_interval_start: rfc3339(r.data_interval_start),
+        data_interval_end: rfc3339(r.data_interval_end),
+        params: r.params.clone(),
+        queued_at: rfc3339(r.queued_at),
+        started_at: ts(r.started_at),
+        ended_at: ts(r.ended_at),
+        tasks: tasks.map(|tasks| tasks.iter().map(task_view).collect()),
+    };
+    masked(&view, masker)
+}
+
+pub fn dag_view(d: &DagRow, next_run_at: Option<DateTime<Utc>>) -> DagView {
+    DagView {
+        dag_id: d.dag_id.clone(),
+        description: d.description.clone(),
+        schedule: d.schedule.clone(),
+        timezone: d.timezone.clone(),
+        paused: d.paused,
+        tags: d.tags.clone(),
+        next_run_at: ts(next_run_at),
+        last_run: d.last_run.as_ref().map(|(id, s)| LastRun {
+            run_id: id.clone(),
+            state: s.as_str().to_string(),
+        }),
+        fileloc: d.fileloc.clone(),
+    }
+}
+
+pub fn dag_json(d: &DagRow, next_run_at: Option<DateTime<Utc>>) -> Json {
+    masked(&dag_view(d, next_run_at), &Masker::default())
+}
+
+pub fn dag_detail_json(
+    d: &DagRow,
+    next_run_at: Option<DateTime<Utc>>,
+    dag: &Dag,
+    masker: &Masker,
+) -> Json {
+    let view = DagDetailView {
+        dag: dag_view(d, next_run_at),
+        params: d.params.clone(),
+        tasks: dag
+            .tasks
+            .iter()
+            .map(|t| TaskSpecView {
+                task_id: t.id.clone(),
+                operator: t.operator.clone(),
+                depends_on: t.depends_on.clone(),
+                trigger_rule: t.trigger_rule.as_str().to_string(),
+                pool: t.pool.clone(),
+                priority: t.priority,
+                retries: t.retry.retries,
+                mapped: t.for_each.is_some(),
+            })
+            .collect(),
+        edges: dag
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                t.depends_on.iter().map(|up| EdgeView {
+                    upstream: up.clone(),
+                    downstream: t.id.clone(),
+                })
+            })
+            .collect(),
+    };
+    masked(&view, masker)
 }
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -69,7 +222,7 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     t.to_string()
 }
 
-pub fn short_ts(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+pub fn short_ts(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".to_string())
 }

@@ -167,6 +167,37 @@ pub struct RunFilter {
     pub limit: i64,
     /// Only runs queued strictly before this (keyset pagination).
     pub before: Option<DateTime<Utc>>,
+    /// With `before`: also the runs queued at exactly that instant whose id sorts before this
+    /// one, so that a page boundary between two runs queued in the same microsecond loses
+    /// neither (the list is ordered by queued time, then run id, both descending).
+    pub before_run_id: Option<String>,
+}
+
+/// What [`Store::create_run_keyed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedRun {
+    /// The key was new: the run was created.
+    Created,
+    /// The key was used for this DAG within the window: nothing was created; this is the run the
+    /// first request created.
+    Existing(String),
+}
+
+/// A person's verdict on a task: [`Store::mark_task`].
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub run_id: String,
+    pub task_id: String,
+    /// One map index, or every instance of the task.
+    pub map_index: Option<i64>,
+    /// `success` or `failed`.
+    pub state: TaskState,
+    /// Recorded as the instance's error when marking failed, and as the end of a running try.
+    pub note: String,
+    /// With `success`: tasks downstream of this one whose `upstream_failed` instances go back to
+    /// `scheduled`, since the failure they were waiting on is now a success.
+    pub downstream: Vec<String>,
+    pub now: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +332,15 @@ pub trait Store: Send + Sync {
     /// Creates a queued run with its task instances. Returns false (and creates nothing) when a
     /// scheduled or backfill run already exists for that DAG and logical date.
     async fn create_run(&self, run: &NewRun) -> Result<bool>;
+    /// Creates a manual run unless `key` was used for the same DAG at or after `not_before`, in
+    /// one transaction: of concurrent requests with one key exactly one creates a run. Keys
+    /// older than `not_before` are forgotten.
+    async fn create_run_keyed(
+        &self,
+        run: &NewRun,
+        key: &str,
+        not_before: DateTime<Utc>,
+    ) -> Result<KeyedRun>;
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>>;
     async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunRow>>;
     /// Queued and running runs, oldest logical date first.
@@ -378,6 +418,14 @@ pub trait Store: Send + Sync {
         task_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// Sets a task's instances (not already in that state) to `success` or `failed`, in one
+    /// transaction, and sets a finished run back to `queued` so that the scheduler evaluates it
+    /// again. The mark wins over a running try: the instance leaves `running` and its lease is
+    /// dropped, so the try's own end (fenced on state, try number and owner) no longer applies,
+    /// and its scheduler stops it at the next heartbeat; the try is closed in the history with the
+    /// marked state. Returns None when the run is unknown, else how many instances changed.
+    async fn mark_task(&self, mark: &Mark) -> Result<Option<u64>>;
 
     /// Stores a token's hash under a unique name; false if the name is taken.
     async fn create_token(

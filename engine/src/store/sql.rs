@@ -389,6 +389,46 @@ macro_rules! impl_store {
                     last_run,
                 })
             }
+
+            /// Inserts a queued run and its task instances; false (nothing inserted) when a
+            /// scheduled or backfill run exists already for its DAG and logical date.
+            async fn insert_run(tx: &mut sqlx::Transaction<'static, $db>, run: &NewRun) -> Result<bool> {
+                let inserted = sqlx::query(
+                    "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
+                     data_interval_start, data_interval_end, params, queued_at) \
+                     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                )
+                .bind(&run.run_id)
+                .bind(&run.dag_id)
+                .bind(&run.dag_version)
+                .bind(run.run_type.as_str())
+                .bind(to_micros(run.logical_date))
+                .bind(to_micros(run.data_interval_start))
+                .bind(to_micros(run.data_interval_end))
+                .bind(json_text(&run.params))
+                .bind(to_micros(run.queued_at))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    return Ok(false);
+                }
+                for chunk in run.tasks.chunks(1000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool) ",
+                    );
+                    qb.push_values(chunk, |mut b, t| {
+                        b.push_bind(run.run_id.clone())
+                            .push_bind(t.task_id.clone())
+                            .push_bind(UNMAPPED)
+                            .push_bind(TaskState::Scheduled.as_str())
+                            .push_bind(t.priority as i64)
+                            .push_bind(t.pool.clone());
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(true)
+            }
         }
 
         #[async_trait]
@@ -535,42 +575,50 @@ macro_rules! impl_store {
 
             async fn create_run(&self, run: &NewRun) -> Result<bool> {
                 let (_writer, mut tx) = self.begin_write().await?;
+                if !Self::insert_run(&mut tx, run).await? {
+                    return Ok(false);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn create_run_keyed(&self, run: &NewRun, key: &str, not_before: DateTime<Utc>) -> Result<KeyedRun> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                // Expired keys of every DAG go here too, which keeps the table to one window.
+                sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(to_micros(not_before))
+                    .execute(&mut *tx)
+                    .await?;
+                // On PostgreSQL a concurrent insert of the same key waits here for the first
+                // transaction and then does nothing; the SELECT below (a new statement, so a new
+                // snapshot under READ COMMITTED) sees the committed row. SQLite serializes writers.
                 let inserted = sqlx::query(
-                    "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
-                     data_interval_start, data_interval_end, params, queued_at) \
-                     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                    "INSERT INTO idempotency_keys (dag_id, idem_key, run_id, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
                 )
-                .bind(&run.run_id)
                 .bind(&run.dag_id)
-                .bind(&run.dag_version)
-                .bind(run.run_type.as_str())
-                .bind(to_micros(run.logical_date))
-                .bind(to_micros(run.data_interval_start))
-                .bind(to_micros(run.data_interval_end))
-                .bind(json_text(&run.params))
+                .bind(key)
+                .bind(&run.run_id)
                 .bind(to_micros(run.queued_at))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
                 if inserted == 0 {
-                    return Ok(false);
+                    let row = sqlx::query("SELECT run_id FROM idempotency_keys WHERE dag_id = $1 AND idem_key = $2")
+                        .bind(&run.dag_id)
+                        .bind(key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let first: String = row.try_get("run_id")?;
+                    tx.commit().await?;
+                    return Ok(KeyedRun::Existing(first));
                 }
-                for chunk in run.tasks.chunks(1000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool) ",
-                    );
-                    qb.push_values(chunk, |mut b, t| {
-                        b.push_bind(run.run_id.clone())
-                            .push_bind(t.task_id.clone())
-                            .push_bind(UNMAPPED)
-                            .push_bind(TaskState::Scheduled.as_str())
-                            .push_bind(t.priority as i64)
-                            .push_bind(t.pool.clone());
-                    });
-                    qb.build().execute(&mut *tx).await?;
+                if !Self::insert_run(&mut tx, run).await? {
+                    // Dropping the transaction rolls the key back with it.
+                    return Err(StoreError::Corrupt(format!("run {} exists already", run.run_id)));
                 }
                 tx.commit().await?;
-                Ok(true)
+                Ok(KeyedRun::Created)
             }
 
             async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
@@ -591,8 +639,20 @@ macro_rules! impl_store {
                 if let Some(s) = f.state {
                     qb.push(" AND state = ").push_bind(s.as_str());
                 }
-                if let Some(b) = f.before {
-                    qb.push(" AND queued_at < ").push_bind(to_micros(b));
+                match (f.before, &f.before_run_id) {
+                    (Some(b), Some(id)) => {
+                        qb.push(" AND (queued_at < ")
+                            .push_bind(to_micros(b))
+                            .push(" OR (queued_at = ")
+                            .push_bind(to_micros(b))
+                            .push(" AND run_id < ")
+                            .push_bind(id.clone())
+                            .push("))");
+                    }
+                    (Some(b), None) => {
+                        qb.push(" AND queued_at < ").push_bind(to_micros(b));
+                    }
+                    (None, _) => {}
                 }
                 qb.push(" ORDER BY queued_at DESC, run_id DESC LIMIT ")
                     .push_bind(f.limit.max(0));
@@ -1018,6 +1078,73 @@ macro_rules! impl_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn mark_task(&self, m: &Mark) -> Result<Option<u64>> {
+                let now = to_micros(m.now);
+                let error = (m.state == TaskState::Failed).then(|| m.note.clone());
+                let (_writer, mut tx) = self.begin_write().await?;
+                let run = sqlx::query("SELECT state FROM dag_runs WHERE run_id = $1")
+                    .bind(&m.run_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if run.is_none() {
+                    return Ok(None);
+                }
+                // Close the running try (if any) first, while the instance still says which it is.
+                sqlx::query(
+                    "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
+                     WHERE ended_at IS NULL AND (run_id, task_id, map_index, try_number) IN (\
+                       SELECT run_id, task_id, map_index, try_number FROM task_instances \
+                       WHERE run_id = $4 AND task_id = $5 AND (CAST($6 AS BIGINT) IS NULL OR map_index = $6) \
+                       AND state = 'running')",
+                )
+                .bind(m.state.as_str())
+                .bind(now)
+                .bind(&m.note)
+                .bind(&m.run_id)
+                .bind(&m.task_id)
+                .bind(m.map_index)
+                .execute(&mut *tx)
+                .await?;
+                let changed = sqlx::query(
+                    "UPDATE task_instances SET state = $1, ended_at = $2, error = $3, next_try_at = NULL, \
+                     lease_owner = NULL, lease_expires_at = NULL, pid = NULL \
+                     WHERE run_id = $4 AND task_id = $5 AND (CAST($6 AS BIGINT) IS NULL OR map_index = $6) \
+                     AND state <> $1",
+                )
+                .bind(m.state.as_str())
+                .bind(now)
+                .bind(&error)
+                .bind(&m.run_id)
+                .bind(&m.task_id)
+                .bind(m.map_index)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if m.state == TaskState::Success {
+                    for task_id in &m.downstream {
+                        sqlx::query(
+                            "UPDATE task_instances SET state = 'scheduled', try_base = try_number, error = NULL, \
+                             ended_at = NULL WHERE run_id = $1 AND task_id = $2 AND state = 'upstream_failed'",
+                        )
+                        .bind(&m.run_id)
+                        .bind(task_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                if changed > 0 {
+                    sqlx::query(
+                        "UPDATE dag_runs SET state = 'queued', ended_at = NULL \
+                         WHERE run_id = $1 AND state IN ('success', 'failed')",
+                    )
+                    .bind(&m.run_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Some(changed))
             }
 
             async fn create_token(&self, name: &str, role: Role, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {

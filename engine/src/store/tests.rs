@@ -522,6 +522,7 @@ async fn list_runs_newest_first_with_filters_and_keyset(db: TestDb) {
             state,
             limit,
             before,
+            before_run_id: None,
         };
         async move { s.list_runs(&filter).await.unwrap() }
     };
@@ -1668,6 +1669,245 @@ async fn paused_flags_cover_active_dags(db: TestDb) {
     );
 }
 
+async fn keyset_pages_split_runs_queued_in_the_same_instant(db: TestDb) {
+    let s = db.store;
+    for id in ["a", "b", "c"] {
+        assert!(
+            s.create_run(&new_run(id, "etl", RunType::Manual, at(60), &[]))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        s.create_run(&new_run("z", "etl", RunType::Manual, at(0), &[]))
+            .await
+            .unwrap()
+    );
+    let page = |before: Option<&RunRow>| {
+        let filter = RunFilter {
+            limit: 2,
+            before: before.map(|r| r.queued_at),
+            before_run_id: before.map(|r| r.run_id.clone()),
+            ..Default::default()
+        };
+        let s = s.clone();
+        async move { s.list_runs(&filter).await.unwrap() }
+    };
+    let first = page(None).await;
+    assert_eq!(run_ids(&first), ["c", "b"]);
+    let second = page(first.last()).await;
+    assert_eq!(
+        run_ids(&second),
+        ["a", "z"],
+        "a shares b's instant and must not be lost"
+    );
+    assert!(page(second.last()).await.is_empty());
+}
+
+async fn create_run_keyed_creates_once_per_key_and_dag_within_the_window(db: TestDb) {
+    let s = db.store;
+    let run = |id: &str, dag_id: &str, queued: i64| NewRun {
+        queued_at: at(queued),
+        ..new_run(
+            id,
+            dag_id,
+            RunType::Manual,
+            at(queued),
+            &[("a", 0, "default")],
+        )
+    };
+    assert_eq!(
+        s.create_run_keyed(&run("r1", "etl", 100), "k", at(0))
+            .await
+            .unwrap(),
+        KeyedRun::Created
+    );
+    assert_eq!(
+        s.create_run_keyed(&run("r2", "etl", 200), "k", at(0))
+            .await
+            .unwrap(),
+        KeyedRun::Existing("r1".into())
+    );
+    assert_eq!(
+        s.get_run("r2").await.unwrap(),
+        None,
+        "a repeat creates nothing"
+    );
+    // The key belongs to one DAG; another DAG may use it.
+    assert_eq!(
+        s.create_run_keyed(&run("r3", "report", 200), "k", at(0))
+            .await
+            .unwrap(),
+        KeyedRun::Created
+    );
+    // Past the window the key is forgotten and a new run is created.
+    assert_eq!(
+        s.create_run_keyed(&run("r4", "etl", 300), "k", at(150))
+            .await
+            .unwrap(),
+        KeyedRun::Created
+    );
+    assert_eq!(
+        ti(&*s, "r4", "a", UNMAPPED).await.state,
+        TaskState::Scheduled
+    );
+    assert_eq!(
+        s.create_run_keyed(&run("r5", "etl", 310), "k", at(150))
+            .await
+            .unwrap(),
+        KeyedRun::Existing("r4".into())
+    );
+}
+
+async fn concurrent_keyed_creates_make_one_run(db: TestDb) {
+    let s = db.store;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let run = new_run(
+                &format!("r{i}"),
+                "etl",
+                RunType::Manual,
+                at(0),
+                &[("a", 0, "default")],
+            );
+            s.create_run_keyed(&run, "same", at(-10)).await.unwrap()
+        }));
+    }
+    let mut created = 0;
+    let mut firsts = BTreeSet::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            KeyedRun::Created => created += 1,
+            KeyedRun::Existing(id) => {
+                firsts.insert(id);
+            }
+        }
+    }
+    assert_eq!(created, 1);
+    let runs = s
+        .list_runs(&RunFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(firsts.iter().all(|id| *id == runs[0].run_id), "{firsts:?}");
+}
+
+fn mark(
+    run_id: &str,
+    task_id: &str,
+    state: TaskState,
+    downstream: &[&str],
+    now: DateTime<Utc>,
+) -> Mark {
+    Mark {
+        run_id: run_id.into(),
+        task_id: task_id.into(),
+        map_index: None,
+        state,
+        note: format!("marked {state} by test"),
+        downstream: ids(downstream),
+        now,
+    }
+}
+
+async fn mark_task_wins_over_a_running_try_and_requeues_a_finished_run(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["a", "b", "c"]).await;
+    s.apply("r", &[queue("a")], at(1)).await.unwrap();
+    let c = claim_one(&*s, "w1", at(2)).await;
+
+    // Marking the running try: the instance and its try end as marked, the lease is gone.
+    assert_eq!(
+        s.mark_task(&mark("r", "a", TaskState::Failed, &[], at(3)))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let a = ti(&*s, "r", "a", UNMAPPED).await;
+    assert_eq!(
+        (a.state, a.ended_at, a.lease_owner.as_deref()),
+        (TaskState::Failed, Some(at(3)), None)
+    );
+    assert_eq!(a.error.as_deref(), Some("marked failed by test"));
+    let tries = s.tries("r", "a", UNMAPPED).await.unwrap();
+    assert_eq!(
+        (tries[0].state, tries[0].ended_at),
+        (TaskState::Failed, Some(at(3)))
+    );
+    assert!(
+        s.owned_tries("w1").await.unwrap().is_empty(),
+        "the scheduler must see it lost the try"
+    );
+    // The try's own result comes too late and is not applied.
+    assert!(
+        !s.finish_try(&c, &ended(TaskState::Success, at(4)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ti(&*s, "r", "a", UNMAPPED).await.state, TaskState::Failed);
+
+    // The run fails; marking `a` success resets its upstream_failed downstream and requeues the run.
+    s.apply(
+        "r",
+        &[
+            Decision::UpstreamFailed {
+                task_id: "b".into(),
+                map_index: UNMAPPED,
+            },
+            Decision::UpstreamFailed {
+                task_id: "c".into(),
+                map_index: UNMAPPED,
+            },
+            Decision::FinishRun(RunState::Failed),
+        ],
+        at(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_run("r").await.unwrap().unwrap().state,
+        RunState::Failed
+    );
+    assert_eq!(
+        s.mark_task(&mark("r", "a", TaskState::Success, &["b"], at(6)))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    let a = ti(&*s, "r", "a", UNMAPPED).await;
+    assert_eq!((a.state, a.error), (TaskState::Success, None));
+    assert_eq!(
+        ti(&*s, "r", "b", UNMAPPED).await.state,
+        TaskState::Scheduled
+    );
+    assert_eq!(
+        ti(&*s, "r", "c", UNMAPPED).await.state,
+        TaskState::UpstreamFailed,
+        "not listed"
+    );
+    let run = s.get_run("r").await.unwrap().unwrap();
+    assert_eq!((run.state, run.ended_at), (RunState::Queued, None));
+
+    // Marking again changes nothing; an unknown run is None.
+    assert_eq!(
+        s.mark_task(&mark("r", "a", TaskState::Success, &[], at(7)))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        s.mark_task(&mark("ghost", "a", TaskState::Success, &[], at(7)))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 macro_rules! contract {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -1788,4 +2028,8 @@ contract!(
     claim_takes_only_the_free_slots_of_a_sized_pool,
     record_and_claim_ends_first_then_claims_within_one_limit,
     paused_flags_cover_active_dags,
+    keyset_pages_split_runs_queued_in_the_same_instant,
+    create_run_keyed_creates_once_per_key_and_dag_within_the_window,
+    concurrent_keyed_creates_make_one_run,
+    mark_task_wins_over_a_running_try_and_requeues_a_finished_run,
 );

@@ -1,0 +1,780 @@
+//! The REST API of `api.md`, through the real `flow server` and `flow standalone` on a free port.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value as Json, json};
+
+use crate::harness::*;
+
+const API_DAG: &str = "id: api\nparams:\n  n: { type: integer, default: 1 }\ntasks:\n  a: { operator: shell, command: 'echo line one {{ params.n }}; echo line two' }\n  b: { operator: shell, command: 'echo b', depends_on: [a] }\n  c: { operator: shell, command: 'echo c', depends_on: [b] }\n";
+
+static STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// A `flow server` or `flow standalone` process on a port the OS chose.
+struct Server {
+    child: Option<Child>,
+    base: String,
+    stdout: std::path::PathBuf,
+    stderr: std::path::PathBuf,
+}
+
+impl Server {
+    fn start(env: &Env, command: &str) -> Server {
+        let n = STARTS.fetch_add(1, Ordering::SeqCst);
+        let stdout = env.path(&format!("{command}-{n}.out"));
+        let stderr = env.path(&format!("{command}-{n}.err"));
+        let child = env
+            .command(&[command, "--bind", "127.0.0.1:0"])
+            .env("FLOW_LOG", "info")
+            .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child: Some(child),
+            base: String::new(),
+            stdout,
+            stderr,
+        };
+        let start = Instant::now();
+        let marker = format!("flow {command}: listening on http://");
+        loop {
+            let log = std::fs::read_to_string(&server.stderr).unwrap_or_default();
+            if let Some(rest) = log.split(&marker).nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                server.base = format!("http://{addr}");
+                return server;
+            }
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("flow {command} exited with {status} before listening:\n{log}");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "flow {command} did not listen within 30 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn printed(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap()
+    }
+
+    /// SIGTERM; the process must exit 0 within 20 s.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert_eq!(status.code(), Some(0), "not a clean shutdown");
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "SIGTERM ignored");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Json>) -> Answer {
+        self.call_with(method, path, token, body, &[])
+    }
+
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Json>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        request(
+            &self.base,
+            method,
+            path,
+            token,
+            body.map(|b| b.to_string()),
+            headers,
+        )
+    }
+
+    fn get(&self, path: &str, token: &str) -> Answer {
+        self.call("GET", path, Some(token), None)
+    }
+
+    /// Polls `GET /api/v1/runs/{id}` until `done` holds; panics after `limit`.
+    fn wait_run(
+        &self,
+        token: &str,
+        run_id: &str,
+        limit: Duration,
+        done: impl Fn(&Json) -> bool,
+    ) -> Json {
+        let start = Instant::now();
+        loop {
+            let run = self.get(&format!("/api/v1/runs/{run_id}"), token).ok();
+            if done(&run) {
+                return run;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "run {run_id} never got there: {run:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- stderr of {} ---\n{}",
+                self.base,
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Json,
+    retry_after: Option<String>,
+}
+
+impl Answer {
+    fn ok(self) -> Json {
+        assert_eq!(self.status, 200, "{:#}", self.body);
+        self.body
+    }
+
+    /// Asserts an error answer: this status, the API's error shape, and this code.
+    fn error(&self, status: u16, code: &str) -> String {
+        assert_eq!(self.status, status, "{:#}", self.body);
+        assert_eq!(self.body["error"]["code"], code, "{:#}", self.body);
+        self.body["error"]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message: {:#}", self.body))
+            .to_string()
+    }
+}
+
+fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut response = match body {
+        Some(b) => agent
+            .run(
+                req.header("Content-Type", "application/json")
+                    .body(b)
+                    .unwrap(),
+            )
+            .unwrap(),
+        None => agent.run(req.body(()).unwrap()).unwrap(),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = response.body_mut().read_to_string().unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: {status} answer is not JSON ({e}): {text}"));
+    Answer {
+        status,
+        body,
+        retry_after,
+    }
+}
+
+/// A run id as a query-string value: `+` (in the id's UTC offset) would read as a space.
+fn query(value: &str) -> String {
+    value.replace('+', "%2B")
+}
+
+fn token(env: &Env, name: &str, role: &str) -> String {
+    env.flow_ok(&["tokens", "create", name, "--role", role], 0)
+        .trim()
+        .to_string()
+}
+
+fn trigger(server: &Server, token: &str, dag: &str, body: Json) -> Answer {
+    server.call(
+        "POST",
+        &format!("/api/v1/dags/{dag}/runs"),
+        Some(token),
+        Some(&body),
+    )
+}
+
+/// Triggers `dag` (201) and returns the new run's id.
+fn trigger_id(server: &Server, token: &str, dag: &str) -> String {
+    let created = trigger(server, token, dag, json!({}));
+    assert_eq!(created.status, 201, "{:#}", created.body);
+    created.body["run_id"].as_str().unwrap().to_string()
+}
+
+fn state_is<'a>(states: &'a [&'a str]) -> impl Fn(&Json) -> bool + 'a {
+    move |run| states.iter().any(|s| run["state"] == *s)
+}
+
+#[test]
+fn api_end_to_end() {
+    each_db(|env, db| {
+        env.dag("api.yaml", API_DAG);
+        env.dag(
+            "flaky.yaml",
+            "id: flaky\ntasks:\n  bad: { operator: shell, command: 'exit 3' }\n  after: { operator: shell, command: 'echo after', depends_on: [bad] }\n",
+        );
+        env.dag(
+            "slow.yaml",
+            "id: slow\ntasks:\n  sleepy: { operator: shell, command: 'echo started; sleep 5; echo finished' }\n  then: { operator: shell, command: 'echo then', depends_on: [sleepy] }\n",
+        );
+        let server = Server::start(&env, "standalone");
+
+        // A fresh home: the admin token is printed once and kept in admin.token, mode 0600.
+        let admin = server.printed().trim().to_string();
+        assert!(admin.starts_with("flow_"), "{db:?}: {admin:?}");
+        let file = env.home().join("admin.token");
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), admin);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "admin.token mode {mode:o}");
+
+        // Health needs no token; the scheduler of standalone shows up as alive.
+        let start = Instant::now();
+        loop {
+            let health = server.call("GET", "/api/v1/health", None, None).ok();
+            assert_eq!(
+                (&health["status"], &health["database"]),
+                (&json!("ok"), &json!("ok"))
+            );
+            if health["scheduler"]["alive"] == true {
+                assert!(
+                    health["scheduler"]["last_heartbeat"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with('Z')
+                );
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{health:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // 401 without or with a bad token; 403 for a role too weak.
+        server
+            .call("GET", "/api/v1/dags", None, None)
+            .error(401, "unauthorized");
+        server
+            .call("GET", "/api/v1/dags", Some("flow_not_a_token"), None)
+            .error(401, "unauthorized");
+        let viewer = token(&env, "viewer", "viewer");
+        let operator = token(&env, "operator", "operator");
+        server.get("/api/v1/dags", &viewer).ok();
+        trigger(&server, &viewer, "api", json!({})).error(403, "forbidden");
+        let new_token = json!({"name": "ci", "role": "operator"});
+        server
+            .call("POST", "/api/v1/tokens", Some(&operator), Some(&new_token))
+            .error(403, "forbidden");
+        let created = server.call("POST", "/api/v1/tokens", Some(&admin), Some(&new_token));
+        assert_eq!(created.status, 201, "{:#}", created.body);
+        assert_eq!(created.body["role"], "operator");
+        let ci = created.body["token"].as_str().unwrap().to_string();
+        server.get("/api/v1/dags", &ci).ok();
+        server
+            .call("POST", "/api/v1/tokens", Some(&admin), Some(&new_token))
+            .error(409, "conflict");
+
+        // DAGs: the list, a detail with tasks and edges, 404 for an unknown one.
+        let dags = server.get("/api/v1/dags", &viewer).ok();
+        let api = dags
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["dag_id"] == "api")
+            .unwrap();
+        assert_eq!(
+            (&api["paused"], &api["last_run"]),
+            (&json!(false), &Json::Null)
+        );
+        let detail = server.get("/api/v1/dags/api", &viewer).ok();
+        let tasks: Vec<&str> = detail["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(tasks, ["a", "b", "c"]);
+        assert_eq!(
+            detail["edges"],
+            json!([{"upstream": "a", "downstream": "b"}, {"upstream": "b", "downstream": "c"}])
+        );
+        server
+            .get("/api/v1/dags/nope", &viewer)
+            .error(404, "not_found");
+        trigger(&server, &operator, "nope", json!({})).error(404, "not_found");
+
+        // Bad input is a 400 that says which and why.
+        let m = trigger(&server, &operator, "api", json!({"params": {"n": "x"}}))
+            .error(400, "bad_request");
+        assert!(m.contains("'n'") && m.contains("integer"), "{m}");
+        let m = trigger(&server, &operator, "api", json!({"params": {"zz": 1}}))
+            .error(400, "bad_request");
+        assert!(m.contains("'zz'"), "{m}");
+        let m = trigger(
+            &server,
+            &operator,
+            "api",
+            json!({"logical_date": "someday"}),
+        )
+        .error(400, "bad_request");
+        assert!(m.contains("logical_date"), "{m}");
+        let bad_json = request(
+            &server.base,
+            "POST",
+            "/api/v1/dags/api/runs",
+            Some(&operator),
+            Some("{bad".into()),
+            &[],
+        );
+        bad_json.error(400, "bad_json");
+
+        // Trigger: 201, and the same Idempotency-Key answers 200 with the first run.
+        let key = [("Idempotency-Key", "key-1")];
+        let first = server.call_with(
+            "POST",
+            "/api/v1/dags/api/runs",
+            Some(&operator),
+            Some(&json!({"params": {"n": 7}})),
+            &key,
+        );
+        assert_eq!(first.status, 201, "{:#}", first.body);
+        assert_eq!(first.body["state"], "queued");
+        let run1 = first.body["run_id"].as_str().unwrap().to_string();
+        let again = server.call_with("POST", "/api/v1/dags/api/runs", Some(&operator), None, &key);
+        assert_eq!(again.status, 200, "{:#}", again.body);
+        assert_eq!(again.body["run_id"], run1.as_str());
+        let runs = server.get("/api/v1/runs?dag_id=api", &viewer).ok();
+        assert_eq!(runs.as_array().unwrap().len(), 1, "{runs:#}");
+
+        // Concurrent requests with one key make one run.
+        let base = server.base.clone();
+        let answers: Vec<Answer> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (base, operator) = (&base, &operator);
+                    s.spawn(move || {
+                        request(
+                            base,
+                            "POST",
+                            "/api/v1/dags/api/runs",
+                            Some(operator),
+                            Some("{}".into()),
+                            &[("Idempotency-Key", "key-2")],
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let created: Vec<&Answer> = answers.iter().filter(|a| a.status == 201).collect();
+        assert_eq!(created.len(), 1, "{answers:#?}");
+        assert!(
+            answers.iter().all(|a| a.status == 201 || a.status == 200),
+            "{answers:#?}"
+        );
+        let run2 = created[0].body["run_id"].as_str().unwrap().to_string();
+        assert!(
+            answers.iter().all(|a| a.body["run_id"] == run2.as_str()),
+            "{answers:#?}"
+        );
+        let runs = server.get("/api/v1/runs?dag_id=api", &viewer).ok();
+        assert_eq!(runs.as_array().unwrap().len(), 2, "{runs:#}");
+
+        // A run is the shape of `flow runs show --json`.
+        let done = server.wait_run(
+            &viewer,
+            &run1,
+            Duration::from_secs(60),
+            state_is(&["success", "failed"]),
+        );
+        assert_eq!(done["state"], "success", "{done:#}");
+        assert_eq!(done["params"], json!({"n": 7}));
+        assert_eq!(done, env.flow_json(&["runs", "show", &run1, "--json"], 0));
+        server.wait_run(
+            &viewer,
+            &run2,
+            Duration::from_secs(60),
+            state_is(&["success"]),
+        );
+
+        // Runs list: newest first, filters, keyset pages.
+        let page = server.get("/api/v1/runs?dag_id=api&limit=1", &viewer).ok();
+        assert_eq!(page[0]["run_id"], run2.as_str());
+        assert!(page[0].get("tasks").is_none(), "{page:#}");
+        let next = server
+            .get(
+                &format!("/api/v1/runs?dag_id=api&limit=1&before={}", query(&run2)),
+                &viewer,
+            )
+            .ok();
+        assert_eq!(next[0]["run_id"], run1.as_str());
+        let last = server
+            .get(
+                &format!("/api/v1/runs?dag_id=api&before={}", query(&run1)),
+                &viewer,
+            )
+            .ok();
+        assert_eq!(last, json!([]));
+        let success = server
+            .get("/api/v1/runs?state=success&dag_id=api", &viewer)
+            .ok();
+        assert_eq!(success.as_array().unwrap().len(), 2);
+        server
+            .get("/api/v1/runs?state=bogus", &viewer)
+            .error(400, "bad_request");
+        server
+            .get("/api/v1/runs?limit=0", &viewer)
+            .error(400, "bad_request");
+        server
+            .get("/api/v1/runs?limit=many", &viewer)
+            .error(400, "bad_query");
+        server
+            .get("/api/v1/runs/nope", &viewer)
+            .error(404, "not_found");
+
+        // Logs from an offset.
+        let logs = format!("/api/v1/runs/{run1}/tasks/a/logs");
+        let whole = server.get(&logs, &viewer).ok();
+        let content = whole["content"].as_str().unwrap().to_string();
+        assert!(content.contains("line one 7\nline two\n"), "{content}");
+        assert_eq!(whole["next_offset"], content.len());
+        assert_eq!(whole["complete"], true);
+        let tail = server.get(&format!("{logs}?offset=5"), &viewer).ok();
+        assert_eq!(tail["content"], &content[5..]);
+        assert_eq!(tail["next_offset"], content.len());
+        let rest = server
+            .get(&format!("{logs}?try=1&offset={}", content.len()), &viewer)
+            .ok();
+        assert_eq!(
+            (&rest["content"], &rest["complete"]),
+            (&json!(""), &json!(true))
+        );
+        server
+            .get(&format!("{logs}?offset=100000"), &viewer)
+            .error(400, "bad_request");
+        server
+            .get(&format!("{logs}?try=2"), &viewer)
+            .error(404, "not_found");
+        server
+            .get(&format!("/api/v1/runs/{run1}/tasks/zz/logs"), &viewer)
+            .error(404, "not_found");
+
+        // Clear with downstream: b and c run again, a does not.
+        let clear = format!("/api/v1/runs/{run1}/tasks/b/clear");
+        server
+            .call(
+                "POST",
+                &clear,
+                Some(&viewer),
+                Some(&json!({"downstream": true})),
+            )
+            .error(403, "forbidden");
+        let cleared = server
+            .call(
+                "POST",
+                &clear,
+                Some(&operator),
+                Some(&json!({"downstream": true})),
+            )
+            .ok();
+        assert_eq!(
+            cleared,
+            json!({"run_id": run1, "state": "queued", "cleared": ["b", "c"]})
+        );
+        let rerun = server.wait_run(&viewer, &run1, Duration::from_secs(60), |r| {
+            r["state"] == "success" && task(r, "c", None)["tries"] == 2
+        });
+        assert_eq!(task(&rerun, "a", None)["tries"], 1);
+        assert_eq!(task(&rerun, "b", None)["tries"], 2);
+
+        // Mark a failed task success: its upstream_failed downstream runs and the run succeeds.
+        let flaky = trigger_id(&server, &operator, "flaky");
+        let failed = server.wait_run(
+            &viewer,
+            &flaky,
+            Duration::from_secs(60),
+            state_is(&["success", "failed"]),
+        );
+        assert_eq!(failed["state"], "failed");
+        assert_eq!(task(&failed, "after", None)["state"], "upstream_failed");
+        let mark = format!("/api/v1/runs/{flaky}/tasks/bad/mark");
+        server
+            .call(
+                "POST",
+                &mark,
+                Some(&operator),
+                Some(&json!({"state": "skipped"})),
+            )
+            .error(400, "bad_json");
+        let marked = server
+            .call(
+                "POST",
+                &mark,
+                Some(&operator),
+                Some(&json!({"state": "success"})),
+            )
+            .ok();
+        assert_eq!(marked["changed"], 1);
+        let healed = server.wait_run(
+            &viewer,
+            &flaky,
+            Duration::from_secs(60),
+            state_is(&["success"]),
+        );
+        assert_eq!(task(&healed, "bad", None)["state"], "success");
+        assert_eq!(task(&healed, "after", None)["state"], "success");
+        assert_eq!(task(&healed, "after", None)["tries"], 1);
+
+        // Mark a running try failed: the mark wins, the try is stopped, the run fails long
+        // before the try's sleep would have ended.
+        let slow = trigger_id(&server, &operator, "slow");
+        server.wait_run(&viewer, &slow, Duration::from_secs(60), |r| {
+            task(r, "sleepy", None)["state"] == "running"
+        });
+        let marked_at = Instant::now();
+        let marked = server
+            .call(
+                "POST",
+                &format!("/api/v1/runs/{slow}/tasks/sleepy/mark"),
+                Some(&operator),
+                Some(&json!({"state": "failed"})),
+            )
+            .ok();
+        assert_eq!(marked["changed"], 1);
+        let ended = server.wait_run(
+            &viewer,
+            &slow,
+            Duration::from_secs(20),
+            state_is(&["success", "failed"]),
+        );
+        assert!(marked_at.elapsed() < Duration::from_secs(20));
+        assert_eq!(ended["state"], "failed", "{ended:#}");
+        assert_eq!(task(&ended, "then", None)["state"], "upstream_failed");
+        // Past the moment the try would have finished: it was stopped, and nothing it could
+        // still report has replaced the mark.
+        std::thread::sleep(Duration::from_secs(7).saturating_sub(marked_at.elapsed()));
+        let later = server.get(&format!("/api/v1/runs/{slow}"), &viewer).ok();
+        assert_eq!(
+            task(&later, "sleepy", None)["state"],
+            "failed",
+            "the try overwrote the mark"
+        );
+        let log = server
+            .get(&format!("/api/v1/runs/{slow}/tasks/sleepy/logs"), &viewer)
+            .ok();
+        let log = log["content"].as_str().unwrap();
+        assert!(
+            log.contains("started") && !log.contains("finished"),
+            "the try was not stopped: {log}"
+        );
+        assert_eq!(later["state"], "failed");
+
+        // Pause through PATCH; the CLI sees it.
+        server
+            .call(
+                "PATCH",
+                "/api/v1/dags/api",
+                Some(&viewer),
+                Some(&json!({"paused": true})),
+            )
+            .error(403, "forbidden");
+        server
+            .call(
+                "PATCH",
+                "/api/v1/dags/api",
+                Some(&operator),
+                Some(&json!({"paused": "yes"})),
+            )
+            .error(400, "bad_json");
+        let paused = server
+            .call(
+                "PATCH",
+                "/api/v1/dags/api",
+                Some(&operator),
+                Some(&json!({"paused": true})),
+            )
+            .ok();
+        assert_eq!(paused["paused"], true);
+        assert_eq!(paused["tasks"].as_array().unwrap().len(), 3);
+        let listed = env.flow_json(&["dags", "list", "--json"], 0);
+        let api = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["dag_id"] == "api")
+            .unwrap();
+        assert_eq!(api["paused"], true);
+
+        // Unknown routes and methods answer in the error shape.
+        server
+            .get("/api/v1/nothing", &viewer)
+            .error(404, "not_found");
+        server
+            .call("DELETE", "/api/v1/dags", Some(&viewer), None)
+            .error(405, "method_not_allowed");
+        server.stop();
+
+        // A home that has its admin token prints none again; the token still works.
+        let server = Server::start(&env, "standalone");
+        assert_eq!(server.printed(), "");
+        server.get("/api/v1/dags", &admin).ok();
+        server.stop();
+    });
+}
+
+#[test]
+fn api_rate_limit_answers_429_with_retry_after() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.config("[api]\nrate_limit_per_minute = 6\nrate_limit_burst = 3\n");
+    let busy = token(&env, "busy", "viewer");
+    let other = token(&env, "other", "viewer");
+    let server = Server::start(&env, "server");
+    for _ in 0..3 {
+        server.get("/api/v1/dags", &busy).ok();
+    }
+    let limited = server.get("/api/v1/dags", &busy);
+    limited.error(429, "rate_limited");
+    let wait: u64 = limited
+        .retry_after
+        .as_deref()
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    // 6 a minute: one request every 10 s.
+    assert!((1..=10).contains(&wait), "Retry-After {wait}");
+    // Each token has its own budget; health has none.
+    server.get("/api/v1/dags", &other).ok();
+    for _ in 0..10 {
+        server.call("GET", "/api/v1/health", None, None).ok();
+    }
+    server.stop();
+}
+
+/// Every operation of the document answers with a status it declares, every method it leaves
+/// out is 405, and every endpoint of api.md is there. `flow server` alone serves the DAGs folder.
+#[test]
+fn openapi_documents_every_route_and_its_answers() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag("api.yaml", API_DAG);
+    let run_id = env.flow_ok(&["run", "api"], 0).trim().to_string();
+    let admin = token(&env, "root", "admin");
+    let server = Server::start(&env, "server");
+    let doc = server.call("GET", "/api/v1/openapi.json", None, None).ok();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc.get("servers").is_none(), "no servers prefix");
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in [
+        ("get", "/api/v1/health"),
+        ("get", "/api/v1/openapi.json"),
+        ("get", "/api/v1/dags"),
+        ("get", "/api/v1/dags/{dag_id}"),
+        ("patch", "/api/v1/dags/{dag_id}"),
+        ("post", "/api/v1/dags/{dag_id}/runs"),
+        ("get", "/api/v1/runs"),
+        ("get", "/api/v1/runs/{run_id}"),
+        ("get", "/api/v1/runs/{run_id}/tasks/{task_id}/logs"),
+        ("post", "/api/v1/runs/{run_id}/tasks/{task_id}/clear"),
+        ("post", "/api/v1/runs/{run_id}/tasks/{task_id}/mark"),
+        ("post", "/api/v1/tokens"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} is not documented"
+        );
+    }
+    let mut called = 0;
+    for (i, (template, item)) in paths.iter().enumerate() {
+        let path = template
+            .replace("{dag_id}", "api")
+            .replace("{run_id}", &run_id)
+            .replace("{task_id}", "a");
+        for method in ["get", "post", "patch", "put", "delete"] {
+            let upper = method.to_uppercase();
+            let Some(op) = item.get(method) else {
+                let answer = server.call(&upper, &path, Some(&admin), None);
+                answer.error(405, "method_not_allowed");
+                continue;
+            };
+            let declared: Vec<u16> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.parse().unwrap())
+                .collect();
+            let body = match (method, template.as_str()) {
+                ("post", "/api/v1/tokens") => Some(json!({"name": format!("t{i}")})),
+                ("post", p) if p.ends_with("/mark") => Some(json!({"state": "success"})),
+                ("patch", _) => Some(json!({"paused": false})),
+                ("post", _) => Some(json!({})),
+                _ => None,
+            };
+            let answer = server.call(&upper, &path, Some(&admin), body.as_ref());
+            assert!(
+                declared.contains(&answer.status) && answer.status < 300,
+                "{upper} {path} answered {} ({:#}); declared {declared:?}",
+                answer.status,
+                answer.body
+            );
+            // Without a token: 401 where a token is needed (declared), else the same success.
+            let anonymous = server.call(&upper, &path, None, body.as_ref());
+            if op.get("security").is_some() {
+                anonymous.error(401, "unauthorized");
+                assert!(
+                    declared.contains(&401) && declared.contains(&429),
+                    "{upper} {path}: {declared:?}"
+                );
+            } else {
+                assert_eq!(anonymous.status, 200, "{upper} {path}");
+            }
+            called += 1;
+        }
+    }
+    assert_eq!(called, 12, "every documented operation was called");
+    // `flow server` loaded the DAGs folder itself.
+    let detail = server.get("/api/v1/dags/api", &admin).ok();
+    assert_eq!(detail["tasks"].as_array().unwrap().len(), 3);
+    server.stop();
+}

@@ -1,0 +1,241 @@
+//! `/api/v1/dags`: list, detail, pause, trigger.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Duration;
+use flow_engine::dag::Dag;
+use flow_engine::schedule::parse_date;
+use flow_engine::scheduler;
+use flow_engine::store::{DagRow, KeyedRun};
+use flow_engine::time::now;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::{Operator, Viewer};
+use super::error::{ApiError, Body, ErrorBody, Path};
+use crate::ops::{self, OpError};
+use crate::render::{DagDetailView, DagView, dag_detail_json, dag_json};
+
+/// How long an `Idempotency-Key` is remembered for a DAG.
+const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
+const MAX_KEY_LEN: usize = 255;
+
+async fn active_dag(state: &AppState, dag_id: &str) -> Result<DagRow, ApiError> {
+    match state.store.get_dag(dag_id).await? {
+        Some(row) if row.active => Ok(row),
+        _ => Err(ApiError::not_found(format!(
+            "unknown DAG '{dag_id}': GET /api/v1/dags lists them (a DAG whose file has problems \
+             is not loaded; `flow dags validate` shows why)"
+        ))),
+    }
+}
+
+async fn parsed(state: &AppState, row: &DagRow) -> Result<Arc<Dag>, ApiError> {
+    state.dag_of(row).await?.ok_or_else(|| {
+        ApiError::internal(format!(
+            "version {} of DAG {} is recorded but its source is missing or no longer parses",
+            row.version, row.dag_id
+        ))
+    })
+}
+
+async fn detail(state: &AppState, row: &DagRow) -> Result<Json, ApiError> {
+    let dag = parsed(state, row).await?;
+    let next = ops::next_run_at(state.store.as_ref(), row, Some(&dag), now()).await?;
+    Ok(dag_detail_json(row, next, &dag, &state.masker))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/dags",
+    tag = "dags",
+    security(("bearer" = [])),
+    responses((status = 200, description = "the DAGs, by id", body = Vec<DagView>))
+)]
+pub async fn list_dags(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+) -> Result<axum::Json<Vec<Json>>, ApiError> {
+    let at = now();
+    let mut items = Vec::new();
+    for row in state.store.list_dags().await? {
+        let dag = state.dag_of(&row).await?;
+        let next = ops::next_run_at(state.store.as_ref(), &row, dag.as_deref(), at).await?;
+        items.push(dag_json(&row, next));
+    }
+    Ok(axum::Json(items))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/dags/{dag_id}",
+    tag = "dags",
+    security(("bearer" = [])),
+    params(("dag_id" = String, Path, description = "the DAG id")),
+    responses(
+        (status = 200, description = "the DAG with its tasks and edges", body = DagDetailView),
+        (status = 404, description = "unknown DAG", body = ErrorBody),
+    )
+)]
+pub async fn get_dag(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    Path(dag_id): Path<String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let row = active_dag(&state, &dag_id).await?;
+    Ok(axum::Json(detail(&state, &row).await?))
+}
+
+/// The fields of a DAG that may be changed.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DagPatch {
+    /// A paused DAG gets no new scheduled runs and its queued runs wait.
+    pub paused: Option<bool>,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/api/v1/dags/{dag_id}",
+    tag = "dags",
+    security(("bearer" = [])),
+    params(("dag_id" = String, Path, description = "the DAG id")),
+    request_body = DagPatch,
+    responses(
+        (status = 200, description = "the DAG as it is now", body = DagDetailView),
+        (status = 400, description = "a body that is not a DAG patch", body = ErrorBody),
+        (status = 403, description = "the token is a viewer's", body = ErrorBody),
+        (status = 404, description = "unknown DAG", body = ErrorBody),
+    )
+)]
+pub async fn patch_dag(
+    State(state): State<Arc<AppState>>,
+    Operator(caller): Operator,
+    Path(dag_id): Path<String>,
+    Body(patch): Body<DagPatch>,
+) -> Result<axum::Json<Json>, ApiError> {
+    active_dag(&state, &dag_id).await?;
+    if let Some(paused) = patch.paused {
+        if !state.store.set_paused(&dag_id, paused).await? {
+            return Err(ApiError::not_found(format!("unknown DAG '{dag_id}'")));
+        }
+        tracing::info!(
+            "DAG {dag_id} {} by token '{}'",
+            if paused { "paused" } else { "unpaused" },
+            caller.name
+        );
+    }
+    // Read again, so the answer shows what the database now holds.
+    let row = active_dag(&state, &dag_id).await?;
+    Ok(axum::Json(detail(&state, &row).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    /// Values for the DAG's declared params; the others take their defaults.
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Map<String, Json>>,
+    /// RFC 3339, or YYYY-MM-DD (midnight in the DAG's timezone); default: now.
+    pub logical_date: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TriggerAnswer {
+    pub run_id: String,
+    #[schema(example = "queued")]
+    pub state: String,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/dags/{dag_id}/runs",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(
+        ("dag_id" = String, Path, description = "the DAG id"),
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "a repeat with the same key for the same DAG within 24 h creates nothing and answers 200 with the first run"),
+    ),
+    request_body = TriggerBody,
+    responses(
+        (status = 201, description = "the run was created, queued", body = TriggerAnswer),
+        (status = 200, description = "a repeat of an Idempotency-Key: the first run, as it is now", body = TriggerAnswer),
+        (status = 400, description = "a bad or undeclared param, a bad logical date or key, a bad body", body = ErrorBody),
+        (status = 403, description = "the token is a viewer's", body = ErrorBody),
+        (status = 404, description = "unknown DAG", body = ErrorBody),
+    )
+)]
+pub async fn trigger(
+    State(state): State<Arc<AppState>>,
+    Operator(caller): Operator,
+    Path(dag_id): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body<TriggerBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let row = active_dag(&state, &dag_id).await?;
+    let dag = parsed(&state, &row).await?;
+    let logical = body
+        .logical_date
+        .as_deref()
+        .map(|s| {
+            parse_date(s, dag.timezone)
+                .map_err(|e| ApiError::bad_request(format!("logical_date: {e}")))
+        })
+        .transpose()?;
+    let run = scheduler::manual_run(&dag, &body.params.unwrap_or_default(), logical)
+        .map_err(OpError::from)?;
+    let answer = |status: StatusCode, run_id: String, run_state: &str| {
+        (
+            status,
+            axum::Json(TriggerAnswer {
+                run_id,
+                state: run_state.to_string(),
+            }),
+        )
+            .into_response()
+    };
+    match key {
+        None => {
+            state.store.create_run(&run).await?;
+        }
+        Some(key) => {
+            match state
+                .store
+                .create_run_keyed(&run, &key, run.queued_at - IDEMPOTENCY_WINDOW)
+                .await?
+            {
+                KeyedRun::Created => {}
+                KeyedRun::Existing(first) => {
+                    let first = ops::get_run(state.store.as_ref(), &first).await?;
+                    return Ok(answer(StatusCode::OK, first.run_id, first.state.as_str()));
+                }
+            }
+        }
+    }
+    tracing::info!("run {} triggered by token '{}'", run.run_id, caller.name);
+    Ok(answer(StatusCode::CREATED, run.run_id, "queued"))
+}

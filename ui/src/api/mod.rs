@@ -1,0 +1,216 @@
+//! The REST API of `../shared/spec/api.md`, served by `flow server` and `flow standalone`.
+//!
+//! Every route is registered through utoipa-axum's `routes!`, which takes the path and method
+//! from each handler's `#[utoipa::path]`: the router and the OpenAPI document are built from the
+//! same declarations, so a route cannot be served without being documented (the end-to-end test
+//! calls every documented operation and checks the answer is one it declares).
+
+mod auth;
+mod dags;
+mod error;
+mod meta;
+mod runs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use flow_engine::dag::Dag;
+use flow_engine::scheduler::Engine;
+use flow_engine::secrets::Masker;
+use flow_engine::store::{DagRow, Store};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::RateLimit;
+use error::{ApiError, ErrorBody};
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    /// `$FLOW_HOME`, where the tries' logs are.
+    pub home: PathBuf,
+    pub masker: Masker,
+    /// Parses and caches the DAG versions the database names (details, clears, marks). Locked
+    /// only around those lookups; the scheduler of `flow standalone` has its own engine.
+    pub dags: tokio::sync::Mutex<Engine>,
+    pub limiter: DefaultKeyedRateLimiter<String>,
+    /// A scheduler whose last heartbeat is older than this is reported dead by health.
+    pub lease_timeout: Duration,
+    /// The OpenAPI document, serialized once.
+    pub openapi: String,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        home: PathBuf,
+        masker: Masker,
+        dags: Engine,
+        rate_limit: RateLimit,
+        lease_timeout: Duration,
+    ) -> AppState {
+        let quota = Quota::per_minute(rate_limit.per_minute).allow_burst(rate_limit.burst);
+        AppState {
+            store,
+            home,
+            masker,
+            dags: tokio::sync::Mutex::new(dags),
+            limiter: RateLimiter::keyed(quota),
+            lease_timeout,
+            openapi: openapi_json(),
+        }
+    }
+
+    /// The parsed DAG of a database row, at the version the row names.
+    async fn dag_of(&self, row: &DagRow) -> Result<Option<Arc<Dag>>, ApiError> {
+        let mut engine = self.dags.lock().await;
+        Ok(engine
+            .dag_version(&row.dag_id, &row.version)
+            .await
+            .map_err(crate::ops::OpError::from)?)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flow",
+        description = "The REST API of the flow workflow orchestrator (see docs/api.md).",
+        version = "1"
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = doc.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The routes anyone may call, and the ones that need a token.
+fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
+    let public = OpenApiRouter::new()
+        .routes(routes!(meta::health))
+        .routes(routes!(meta::openapi));
+    let protected = OpenApiRouter::new()
+        .routes(routes!(dags::list_dags))
+        .routes(routes!(dags::get_dag, dags::patch_dag))
+        .routes(routes!(dags::trigger))
+        .routes(routes!(runs::list_runs))
+        .routes(routes!(runs::get_run))
+        .routes(routes!(runs::task_logs))
+        .routes(routes!(runs::clear))
+        .routes(routes!(runs::mark))
+        .routes(routes!(meta::create_token));
+    (public, protected)
+}
+
+/// The OpenAPI document. Every operation that needs a token also answers 401 and 429; they are
+/// added here rather than repeated on each handler.
+pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+    let (public, protected) = routes();
+    let mut doc = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(public)
+        .merge(protected)
+        .into_openapi();
+    let error = |description: &str| {
+        utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.put,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if op.security.is_some() {
+                op.responses.responses.insert(
+                    "401".into(),
+                    error("missing or unknown bearer token").into(),
+                );
+                op.responses.responses.insert(
+                    "429".into(),
+                    error("this token's rate limit is spent; see Retry-After").into(),
+                );
+            }
+        }
+    }
+    doc
+}
+
+fn openapi_json() -> String {
+    // A document built from our own types always serializes.
+    serde_json::to_string(&openapi_doc()).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The whole application: the API, JSON 404 and 405 answers, and the state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let (public, protected) = routes();
+    let protected = protected.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+    let (router, _) = public.merge(protected).split_for_parts();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {method} {}; /api/v1/openapi.json lists them",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not answer {method}; /api/v1/openapi.json lists its methods",
+            uri.path()
+        ),
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets the requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,298 @@
+//! `/api/v1/runs`: list, detail, task logs, clear, mark.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use flow_engine::state::{RunState, TaskState};
+use flow_engine::store::RunFilter;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::auth::{Operator, Viewer};
+use super::error::{ApiError, Body, ErrorBody, Path, Query};
+use crate::ops::{self, LogChunk};
+use crate::render::{RunView, run_json};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+/// The most log bytes one answer carries; a longer log is read in several calls.
+const LOG_CHUNK: u64 = 1 << 20;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunsQuery {
+    /// Only this DAG's runs.
+    pub dag_id: Option<String>,
+    /// Only runs in this state (`queued`, `running`, `success`, `failed`).
+    pub state: Option<String>,
+    /// At most this many runs (1 to 1000; default 100).
+    pub limit: Option<i64>,
+    /// The next page: the `run_id` of the last run of the previous page. Keyset pagination, so
+    /// runs created meanwhile neither repeat nor hide runs.
+    pub before: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "runs, newest first (queued time, then run id), without their tasks", body = Vec<RunView>),
+        (status = 400, description = "a bad state, limit or cursor", body = ErrorBody),
+    )
+)]
+pub async fn list_runs(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    Query(q): Query<RunsQuery>,
+) -> Result<axum::Json<Vec<Json>>, ApiError> {
+    let run_state = q
+        .state
+        .as_deref()
+        .map(|s| s.parse::<RunState>().map_err(ApiError::bad_request))
+        .transpose()?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}, not {limit}"
+        )));
+    }
+    let cursor = match &q.before {
+        Some(id) => Some(state.store.get_run(id).await?.ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "before: unknown run '{id}' (give the run_id of the last run of the previous page)"
+            ))
+        })?),
+        None => None,
+    };
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: q.dag_id,
+            state: run_state,
+            limit,
+            before: cursor.as_ref().map(|r| r.queued_at),
+            before_run_id: cursor.map(|r| r.run_id),
+        })
+        .await?;
+    Ok(axum::Json(
+        runs.iter()
+            .map(|r| run_json(r, None, &state.masker))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{run_id}",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("run_id" = String, Path, description = "the run id")),
+    responses(
+        (status = 200, description = "the run and each task instance, as `flow runs show --json`", body = RunView),
+        (status = 404, description = "unknown run", body = ErrorBody),
+    )
+)]
+pub async fn get_run(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    Path(run_id): Path<String>,
+) -> Result<axum::Json<Json>, ApiError> {
+    let run = ops::get_run(state.store.as_ref(), &run_id).await?;
+    let tis = state.store.task_instances(&run_id).await?;
+    Ok(axum::Json(run_json(&run, Some(&tis), &state.masker)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// The try (1-based); default: the latest.
+    #[serde(rename = "try")]
+    #[param(rename = "try")]
+    pub try_number: Option<i64>,
+    /// The map index of a mapped task's instance; default: the unmapped instance.
+    pub map_index: Option<i64>,
+    /// Where to start, in bytes of the log (the `next_offset` of the previous read); default 0.
+    pub offset: Option<u64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(
+        ("run_id" = String, Path, description = "the run id"),
+        ("task_id" = String, Path, description = "the task id"),
+        LogsQuery,
+    ),
+    responses(
+        (status = 200, description = "the log from `offset` (secrets masked); while the try runs, whole lines only", body = LogChunk),
+        (status = 400, description = "a bad query, or an offset past the end", body = ErrorBody),
+        (status = 404, description = "unknown run, task, map index or try", body = ErrorBody),
+    )
+)]
+pub async fn task_logs(
+    State(state): State<Arc<AppState>>,
+    _: Viewer,
+    Path((run_id, task_id)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<axum::Json<LogChunk>, ApiError> {
+    let target = ops::log_target(
+        state.store.as_ref(),
+        &state.home,
+        &run_id,
+        &task_id,
+        q.try_number,
+        q.map_index,
+    )
+    .await?;
+    let chunk = ops::read_log(
+        state.store.as_ref(),
+        &target,
+        &state.masker,
+        q.offset.unwrap_or(0),
+        LOG_CHUNK,
+    )
+    .await?;
+    Ok(axum::Json(chunk))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearBody {
+    /// Also every task downstream of this one.
+    #[serde(default)]
+    pub downstream: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClearAnswer {
+    pub run_id: String,
+    /// Always `queued`: the scheduler runs the cleared tasks again.
+    pub state: String,
+    /// The task ids reset.
+    pub cleared: Vec<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{run_id}/tasks/{task_id}/clear",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(
+        ("run_id" = String, Path, description = "the run id"),
+        ("task_id" = String, Path, description = "the task id"),
+    ),
+    request_body = ClearBody,
+    responses(
+        (status = 200, description = "the task instances are reset and the run is queued again, in one transaction", body = ClearAnswer),
+        (status = 400, description = "a bad body", body = ErrorBody),
+        (status = 403, description = "the token is a viewer's", body = ErrorBody),
+        (status = 404, description = "unknown run or task", body = ErrorBody),
+    )
+)]
+pub async fn clear(
+    State(state): State<Arc<AppState>>,
+    Operator(caller): Operator,
+    Path((run_id, task_id)): Path<(String, String)>,
+    Body(body): Body<ClearBody>,
+) -> Result<axum::Json<ClearAnswer>, ApiError> {
+    let cleared = {
+        let mut engine = state.dags.lock().await;
+        ops::clear(&mut engine, &run_id, &task_id, body.downstream).await?
+    };
+    tracing::info!(
+        "cleared {} in run {run_id} by token '{}'",
+        cleared.join(", "),
+        caller.name
+    );
+    Ok(axum::Json(ClearAnswer {
+        run_id,
+        state: RunState::Queued.as_str().to_string(),
+        cleared,
+    }))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkState {
+    Success,
+    Failed,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkBody {
+    pub state: MarkState,
+    /// One instance of a mapped task; default: every instance of the task.
+    pub map_index: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MarkAnswer {
+    pub run_id: String,
+    pub task_id: String,
+    pub state: String,
+    /// How many instances changed state (0 when they were already in it).
+    pub changed: u64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{run_id}/tasks/{task_id}/mark",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(
+        ("run_id" = String, Path, description = "the run id"),
+        ("task_id" = String, Path, description = "the task id"),
+    ),
+    request_body = MarkBody,
+    responses(
+        (status = 200, description = "the instances are marked; a finished run is queued again so the scheduler evaluates it", body = MarkAnswer),
+        (status = 400, description = "a bad body (state must be success or failed)", body = ErrorBody),
+        (status = 403, description = "the token is a viewer's", body = ErrorBody),
+        (status = 404, description = "unknown run, task or map index", body = ErrorBody),
+    )
+)]
+pub async fn mark(
+    State(state): State<Arc<AppState>>,
+    Operator(caller): Operator,
+    Path((run_id, task_id)): Path<(String, String)>,
+    Body(body): Body<MarkBody>,
+) -> Result<axum::Json<MarkAnswer>, ApiError> {
+    let task_state = match body.state {
+        MarkState::Success => TaskState::Success,
+        MarkState::Failed => TaskState::Failed,
+    };
+    let note = format!(
+        "marked {task_state} through the API by token '{}'",
+        caller.name
+    );
+    let changed = {
+        let mut engine = state.dags.lock().await;
+        ops::mark(
+            &mut engine,
+            &run_id,
+            &task_id,
+            body.map_index,
+            task_state,
+            note,
+        )
+        .await?
+    };
+    tracing::info!(
+        "{changed} instance(s) of {task_id} in run {run_id} marked {task_state} by token '{}'",
+        caller.name
+    );
+    Ok(axum::Json(MarkAnswer {
+        run_id,
+        task_id,
+        state: task_state.as_str().to_string(),
+        changed,
+    }))
+}

@@ -1,0 +1,300 @@
+//! What a command and an API endpoint both do: finding a try's log and reading it from an
+//! offset, clearing and marking tasks. Each returns an [`OpError`] that says who must act, so the
+//! command line maps it to exit code 2 and the API to 400 or 404, from one place each.
+
+use std::collections::BTreeSet;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use flow_engine::dag::Dag;
+use flow_engine::executor::log_path;
+use flow_engine::plan::UNMAPPED;
+use flow_engine::scheduler::{self, Engine, EngineError};
+use flow_engine::secrets::Masker;
+use flow_engine::state::TaskState;
+use flow_engine::store::{DagRow, Mark, RunRow, Store, StoreError, TiRow};
+use flow_engine::time::now;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The run, task, DAG or try named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is wrong (a bad value, an offset past the end).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Not the caller's fault: a stored DAG version that no longer parses, an unreadable log.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<EngineError> for OpError {
+    fn from(e: EngineError) -> OpError {
+        match e {
+            EngineError::Input(m) => OpError::Invalid(m),
+            EngineError::Store(s) => OpError::Store(s),
+            other => OpError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// When the DAG's next scheduled run is due: from its parsed schedule when there is one to ask,
+/// else what the scheduler last recorded.
+pub async fn next_run_at(
+    store: &dyn Store,
+    row: &DagRow,
+    dag: Option<&Dag>,
+    at: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, OpError> {
+    Ok(match dag {
+        Some(dag) => scheduler::next_run_at(store, dag, at).await?,
+        None => row.next_run_at,
+    })
+}
+
+pub async fn get_run(store: &dyn Store, run_id: &str) -> Result<RunRow, OpError> {
+    store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| OpError::NotFound(format!("unknown run '{run_id}'")))
+}
+
+/// The DAG version a run started on.
+async fn run_dag(engine: &mut Engine, run: &RunRow) -> Result<std::sync::Arc<Dag>, OpError> {
+    engine
+        .dag_version(&run.dag_id, &run.dag_version)
+        .await?
+        .ok_or_else(|| {
+            OpError::Internal(format!(
+                "version {} of DAG {} (of run {}) is not stored or no longer parses",
+                run.dag_version, run.dag_id, run.run_id
+            ))
+        })
+}
+
+/// One try's log file, and what is known of that try.
+#[derive(Debug)]
+pub struct LogTarget {
+    pub ti: TiRow,
+    /// 0 when the task has not had a try yet (and none was asked for).
+    pub try_number: i64,
+    pub path: PathBuf,
+}
+
+/// Finds the log of a try: the latest unless `try_number` is given, of the unmapped instance
+/// unless `map_index` is given.
+pub async fn log_target(
+    store: &dyn Store,
+    home: &Path,
+    run_id: &str,
+    task: &str,
+    try_number: Option<i64>,
+    map_index: Option<i64>,
+) -> Result<LogTarget, OpError> {
+    let run = get_run(store, run_id).await?;
+    let map_index = map_index.unwrap_or(UNMAPPED);
+    let tis = store.task_instances(run_id).await?;
+    let Some(ti) = tis
+        .iter()
+        .find(|t| t.task_id == task && t.map_index == map_index)
+    else {
+        let mapped = tis.iter().any(|t| t.task_id == task);
+        return Err(OpError::NotFound(if mapped {
+            format!(
+                "task '{task}' of run {run_id} has no map index {map_index}; give its map index"
+            )
+        } else {
+            format!("run {run_id} has no task '{task}'")
+        }));
+    };
+    let n = try_number.unwrap_or(ti.try_number);
+    if try_number.is_some() && (n < 1 || n > ti.try_number) {
+        return Err(OpError::NotFound(format!(
+            "task '{task}' has {} tr{} so far; the try must be between 1 and that",
+            ti.try_number,
+            if ti.try_number == 1 { "y" } else { "ies" }
+        )));
+    }
+    Ok(LogTarget {
+        path: log_path(home, &run.dag_id, run_id, task, map_index, n),
+        ti: ti.clone(),
+        try_number: n,
+    })
+}
+
+/// A piece of a log: `content` (masked) from the asked offset to `next_offset` (bytes of the raw
+/// file); `complete` once the try has ended and nothing is left to read.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct LogChunk {
+    pub content: String,
+    pub next_offset: u64,
+    pub complete: bool,
+}
+
+/// Reads up to `limit` bytes of a try's log from `offset`.
+///
+/// While the try runs, only whole lines are returned, so that a secret is never split across two
+/// chunks (each chunk is masked on its own) and a line is never cut in the middle; the rest comes
+/// with the next read.
+pub async fn read_log(
+    store: &dyn Store,
+    target: &LogTarget,
+    masker: &Masker,
+    offset: u64,
+    limit: u64,
+) -> Result<LogChunk, OpError> {
+    let ti = &target.ti;
+    // Whether the try has ended is read before the file: a try that ends after this point may
+    // still add lines, so `complete` is never claimed for content that could still grow.
+    let tries = if target.try_number > 0 {
+        store
+            .tries(&ti.run_id, &ti.task_id, ti.map_index)
+            .await?
+            .into_iter()
+            .find(|t| t.try_number == target.try_number)
+    } else {
+        None
+    };
+    let ended = match &tries {
+        Some(t) => t.ended_at.is_some(),
+        None => target.try_number == 0 && ti.state.is_terminal(),
+    };
+    let mut file = match tokio::fs::File::open(&target.path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A try that failed before its command started (a template error, say) has no log
+            // file; its error is its log, as `flow tasks logs` prints it.
+            let content = match (&tries, offset) {
+                (Some(t), 0) if ended => t.error.clone().unwrap_or_default(),
+                _ => String::new(),
+            };
+            return Ok(LogChunk {
+                content: masker.mask(&content),
+                next_offset: offset,
+                complete: ended,
+            });
+        }
+        Err(e) => {
+            return Err(OpError::Internal(format!(
+                "cannot read {}: {e}",
+                target.path.display()
+            )));
+        }
+    };
+    let io = |e: std::io::Error| {
+        OpError::Internal(format!("cannot read {}: {e}", target.path.display()))
+    };
+    let len = file.metadata().await.map_err(io)?.len();
+    if offset > len {
+        return Err(OpError::Invalid(format!(
+            "offset {offset} is past the end of the log ({len} bytes so far)"
+        )));
+    }
+    file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
+    let want = (len - offset).min(limit);
+    let mut bytes = Vec::with_capacity(want as usize);
+    (&mut file)
+        .take(want)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(io)?;
+    let at_end = offset + bytes.len() as u64 >= len;
+    if !(ended && at_end) {
+        match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(i) => bytes.truncate(i + 1),
+            // A single line longer than the limit is returned in pieces rather than never.
+            None if bytes.len() as u64 == limit => {}
+            None => bytes.clear(),
+        }
+    }
+    let next_offset = offset + bytes.len() as u64;
+    Ok(LogChunk {
+        content: masker.mask(&String::from_utf8_lossy(&bytes)),
+        next_offset,
+        complete: ended && next_offset >= len,
+    })
+}
+
+/// Resets `task` (and with `downstream` every task after it) and sets the run back to `queued`,
+/// in one transaction. Returns the task ids cleared.
+pub async fn clear(
+    engine: &mut Engine,
+    run_id: &str,
+    task: &str,
+    downstream: bool,
+) -> Result<Vec<String>, OpError> {
+    let run = get_run(engine.store.as_ref(), run_id).await?;
+    let dag = run_dag(engine, &run).await?;
+    if dag.task(task).is_none() {
+        return Err(OpError::NotFound(format!(
+            "run {run_id} has no task '{task}'"
+        )));
+    }
+    let mut ids: BTreeSet<String> = BTreeSet::from([task.to_string()]);
+    if downstream {
+        ids.extend(dag.all_downstream(task).into_iter().map(String::from));
+    }
+    let ids: Vec<String> = ids.into_iter().collect();
+    if !engine.store.clear_tasks(run_id, &ids, now()).await? {
+        return Err(OpError::NotFound(format!("unknown run '{run_id}'")));
+    }
+    Ok(ids)
+}
+
+/// Marks a task's instances (one map index, or all) `success` or `failed`; see
+/// [`Store::mark_task`] for how a running try is fenced off. Returns how many instances changed.
+pub async fn mark(
+    engine: &mut Engine,
+    run_id: &str,
+    task: &str,
+    map_index: Option<i64>,
+    state: TaskState,
+    note: String,
+) -> Result<u64, OpError> {
+    if !matches!(state, TaskState::Success | TaskState::Failed) {
+        return Err(OpError::Invalid(format!(
+            "a task can be marked success or failed, not {state}"
+        )));
+    }
+    let run = get_run(engine.store.as_ref(), run_id).await?;
+    let dag = run_dag(engine, &run).await?;
+    if dag.task(task).is_none() {
+        return Err(OpError::NotFound(format!(
+            "run {run_id} has no task '{task}'"
+        )));
+    }
+    if let Some(i) = map_index {
+        let exists = engine
+            .store
+            .task_instances(run_id)
+            .await?
+            .iter()
+            .any(|t| t.task_id == task && t.map_index == i);
+        if !exists {
+            return Err(OpError::NotFound(format!(
+                "task '{task}' of run {run_id} has no map index {i}"
+            )));
+        }
+    }
+    let changed = engine
+        .store
+        .mark_task(&Mark {
+            run_id: run_id.to_string(),
+            task_id: task.to_string(),
+            map_index,
+            state,
+            note,
+            downstream: dag
+                .all_downstream(task)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            now: now(),
+        })
+        .await?;
+    changed.ok_or_else(|| OpError::NotFound(format!("unknown run '{run_id}'")))
+}
