@@ -165,6 +165,14 @@ fn queue(task_id: &str) -> Decision {
     }
 }
 
+/// Run "r" of DAG "etl", started, with every instance queued.
+async fn queued_run(s: &dyn Store, tasks: &[(&str, i32, &str)]) {
+    let run = new_run("r", "etl", RunType::Manual, at(0), tasks);
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    queue_all(s, "r", at(1)).await;
+}
+
 async fn queue_all(s: &dyn Store, run_id: &str, now: DateTime<Utc>) {
     let decisions: Vec<Decision> = s
         .task_instances(run_id)
@@ -1549,21 +1557,16 @@ async fn running_by_pool_and_queued_pools(db: TestDb) {
 
 async fn claim_takes_only_the_free_slots_of_a_sized_pool(db: TestDb) {
     let s = db.store;
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    queued_run(
+        &*s,
         &[
             ("a", 0, "gpu"),
             ("b", 0, "gpu"),
             ("c", 0, "gpu"),
             ("d", 0, "gpu"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
-    queue_all(&*s, "r", at(1)).await;
+    )
+    .await;
     let sized = |owner: &str, limit: i64, slots: i64| ClaimRequest {
         pool_slots: Some(slots),
         ..claim_req(owner, "gpu", limit, at(2))
@@ -1583,11 +1586,8 @@ async fn claim_takes_only_the_free_slots_of_a_sized_pool(db: TestDb) {
 
 async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
     let s = db.store;
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    queued_run(
+        &*s,
         &[
             ("a", 0, "gpu"),
             ("b", 0, "gpu"),
@@ -1595,10 +1595,8 @@ async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
             ("d", 0, "io"),
             ("e", 0, "io"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
-    queue_all(&*s, "r", at(1)).await;
+    )
+    .await;
     let gpu = |limit| ClaimRequest {
         pool_slots: Some(1),
         ..claim_req("w1", "gpu", limit, at(2))
