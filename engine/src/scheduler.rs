@@ -97,11 +97,17 @@ fn plan_interval(cost: Duration) -> Duration {
     (cost * 20).clamp(MAPPED_PLAN_INTERVAL, Duration::from_secs(1))
 }
 
-/// A claim's answer: per pool (with its size), the tries claimed, and the slots it reserved.
+/// A claim's answer: what was asked (its `limit` is the slots it reserved) and, per request,
+/// the tries claimed.
 struct Claimed {
-    pools: Vec<(String, Option<usize>)>,
-    reserved: usize,
+    asked: ClaimBatch,
     result: Result<Vec<Vec<Claim>>, String>,
+}
+
+impl Claimed {
+    fn reserved(&self) -> usize {
+        self.asked.limit as usize
+    }
 }
 
 /// What launching a try needs besides the engine: where tries run and how they report back.
@@ -635,7 +641,7 @@ impl Engine {
                     None => break,
                 },
             };
-            self.reserved -= c.reserved;
+            self.reserved -= c.reserved();
             for claim in c.result.into_iter().flatten().flatten() {
                 requeue(&try_env, &claim).await;
             }
@@ -993,17 +999,15 @@ impl Engine {
         let now = now();
         // An unknown pool has no size: its tries are claimed only to fail with a clear message
         // instead of waiting forever.
-        let sizes: Vec<Option<usize>> = pools.iter().map(|p| self.config.pool_size(p)).collect();
         let batch = ClaimBatch {
             requests: pools
-                .iter()
-                .zip(&sizes)
-                .map(|(pool, size)| ClaimRequest {
+                .into_iter()
+                .map(|pool| ClaimRequest {
                     owner: self.owner.clone(),
                     hostname: self.hostname.clone(),
-                    pool: pool.clone(),
+                    pool_slots: self.config.pool_size(&pool).map(|n| n as i64),
+                    pool,
                     limit: free as i64,
-                    pool_slots: size.map(|n| n as i64),
                     now,
                     lease_until: self.lease_until(now),
                     run_id: run_filter.clone(),
@@ -1017,10 +1021,9 @@ impl Engine {
         let recorder = env.recorder.clone();
         let claimed = claimed.clone();
         tokio::spawn(async move {
-            let result = recorder.claim(batch).await;
+            let result = recorder.claim(batch.clone()).await;
             let _ = claimed.send(Claimed {
-                pools: pools.into_iter().zip(sizes).collect(),
-                reserved: free,
+                asked: batch,
                 result,
             });
         });
@@ -1036,10 +1039,11 @@ impl Engine {
             cancel,
             done_tx,
         } = *slots;
-        self.reserved -= c.reserved;
+        let reserved = c.reserved();
+        self.reserved -= reserved;
         let claimed = c.result.map_err(EngineError::Write)?;
-        let filled = claimed.iter().map(Vec::len).sum::<usize>() >= c.reserved;
-        for ((pool, size), claims) in c.pools.into_iter().zip(claimed) {
+        let filled = claimed.iter().map(Vec::len).sum::<usize>() >= reserved;
+        for (asked, claims) in c.asked.requests.into_iter().zip(claimed) {
             for claim in claims {
                 let run = match self.run_rows.get(&claim.run_id) {
                     Some(r) => r.clone(),
@@ -1058,7 +1062,7 @@ impl Engine {
                 let done = done_tx.clone();
                 let running = self.running.clone();
                 let cancel = cancel.clone();
-                let unknown_pool = size.is_none().then(|| pool.clone());
+                let unknown_pool = asked.pool_slots.is_none().then(|| asked.pool.clone());
                 let key = try_key(&claim);
                 let lost = CancellationToken::new();
                 env.running.insert(key.clone(), lost.clone());
