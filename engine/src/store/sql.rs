@@ -199,129 +199,129 @@ const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_bas
 macro_rules! impl_store {
     ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal) => {
         impl $store {
-    async fn claim_in(tx: &mut sqlx::Transaction<'static, $db>, req: &ClaimRequest) -> Result<Vec<Claim>> {
-            if req.limit <= 0 {
-                return Ok(Vec::new());
+            async fn claim_in(tx: &mut sqlx::Transaction<'static, $db>, req: &ClaimRequest) -> Result<Vec<Claim>> {
+                if req.limit <= 0 {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(concat!(
+                    "UPDATE task_instances SET state = 'running', try_number = try_number + 1, started_at = $1, \
+                     ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
+                     next_try_at = NULL, error = NULL \
+                     WHERE (run_id, task_id, map_index) IN (\
+                       SELECT run_id, task_id, map_index FROM task_instances \
+                       WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) \
+                       ORDER BY priority DESC, queued_at, run_id, task_id, map_index \
+                       LIMIT (SELECT CASE WHEN CAST($8 AS BIGINT) IS NULL OR $8 - COUNT(*) >= $7 THEN $7 \
+                                          WHEN $8 - COUNT(*) < 0 THEN 0 ELSE $8 - COUNT(*) END \
+                              FROM task_instances WHERE state = 'running' AND pool = $5) ",
+                    $claim_lock,
+                    ") RETURNING run_id, task_id, map_index, try_number, try_base, item"
+                ))
+                .bind(to_micros(req.now))
+                .bind(&req.owner)
+                .bind(to_micros(req.lease_until))
+                .bind(&req.hostname)
+                .bind(&req.pool)
+                .bind(&req.run_id)
+                .bind(req.limit)
+                .bind(req.pool_slots)
+                .fetch_all(&mut **tx)
+                .await?;
+                let mut claims = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    claims.push(Claim {
+                        run_id: r.try_get("run_id")?,
+                        task_id: r.try_get("task_id")?,
+                        map_index: r.try_get("map_index")?,
+                        try_number: r.try_get("try_number")?,
+                        try_base: r.try_get("try_base")?,
+                        item: parse_json(r.try_get("item")?, "item")?,
+                        owner: req.owner.clone(),
+                    });
+                }
+                for chunk in claims.chunks(1000) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) ",
+                    );
+                    qb.push_values(chunk, |mut b, c| {
+                        b.push_bind(c.run_id.clone())
+                            .push_bind(c.task_id.clone())
+                            .push_bind(c.map_index)
+                            .push_bind(c.try_number)
+                            .push_bind(TaskState::Running.as_str())
+                            .push_bind(to_micros(req.now))
+                            .push_bind(req.owner.clone())
+                            .push_bind(req.hostname.clone());
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(claims)
             }
-            let rows = sqlx::query(concat!(
-                "UPDATE task_instances SET state = 'running', try_number = try_number + 1, started_at = $1, \
-                 ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
-                 next_try_at = NULL, error = NULL \
-                 WHERE (run_id, task_id, map_index) IN (\
-                   SELECT run_id, task_id, map_index FROM task_instances \
-                   WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) \
-                   ORDER BY priority DESC, queued_at, run_id, task_id, map_index \
-                   LIMIT (SELECT CASE WHEN CAST($8 AS BIGINT) IS NULL OR $8 - COUNT(*) >= $7 THEN $7 \
-                                      WHEN $8 - COUNT(*) < 0 THEN 0 ELSE $8 - COUNT(*) END \
-                          FROM task_instances WHERE state = 'running' AND pool = $5) ",
-                $claim_lock,
-                ") RETURNING run_id, task_id, map_index, try_number, try_base, item"
-            ))
-            .bind(to_micros(req.now))
-            .bind(&req.owner)
-            .bind(to_micros(req.lease_until))
-            .bind(&req.hostname)
-            .bind(&req.pool)
-            .bind(&req.run_id)
-            .bind(req.limit)
-            .bind(req.pool_slots)
-            .fetch_all(&mut **tx)
-            .await?;
-            let mut claims = Vec::with_capacity(rows.len());
-            for r in &rows {
-                claims.push(Claim {
-                    run_id: r.try_get("run_id")?,
-                    task_id: r.try_get("task_id")?,
-                    map_index: r.try_get("map_index")?,
-                    try_number: r.try_get("try_number")?,
-                    try_base: r.try_get("try_base")?,
-                    item: parse_json(r.try_get("item")?, "item")?,
-                    owner: req.owner.clone(),
-                });
-            }
-            for chunk in claims.chunks(1000) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) ",
-                );
-                qb.push_values(chunk, |mut b, c| {
-                    b.push_bind(c.run_id.clone())
-                        .push_bind(c.task_id.clone())
-                        .push_bind(c.map_index)
-                        .push_bind(c.try_number)
-                        .push_bind(TaskState::Running.as_str())
-                        .push_bind(to_micros(req.now))
-                        .push_bind(req.owner.clone())
-                        .push_bind(req.hostname.clone());
-                });
-                qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut **tx).await?;
-            }
-            Ok(claims)
-        }
 
-    async fn record_in(tx: &mut sqlx::Transaction<'static, $db>, writes: &[TryWrite]) -> Result<Vec<bool>> {
-            let mut applied = Vec::with_capacity(writes.len());
-            for w in writes {
-                match w {
-                    TryWrite::Pid(c, pid) => {
-                        let n = sqlx::query(
-                            "UPDATE task_instances SET pid = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
-                             AND state = 'running' AND try_number = $5 AND lease_owner = $6",
-                        )
-                        .bind(*pid)
-                        .bind(&c.run_id)
-                        .bind(&c.task_id)
-                        .bind(c.map_index)
-                        .bind(c.try_number)
-                        .bind(&c.owner)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                        applied.push(n == 1);
-                    }
-                    TryWrite::End(c, end) => {
-                        let now = to_micros(end.now);
-                        let n = sqlx::query(
-                            "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
-                             lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
-                             WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
-                             AND try_number = $9 AND lease_owner = $10",
-                        )
-                        .bind(end.state.as_str())
-                        .bind(end.output.as_ref().map(json_text))
-                        .bind(&end.error)
-                        .bind(now)
-                        .bind(opt_us(end.next_try_at))
-                        .bind(&c.run_id)
-                        .bind(&c.task_id)
-                        .bind(c.map_index)
-                        .bind(c.try_number)
-                        .bind(&c.owner)
-                        .bind(if end.requeue { 1i64 } else { 0 })
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                        if n == 1 {
-                            sqlx::query(
-                                "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
-                                 WHERE run_id = $4 AND task_id = $5 AND map_index = $6 AND try_number = $7",
+            async fn record_in(tx: &mut sqlx::Transaction<'static, $db>, writes: &[TryWrite]) -> Result<Vec<bool>> {
+                let mut applied = Vec::with_capacity(writes.len());
+                for w in writes {
+                    match w {
+                        TryWrite::Pid(c, pid) => {
+                            let n = sqlx::query(
+                                "UPDATE task_instances SET pid = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
+                                 AND state = 'running' AND try_number = $5 AND lease_owner = $6",
                             )
-                            .bind(if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() })
-                            .bind(now)
-                            .bind(&end.error)
+                            .bind(*pid)
                             .bind(&c.run_id)
                             .bind(&c.task_id)
                             .bind(c.map_index)
                             .bind(c.try_number)
+                            .bind(&c.owner)
                             .execute(&mut **tx)
-                            .await?;
+                            .await?
+                            .rows_affected();
+                            applied.push(n == 1);
                         }
-                        applied.push(n == 1);
+                        TryWrite::End(c, end) => {
+                            let now = to_micros(end.now);
+                            let n = sqlx::query(
+                                "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
+                                 lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
+                                 WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
+                                 AND try_number = $9 AND lease_owner = $10",
+                            )
+                            .bind(end.state.as_str())
+                            .bind(end.output.as_ref().map(json_text))
+                            .bind(&end.error)
+                            .bind(now)
+                            .bind(opt_us(end.next_try_at))
+                            .bind(&c.run_id)
+                            .bind(&c.task_id)
+                            .bind(c.map_index)
+                            .bind(c.try_number)
+                            .bind(&c.owner)
+                            .bind(if end.requeue { 1i64 } else { 0 })
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected();
+                            if n == 1 {
+                                sqlx::query(
+                                    "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
+                                     WHERE run_id = $4 AND task_id = $5 AND map_index = $6 AND try_number = $7",
+                                )
+                                .bind(if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() })
+                                .bind(now)
+                                .bind(&end.error)
+                                .bind(&c.run_id)
+                                .bind(&c.task_id)
+                                .bind(c.map_index)
+                                .bind(c.try_number)
+                                .execute(&mut **tx)
+                                .await?;
+                            }
+                            applied.push(n == 1);
+                        }
                     }
                 }
+                Ok(applied)
             }
-            Ok(applied)
-        }
 
             fn run_row(r: &$row) -> Result<RunRow> {
                 Ok(RunRow {
