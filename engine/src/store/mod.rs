@@ -19,7 +19,7 @@ use serde_json::Value as Json;
 use crate::plan::{Decision, TiSnapshot};
 use crate::state::{RunState, RunType, TaskState};
 
-pub use sql::{PgStore, SqliteStore, connect};
+pub use sql::{PgStore, SqliteStore, connect, drop_database};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -160,6 +160,24 @@ pub struct TryRow {
     pub error: Option<String>,
 }
 
+/// A finished run written whole into the history (`Store::import_history`): for importing runs
+/// recorded elsewhere, and for seeding the UI benchmark's years of history.
+#[derive(Debug, Clone)]
+pub struct HistoryRun {
+    pub run: RunRow,
+    pub tasks: Vec<HistoryTask>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryTask {
+    pub task_id: String,
+    pub map_index: i64,
+    pub state: TaskState,
+    pub output: Option<Json>,
+    /// Oldest first; the instance's try number, start and end are the last try's.
+    pub tries: Vec<TryRow>,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct RunFilter {
     pub dag_id: Option<String>,
@@ -181,6 +199,24 @@ pub enum KeyedRun {
     /// The key was used for this DAG within the window: nothing was created; this is the run the
     /// first request created.
     Existing(String),
+}
+
+/// One run to create in a [`Store::create_runs`] batch.
+#[derive(Debug, Clone)]
+pub struct RunCreate {
+    pub run: NewRun,
+    /// An idempotency key and the start of its window, as [`Store::create_run_keyed`] takes.
+    pub key: Option<(String, DateTime<Utc>)>,
+}
+
+/// What [`Store::create_runs`] did with one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// The key was used within its window: this is the first request's run.
+    Existing(String),
+    /// A scheduled or backfill run exists for that logical date, or the run id is taken.
+    Duplicate,
 }
 
 /// A person's verdict on a task: [`Store::mark_task`].
@@ -437,4 +473,12 @@ pub trait Store: Send + Sync {
     ) -> Result<bool>;
     /// The name and role of the token with this hash.
     async fn token_role(&self, token_hash: &str) -> Result<Option<(String, Role)>>;
+
+    /// Writes finished runs with their task instances and tries, in one transaction per call;
+    /// a run whose id exists already is skipped. Returns how many runs were written.
+    async fn import_history(&self, runs: &[HistoryRun]) -> Result<u64>;
+    /// Creates many runs in one transaction (one commit for a burst of triggers), each as
+    /// `create_run` or, with a key, `create_run_keyed` would; entries are applied in order, so
+    /// a key repeated within the batch answers `Existing` with the first entry's run.
+    async fn create_runs(&self, batch: &[RunCreate]) -> Result<Vec<Created>>;
 }

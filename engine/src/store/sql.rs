@@ -50,6 +50,28 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// Drops the PostgreSQL database a URL names (for scratch databases such as the UI
+/// benchmark's); SQLite URLs are left to the caller, whose file it is.
+pub async fn drop_database(url: &str) -> Result<()> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StoreError::BadUrl(url.to_string()));
+    }
+    let opts = PgConnectOptions::from_str(url)?;
+    let name = opts.get_database().unwrap_or("flow").to_string();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts.database("postgres"))
+        .await?;
+    let drop = format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(&admin)
+        .await?;
+    Ok(())
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::from_str(url)?
@@ -390,6 +412,49 @@ macro_rules! impl_store {
                 })
             }
 
+            /// The keyed create inside a transaction: `Existing` when the key is taken within
+            /// its window, `Duplicate` when the key was new but the run could not be inserted
+            /// (the key row is then the caller's to roll back).
+            async fn create_keyed_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                run: &NewRun,
+                key: &str,
+                not_before: DateTime<Utc>,
+            ) -> Result<Created> {
+                // Expired keys of every DAG go here too, which keeps the table to one window.
+                sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                    .bind(to_micros(not_before))
+                    .execute(&mut **tx)
+                    .await?;
+                // On PostgreSQL a concurrent insert of the same key waits here for the first
+                // transaction and then does nothing; the SELECT below (a new statement, so a new
+                // snapshot under READ COMMITTED) sees the committed row. SQLite serializes writers.
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (dag_id, idem_key, run_id, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&run.dag_id)
+                .bind(key)
+                .bind(&run.run_id)
+                .bind(to_micros(run.queued_at))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    let row = sqlx::query("SELECT run_id FROM idempotency_keys WHERE dag_id = $1 AND idem_key = $2")
+                        .bind(&run.dag_id)
+                        .bind(key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    return Ok(Created::Existing(row.try_get("run_id")?));
+                }
+                if Self::insert_run(tx, run).await? {
+                    Ok(Created::Created)
+                } else {
+                    Ok(Created::Duplicate)
+                }
+            }
+
             /// Inserts a queued run and its task instances; false (nothing inserted) when a
             /// scheduled or backfill run exists already for its DAG and logical date.
             async fn insert_run(tx: &mut sqlx::Transaction<'static, $db>, run: &NewRun) -> Result<bool> {
@@ -584,41 +649,51 @@ macro_rules! impl_store {
 
             async fn create_run_keyed(&self, run: &NewRun, key: &str, not_before: DateTime<Utc>) -> Result<KeyedRun> {
                 let (_writer, mut tx) = self.begin_write().await?;
-                // Expired keys of every DAG go here too, which keeps the table to one window.
-                sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-                    .bind(to_micros(not_before))
-                    .execute(&mut *tx)
-                    .await?;
-                // On PostgreSQL a concurrent insert of the same key waits here for the first
-                // transaction and then does nothing; the SELECT below (a new statement, so a new
-                // snapshot under READ COMMITTED) sees the committed row. SQLite serializes writers.
-                let inserted = sqlx::query(
-                    "INSERT INTO idempotency_keys (dag_id, idem_key, run_id, created_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&run.dag_id)
-                .bind(key)
-                .bind(&run.run_id)
-                .bind(to_micros(run.queued_at))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let row = sqlx::query("SELECT run_id FROM idempotency_keys WHERE dag_id = $1 AND idem_key = $2")
-                        .bind(&run.dag_id)
-                        .bind(key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let first: String = row.try_get("run_id")?;
-                    tx.commit().await?;
-                    return Ok(KeyedRun::Existing(first));
-                }
-                if !Self::insert_run(&mut tx, run).await? {
+                let created = Self::create_keyed_in(&mut tx, run, key, not_before).await?;
+                match created {
+                    Created::Created => {
+                        tx.commit().await?;
+                        Ok(KeyedRun::Created)
+                    }
+                    Created::Existing(first) => {
+                        tx.commit().await?;
+                        Ok(KeyedRun::Existing(first))
+                    }
                     // Dropping the transaction rolls the key back with it.
-                    return Err(StoreError::Corrupt(format!("run {} exists already", run.run_id)));
+                    Created::Duplicate => Err(StoreError::Corrupt(format!("run {} exists already", run.run_id))),
+                }
+            }
+
+            async fn create_runs(&self, batch: &[RunCreate]) -> Result<Vec<Created>> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let mut out = Vec::with_capacity(batch.len());
+                for c in batch {
+                    out.push(match &c.key {
+                        None => {
+                            if Self::insert_run(&mut tx, &c.run).await? {
+                                Created::Created
+                            } else {
+                                Created::Duplicate
+                            }
+                        }
+                        Some((key, not_before)) => {
+                            let created = Self::create_keyed_in(&mut tx, &c.run, key, *not_before).await?;
+                            if created == Created::Duplicate {
+                                // The others in the batch still commit; this key must not
+                                // point at a run that was not created.
+                                sqlx::query("DELETE FROM idempotency_keys WHERE dag_id = $1 AND idem_key = $2 AND run_id = $3")
+                                    .bind(&c.run.dag_id)
+                                    .bind(key)
+                                    .bind(&c.run.run_id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            created
+                        }
+                    });
                 }
                 tx.commit().await?;
-                Ok(KeyedRun::Created)
+                Ok(out)
             }
 
             async fn get_run(&self, run_id: &str) -> Result<Option<RunRow>> {
@@ -1197,6 +1272,89 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn import_history(&self, runs: &[HistoryRun]) -> Result<u64> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let mut written = 0;
+                // Bound parameters stay far below both databases' limits (SQLite 32,766).
+                for chunk in runs.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
+                         data_interval_start, data_interval_end, params, queued_at, started_at, ended_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, h| {
+                        let r = &h.run;
+                        b.push_bind(r.run_id.clone())
+                            .push_bind(r.dag_id.clone())
+                            .push_bind(r.dag_version.clone())
+                            .push_bind(r.run_type.as_str())
+                            .push_bind(r.state.as_str())
+                            .push_bind(to_micros(r.logical_date))
+                            .push_bind(to_micros(r.data_interval_start))
+                            .push_bind(to_micros(r.data_interval_end))
+                            .push_bind(json_text(&r.params))
+                            .push_bind(to_micros(r.queued_at))
+                            .push_bind(opt_us(r.started_at))
+                            .push_bind(opt_us(r.ended_at));
+                    });
+                    qb.push(" ON CONFLICT DO NOTHING RETURNING run_id");
+                    let new: std::collections::HashSet<String> = qb
+                        .build()
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|r| r.try_get("run_id"))
+                        .collect::<std::result::Result<_, _>>()?;
+                    written += new.len() as u64;
+                    let fresh: Vec<&HistoryRun> = chunk.iter().filter(|h| new.contains(&h.run.run_id)).collect();
+                    let tis: Vec<(&str, &HistoryTask)> = fresh
+                        .iter()
+                        .flat_map(|h| h.tasks.iter().map(move |t| (h.run.run_id.as_str(), t)))
+                        .collect();
+                    for part in tis.chunks(2000) {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                            "INSERT INTO task_instances (run_id, task_id, map_index, state, try_number, pool, output, \
+                             queued_at, started_at, ended_at) ",
+                        );
+                        qb.push_values(part, |mut b, (run_id, t)| {
+                            let last = t.tries.last();
+                            b.push_bind(run_id.to_string())
+                                .push_bind(t.task_id.clone())
+                                .push_bind(t.map_index)
+                                .push_bind(t.state.as_str())
+                                .push_bind(last.map_or(0, |x| x.try_number))
+                                .push_bind("default")
+                                .push_bind(t.output.as_ref().map(json_text))
+                                .push_bind(t.tries.first().map(|x| to_micros(x.started_at)))
+                                .push_bind(last.map(|x| to_micros(x.started_at)))
+                                .push_bind(last.and_then(|x| opt_us(x.ended_at)));
+                        });
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                    let tries: Vec<(&str, &str, i64, &TryRow)> = tis
+                        .iter()
+                        .flat_map(|(run_id, t)| t.tries.iter().map(move |x| (*run_id, t.task_id.as_str(), t.map_index, x)))
+                        .collect();
+                    for part in tries.chunks(2000) {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                            "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, ended_at, error) ",
+                        );
+                        qb.push_values(part, |mut b, (run_id, task_id, map_index, x)| {
+                            b.push_bind(run_id.to_string())
+                                .push_bind(task_id.to_string())
+                                .push_bind(*map_index)
+                                .push_bind(x.try_number)
+                                .push_bind(x.state.as_str())
+                                .push_bind(to_micros(x.started_at))
+                                .push_bind(opt_us(x.ended_at))
+                                .push_bind(x.error.clone());
+                        });
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(written)
             }
         }
     };

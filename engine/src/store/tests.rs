@@ -1906,6 +1906,151 @@ async fn mark_task_wins_over_a_running_try_and_requeues_a_finished_run(db: TestD
     );
 }
 
+fn history_run(run_id: &str, queued: DateTime<Utc>) -> HistoryRun {
+    let try_row = |n: i64, state: TaskState, start: i64| TryRow {
+        try_number: n,
+        state,
+        started_at: queued + Duration::seconds(start),
+        ended_at: Some(queued + Duration::seconds(start + 1)),
+        error: (state == TaskState::Failed).then(|| "exit 1".to_string()),
+    };
+    HistoryRun {
+        run: RunRow {
+            run_id: run_id.into(),
+            dag_id: "etl".into(),
+            dag_version: "v1".into(),
+            run_type: RunType::Scheduled,
+            state: RunState::Success,
+            logical_date: queued,
+            data_interval_start: queued,
+            data_interval_end: queued + Duration::days(1),
+            params: json!({"region": "eu"}),
+            queued_at: queued,
+            started_at: Some(queued),
+            ended_at: Some(queued + Duration::seconds(5)),
+        },
+        tasks: vec![
+            HistoryTask {
+                task_id: "extract".into(),
+                map_index: UNMAPPED,
+                state: TaskState::Success,
+                output: Some(json!({"rows": 3})),
+                tries: vec![
+                    try_row(1, TaskState::Failed, 0),
+                    try_row(2, TaskState::Success, 2),
+                ],
+            },
+            HistoryTask {
+                task_id: "load".into(),
+                map_index: UNMAPPED,
+                state: TaskState::Success,
+                output: None,
+                tries: vec![try_row(1, TaskState::Success, 4)],
+            },
+        ],
+    }
+}
+
+async fn import_history_writes_runs_instances_and_tries_once(db: TestDb) {
+    let s = db.store;
+    let runs = vec![history_run("r1", at(0)), history_run("r2", at(100))];
+    assert_eq!(s.import_history(&runs).await.unwrap(), 2);
+    // A second import of the same runs writes nothing.
+    assert_eq!(s.import_history(&runs).await.unwrap(), 0);
+    let listed = s
+        .list_runs(&RunFilter {
+            dag_id: Some("etl".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
+        ["r2", "r1"]
+    );
+    assert_eq!(listed[1], runs[0].run);
+    let tis = s.task_instances("r1").await.unwrap();
+    assert_eq!(tis.len(), 2);
+    let extract = tis.iter().find(|t| t.task_id == "extract").unwrap();
+    assert_eq!(extract.state, TaskState::Success);
+    assert_eq!(extract.try_number, 2);
+    assert_eq!(extract.output, Some(json!({"rows": 3})));
+    assert_eq!(extract.started_at, Some(at(2)));
+    assert_eq!(extract.ended_at, Some(at(3)));
+    let tries = s.tries("r1", "extract", UNMAPPED).await.unwrap();
+    assert_eq!(tries, runs[0].tasks[0].tries);
+    // Imported runs are history: nothing of them is left to claim.
+    assert!(s.active_runs().await.unwrap().is_empty());
+}
+
+async fn create_runs_applies_a_batch_in_order_in_one_transaction(db: TestDb) {
+    let s = db.store;
+    let tasks = [("a", 0, "default"), ("b", 0, "default")];
+    let keyed = |run_id: &str, key: &str| RunCreate {
+        run: new_run(run_id, "etl", RunType::Manual, at(0), &tasks),
+        key: Some((key.to_string(), at(-100))),
+    };
+    let plain = |run_id: &str, run_type: RunType| RunCreate {
+        run: new_run(run_id, "etl", run_type, at(0), &tasks),
+        key: None,
+    };
+    let answers = s
+        .create_runs(&[
+            plain("m1", RunType::Manual),
+            keyed("k1", "key-1"),
+            // The same key again in the same batch answers with the first entry's run.
+            keyed("k2", "key-1"),
+            plain("s1", RunType::Scheduled),
+            // A second scheduled run for the same logical date is a duplicate ...
+            plain("s2", RunType::Scheduled),
+            // ... and so is a keyed run whose id is taken; its key is not kept.
+            keyed("m1", "key-2"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        answers,
+        vec![
+            Created::Created,
+            Created::Created,
+            Created::Existing("k1".into()),
+            Created::Created,
+            Created::Duplicate,
+            Created::Duplicate,
+        ]
+    );
+    let mut ids: Vec<String> = s
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["k1", "m1", "s1"]);
+    assert_eq!(s.task_instances("k1").await.unwrap().len(), 2);
+    // key-2 was rolled back: a later request with it creates its run.
+    assert_eq!(
+        s.create_run_keyed(
+            &new_run("k3", "etl", RunType::Manual, at(1), &tasks),
+            "key-2",
+            at(-100)
+        )
+        .await
+        .unwrap(),
+        KeyedRun::Created
+    );
+    // key-1 is still remembered.
+    assert_eq!(
+        s.create_runs(&[keyed("k4", "key-1")]).await.unwrap(),
+        vec![Created::Existing("k1".into())]
+    );
+}
+
 macro_rules! contract {
     ($($case:ident),+ $(,)?) => {
         mod sqlite {
@@ -2030,4 +2175,6 @@ contract!(
     create_run_keyed_creates_once_per_key_and_dag_within_the_window,
     concurrent_keyed_creates_make_one_run,
     mark_task_wins_over_a_running_try_and_requeues_a_finished_run,
+    import_history_writes_runs_instances_and_tries_once,
+    create_runs_applies_a_batch_in_order_in_one_transaction,
 );
