@@ -9,7 +9,7 @@ use chrono::Duration;
 use flow_engine::dag::Dag;
 use flow_engine::schedule::parse_date;
 use flow_engine::scheduler;
-use flow_engine::store::{DagRow, KeyedRun};
+use flow_engine::store::{Created, DagRow, RunCreate};
 use flow_engine::time::now;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -218,22 +218,26 @@ pub async fn trigger(
         )
             .into_response()
     };
-    match key {
-        None => {
-            state.store.create_run(&run).await?;
+    let not_before = run.queued_at - IDEMPOTENCY_WINDOW;
+    let created = state
+        .creator
+        .create(RunCreate {
+            run: run.clone(),
+            key: key.map(|k| (k, not_before)),
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    match created {
+        Created::Created => {}
+        Created::Existing(first) => {
+            let first = ops::get_run(state.store.as_ref(), &first).await?;
+            return Ok(answer(StatusCode::OK, first.run_id, first.state.as_str()));
         }
-        Some(key) => {
-            match state
-                .store
-                .create_run_keyed(&run, &key, run.queued_at - IDEMPOTENCY_WINDOW)
-                .await?
-            {
-                KeyedRun::Created => {}
-                KeyedRun::Existing(first) => {
-                    let first = ops::get_run(state.store.as_ref(), &first).await?;
-                    return Ok(answer(StatusCode::OK, first.run_id, first.state.as_str()));
-                }
-            }
+        Created::Duplicate => {
+            return Err(ApiError::internal(format!(
+                "run {} exists already",
+                run.run_id
+            )));
         }
     }
     tracing::info!("run {} triggered by token '{}'", run.run_id, caller.name);

@@ -6,6 +6,7 @@
 //! calls every documented operation and checks the answer is one it declares).
 
 mod auth;
+mod creator;
 mod dags;
 mod error;
 mod meta;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub lease_timeout: Duration,
     /// The OpenAPI document, serialized once.
     pub openapi: String,
+    /// Triggers' group commit.
+    pub creator: creator::RunCreator,
 }
 
 impl AppState {
@@ -58,13 +61,14 @@ impl AppState {
     ) -> AppState {
         let quota = Quota::per_minute(rate_limit.per_minute).allow_burst(rate_limit.burst);
         AppState {
-            store,
             home,
             masker,
             dags: tokio::sync::Mutex::new(dags),
             limiter: RateLimiter::keyed(quota),
             lease_timeout,
             openapi: openapi_json(),
+            creator: creator::RunCreator::start(store.clone()),
+            store,
         }
     }
 
