@@ -200,6 +200,20 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             })
             .await
         }
+        Command::BenchUi {
+            postgres,
+            runs,
+            seconds,
+            connections,
+        } => {
+            crate::bench_ui::bench_ui(crate::bench_ui::UiBenchOptions {
+                postgres_url: postgres,
+                runs: runs.max(1),
+                seconds: seconds.max(1),
+                connections: connections.max(1),
+            })
+            .await
+        }
         Command::BenchLoad { dags, database_url } => {
             crate::bench::load_only(dags, database_url).await
         }

@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod bench_ui;
 mod commands;
 mod config;
 mod ops;
@@ -107,6 +108,21 @@ pub enum Command {
         /// Tries at once (default: 4 x cores, as the scheduler's default)
         #[arg(long)]
         parallelism: Option<usize>,
+    },
+    /// Measure the web server on a long history (100 runs, then --runs) with wrk
+    BenchUi {
+        /// Also measure on PostgreSQL: a scratch database beside this one, dropped at the end
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Runs of 10 tasks in the large history
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Seconds of load per target
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent clients of the trigger load (the GET targets use at most 8)
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
     },
     #[command(hide = true)]
     BenchLoad { dags: PathBuf, database_url: String },
