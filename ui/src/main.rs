@@ -7,6 +7,7 @@ mod config;
 mod ops;
 mod progress;
 mod render;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
