@@ -217,11 +217,15 @@ impl FromRequestParts<Arc<AppState>> for Who {
 }
 
 fn login_redirect(parts: &Parts) -> PageError {
-    let next = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // After logging in the browser GETs `next`: a form's POST target would only answer 405.
+    let next = match parts.method {
+        axum::http::Method::GET => parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into()),
+        _ => "/".into(),
+    };
     PageError::Login { next }
 }
 
