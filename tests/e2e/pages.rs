@@ -21,10 +21,17 @@ tasks:
   t: { operator: shell, command: "echo '<script>window.__xss=1</script>'; echo '<img src=x onerror=window.__xss=1>'; echo 'param {{ params.p }}'" }
 "#;
 
+/// A mapped task (one grid cell with counts) whose command uses a secret (masked on the page).
+pub const FAN_DAG: &str = "id: fan\ntasks:\n  fan: { operator: shell, for_each: [1, 2, 3], command: 'echo item {{ item }} token {{ secrets.API_TOKEN }}' }\n";
+
+const SECRET: &str = "s3cr3t-v4lue";
+
 pub const BROKEN_DAG: &str = "id: broken\ntasks:\n  a: { operator: shel, command: x }\n";
 
 pub fn page_env() -> Env {
-    let env = Env::new(Db::Sqlite).unwrap();
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets.push(("API_TOKEN".into(), SECRET.into()));
+    env.dag("fan.yaml", FAN_DAG);
     env.dag("demo.yaml", DEMO_DAG);
     env.dag("xss.yaml", XSS_DAG);
     env.dag("broken.yaml", BROKEN_DAG);
@@ -298,6 +305,8 @@ fn pages_login_csrf_roles_headers_and_escaping() {
     wait_success(&base, &admin, &run_id);
     let xss_run = trigger_form(&base, &admin, "xss", "");
     wait_success(&base, &admin, &xss_run);
+    let fan_run = trigger_form(&base, &admin, "fan", "");
+    wait_success(&base, &admin, &fan_run);
     let run_path = format!("/runs/{}", enc(&run_id));
     let task_path = format!("{run_path}/tasks/a");
 
@@ -343,6 +352,39 @@ fn pages_login_csrf_roles_headers_and_escaping() {
     let chunk: Json = serde_json::from_str(&tail.body).unwrap();
     assert!(chunk["content"].as_str().unwrap().contains("hello http 7"));
     assert_eq!(chunk["complete"], true);
+    // A mapped task is one grid cell with its count; an instance's page masks the secret.
+    let fan = call(&base, "GET", "/dags/fan", &as_admin, None);
+    assert!(
+        fan.body.contains("cell mapped s-success") && fan.body.contains("3 success"),
+        "{}",
+        fan.body
+    );
+    let fan_task = call(
+        &base,
+        "GET",
+        &format!("/runs/{}/tasks/fan?map_index=1", enc(&fan_run)),
+        &as_admin,
+        None,
+    );
+    assert_eq!(fan_task.status, 200, "{}", fan_task.body);
+    assert!(
+        fan_task.body.contains("item 2 token ***"),
+        "{}",
+        fan_task.body
+    );
+    assert!(!fan_task.body.contains(SECRET), "{}", fan_task.body);
+    let fan_run_page = call(
+        &base,
+        "GET",
+        &format!("/runs/{}", enc(&fan_run)),
+        &as_admin,
+        None,
+    );
+    assert!(
+        fan_run_page.body.contains("fan[2]"),
+        "{}",
+        fan_run_page.body
+    );
     let list = call(&base, "GET", "/", &as_admin, None);
     assert!(list.body.contains("id=\"import-errors\""), "no banner");
     assert!(list.body.contains("broken.yaml:3:"), "{}", list.body);

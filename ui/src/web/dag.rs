@@ -13,7 +13,7 @@ use flow_engine::plan::UNMAPPED;
 use flow_engine::schedule::parse_date;
 use flow_engine::scheduler;
 use flow_engine::state::TaskState;
-use flow_engine::store::{DagRow, RunFilter, RunRow, TiRow};
+use flow_engine::store::{DagRow, RunFilter, RunRow, TiCount};
 use flow_engine::time::now;
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -171,45 +171,42 @@ fn fields(dag: &Dag, submitted: Option<&Submitted>) -> Vec<Field> {
         .collect()
 }
 
-fn cell(run: &RunRow, task_id: &str, tis: &[&TiRow]) -> Cell {
-    match tis {
+/// One grid cell: a single instance links to its task page; a mapped task's instances are one
+/// cell, coloured by the state that needs attention first, with their count.
+fn cell(run: &RunRow, task_id: &str, groups: &[&TiCount]) -> Cell {
+    match groups {
         [] => Cell {
             href: run_href(&run.run_id),
             class: "cell s-none".into(),
             title: format!("{task_id}: not in this run"),
             text: String::new(),
         },
-        [ti] if ti.map_index == UNMAPPED => Cell {
+        [g] if g.count == 1 && g.max_map_index == UNMAPPED => Cell {
             href: task_href(&run.run_id, task_id, UNMAPPED, None),
-            class: format!("cell s-{}", ti.state.as_str()),
+            class: format!("cell s-{}", g.state.as_str()),
             title: format!(
                 "{task_id}: {} (try {}) — {}",
-                ti.state.as_str(),
-                ti.try_number,
+                g.state.as_str(),
+                g.max_try_number,
                 run.run_id
             ),
             text: String::new(),
         },
         many => {
-            let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-            for ti in many {
-                *counts.entry(ti.state.as_str()).or_default() += 1;
-            }
-            let shown = dominant(many.iter().map(|t| t.state)).unwrap_or(TaskState::Scheduled);
+            let total: i64 = many.iter().map(|g| g.count).sum();
+            let shown = dominant(many.iter().map(|g| g.state)).unwrap_or(TaskState::Scheduled);
             Cell {
                 href: format!("{}#task-{}", run_href(&run.run_id), urlenc(task_id)),
                 class: format!("cell mapped s-{}", shown.as_str()),
                 title: format!(
-                    "{task_id}: {} instances ({}) — {}",
-                    many.len(),
-                    counts
-                        .iter()
-                        .map(|(s, n)| format!("{n} {s}"))
+                    "{task_id}: {total} instances ({}) — {}",
+                    many.iter()
+                        .map(|g| format!("{} {}", g.count, g.state.as_str()))
                         .collect::<Vec<_>>()
                         .join(", "),
                     run.run_id
                 ),
-                text: many.len().to_string(),
+                text: total.to_string(),
             }
         }
     }
@@ -256,12 +253,9 @@ async fn render(
     // Oldest at the left, as time reads.
     runs.reverse();
 
-    let mut tis_of: Vec<Vec<TiRow>> = Vec::with_capacity(runs.len());
-    for r in &runs {
-        tis_of.push(state.store.task_instances(&r.run_id).await?);
-    }
-
-    let selected: Option<(RunRow, Vec<TiRow>)> = match &q.run {
+    // The whole grid in one grouped query, however many mapped instances the runs have.
+    let mut ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
+    let selected: Option<RunRow> = match &q.run {
         Some(id) => {
             let run = ops::get_run(state.store.as_ref(), id).await?;
             if run.dag_id != row.dag_id {
@@ -269,15 +263,19 @@ async fn render(
                     "run: '{id}' is not a run of DAG '{dag_id}'"
                 )));
             }
-            let tis = match runs.iter().position(|r| &r.run_id == id) {
-                Some(i) => tis_of[i].clone(),
-                None => state.store.task_instances(id).await?,
-            };
-            Some((run, tis))
+            if !ids.contains(&run.run_id) {
+                ids.push(run.run_id.clone());
+            }
+            Some(run)
         }
-        None => runs
-            .last()
-            .map(|r| (r.clone(), tis_of.last().cloned().unwrap_or_default())),
+        None => runs.last().cloned(),
+    };
+    let counts = state.store.grid_counts(&ids).await?;
+    let groups = |run_id: &str, task_id: &str| -> Vec<&TiCount> {
+        counts
+            .iter()
+            .filter(|c| c.run_id == run_id && c.task_id == task_id)
+            .collect()
     };
 
     let heads = runs
@@ -297,7 +295,7 @@ async fn render(
                     r.state.as_str(),
                     fmt_time(Some(r.logical_date))
                 ),
-                selected: selected.as_ref().is_some_and(|(s, _)| s.run_id == r.run_id),
+                selected: selected.as_ref().is_some_and(|s| s.run_id == r.run_id),
             }
         })
         .collect();
@@ -309,24 +307,22 @@ async fn render(
             task_id: t.id.clone(),
             cells: runs
                 .iter()
-                .zip(&tis_of)
-                .map(|(r, tis)| {
-                    let mine: Vec<&TiRow> = tis.iter().filter(|ti| ti.task_id == t.id).collect();
-                    cell(r, &t.id, &mine)
-                })
+                .map(|r| cell(r, &t.id, &groups(&r.run_id, &t.id)))
                 .collect(),
         })
         .collect();
 
     let graph = {
         let state_of = |task: &str| -> (Option<String>, Option<String>) {
-            let Some((run, tis)) = &selected else {
+            let Some(run) = &selected else {
                 return (None, None);
             };
-            let mine: Vec<&TiRow> = tis.iter().filter(|ti| ti.task_id == task).collect();
-            let st = dominant(mine.iter().map(|t| t.state)).map(|s| s.as_str().to_string());
+            let mine = groups(&run.run_id, task);
+            let st = dominant(mine.iter().map(|g| g.state)).map(|s| s.as_str().to_string());
             let href = match mine.as_slice() {
-                [ti] if ti.map_index == UNMAPPED => task_href(&run.run_id, task, UNMAPPED, None),
+                [g] if g.count == 1 && g.max_map_index == UNMAPPED => {
+                    task_href(&run.run_id, task, UNMAPPED, None)
+                }
                 _ => format!("{}#task-{}", run_href(&run.run_id), urlenc(task)),
             };
             (st, Some(href))
@@ -389,8 +385,8 @@ async fn render(
         older_href,
         newest_href,
         graph,
-        selected_href: selected.as_ref().map(|(r, _)| run_href(&r.run_id)),
-        selected: selected.map(|(r, _)| r.run_id),
+        selected_href: selected.as_ref().map(|r| run_href(&r.run_id)),
+        selected: selected.map(|r| r.run_id),
         durations,
         fields: fields(&dag, submitted.as_ref()),
         logical_date: submitted
