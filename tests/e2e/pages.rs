@@ -496,6 +496,30 @@ fn pages_login_csrf_roles_headers_and_escaping() {
         false
     );
 
+    // A form that does not fit, or a path that does not decode, is the HTML 400 page.
+    let unfit = call(
+        &base,
+        "POST",
+        "/dags/demo/pause",
+        &as_admin,
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(unfit.status, 400, "{}", unfit.body);
+    assert!(
+        unfit
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let undecodable = call(&base, "GET", "/dags/%FF", &as_admin, None);
+    assert_eq!(undecodable.status, 400, "{}", undecodable.body);
+    assert!(
+        undecodable
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+
     // A viewer sees everything but no action, and every action POST is 403.
     let seen = call(&base, "GET", &run_path, &Auth::Bearer(&viewer), None);
     assert!(!seen.body.contains("clear-form") && !seen.body.contains("mark-form"));

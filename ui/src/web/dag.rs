@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use flow_engine::dag::{Dag, ParamType};
@@ -20,8 +20,8 @@ use serde_json::Value as Json;
 
 use super::svg::{self, Durations, Graph, GraphTask};
 use super::{
-    Base, PageError, PageResult, Who, dag_href, dominant, fmt_secs, fmt_time, html, run_href,
-    seconds_between, task_href, urlenc,
+    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, dominant, fmt_secs, fmt_time,
+    html, run_href, seconds_between, task_href, urlenc,
 };
 use crate::api::AppState;
 use crate::ops::{self, OpError};
@@ -129,7 +129,7 @@ async fn active(state: &AppState, dag_id: &str) -> PageResult<(DagRow, Arc<Dag>)
 pub async fn page(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path(dag_id): Path<String>,
+    PagePath(dag_id): PagePath<String>,
     query: Result<Query<DagQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let Query(q) = query.map_err(|e| PageError::BadRequest(e.body_text()))?;
@@ -409,8 +409,8 @@ async fn render(
 pub async fn trigger(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path(dag_id): Path<String>,
-    Form(form): Form<Vec<(String, String)>>,
+    PagePath(dag_id): PagePath<String>,
+    PageForm(form): PageForm<Vec<(String, String)>>,
 ) -> PageResult<Response> {
     let csrf = form
         .iter()

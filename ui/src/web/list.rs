@@ -4,13 +4,16 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect};
 use flow_engine::store::RunFilter;
 use flow_engine::time::now;
 use serde::Deserialize;
 
-use super::{Base, PageError, PageResult, Who, dag_href, fmt_time, html, run_href, urlenc};
+use super::{
+    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, fmt_time, html, run_href,
+    urlenc,
+};
 use crate::api::AppState;
 use crate::ops;
 
@@ -191,8 +194,8 @@ pub struct PauseForm {
 pub async fn pause(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path(dag_id): Path<String>,
-    Form(form): Form<PauseForm>,
+    PagePath(dag_id): PagePath<String>,
+    PageForm(form): PageForm<PauseForm>,
 ) -> PageResult {
     who.check_csrf(form.csrf.as_deref())?;
     who.require_operator()?;

@@ -177,6 +177,39 @@ impl From<crate::api::ApiError> for PageError {
 
 pub type PageResult<T = Response> = Result<T, PageError>;
 
+/// A form body; one that does not fit answers the HTML 400 page, not axum's plain text.
+pub struct PageForm<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for PageForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, PageError> {
+        axum::extract::Form::<T>::from_request(req, state)
+            .await
+            .map(|f| PageForm(f.0))
+            .map_err(|e| PageError::BadRequest(e.body_text()))
+    }
+}
+
+/// Path parameters; ones that do not decode answer the HTML 400 page.
+pub struct PagePath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PagePath<T>
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PagePath(p.0))
+            .map_err(|e| PageError::BadRequest(e.body_text()))
+    }
+}
+
 /// Renders a template as a 200 HTML answer.
 fn html(t: &impl Template) -> Response {
     match t.render() {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Form, Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect};
 use flow_engine::plan::UNMAPPED;
 use flow_engine::state::TaskState;
@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::svg::{self, Gantt, GanttInput, Span};
 use super::{
-    Base, PageError, PageResult, Who, dag_href, fmt_secs, fmt_time, html, run_href,
-    seconds_between, task_href, urlenc,
+    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, fmt_secs, fmt_time, html,
+    run_href, seconds_between, task_href, urlenc,
 };
 use crate::api::AppState;
 use crate::ops;
@@ -70,7 +70,7 @@ struct RunPage {
 pub async fn page(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path(run_id): Path<String>,
+    PagePath(run_id): PagePath<String>,
 ) -> PageResult {
     let run = ops::get_run(state.store.as_ref(), &run_id).await?;
     let mut tis = state.store.task_instances(&run_id).await?;
@@ -236,8 +236,8 @@ pub struct ClearForm {
 pub async fn clear(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path((run_id, task_id)): Path<(String, String)>,
-    Form(form): Form<ClearForm>,
+    PagePath((run_id, task_id)): PagePath<(String, String)>,
+    PageForm(form): PageForm<ClearForm>,
 ) -> PageResult {
     who.check_csrf(form.csrf.as_deref())?;
     who.require_operator()?;
@@ -263,8 +263,8 @@ pub struct MarkForm {
 pub async fn mark(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path((run_id, task_id)): Path<(String, String)>,
-    Form(form): Form<MarkForm>,
+    PagePath((run_id, task_id)): PagePath<(String, String)>,
+    PageForm(form): PageForm<MarkForm>,
 ) -> PageResult {
     who.check_csrf(form.csrf.as_deref())?;
     who.require_operator()?;

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use askama::Template;
-use axum::extract::{Form, FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE, HeaderValue, SET_COOKIE};
 use axum::http::request::Parts;
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use flow_engine::store::{Role, token_hash};
 use serde::Deserialize;
 
-use super::{Base, PageError, PageResult, html};
+use super::{Base, PageError, PageForm, PageResult, html};
 use crate::api::AppState;
 
 pub const SESSION_COOKIE: &str = "flow_session";
@@ -297,7 +297,7 @@ pub struct LoginForm {
 pub async fn login(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
     let next = safe_next(form.next.as_deref());
     let expected = cookie(&headers, LOGIN_COOKIE);
@@ -337,7 +337,7 @@ pub async fn logout(
     State(state): State<Arc<AppState>>,
     who: Who,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    PageForm(form): PageForm<CsrfForm>,
 ) -> PageResult {
     who.check_csrf(form.csrf.as_deref())?;
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {

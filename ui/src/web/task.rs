@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use flow_engine::plan::{TiSnapshot, UNMAPPED};
 use flow_engine::secrets::Secrets;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use super::{
-    Base, PageError, PageResult, Who, dag_href, fmt_secs, fmt_time, html, run_href,
+    Base, PageError, PagePath, PageResult, Who, dag_href, fmt_secs, fmt_time, html, run_href,
     seconds_between, task_href, urlenc,
 };
 use crate::api::AppState;
@@ -77,7 +77,7 @@ fn bad_query(e: axum::extract::rejection::QueryRejection) -> PageError {
 pub async fn page(
     State(state): State<Arc<AppState>>,
     who: Who,
-    Path((run_id, task_id)): Path<(String, String)>,
+    PagePath((run_id, task_id)): PagePath<(String, String)>,
     query: Result<Query<TryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let Query(q) = query.map_err(bad_query)?;
@@ -256,7 +256,7 @@ pub struct ChunkQuery {
 pub async fn log_chunk(
     State(state): State<Arc<AppState>>,
     _: Who,
-    Path((run_id, task_id)): Path<(String, String)>,
+    PagePath((run_id, task_id)): PagePath<(String, String)>,
     query: Result<Query<ChunkQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let Query(q) = query.map_err(bad_query)?;
