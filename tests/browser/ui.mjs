@@ -141,6 +141,23 @@ async function main() {
     check((await page.locator("#log").innerText()).includes("try 2"), "the latest try's log is shown");
     await shot(page, "08-task-second-try");
 
+    // The live tail: the second line of a running try appears without a reload.
+    await page.goto(`${base}/dags/slow`);
+    await page.click("#trigger summary");
+    await Promise.all([page.waitForURL(/\/dags\/slow\?run=/), page.click("#trigger-submit")]);
+    const slowRun = runIdOf(page.url());
+    await page.goto(`${base}/runs/${encodeURIComponent(slowRun)}/tasks/sleepy`);
+    await until(page, async () => (await page.locator("#log").innerText()).includes("first line"),
+      "the slow try to start", 30);
+    check(!(await page.locator("#log").innerText()).includes("second line"),
+      "the page opened while the try runs");
+    await page.evaluate(() => { window.__same_page = true; });
+    await page.waitForFunction(
+      () => document.getElementById("log").textContent.includes("second line") && window.__same_page === true,
+      null, { timeout: 15000 });
+    check(true, "the log tail appended a line written after the page loaded");
+    await shot(page, "09-live-tail");
+
     // The XSS DAG on every page.
     await page.goto(`${base}/`);
     check((await page.locator("tr[data-dag=xss] .desc").innerText()).includes("<script>"),
@@ -154,17 +171,17 @@ async function main() {
     await until(page, async () => (await page.locator("#grid a.head.selected.s-success").count()) === 1,
       "the xss run to succeed");
     await noScriptRan(page, "xss DAG page with a run");
-    await shot(page, "09-xss-dag");
+    await shot(page, "10-xss-dag");
     await page.goto(`${base}/runs/${encodeURIComponent(xssRun)}`);
     await noScriptRan(page, "xss run page");
-    await shot(page, "10-xss-run");
+    await shot(page, "11-xss-run");
     await page.goto(`${base}/runs/${encodeURIComponent(xssRun)}/tasks/t`);
     const xssLog = await page.locator("#log").innerText();
     check(xssLog.includes("<script>window.__xss=1</script>") && xssLog.includes("<img src=x onerror"),
       "the hostile log lines are shown as text");
     await page.waitForTimeout(500);
     await noScriptRan(page, "xss task page");
-    await shot(page, "11-xss-task");
+    await shot(page, "12-xss-task");
     check(await page.locator("img").count() === 0, "no <img> element was injected anywhere on the task page");
 
     check(errors.length === 0, `no page errors, dialogs or CSP violations (${errors.join("; ")})`);

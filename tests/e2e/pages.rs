@@ -26,12 +26,16 @@ pub const FAN_DAG: &str = "id: fan\ntasks:\n  fan: { operator: shell, for_each: 
 
 const SECRET: &str = "s3cr3t-v4lue";
 
+/// A try that writes its log in two steps, for the live tail.
+pub const SLOW_DAG: &str = "id: slow\ntasks:\n  sleepy: { operator: shell, command: 'echo first line; sleep 3; echo second line; sleep 2' }\n";
+
 pub const BROKEN_DAG: &str = "id: broken\ntasks:\n  a: { operator: shel, command: x }\n";
 
 pub fn page_env() -> Env {
     let mut env = Env::new(Db::Sqlite).unwrap();
     env.secrets.push(("API_TOKEN".into(), SECRET.into()));
     env.dag("fan.yaml", FAN_DAG);
+    env.dag("slow.yaml", SLOW_DAG);
     env.dag("demo.yaml", DEMO_DAG);
     env.dag("xss.yaml", XSS_DAG);
     env.dag("broken.yaml", BROKEN_DAG);

@@ -139,8 +139,11 @@ pub async fn page(
         log_src.push_str(&format!("&map_index={}", ti.map_index));
     }
     let mut base = Base::new(format!("{task_id} — run {run_id}"), &who);
-    // The log tails itself; the rest of the page (state, tries) reloads once the try is over.
-    if !chunk.complete && matches!(ti.state, TaskState::Queued | TaskState::Scheduled) {
+    // A try that runs is followed by the log tail (which reloads the page when the try ends);
+    // the latest try of an instance that waits for its first or next try reloads instead.
+    let tailing = target.try_number > 0 && !chunk.complete;
+    let latest = q.try_number.is_none_or(|n| n == ti.try_number);
+    if !tailing && latest && !ti.state.is_terminal() {
         base.refresh = Some(3);
     }
     Ok(html(&TaskPage {
@@ -156,7 +159,7 @@ pub async fn page(
         log: chunk.content,
         log_src,
         log_offset: chunk.next_offset,
-        log_complete: chunk.complete,
+        log_complete: !tailing,
         output,
         command,
         config,
