@@ -38,6 +38,7 @@ pub struct DagItem {
     pub description: String,
     pub schedule: Option<String>,
     pub schedule_words: Option<String>,
+    pub timezone: String,
     pub next_run: String,
     pub paused: bool,
     pub tags: Vec<Tag>,
@@ -127,6 +128,7 @@ pub async fn page(
                 .as_ref()
                 .and_then(|d| d.schedule.as_ref().map(|s| s.describe())),
             schedule: row.schedule.clone(),
+            timezone: row.timezone.clone(),
             next_run: if row.paused && next.is_some() {
                 format!("{} (paused)", fmt_time(next))
             } else {
