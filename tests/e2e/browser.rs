@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::Value as Json;
 
 use crate::api::Server;
+use crate::harness::Db;
 use crate::pages::{admin_token, page_env};
 
 fn ci() -> bool {
@@ -57,7 +58,7 @@ fn pages_in_headless_chromium() {
         missing("tests/browser/node_modules/playwright-core (npm install in tests/browser)");
         return;
     }
-    let env = page_env();
+    let env = page_env(Db::Sqlite).unwrap();
     let server = Server::start(&env, "standalone");
     let shots = screenshot_dir();
     let out = Command::new(node)

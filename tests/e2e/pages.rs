@@ -31,15 +31,16 @@ pub const SLOW_DAG: &str = "id: slow\ntasks:\n  sleepy: { operator: shell, comma
 
 pub const BROKEN_DAG: &str = "id: broken\ntasks:\n  a: { operator: shel, command: x }\n";
 
-pub fn page_env() -> Env {
-    let mut env = Env::new(Db::Sqlite).unwrap();
+/// A scratch home with the page tests' DAGs; None for PostgreSQL where it is not available.
+pub fn page_env(db: Db) -> Option<Env> {
+    let mut env = Env::new(db)?;
     env.secrets.push(("API_TOKEN".into(), SECRET.into()));
     env.dag("fan.yaml", FAN_DAG);
     env.dag("slow.yaml", SLOW_DAG);
     env.dag("demo.yaml", DEMO_DAG);
     env.dag("xss.yaml", XSS_DAG);
     env.dag("broken.yaml", BROKEN_DAG);
-    env
+    Some(env)
 }
 
 pub fn admin_token(env: &Env) -> String {
@@ -267,11 +268,18 @@ fn login(base: &str, token: &str) -> (String, String) {
 
 #[test]
 fn pages_login_csrf_roles_headers_and_escaping() {
-    let env = page_env();
-    let server = Server::start(&env, "standalone");
+    for db in [Db::Sqlite, Db::Postgres] {
+        if let Some(env) = page_env(db) {
+            pages_on(&env);
+        }
+    }
+}
+
+fn pages_on(env: &Env) {
+    let server = Server::start(env, "standalone");
     let base = server.base.clone();
-    let admin = admin_token(&env);
-    let viewer = token(&env, "looker", "viewer");
+    let admin = admin_token(env);
+    let viewer = token(env, "looker", "viewer");
 
     // Anonymous: every page redirects to the login form (303), which keeps where it came from.
     let anon = call(&base, "GET", "/dags/demo", &Auth::None, None);
