@@ -12,6 +12,23 @@ if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; the
   fi
 fi
 
+# The browser test (tests/e2e/browser.rs) needs Debian's chromium and playwright-core from npm;
+# install them when missing (never `npx playwright install`: it downloads a browser build).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update
+    pkgs="chromium chromium-driver"
+    command -v npm >/dev/null || pkgs="$pkgs nodejs npm"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y $pkgs
+  else
+    echo "note: chromium or node is missing and cannot be installed here (needs root and apt-get)" >&2
+  fi
+fi
+if command -v npm >/dev/null && [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund)
+fi
+
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-1}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

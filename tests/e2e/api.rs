@@ -16,15 +16,15 @@ const API_DAG: &str = "id: api\nparams:\n  n: { type: integer, default: 1 }\ntas
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 
 /// A `flow server` or `flow standalone` process on a port the OS chose.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
-    base: String,
+    pub(crate) base: String,
     stdout: std::path::PathBuf,
     stderr: std::path::PathBuf,
 }
 
 impl Server {
-    fn start(env: &Env, command: &str) -> Server {
+    pub(crate) fn start(env: &Env, command: &str) -> Server {
         let n = STARTS.fetch_add(1, Ordering::SeqCst);
         let stdout = env.path(&format!("{command}-{n}.out"));
         let stderr = env.path(&format!("{command}-{n}.err"));
@@ -66,7 +66,7 @@ impl Server {
     }
 
     /// SIGTERM; the process must exit 0 within 20 s.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let mut child = self.child.take().unwrap();
         kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
         let start = Instant::now();
@@ -220,7 +220,7 @@ fn query(value: &str) -> String {
     value.replace('+', "%2B")
 }
 
-fn token(env: &Env, name: &str, role: &str) -> String {
+pub(crate) fn token(env: &Env, name: &str, role: &str) -> String {
     env.flow_ok(&["tokens", "create", name, "--role", role], 0)
         .trim()
         .to_string()

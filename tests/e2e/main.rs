@@ -5,6 +5,8 @@
 mod harness;
 
 mod api;
+mod browser;
 mod cli;
 mod daemon;
+mod pages;
 mod run;

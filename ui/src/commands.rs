@@ -693,14 +693,16 @@ async fn server(g: &Global, standalone: bool) -> Result<u8> {
     let listener = tokio::net::TcpListener::bind(addrs.as_slice())
         .await
         .with_context(|| format!("cannot listen on {}", ctx.settings.bind))?;
-    let state = Arc::new(crate::api::AppState::new(
+    let mut state = crate::api::AppState::new(
         ctx.store.clone(),
         ctx.settings.home.clone(),
         ctx.secrets.masker(),
         catalog,
         ctx.settings.rate_limit,
         ctx.settings.engine.lease_timeout,
-    ));
+    );
+    state.secret_names = ctx.secrets.names().map(String::from).collect();
+    let state = Arc::new(state);
     eprintln!(
         "flow {what}: listening on http://{}",
         listener.local_addr()?

@@ -8,6 +8,7 @@ mod config;
 mod ops;
 mod progress;
 mod render;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -481,4 +481,20 @@ pub trait Store: Send + Sync {
     /// `create_run` or, with a key, `create_run_keyed` would; entries are applied in order, so
     /// a key repeated within the batch answers `Existing` with the first entry's run.
     async fn create_runs(&self, batch: &[RunCreate]) -> Result<Vec<Created>>;
+    /// What the grid of the DAG page shows of a page of runs, in one query whatever the number of
+    /// mapped instances: per run, task and state, how many instances and their highest map index
+    /// and try number. Ordered by run id, task id, state.
+    async fn grid_counts(&self, run_ids: &[String]) -> Result<Vec<TiCount>>;
+}
+
+/// The instances of one task in one run that are in one state: [`Store::grid_counts`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TiCount {
+    pub run_id: String,
+    pub task_id: String,
+    pub state: TaskState,
+    pub count: i64,
+    /// `UNMAPPED` for the one instance of an unmapped task (or a map not yet expanded).
+    pub max_map_index: i64,
+    pub max_try_number: i64,
 }

@@ -1356,6 +1356,36 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 Ok(written)
             }
+
+            async fn grid_counts(&self, run_ids: &[String]) -> Result<Vec<TiCount>> {
+                if run_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // The primary key (run_id, task_id, map_index) serves the IN list: no scan of the
+                // history, however long.
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT run_id, task_id, state, COUNT(*), MAX(map_index), MAX(try_number) \
+                     FROM task_instances WHERE run_id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in run_ids {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(") GROUP BY run_id, task_id, state ORDER BY run_id, task_id, state");
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(TiCount {
+                            run_id: r.try_get(0)?,
+                            task_id: r.try_get(1)?,
+                            state: parse_state::<TaskState>(r.try_get::<&str, _>(2)?)?,
+                            count: r.try_get(3)?,
+                            max_map_index: r.try_get(4)?,
+                            max_try_number: r.try_get(5)?,
+                        })
+                    })
+                    .collect()
+            }
         }
     };
 }

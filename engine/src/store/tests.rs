@@ -2178,3 +2178,92 @@ contract!(
     import_history_writes_runs_instances_and_tries_once,
     create_runs_applies_a_batch_in_order_in_one_transaction,
 );
+
+async fn grid_counts_groups_each_run_task_and_state(db: TestDb) {
+    let s = db.store;
+    for (id, t) in [("r1", 0), ("r2", 10), ("other", 20)] {
+        let run = new_run(
+            id,
+            "etl",
+            RunType::Manual,
+            at(t),
+            &[("src", 0, "default"), ("fan", 0, "default")],
+        );
+        assert!(s.create_run(&run).await.unwrap());
+    }
+    assert!(s.start_run("r1", at(0)).await.unwrap());
+    let items: Vec<Json> = (0..5).map(|i| json!(i)).collect();
+    s.apply(
+        "r1",
+        &[Decision::Expand {
+            task_id: "fan".into(),
+            items,
+        }],
+        at(1),
+    )
+    .await
+    .unwrap();
+    // Two mapped instances of r1 run and succeed.
+    let claims = s
+        .claim(&ClaimRequest {
+            pool_slots: None,
+            limit: 2,
+            run_id: Some("r1".into()),
+            ..claim_req("w", "default", 2, at(2))
+        })
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 2);
+    for c in &claims {
+        assert!(
+            s.finish_try(c, &ended(TaskState::Success, at(3)))
+                .await
+                .unwrap()
+        );
+    }
+    assert!(s.grid_counts(&[]).await.unwrap().is_empty());
+    let counts = s.grid_counts(&ids(&["r1", "r2"])).await.unwrap();
+    // Nothing of the run not asked for.
+    assert!(counts.iter().all(|c| c.run_id != "other"), "{counts:?}");
+    let of = |run: &str, task: &str| -> Vec<(TaskState, i64, i64, i64)> {
+        counts
+            .iter()
+            .filter(|c| c.run_id == run && c.task_id == task)
+            .map(|c| (c.state, c.count, c.max_map_index, c.max_try_number))
+            .collect()
+    };
+    let fan: i64 = of("r1", "fan").iter().map(|c| c.1).sum();
+    assert_eq!(fan, 5, "{counts:?}");
+    // Per state: the queued ones are the last three of the map.
+    assert_eq!(
+        of("r1", "fan")
+            .iter()
+            .find(|c| c.0 == TaskState::Queued)
+            .map(|c| (c.1, c.2)),
+        Some((3, 4))
+    );
+    assert_eq!(
+        of("r1", "fan")
+            .iter()
+            .find(|c| c.0 == TaskState::Success)
+            .map(|c| (c.1, c.3)),
+        Some((2, 1))
+    );
+    // The unmapped instances of an untouched run: one each, no try yet.
+    assert_eq!(
+        of("r2", "src"),
+        vec![(TaskState::Scheduled, 1, UNMAPPED, 0)]
+    );
+    assert_eq!(
+        of("r2", "fan"),
+        vec![(TaskState::Scheduled, 1, UNMAPPED, 0)]
+    );
+}
+
+/// The contract cases added with the web pages, in a module of their own so that the list above
+/// stays as it was.
+mod pages {
+    use super::*;
+
+    contract!(grid_counts_groups_each_run_task_and_state);
+}

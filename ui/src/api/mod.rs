@@ -9,6 +9,7 @@ mod auth;
 mod creator;
 mod dags;
 mod error;
+pub use error::ApiError;
 mod meta;
 mod runs;
 
@@ -30,7 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::config::RateLimit;
-use error::{ApiError, ErrorBody};
+use error::ErrorBody;
 
 /// What every handler shares.
 pub struct AppState {
@@ -48,6 +49,11 @@ pub struct AppState {
     pub openapi: String,
     /// Triggers' group commit.
     pub creator: creator::RunCreator,
+    /// The web pages' login sessions.
+    pub sessions: crate::web::Sessions,
+    /// The names of the secrets tasks see, so that the pages render commands with `***` in
+    /// their place (the values themselves stay with the scheduler).
+    pub secret_names: Vec<String>,
 }
 
 impl AppState {
@@ -69,11 +75,13 @@ impl AppState {
             openapi: openapi_json(),
             creator: creator::RunCreator::start(store.clone()),
             store,
+            sessions: crate::web::Sessions::default(),
+            secret_names: Vec::new(),
         }
     }
 
     /// The parsed DAG of a database row, at the version the row names.
-    async fn dag_of(&self, row: &DagRow) -> Result<Option<Arc<Dag>>, ApiError> {
+    pub(crate) async fn dag_of(&self, row: &DagRow) -> Result<Option<Arc<Dag>>, ApiError> {
         let mut engine = self.dags.lock().await;
         Ok(engine
             .dag_version(&row.dag_id, &row.version)
@@ -184,19 +192,31 @@ pub fn router(state: Arc<AppState>) -> Router {
     ));
     let (router, _) = public.merge(protected).split_for_parts();
     router
+        .merge(crate::web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::web::security_headers))
         .with_state(state)
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
+/// The API's JSON 404 under `/api`, the pages' HTML 404 elsewhere.
+async fn not_found(method: Method, uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !crate::web::is_api(&uri) {
+        return crate::web::not_found(uri).await.into_response();
+    }
     ApiError::not_found(format!(
         "no endpoint {method} {}; /api/v1/openapi.json lists them",
         uri.path()
     ))
+    .into_response()
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+async fn method_not_allowed(method: Method, uri: Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !crate::web::is_api(&uri) {
+        return crate::web::method_not_allowed(uri).await.into_response();
+    }
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -205,6 +225,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
             uri.path()
         ),
     )
+    .into_response()
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets the requests in flight
