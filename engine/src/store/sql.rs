@@ -716,13 +716,15 @@ macro_rules! impl_store {
                 }
                 match (f.before, &f.before_run_id) {
                     (Some(b), Some(id)) => {
-                        qb.push(" AND (queued_at < ")
+                        // The first bound gives both databases a range on the index; the OR
+                        // alone made SQLite read from the newest run down.
+                        qb.push(" AND queued_at <= ")
                             .push_bind(to_micros(b))
-                            .push(" OR (queued_at = ")
+                            .push(" AND (queued_at < ")
                             .push_bind(to_micros(b))
-                            .push(" AND run_id < ")
+                            .push(" OR run_id < ")
                             .push_bind(id.clone())
-                            .push("))");
+                            .push(")");
                     }
                     (Some(b), None) => {
                         qb.push(" AND queued_at < ").push_bind(to_micros(b));
