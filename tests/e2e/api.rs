@@ -713,6 +713,7 @@ fn openapi_documents_every_route_and_its_answers() {
         ("get", "/api/v1/dags/{dag_id}"),
         ("patch", "/api/v1/dags/{dag_id}"),
         ("post", "/api/v1/dags/{dag_id}/runs"),
+        ("get", "/api/v1/dags/{dag_id}/grid"),
         ("get", "/api/v1/runs"),
         ("get", "/api/v1/runs/{run_id}"),
         ("get", "/api/v1/runs/{run_id}/tasks/{task_id}/logs"),
@@ -772,9 +773,67 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 12, "every documented operation was called");
+    assert_eq!(called, 13, "every documented operation was called");
     // `flow server` loaded the DAGs folder itself.
     let detail = server.get("/api/v1/dags/api", &admin).ok();
     assert_eq!(detail["tasks"].as_array().unwrap().len(), 3);
     server.stop();
+}
+
+#[test]
+fn grid_api_pages_runs_with_their_cells_counted_per_state() {
+    each_db(|env, _db| {
+        env.dag(
+            "grid.yaml",
+            "id: grid\nparams:\n  fail: { type: boolean, default: false }\ntasks:\n  items:\n    operator: shell\n    command: echo '[1, 2, 3]' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: '{{ tasks.items.output }}'\n    command: test '{{ params.fail }}-{{ item }}' != true-2\n",
+        );
+        // Three runs, oldest first: a success, a failure (one mapped instance fails), a success.
+        for fail in ["false", "true", "false"] {
+            let param = format!("fail={fail}");
+            let code = if fail == "false" { 0 } else { 1 };
+            env.flow_ok(&["run", "grid", "--param", &param], code);
+            // Distinct queued times, so the order is the trigger order.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let viewer = token(&env, "viewer", "viewer");
+        let server = Server::start(&env, "server");
+        let page = server.get("/api/v1/dags/grid/grid?limit=2", &viewer).ok();
+        assert_eq!(page["dag_id"], "grid");
+        assert_eq!(page["tasks"], json!(["items", "each"]));
+        let runs = page["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0]["state"], "success");
+        assert_eq!(runs[1]["state"], "failed");
+        let failed_each = &runs[1]["tasks"]["each"];
+        assert_eq!(failed_each["count"], 3, "{failed_each:#}");
+        assert_eq!(failed_each["mapped"], true);
+        assert_eq!(failed_each["state"], "failed");
+        assert_eq!(failed_each["states"], json!({"failed": 1, "success": 2}));
+        assert_eq!(runs[1]["tasks"]["items"]["mapped"], false);
+        assert_eq!(runs[1]["tasks"]["items"]["count"], 1);
+        // The next page holds the oldest run and is the last.
+        let before = page["next_before"].as_str().unwrap();
+        let next = server
+            .get(
+                &format!("/api/v1/dags/grid/grid?limit=2&before={}", query(before)),
+                &viewer,
+            )
+            .ok();
+        let older = next["runs"].as_array().unwrap();
+        assert_eq!(older.len(), 1);
+        assert_eq!(older[0]["state"], "success");
+        assert_eq!(next["next_before"], Json::Null);
+        assert_eq!(older[0]["tasks"]["each"]["states"], json!({"success": 3}));
+        // Bad input.
+        server
+            .get("/api/v1/dags/grid/grid?limit=0", &viewer)
+            .error(400, "bad_request");
+        server
+            .get("/api/v1/dags/grid/grid?before=nope", &viewer)
+            .error(400, "bad_request");
+        server
+            .get("/api/v1/dags/nope/grid", &viewer)
+            .error(404, "not_found");
+        server.stop();
+    });
 }

@@ -10,6 +10,7 @@ mod creator;
 mod dags;
 mod error;
 pub use error::ApiError;
+mod grid;
 mod meta;
 mod runs;
 
@@ -124,6 +125,7 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(dags::list_dags))
         .routes(routes!(dags::get_dag, dags::patch_dag))
         .routes(routes!(dags::trigger))
+        .routes(routes!(grid::grid))
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::task_logs))
