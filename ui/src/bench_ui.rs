@@ -323,6 +323,13 @@ async fn measure(bed: &Bed<'_>, label: &str, runs: usize, opts: &UiBenchOptions)
             opts.connections.min(8),
         ),
         (
+            "grid API, newest 25".into(),
+            format!("/api/v1/dags/{DAG_ID}/grid"),
+            "GET",
+            None,
+            opts.connections.min(8),
+        ),
+        (
             "runs API, newest 25".into(),
             format!("/api/v1/runs?dag_id={DAG_ID}&limit=25"),
             "GET",
@@ -331,12 +338,25 @@ async fn measure(bed: &Bed<'_>, label: &str, runs: usize, opts: &UiBenchOptions)
         ),
     ];
     if let Some(before) = &before {
+        let cursor =
+            percent_encoding::utf8_percent_encode(before, percent_encoding::NON_ALPHANUMERIC);
+        targets.push((
+            "DAG page, 25 from the middle".into(),
+            format!("/dags/{DAG_ID}?before={cursor}"),
+            "GET",
+            None,
+            opts.connections.min(8),
+        ));
+        targets.push((
+            "grid API, 25 from the middle".into(),
+            format!("/api/v1/dags/{DAG_ID}/grid?before={cursor}"),
+            "GET",
+            None,
+            opts.connections.min(8),
+        ));
         targets.push((
             "runs API, 25 from the middle".into(),
-            format!(
-                "/api/v1/runs?dag_id={DAG_ID}&limit=25&before={}",
-                percent_encoding::utf8_percent_encode(before, percent_encoding::NON_ALPHANUMERIC)
-            ),
+            format!("/api/v1/runs?dag_id={DAG_ID}&limit=25&before={cursor}"),
             "GET",
             None,
             opts.connections.min(8),
