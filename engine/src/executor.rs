@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 
 use crate::dag::{Dag, Task};
-use crate::operator::{LogSink, OperatorError, Registry, TaskContext};
+use crate::operator::{LOG_SUCCEEDED, LogSink, OperatorError, Registry, TaskContext, log_header};
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
@@ -287,7 +287,8 @@ pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Op
         claim.map_index,
         claim.try_number,
     );
-    let log = match LogSink::create(&path, masker.clone()).await {
+    let header = log_header(&task.id, claim.try_number, &run.run_id, claim.started_at);
+    let log = match LogSink::create(&path, &header, masker.clone()).await {
         Ok(l) => l,
         Err(e) => {
             return finish(
@@ -295,24 +296,18 @@ pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Op
                 claim,
                 Some(task),
                 Outcome::Failed {
-                    message: format!("cannot open the log file {}: {e}", path.display()),
+                    message: format!("cannot create the log folder of {}: {e}", path.display()),
                     retryable: true,
                 },
             )
             .await;
         }
     };
-    log.line(&format!(
-        "flow: task {} try {} of run {} started at {}",
-        task.id,
-        claim.try_number,
-        run.run_id,
-        rfc3339(now())
-    ))
-    .await;
     let outcome = execute(env, claim, dag, task, run, &log).await;
     match &outcome {
-        Outcome::Success(_) => log.line("flow: try succeeded").await,
+        // A quiet success leaves no file; its readers tell the same two lines from the record.
+        Outcome::Success(_) if log.written() => log.line(LOG_SUCCEEDED).await,
+        Outcome::Success(_) => {}
         Outcome::Failed { message, .. } => log.line(&format!("flow: try failed: {message}")).await,
     }
     finish(env, claim, Some(task), outcome).await

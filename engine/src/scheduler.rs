@@ -946,6 +946,7 @@ impl Engine {
                 try_base: ti.try_base,
                 item: ti.item.clone(),
                 owner: ti.lease_owner.clone().unwrap_or_default(),
+                started_at: ti.started_at.unwrap_or(now),
             };
             let end = orphan_end(dag.as_ref().and_then(|d| d.task(&ti.task_id)), &ti);
             if self.store.finish_try(&claim, &end).await? {

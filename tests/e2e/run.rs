@@ -88,6 +88,32 @@ fn run_records_outputs_and_mapping_and_masks_secrets() {
         assert!(!log.contains("s3cr3t"), "{log}");
         let log = env.flow_ok(&["tasks", "logs", run_id, "fan", "--map-index", "2"], 0);
         assert!(log.contains("try succeeded"), "{log}");
+        // A try that printed nothing and succeeded left no file; its log is told from its
+        // record, with the header a file would have started with.
+        let logs = env
+            .home()
+            .join("logs/dag_id=pipeline")
+            .join(format!("run_id={run_id}"));
+        assert!(
+            !logs.join("task_id=fan/map_index=2.attempt=1.log").exists(),
+            "a quiet try made a log file"
+        );
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(
+            lines[0].starts_with(&format!("flow: task fan try 1 of run {run_id} started at ")),
+            "{log}"
+        );
+        assert_eq!(lines[1], "flow: try succeeded");
+        // A try that printed made its file, headed the same way.
+        let file = std::fs::read_to_string(logs.join("task_id=produce/attempt=1.log")).unwrap();
+        assert!(
+            file.starts_with(&format!(
+                "flow: task produce try 1 of run {run_id} started at "
+            )),
+            "{file}"
+        );
+        assert!(file.trim_end().ends_with("flow: try succeeded"), "{file}");
         for (path, bytes) in env.home_files() {
             assert!(
                 !contains(&bytes, "s3cr3t-value-42"),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
 use flow_engine::executor::log_path;
+use flow_engine::operator::{LOG_SUCCEEDED, log_header};
 use flow_engine::plan::UNMAPPED;
 use flow_engine::scheduler::{self, Engine, EngineError};
 use flow_engine::secrets::Masker;
@@ -166,15 +167,33 @@ pub async fn read_log(
     let mut file = match tokio::fs::File::open(&target.path).await {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A try that failed before its command started (a template error, say) has no log
-            // file; its error is its log, as `flow tasks logs` prints it.
-            let content = match (&tries, offset) {
-                (Some(t), 0) if ended => t.error.clone().unwrap_or_default(),
-                _ => String::new(),
+            // The executor makes the file with the task's first line, headed by the same
+            // header as below: until then (and for good, when the try prints nothing and
+            // succeeds) the log is told from the try's record, at the same offsets the file
+            // will have. A try that failed before its command started (a template error, say)
+            // has no file either; its error is its log, as `flow tasks logs` prints it.
+            let content = match &tries {
+                Some(t) if t.state == TaskState::Failed && ended => {
+                    if offset == 0 {
+                        t.error.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                }
+                Some(t) => {
+                    let mut text = log_header(&ti.task_id, t.try_number, &ti.run_id, t.started_at);
+                    text.push('\n');
+                    if ended && t.state == TaskState::Success {
+                        text.push_str(LOG_SUCCEEDED);
+                        text.push('\n');
+                    }
+                    text.get(offset as usize..).unwrap_or_default().to_string()
+                }
+                None => String::new(),
             };
             return Ok(LogChunk {
+                next_offset: offset + content.len() as u64,
                 content: masker.mask(&content),
-                next_offset: offset,
                 complete: ended,
             });
         }

@@ -270,6 +270,8 @@ pub struct Claim {
     pub try_base: i64,
     pub item: Option<Json>,
     pub owner: String,
+    /// When the try was claimed: its `started_at` in the history.
+    pub started_at: DateTime<Utc>,
 }
 
 /// A write about a claimed try.

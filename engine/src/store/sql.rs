@@ -259,6 +259,7 @@ macro_rules! impl_store {
                         try_base: r.try_get("try_base")?,
                         item: parse_json(r.try_get("item")?, "item")?,
                         owner: req.owner.clone(),
+                        started_at: req.now,
                     });
                 }
                 for chunk in claims.chunks(1000) {

@@ -1004,6 +1004,7 @@ async fn claim_records_the_try_and_counts_tries(db: TestDb) {
             try_base: 0,
             item: None,
             owner: "w1".into(),
+            started_at: at(5),
         }
     );
     assert_eq!(
