@@ -439,9 +439,14 @@ impl Engine {
             None
         };
         let running_tries: Arc<RunningTries> = Default::default();
-        let heartbeat = self.spawn_heartbeat(shutdown.clone(), running_tries.clone());
+        let pids = Arc::new(crate::executor::PidJournal::new(
+            &self.config.home,
+            &self.owner,
+        ));
+        let heartbeat = self.spawn_heartbeat(shutdown.clone(), running_tries.clone(), pids.clone());
         let try_env = Arc::new(TryEnv {
             running: running_tries.clone(),
+            pids: pids.clone(),
             recorder: crate::executor::Recorder::start(self.store.clone()),
             store: self.store.clone(),
             registry: self.registry.clone(),
@@ -648,6 +653,8 @@ impl Engine {
         }
         tries.close();
         tries.wait().await;
+        // Every try of this scheduler has ended or been requeued: none of its notes is needed.
+        pids.remove();
         heartbeat.abort();
         for h in std::mem::take(&mut self.notifications) {
             // Each post has its own 10 s timeout.
@@ -664,6 +671,7 @@ impl Engine {
         &self,
         shutdown: CancellationToken,
         running: Arc<RunningTries>,
+        pids: Arc<crate::executor::PidJournal>,
     ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let owner = self.owner.clone();
@@ -684,6 +692,7 @@ impl Engine {
                         Err(e) => tracing::error!("heartbeat failed: {e}"),
                     }
                 }
+                pids.truncate_when_idle(&running);
                 let mine: Vec<TryKey> = running.keys();
                 if !mine.is_empty() {
                     match store.owned_tries(&owner).await {
@@ -928,8 +937,20 @@ impl Engine {
                 continue;
             };
             let dag = self.dag_for(&run.dag_id, &run.dag_version).await?;
+            // The pid is in the database once its detached write committed, and in the dead
+            // scheduler's journal from before the command started.
+            let pid = ti.pid.or_else(|| {
+                let owner = ti.lease_owner.as_deref()?;
+                let key = (
+                    ti.run_id.clone(),
+                    ti.task_id.clone(),
+                    ti.map_index,
+                    ti.try_number,
+                );
+                crate::executor::PidJournal::find(&self.config.home, owner, &key)
+            });
             if ti.hostname.as_deref() == Some(self.hostname.as_str())
-                && let Some(pid) = ti.pid
+                && let Some(pid) = pid
                 && pid > 1
             {
                 // The try ran in its own process group; ESRCH just means it is gone already.

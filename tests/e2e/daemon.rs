@@ -152,6 +152,13 @@ tasks:
         let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
         assert_eq!(run["state"], "running", "{db:?}: {run:#}");
         assert_eq!(task(&run, "second", None)["state"], "running");
+        // The scheduler writes a try's pid to the database without waiting for the commit; its
+        // pid journal had it first. On PostgreSQL, forget the database's copy, so that the
+        // restart must find the orphan through the journal (on SQLite it uses the database's).
+        if db == Db::Postgres {
+            env.psql("UPDATE task_instances SET pid = NULL WHERE task_id = 'second'")
+                .unwrap();
+        }
 
         let restarted = env.spawn(&["scheduler"]);
         let run = env.wait_run(&run_id, Duration::from_secs(60));

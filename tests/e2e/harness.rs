@@ -73,6 +73,31 @@ impl Env {
         })
     }
 
+    /// Runs one SQL statement on this test's PostgreSQL database with psql (None on SQLite).
+    pub fn psql(&self, sql: &str) -> Option<String> {
+        let db = self.pg_db.as_ref()?;
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-qAt",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
