@@ -125,6 +125,8 @@ async fn seed(
         store.import_history(&batch).await?;
         n = end;
     }
+    // What autovacuum does on its own within a minute or so of a bulk load.
+    store.analyze().await?;
     eprintln!(
         "bench-ui: seeded runs {from}..{to} in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -483,6 +483,11 @@ pub trait Store: Send + Sync {
     /// `create_run` or, with a key, `create_run_keyed` would; entries are applied in order, so
     /// a key repeated within the batch answers `Existing` with the first entry's run.
     async fn create_runs(&self, batch: &[RunCreate]) -> Result<Vec<Created>>;
+    /// Refreshes the planner's statistics after a bulk import. PostgreSQL estimates from them
+    /// (until autovacuum's next pass a freshly loaded history reads as a few hundred distinct
+    /// runs, and the grid's `run_id IN (...)` turns into a scan); SQLite plans these queries from
+    /// the indexes alone, so there it does nothing.
+    async fn analyze(&self) -> Result<()>;
     /// What the grid of the DAG page shows of a page of runs, in one query whatever the number of
     /// mapped instances: per run, task and state, how many instances and their highest map index
     /// and try number. Ordered by run id, task id, state.

@@ -1360,6 +1360,15 @@ macro_rules! impl_store {
                 Ok(written)
             }
 
+            async fn analyze(&self) -> Result<()> {
+                if $backend == "postgres" {
+                    sqlx::query("ANALYZE dag_runs, task_instances, task_tries")
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Ok(())
+            }
+
             async fn grid_counts(&self, run_ids: &[String]) -> Result<Vec<TiCount>> {
                 if run_ids.is_empty() {
                     return Ok(Vec::new());
