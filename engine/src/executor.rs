@@ -15,7 +15,9 @@ use crate::operator::{LOG_SUCCEEDED, LogSink, OperatorError, Registry, TaskConte
 use crate::plan::{Failure, RunSnapshot, TiSnapshot, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
 use crate::state::TaskState;
-use crate::store::{Claim, ClaimBatch, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite};
+use crate::store::{
+    Claim, ClaimBatch, ClaimRequest, PlanRows, RunRow, Store, TiRow, TryEnd, TryWrite,
+};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -59,8 +61,37 @@ pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
 
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
+/// A claim's answer for the scheduler loop: what it asked (pools, sizes, the slots it held) and
+/// the tries it got.
+pub struct Claimed {
+    pub asked: ClaimBatch,
+    pub result: Result<Vec<Vec<Claim>>, String>,
+    /// The slots were a finished try's, handed over in the transaction that recorded its end
+    /// (see [`Handover`]), not reserved by the loop.
+    pub handover: bool,
+}
+
+impl Claimed {
+    pub fn reserved(&self) -> usize {
+        self.asked.limit as usize
+    }
+}
+
+/// A finished try's slot, given to the next queued try of its pool in the same transaction
+/// that records the end, so that a short try's successor waits for one commit instead of two
+/// (the end's, then the loop's claim). The answer goes to the scheduler loop like its own
+/// claims'.
+pub struct Handover {
+    /// Limit 1; its times are set when the end is written.
+    pub request: ClaimRequest,
+    pub lease: Duration,
+    pub answer: tokio::sync::mpsc::UnboundedSender<Claimed>,
+    /// Once cancelled (shutdown), the slot is not handed on.
+    pub stop: CancellationToken,
+}
+
 enum Job {
-    Write(Box<TryWrite>, Reply<bool>),
+    Write(Box<TryWrite>, Reply<bool>, Option<Handover>),
     Claim(ClaimBatch, Reply<Vec<Vec<Claim>>>),
 }
 
@@ -89,13 +120,15 @@ impl Recorder {
                 };
                 let mut writes = Vec::new();
                 let mut replies = Vec::new();
+                let mut handovers: Vec<Handover> = Vec::new();
                 let mut claim: Option<(ClaimBatch, Reply<Vec<Vec<Claim>>>)> = None;
                 let mut next = Some(first);
                 while let Some(job) = next.take() {
                     match job {
-                        Job::Write(w, r) => {
+                        Job::Write(w, r, h) => {
                             writes.push(*w);
                             replies.push(r);
+                            handovers.extend(h);
                         }
                         Job::Claim(c, r) if claim.is_none() => claim = Some((c, r)),
                         other => {
@@ -107,10 +140,39 @@ impl Recorder {
                         next = rx.try_recv().ok();
                     }
                 }
-                let batch = claim.as_ref().map(|(c, _)| c);
+                // One claim batch for the transaction: the loop's requests first, then one per
+                // pool for the handed-over slots; each side gets its own part of the answer.
+                let own = claim.as_ref().map_or(0, |(c, _)| c.requests.len());
+                let mut merged = claim
+                    .as_ref()
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or(ClaimBatch {
+                        requests: Vec::new(),
+                        limit: 0,
+                    });
+                let mut groups: Vec<(ClaimRequest, tokio::sync::mpsc::UnboundedSender<Claimed>)> =
+                    Vec::new();
+                for h in handovers {
+                    if h.stop.is_cancelled() {
+                        continue;
+                    }
+                    merged.limit += 1;
+                    match groups
+                        .iter_mut()
+                        .find(|(r, _)| r.pool == h.request.pool && r.run_id == h.request.run_id)
+                    {
+                        Some((r, _)) => r.limit += 1,
+                        None => groups.push((h.request, h.answer)),
+                    }
+                }
+                merged
+                    .requests
+                    .extend(groups.iter().map(|(r, _)| r.clone()));
+                let batch = (!merged.requests.is_empty()).then_some(&merged);
                 tracing::trace!(
                     writes = writes.len(),
-                    claim = batch.is_some(),
+                    claim = claim.is_some(),
+                    handovers = groups.len(),
                     "group commit"
                 );
                 // A deadlock or serialization failure (PostgreSQL aborts one of two transactions
@@ -124,24 +186,43 @@ impl Recorder {
                     )
                     .when(|e| e.is_transient())
                     .await;
-                match result {
-                    Ok((applied, claimed)) => {
+                let (applied, mut claimed) = match result {
+                    Ok((applied, claimed)) => (Ok(applied), Ok(claimed)),
+                    Err(e) => (Err(e.to_string()), Err(e.to_string())),
+                };
+                // The handed-over claims reach the loop before the ends are answered, so a try
+                // that has ended has its successor's answer in the loop's channel already.
+                for (i, (req, answer)) in groups.into_iter().enumerate() {
+                    let result = match &mut claimed {
+                        Ok(c) => Ok(vec![std::mem::take(&mut c[own + i])]),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = answer.send(Claimed {
+                        asked: ClaimBatch {
+                            limit: req.limit,
+                            requests: vec![req],
+                        },
+                        result,
+                        handover: true,
+                    });
+                }
+                match applied {
+                    Ok(applied) => {
                         for (reply, ok) in replies.into_iter().zip(applied) {
                             let _ = reply.send(Ok(ok));
                         }
-                        if let Some((_, reply)) = claim {
-                            let _ = reply.send(Ok(claimed));
-                        }
                     }
-                    Err(e) => {
-                        let msg = e.to_string();
+                    Err(msg) => {
                         for reply in replies {
                             let _ = reply.send(Err(msg.clone()));
                         }
-                        if let Some((_, reply)) = claim {
-                            let _ = reply.send(Err(msg));
-                        }
                     }
+                }
+                if let Some((_, reply)) = claim {
+                    let _ = reply.send(claimed.map(|mut c| {
+                        c.truncate(own);
+                        c
+                    }));
                 }
             }
         });
@@ -151,7 +232,18 @@ impl Recorder {
     pub async fn write(&self, w: TryWrite) -> Result<bool, String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job::Write(Box::new(w), reply))
+            .send(Job::Write(Box::new(w), reply, None))
+            .map_err(|_| "the try recorder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the try recorder has stopped".to_string())?
+    }
+
+    /// Writes a try's end and, in the same transaction, claims a successor for its slot.
+    pub async fn end_and_hand_over(&self, w: TryWrite, handover: Handover) -> Result<bool, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job::Write(Box::new(w), reply, Some(handover)))
             .map_err(|_| "the try recorder has stopped".to_string())?;
         answer
             .await
@@ -162,7 +254,7 @@ impl Recorder {
     /// like the others, so one that arrives after the try's end changes nothing.
     pub fn write_detached(&self, w: TryWrite) {
         let (reply, _) = tokio::sync::oneshot::channel();
-        if self.tx.send(Job::Write(Box::new(w), reply)).is_err() {
+        if self.tx.send(Job::Write(Box::new(w), reply, None)).is_err() {
             tracing::warn!("the try recorder has stopped");
         }
     }
@@ -374,9 +466,16 @@ enum Outcome {
     Failed { message: String, retryable: bool },
 }
 
-/// Runs one claimed try to its end and records it. Returns the state recorded, or None when the
-/// lease was lost.
-pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Option<TaskState> {
+/// Runs one claimed try to its end and records it. Returns the state recorded (None when the
+/// lease was lost), and whether its slot was handed over (`handover`): then the slot is the
+/// successor's, and the caller must not free it.
+pub async fn run_try(
+    env: &TryEnv,
+    claim: &Claim,
+    dag: &Dag,
+    run: &RunRow,
+    handover: Option<Handover>,
+) -> (Option<TaskState>, bool) {
     let masker = env.secrets.masker();
     let Some(task) = dag.task(&claim.task_id) else {
         // The run's DAG version always has its tasks; reaching this is a bug.
@@ -384,6 +483,7 @@ pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Op
             env,
             claim,
             None,
+            handover,
             Outcome::Failed {
                 message: format!(
                     "internal error: task '{}' is not in DAG version {}",
@@ -410,6 +510,7 @@ pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Op
                 env,
                 claim,
                 Some(task),
+                handover,
                 Outcome::Failed {
                     message: format!("cannot create the log folder of {}: {e}", path.display()),
                     retryable: true,
@@ -425,7 +526,7 @@ pub async fn run_try(env: &TryEnv, claim: &Claim, dag: &Dag, run: &RunRow) -> Op
         Outcome::Success(_) => {}
         Outcome::Failed { message, .. } => log.line(&format!("flow: try failed: {message}")).await,
     }
-    finish(env, claim, Some(task), outcome).await
+    finish(env, claim, Some(task), handover, outcome).await
 }
 
 async fn execute(
@@ -596,8 +697,9 @@ async fn finish(
     env: &TryEnv,
     claim: &Claim,
     task: Option<&Task>,
+    handover: Option<Handover>,
     outcome: Outcome,
-) -> Option<TaskState> {
+) -> (Option<TaskState>, bool) {
     let masker = env.secrets.masker();
     let now = now();
     let end = match outcome {
@@ -629,7 +731,18 @@ async fn finish(
     };
     let state = end.state;
     env.running.ending(&try_key(claim));
-    match env.recorder.write(TryWrite::End(claim.clone(), end)).await {
+    let handover = handover.filter(|h| !h.stop.is_cancelled()).map(|mut h| {
+        h.request.now = now;
+        h.request.lease_until = now + chrono::Duration::from_std(h.lease).unwrap_or_default();
+        h
+    });
+    let handed_over = handover.is_some();
+    let write = TryWrite::End(claim.clone(), end);
+    let written = match handover {
+        Some(h) => env.recorder.end_and_hand_over(write, h).await,
+        None => env.recorder.write(write).await,
+    };
+    let state = match written {
         Ok(true) => Some(state),
         Ok(false) => {
             tracing::warn!(
@@ -646,7 +759,9 @@ async fn finish(
             tracing::error!("cannot record the end of a try: {e}");
             None
         }
-    }
+    };
+    // A failed transaction still answers the handover (with the error), which frees the slot.
+    (state, handed_over)
 }
 
 /// Outcome of a try whose scheduler died: another try if the policy allows.

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dag::load::{Loaded, load_folder};
 use crate::dag::{DEFAULT_POOL, Dag, ParseOptions, parse_dag};
-use crate::executor::{RunningTries, TryEnv, TryKey, orphan_end, run_try, try_key};
+use crate::executor::{
+    Claimed, Handover, RunningTries, TryEnv, TryKey, orphan_end, run_try, try_key,
+};
 use crate::notify::{self, RunEnded};
 use crate::operator::Registry;
 use crate::plan::{Decision, plan};
@@ -97,19 +99,6 @@ fn plan_interval(cost: Duration) -> Duration {
     (cost * 20).clamp(MAPPED_PLAN_INTERVAL, Duration::from_secs(1))
 }
 
-/// A claim's answer: what was asked (its `limit` is the slots it reserved) and, per request,
-/// the tries claimed.
-struct Claimed {
-    asked: ClaimBatch,
-    result: Result<Vec<Vec<Claim>>, String>,
-}
-
-impl Claimed {
-    fn reserved(&self) -> usize {
-        self.asked.limit as usize
-    }
-}
-
 /// What launching a try needs besides the engine: where tries run and how they report back.
 #[derive(Clone, Copy)]
 struct Slots<'a> {
@@ -117,6 +106,7 @@ struct Slots<'a> {
     tries: &'a tokio_util::task::TaskTracker,
     cancel: &'a CancellationToken,
     done_tx: &'a mpsc::UnboundedSender<TryDone>,
+    claimed_tx: &'a mpsc::UnboundedSender<Claimed>,
 }
 
 /// What the loop is for.
@@ -495,6 +485,7 @@ impl Engine {
                     tries: &tries,
                     cancel: &try_cancel,
                     done_tx: &done_tx,
+                    claimed_tx: &claimed_tx,
                 };
                 for c in std::mem::take(&mut answers) {
                     // A claim that filled every slot it held may have left more behind.
@@ -564,8 +555,11 @@ impl Engine {
                 break;
             }
             if !shutdown.is_cancelled() && want_claim {
-                want_claim = false;
-                attempt!(self.launch(full_pass, &mode, &try_env, &claimed_tx).await);
+                // With every slot taken or reserved nothing is claimed now, and the wish stands:
+                // a claim still in flight may have been launched before the work it would have
+                // found was queued, and comes back empty.
+                want_claim = attempt!(self.launch(full_pass, &mode, &try_env, &claimed_tx).await)
+                    == Some(false);
             }
             if let Some(e) = trouble.take() {
                 failures += 1;
@@ -646,13 +640,22 @@ impl Engine {
                     None => break,
                 },
             };
-            self.reserved -= c.reserved();
+            if !c.handover {
+                self.reserved -= c.reserved();
+            }
             for claim in c.result.into_iter().flatten().flatten() {
                 requeue(&try_env, &claim).await;
             }
         }
         tries.close();
         tries.wait().await;
+        // Tries that ended during the shutdown may have handed their slots over before they
+        // saw it: their successors were claimed but will not start here.
+        while let Ok(c) = claimed_rx.try_recv() {
+            for claim in c.result.into_iter().flatten().flatten() {
+                requeue(&try_env, &claim).await;
+            }
+        }
         // Every try of this scheduler has ended or been requeued: none of its notes is needed.
         pids.remove();
         heartbeat.abort();
@@ -987,19 +990,20 @@ impl Engine {
     /// Claims what fits in the free slots. The claim commits with the next group commit and comes
     /// back through `claimed` (see [`Engine::start_claimed`]); until then its slots are reserved,
     /// so the loop goes on planning, and a slot freed meanwhile is claimed with the commit after.
+    /// Returns false when no slot is free, so nothing was claimed.
     async fn launch(
         &mut self,
         full_pass: bool,
         mode: &Mode,
         env: &Arc<TryEnv>,
         claimed: &mpsc::UnboundedSender<Claimed>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let free = self
             .config
             .parallelism
             .saturating_sub(self.running.load(Ordering::SeqCst) + self.reserved);
         if free == 0 {
-            return Ok(());
+            return Ok(false);
         }
         // The configured pools are tried on every pass; finding queued tries in pools nobody
         // configured costs a scan of the queue, so that is done on full passes only.
@@ -1047,9 +1051,10 @@ impl Engine {
             let _ = claimed.send(Claimed {
                 asked: batch,
                 result,
+                handover: false,
             });
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Starts the tries a claim returned, and frees the slots it reserved but did not fill.
@@ -1060,11 +1065,18 @@ impl Engine {
             tries,
             cancel,
             done_tx,
+            claimed_tx,
         } = *slots;
         let reserved = c.reserved();
-        self.reserved -= reserved;
+        if c.handover {
+            // The finished tries kept their slots counted as running until now.
+            self.running.fetch_sub(reserved, Ordering::SeqCst);
+        } else {
+            self.reserved -= reserved;
+        }
         let claimed = c.result.map_err(EngineError::Write)?;
-        let filled = claimed.iter().map(Vec::len).sum::<usize>() >= reserved;
+        // A handover that came back short freed slots another pool may use.
+        let filled = c.handover || claimed.iter().map(Vec::len).sum::<usize>() >= reserved;
         for (asked, claims) in c.asked.requests.into_iter().zip(claimed) {
             for claim in claims {
                 let run = match self.run_rows.get(&claim.run_id) {
@@ -1085,18 +1097,29 @@ impl Engine {
                 let running = self.running.clone();
                 let cancel = cancel.clone();
                 let unknown_pool = asked.pool_slots.is_none().then(|| asked.pool.clone());
+                let handover = Handover {
+                    request: ClaimRequest {
+                        limit: 1,
+                        ..asked.clone()
+                    },
+                    lease: self.config.lease_timeout,
+                    answer: claimed_tx.clone(),
+                    stop: cancel.clone(),
+                };
                 let key = try_key(&claim);
                 let lost = CancellationToken::new();
                 env.running.insert(key.clone(), lost.clone());
                 tries.spawn(async move {
                     let run_id = claim.run_id.clone();
                     let mut wait = false;
+                    let mut handed_over = false;
                     match (dag, unknown_pool) {
                         (Some(dag), None) => {
                             tokio::select! {
-                                state = run_try(&env, &claim, &dag, &run) => {
+                                (state, handed) = run_try(&env, &claim, &dag, &run, Some(handover)) => {
                                     let mapped = claim.map_index != crate::plan::UNMAPPED;
                                     wait = can_wait(&dag, &claim.task_id, mapped, state);
+                                    handed_over = handed;
                                 }
                                 _ = cancel.cancelled() => {
                                     // Dropping the try's future kills its process group.
@@ -1117,7 +1140,9 @@ impl Engine {
                         }
                     }
                     env.running.remove(&key);
-                    running.fetch_sub(1, Ordering::SeqCst);
+                    if !handed_over {
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    }
                     let _ = done.send(TryDone {
                         run_id,
                         can_wait: wait,

@@ -282,3 +282,44 @@ tasks:
     let run = env.flow_json(&["run", "quiet", "--json"], 0);
     assert_eq!(run["state"], "success");
 }
+
+/// A finished try hands its slot to the next queued try in the transaction that records its
+/// end; the parallelism limit must hold all the same.
+#[test]
+fn parallelism_holds_while_slots_are_handed_over() {
+    each_db(|env, db| {
+        env.config("parallelism = 2\n");
+        let spans = env.path("spans");
+        std::fs::create_dir_all(&spans).unwrap();
+        let s = spans.display();
+        env.dag(
+            "wide.yaml",
+            &format!(
+                "id: wide\ntasks:\n  items:\n    operator: shell\n    command: echo '[0,1,2,3,4,5,6,7,8,9]' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: '{{{{ tasks.items.output }}}}'\n    command: |\n      echo \"start $(date +%s%N)\" >> {s}/{{{{ item }}}}\n      sleep 0.1\n      echo \"end $(date +%s%N)\" >> {s}/{{{{ item }}}}\n"
+            ),
+        );
+        let run = env.flow_json(&["run", "wide", "--json"], 0);
+        assert_eq!(run["state"], "success", "{db:?} {run:#}");
+        let mut events: Vec<(u128, i32)> = Vec::new();
+        for i in 0..10 {
+            let text = std::fs::read_to_string(spans.join(i.to_string())).unwrap();
+            for line in text.lines() {
+                let (what, at) = line.split_once(' ').unwrap();
+                events.push((at.parse().unwrap(), if what == "start" { 1 } else { -1 }));
+            }
+        }
+        assert_eq!(events.len(), 20);
+        // Ends sort before starts at the same instant: a slot freed and reused is not overlap.
+        events.sort();
+        let (mut now, mut most) = (0, 0);
+        for (_, d) in events {
+            now += d;
+            most = most.max(now);
+        }
+        assert!(
+            most <= 2,
+            "{db:?}: {most} tries ran at once with parallelism 2"
+        );
+        assert_eq!(most, 2, "{db:?}: the two slots were never both used");
+    });
+}
