@@ -628,17 +628,31 @@ async fn execute(
     let pids = env.pids.clone();
     let pid_claim = claim.clone();
     let pid_writer = tokio::spawn(async move {
-        while let Some((pid, reply)) = pid_rx.recv().await {
-            let ok = match pids.note(pid, &pid_claim) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("cannot note pid {pid} in {}: {e}", pids.path.display());
-                    false
+        // The database gets the pid only once the try has run for a second: a short try ends
+        // before anyone could look, and its write would only compete with the ends for
+        // commits. The journal has it from the start.
+        let mut pending: Option<u32> = None;
+        loop {
+            tokio::select! {
+                msg = pid_rx.recv() => {
+                    let Some((pid, reply)) = msg else { break };
+                    let ok = match pids.note(pid, &pid_claim) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!("cannot note pid {pid} in {}: {e}", pids.path.display());
+                            false
+                        }
+                    };
+                    let _ = reply.send(ok);
+                    if ok && let Some(earlier) = pending.replace(pid) {
+                        recorder.write_detached(TryWrite::Pid(pid_claim.clone(), earlier as i64));
+                    }
                 }
-            };
-            let _ = reply.send(ok);
-            if ok {
-                recorder.write_detached(TryWrite::Pid(pid_claim.clone(), pid as i64));
+                _ = tokio::time::sleep(Duration::from_secs(1)), if pending.is_some() => {
+                    if let Some(pid) = pending.take() {
+                        recorder.write_detached(TryWrite::Pid(pid_claim.clone(), pid as i64));
+                    }
+                }
             }
         }
     });
