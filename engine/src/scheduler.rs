@@ -1031,7 +1031,16 @@ impl Engine {
                 .map(|pool| ClaimRequest {
                     owner: self.owner.clone(),
                     hostname: self.hostname.clone(),
-                    pool_slots: self.config.pool_size(&pool).map(|n| n as i64),
+                    // The default pool, unless sized in flow.toml, is as large as this
+                    // scheduler's parallelism, which the loop enforces itself: the claim need
+                    // not count its running tries in the database.
+                    pool_slots: if pool == DEFAULT_POOL
+                        && !self.config.pools.contains_key(DEFAULT_POOL)
+                    {
+                        None
+                    } else {
+                        self.config.pool_size(&pool).map(|n| n as i64)
+                    },
                     pool,
                     limit: free as i64,
                     now,
@@ -1096,7 +1105,11 @@ impl Engine {
                 let done = done_tx.clone();
                 let running = self.running.clone();
                 let cancel = cancel.clone();
-                let unknown_pool = asked.pool_slots.is_none().then(|| asked.pool.clone());
+                let unknown_pool = self
+                    .config
+                    .pool_size(&asked.pool)
+                    .is_none()
+                    .then(|| asked.pool.clone());
                 let handover = Handover {
                     request: ClaimRequest {
                         limit: 1,
