@@ -59,6 +59,30 @@ pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
     }
 }
 
+/// A run's snapshot holding only its upstream tasks' outputs: what rendering a task's
+/// templates reads (the executor before a try, the task page for its rendered command).
+pub fn outputs_snapshot(run: &RunRow, outputs: Vec<(String, i64, Option<Json>)>) -> RunSnapshot {
+    let rows = outputs
+        .into_iter()
+        .map(|(task_id, map_index, output)| TiSnapshot {
+            task_id,
+            map_index,
+            state: TaskState::Success,
+            try_number: 0,
+            try_base: 0,
+            next_try_at: None,
+            output,
+        })
+        .collect();
+    plan_snapshot(
+        run,
+        PlanRows {
+            rows,
+            counts: Vec::new(),
+        },
+    )
+}
+
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
 /// A claim's answer for the scheduler loop: what it asked (pools, sizes, the slots it held) and
@@ -558,25 +582,7 @@ async fn execute(
             }
         }
     };
-    let rows: Vec<TiSnapshot> = outputs
-        .into_iter()
-        .map(|(task_id, map_index, output)| TiSnapshot {
-            task_id,
-            map_index,
-            state: TaskState::Success,
-            try_number: 0,
-            try_base: 0,
-            next_try_at: None,
-            output,
-        })
-        .collect();
-    let snap = plan_snapshot(
-        run,
-        PlanRows {
-            rows,
-            counts: Vec::new(),
-        },
-    );
+    let snap = outputs_snapshot(run, outputs);
     let ctx_value = snap.context(reads.iter().copied()).to_value(
         &TaskPart {
             task_id: &task.id,

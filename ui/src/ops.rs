@@ -136,6 +136,20 @@ pub struct LogChunk {
     pub complete: bool,
 }
 
+/// The log of (run, task) at (try, map index, offset), as the API's logs endpoint and the task
+/// page's tail answer it: up to `limit` bytes.
+pub async fn log_chunk(
+    store: &dyn Store,
+    home: &Path,
+    masker: &Masker,
+    (run_id, task_id): (&str, &str),
+    (try_number, map_index, offset): (Option<i64>, Option<i64>, u64),
+    limit: u64,
+) -> Result<LogChunk, OpError> {
+    let target = log_target(store, home, run_id, task_id, try_number, map_index).await?;
+    read_log(store, &target, masker, offset, limit).await
+}
+
 /// Reads up to `limit` bytes of a try's log from `offset`.
 ///
 /// While the try runs, only whole lines are returned, so that a secret is never split across two

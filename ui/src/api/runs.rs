@@ -142,20 +142,12 @@ pub async fn task_logs(
     Path((run_id, task_id)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
 ) -> Result<axum::Json<LogChunk>, ApiError> {
-    let target = ops::log_target(
+    let chunk = ops::log_chunk(
         state.store.as_ref(),
         &state.home,
-        &run_id,
-        &task_id,
-        q.try_number,
-        q.map_index,
-    )
-    .await?;
-    let chunk = ops::read_log(
-        state.store.as_ref(),
-        &target,
         &state.masker,
-        q.offset.unwrap_or(0),
+        (&run_id, &task_id),
+        (q.try_number, q.map_index, q.offset.unwrap_or(0)),
         LOG_CHUNK,
     )
     .await?;

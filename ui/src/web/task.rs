@@ -7,10 +7,8 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
-use flow_engine::plan::{TiSnapshot, UNMAPPED};
+use flow_engine::plan::UNMAPPED;
 use flow_engine::secrets::Secrets;
-use flow_engine::state::TaskState;
-use flow_engine::store::PlanRows;
 use flow_engine::template::{self, TaskPart};
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -205,25 +203,7 @@ async fn rendered(
             .await
             .map_err(|e| e.to_string())?
     };
-    let rows = outputs
-        .into_iter()
-        .map(|(task_id, map_index, output)| TiSnapshot {
-            task_id,
-            map_index,
-            state: TaskState::Success,
-            try_number: 0,
-            try_base: 0,
-            next_try_at: None,
-            output,
-        })
-        .collect();
-    let snap = flow_engine::executor::plan_snapshot(
-        run,
-        PlanRows {
-            rows,
-            counts: Vec::new(),
-        },
-    );
+    let snap = flow_engine::executor::outputs_snapshot(run, outputs);
     let secrets = Secrets::from_pairs(
         state
             .secret_names
@@ -263,20 +243,12 @@ pub async fn log_chunk(
     query: Result<Query<ChunkQuery>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
     let Query(q) = query.map_err(bad_query)?;
-    let target = ops::log_target(
+    let chunk = ops::log_chunk(
         state.store.as_ref(),
         &state.home,
-        &run_id,
-        &task_id,
-        q.try_number,
-        q.map_index,
-    )
-    .await?;
-    let chunk = ops::read_log(
-        state.store.as_ref(),
-        &target,
         &state.masker,
-        q.offset.unwrap_or(0),
+        (&run_id, &task_id),
+        (q.try_number, q.map_index, q.offset.unwrap_or(0)),
         LOG_CHUNK,
     )
     .await?;
