@@ -110,7 +110,7 @@ pub struct Handover {
     pub request: ClaimRequest,
     pub lease: Duration,
     pub answer: tokio::sync::mpsc::UnboundedSender<Claimed>,
-    /// Once cancelled (shutdown), the slot is not handed on.
+    /// Once cancelled (shutdown), the ending try does not hand its slot on.
     pub stop: CancellationToken,
 }
 
@@ -176,10 +176,10 @@ impl Recorder {
                     });
                 let mut groups: Vec<(ClaimRequest, tokio::sync::mpsc::UnboundedSender<Claimed>)> =
                     Vec::new();
+                // Every handover that reached here is claimed and answered, shutdown or not: its
+                // try has already kept its slot for the answer, and the loop's drain requeues
+                // what it can no longer start.
                 for h in handovers {
-                    if h.stop.is_cancelled() {
-                        continue;
-                    }
                     merged.limit += 1;
                     match groups
                         .iter_mut()
