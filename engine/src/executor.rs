@@ -254,20 +254,18 @@ impl Recorder {
     }
 
     pub async fn write(&self, w: TryWrite) -> Result<bool, String> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Job::Write(Box::new(w), reply, None))
-            .map_err(|_| "the try recorder has stopped".to_string())?;
-        answer
-            .await
-            .map_err(|_| "the try recorder has stopped".to_string())?
+        self.send_write(w, None).await
     }
 
     /// Writes a try's end and, in the same transaction, claims a successor for its slot.
     pub async fn end_and_hand_over(&self, w: TryWrite, handover: Handover) -> Result<bool, String> {
+        self.send_write(w, Some(handover)).await
+    }
+
+    async fn send_write(&self, w: TryWrite, handover: Option<Handover>) -> Result<bool, String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Job::Write(Box::new(w), reply, Some(handover)))
+            .send(Job::Write(Box::new(w), reply, handover))
             .map_err(|_| "the try recorder has stopped".to_string())?;
         answer
             .await
@@ -442,13 +440,10 @@ impl PidJournal {
     /// The process group `owner` noted for a try, from its journal in `home`.
     pub fn find(home: &Path, owner: &str, key: &TryKey) -> Option<i64> {
         let text = std::fs::read_to_string(Self::path(home, owner)).ok()?;
-        let wanted = format!("\t{}\t{}\t{}\t{}", key.0, key.1, key.2, key.3);
+        let wanted = format!("{}\t{}\t{}\t{}", key.0, key.1, key.2, key.3);
         text.lines()
             .rev()
-            .find_map(|l| {
-                l.split_once('\t')
-                    .filter(|(_, rest)| format!("\t{rest}") == wanted)
-            })
+            .find_map(|l| l.split_once('\t').filter(|(_, rest)| *rest == wanted))
             .and_then(|(pid, _)| pid.parse().ok())
     }
 

@@ -57,6 +57,14 @@ impl EngineConfig {
             .copied()
             .or((pool == DEFAULT_POOL).then_some(self.parallelism))
     }
+
+    /// The slots a claim must count in the database for `pool`: a configured pool's size. The
+    /// default pool, unless sized in flow.toml, is as large as this scheduler's parallelism,
+    /// which the loop enforces itself, so its claims count nothing; nor do an unknown pool's,
+    /// whose tries are claimed only to fail.
+    pub fn counted_slots(&self, pool: &str) -> Option<i64> {
+        self.pools.get(pool).map(|&n| n as i64)
+    }
 }
 
 pub fn default_parallelism() -> usize {
@@ -940,17 +948,24 @@ impl Engine {
                 continue;
             };
             let dag = self.dag_for(&run.dag_id, &run.dag_version).await?;
+            let claim = Claim {
+                run_id: ti.run_id.clone(),
+                task_id: ti.task_id.clone(),
+                map_index: ti.map_index,
+                try_number: ti.try_number,
+                try_base: ti.try_base,
+                item: ti.item.clone(),
+                owner: ti.lease_owner.clone().unwrap_or_default(),
+                started_at: ti.started_at.unwrap_or(now),
+            };
             // The pid is in the database once its detached write committed, and in the dead
             // scheduler's journal from before the command started.
             let pid = ti.pid.or_else(|| {
-                let owner = ti.lease_owner.as_deref()?;
-                let key = (
-                    ti.run_id.clone(),
-                    ti.task_id.clone(),
-                    ti.map_index,
-                    ti.try_number,
-                );
-                crate::executor::PidJournal::find(&self.config.home, owner, &key)
+                crate::executor::PidJournal::find(
+                    &self.config.home,
+                    ti.lease_owner.as_deref()?,
+                    &try_key(&claim),
+                )
             });
             if ti.hostname.as_deref() == Some(self.hostname.as_str())
                 && let Some(pid) = pid
@@ -962,16 +977,6 @@ impl Engine {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            let claim = Claim {
-                run_id: ti.run_id.clone(),
-                task_id: ti.task_id.clone(),
-                map_index: ti.map_index,
-                try_number: ti.try_number,
-                try_base: ti.try_base,
-                item: ti.item.clone(),
-                owner: ti.lease_owner.clone().unwrap_or_default(),
-                started_at: ti.started_at.unwrap_or(now),
-            };
             let end = orphan_end(dag.as_ref().and_then(|d| d.task(&ti.task_id)), &ti);
             if self.store.finish_try(&claim, &end).await? {
                 tracing::warn!(
@@ -1031,16 +1036,7 @@ impl Engine {
                 .map(|pool| ClaimRequest {
                     owner: self.owner.clone(),
                     hostname: self.hostname.clone(),
-                    // The default pool, unless sized in flow.toml, is as large as this
-                    // scheduler's parallelism, which the loop enforces itself: the claim need
-                    // not count its running tries in the database.
-                    pool_slots: if pool == DEFAULT_POOL
-                        && !self.config.pools.contains_key(DEFAULT_POOL)
-                    {
-                        None
-                    } else {
-                        self.config.pool_size(&pool).map(|n| n as i64)
-                    },
+                    pool_slots: self.config.counted_slots(&pool),
                     pool,
                     limit: free as i64,
                     now,
