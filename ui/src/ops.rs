@@ -57,6 +57,23 @@ pub async fn next_run_at(
     })
 }
 
+/// The run a keyset page of `dag_id`'s runs starts after (`?before=RUN_ID`), checked to be one of
+/// that DAG's runs.
+pub async fn dag_cursor(
+    store: &dyn Store,
+    dag_id: &str,
+    before: Option<&str>,
+) -> Result<Option<RunRow>, OpError> {
+    let Some(id) = before else { return Ok(None) };
+    match store.get_run(id).await? {
+        Some(r) if r.dag_id == dag_id => Ok(Some(r)),
+        _ => Err(OpError::Invalid(format!(
+            "before: '{id}' is not a run of DAG '{dag_id}' (give the run id the previous page \
+             ends with)"
+        ))),
+    }
+}
+
 pub async fn get_run(store: &dyn Store, run_id: &str) -> Result<RunRow, OpError> {
     store
         .get_run(run_id)

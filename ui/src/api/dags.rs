@@ -25,7 +25,7 @@ use crate::render::{DagDetailView, DagView, dag_detail_json, dag_json};
 const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
 const MAX_KEY_LEN: usize = 255;
 
-async fn active_dag(state: &AppState, dag_id: &str) -> Result<DagRow, ApiError> {
+pub(super) async fn active_dag(state: &AppState, dag_id: &str) -> Result<DagRow, ApiError> {
     match state.store.get_dag(dag_id).await? {
         Some(row) if row.active => Ok(row),
         _ => Err(ApiError::not_found(format!(

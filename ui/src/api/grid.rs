@@ -90,25 +90,8 @@ pub async fn grid(
             "limit must be between 1 and {MAX_LIMIT}, not {limit}"
         )));
     }
-    let row = match state.store.get_dag(&dag_id).await? {
-        Some(row) if row.active => row,
-        _ => {
-            return Err(ApiError::not_found(format!(
-                "unknown DAG '{dag_id}': GET /api/v1/dags lists them"
-            )));
-        }
-    };
-    let cursor = match &q.before {
-        Some(id) => match state.store.get_run(id).await? {
-            Some(r) if r.dag_id == dag_id => Some(r),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "before: '{id}' is not a run of DAG '{dag_id}' (give next_before of the previous page)"
-                )));
-            }
-        },
-        None => None,
-    };
+    let row = super::dags::active_dag(&state, &dag_id).await?;
+    let cursor = crate::ops::dag_cursor(state.store.as_ref(), &dag_id, q.before.as_deref()).await?;
     let mut runs = state
         .store
         .list_runs(&RunFilter {

@@ -221,17 +221,7 @@ async fn render(
     submitted: Option<Submitted>,
 ) -> PageResult {
     let (row, dag) = active(state, dag_id).await?;
-    let cursor = match &q.before {
-        Some(id) => match state.store.get_run(id).await? {
-            Some(r) if r.dag_id == row.dag_id => Some(r),
-            _ => {
-                return Err(PageError::BadRequest(format!(
-                    "before: '{id}' is not a run of DAG '{dag_id}'"
-                )));
-            }
-        },
-        None => None,
-    };
+    let cursor = ops::dag_cursor(state.store.as_ref(), &row.dag_id, q.before.as_deref()).await?;
     // One more than a page, to know whether there is an older page.
     let mut runs = state
         .store
