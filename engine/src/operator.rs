@@ -20,6 +20,11 @@ use crate::secrets::{Masker, Secrets};
 pub struct OperatorKeys {
     pub required: &'static [&'static str],
     pub optional: &'static [&'static str],
+    /// Keys whose text is code another engine parses (SQL). Their templates may read flow's
+    /// own values (`ds`, `data_interval_start`) but not params, task outputs or items: those are
+    /// data, and spliced into code they could change what it does; the operator takes them as
+    /// bound parameters instead, and validation says so.
+    pub code: &'static [&'static str],
 }
 
 /// Names operators and their keys, for validation.

@@ -467,6 +467,7 @@ mod tests {
             (operator == "shell").then_some(OperatorKeys {
                 required: &["command"],
                 optional: &["env", "cwd"],
+                code: &[],
             })
         }
         fn names(&self) -> Vec<&str> {

@@ -7,8 +7,9 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
+pub use minijinja::Value;
 use minijinja::value::ValueKind;
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value as Json;
 
 /// The names a template may use at the top level.

@@ -60,6 +60,7 @@ impl Operator for Shell {
         OperatorKeys {
             required: &["command"],
             optional: &["env", "cwd"],
+            code: &[],
         }
     }
 

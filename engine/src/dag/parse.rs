@@ -407,7 +407,7 @@ impl Cx {
             .enumerate()
             .map(|(i, t)| (t.id.clone(), i))
             .collect();
-        self.check_templates(&dag, root);
+        self.check_templates(&dag, root, catalog);
         timezone?;
         complete.then_some(dag)
     }
@@ -737,7 +737,7 @@ impl Cx {
         }
     }
 
-    fn check_templates(&mut self, dag: &Dag, root: &Node) {
+    fn check_templates(&mut self, dag: &Dag, root: &Node, catalog: &dyn Catalog) {
         let Some(tasks_node) = root.get("tasks") else {
             return;
         };
@@ -759,6 +759,7 @@ impl Cx {
             };
             let ancestors = dag.ancestors(&task.id);
             let mapped = task.for_each.is_some();
+            let code_keys = catalog.keys(&task.operator).map_or(&[][..], |k| k.code);
             let mut strings = Vec::new();
             if let Value::Map(fields) = &tnode.value {
                 for (k, v) in fields {
@@ -783,6 +784,14 @@ impl Cx {
                     }
                 };
                 let item_allowed = mapped && key != "for_each" && key != "when";
+                let top = key.split(['.', '[']).next().unwrap_or_default();
+                if code_keys.contains(&top) {
+                    for r in &refs {
+                        if let Some(msg) = spliced_into_code(r) {
+                            self.problem(pos, format!("in '{key}' of task '{}': {msg}", task.id));
+                        }
+                    }
+                }
                 for r in refs {
                     if let Some(msg) =
                         check_reference(&r, &task_ids, &task.id, &params, &ancestors, item_allowed)
@@ -793,6 +802,20 @@ impl Cx {
             }
         }
     }
+}
+
+/// Why a name may not be spliced into a code key (see [`crate::operator::OperatorKeys::code`]), if it may not.
+fn spliced_into_code(r: &str) -> Option<String> {
+    let head = r.split('.').next().unwrap_or_default();
+    let bind_name = match head {
+        "params" | "tasks" => r.rsplit('.').next().unwrap_or(head),
+        "item" | "map_index" => head,
+        _ => return None,
+    };
+    Some(format!(
+        "'{r}' would be spliced into the query's text; bind it as a parameter instead: \
+         `bind: {{ {bind_name}: \"{{{{ {r} }}}}\" }}` and write ${bind_name} in the query"
+    ))
 }
 
 /// Why a name a template reads cannot be there, if it cannot.

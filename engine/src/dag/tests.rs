@@ -18,13 +18,22 @@ struct TestCatalog;
 
 impl Catalog for TestCatalog {
     fn keys(&self, operator: &str) -> Option<OperatorKeys> {
-        (operator == "shell").then_some(OperatorKeys {
-            required: &["command"],
-            optional: &["env", "cwd"],
-        })
+        match operator {
+            "shell" => Some(OperatorKeys {
+                required: &["command"],
+                optional: &["env", "cwd"],
+                code: &[],
+            }),
+            "sql" => Some(OperatorKeys {
+                required: &["query"],
+                optional: &["sources", "bind", "output"],
+                code: &["query"],
+            }),
+            _ => None,
+        }
     }
     fn names(&self) -> Vec<&str> {
-        vec!["shell"]
+        vec!["shell", "sql"]
     }
 }
 
@@ -226,6 +235,21 @@ fn unknown_param_in_template() {
 }
 
 #[test]
+fn param_spliced_into_sql() {
+    // `{{ ds }}` is flow's own value and may stay; the param must be bound.
+    only(
+        &invalid("param_spliced_into_sql"),
+        8,
+        12,
+        &[
+            "'params.country' would be spliced",
+            "bind: { country:",
+            "$country",
+        ],
+    );
+}
+
+#[test]
 fn unknown_task_in_template() {
     only(
         &invalid("unknown_task_in_template"),
@@ -302,6 +326,7 @@ fn every_invalid_fixture_is_checked_and_points_into_its_file() {
         "missing_id",
         "missing_operator",
         "output_not_upstream",
+        "param_spliced_into_sql",
         "param_wrong_type",
         "schedule_without_start_date",
         "several_problems",
@@ -695,7 +720,7 @@ fn loading_the_fixture_folders() {
 
     let invalid = load_folder(Path::new(INVALID), &TestCatalog, &opts).unwrap();
     assert!(invalid.dags.is_empty());
-    assert_eq!(invalid.errors.len(), 22);
+    assert_eq!(invalid.errors.len(), 23);
 }
 
 fn inline(yaml: &str) -> Vec<Problem> {
