@@ -1,15 +1,24 @@
 //! flow's built-in operators. The engine knows them only through
 //! [`flow_engine::operator::Operator`]; [`registry`] names every built-in one.
 
+pub mod connections;
+pub mod http;
 pub mod shell;
+pub mod sql;
+pub mod storage;
 
 use std::sync::Arc;
 
 use flow_engine::operator::Registry;
 
-/// Every built-in operator.
-pub fn registry() -> Registry {
+pub use connections::Connections;
+
+/// Every built-in operator, with the connections of `flow.toml` for those that use them.
+pub fn registry(connections: Connections) -> Registry {
+    let connections = Arc::new(connections);
     let mut r = Registry::new();
     r.register(Arc::new(shell::Shell));
+    r.register(Arc::new(http::Http));
+    r.register(Arc::new(sql::Sql::new(connections)));
     r
 }

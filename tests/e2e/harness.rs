@@ -40,6 +40,64 @@ pub fn postgres_available() -> bool {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The S3 emulator (moto) that `scripts/test.sh` starts, with one fresh bucket for the caller;
+/// None outside CI when it is not running (CI=true fails instead).
+pub fn s3_bucket(prefix: &str) -> Option<(String, String)> {
+    let Ok(endpoint) = std::env::var("FLOW_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "FLOW_TEST_S3_ENDPOINT is not set: the S3 emulator is not running, and CI=true requires \
+             it (scripts/test.sh starts it)"
+        );
+        eprintln!("note: no S3 emulator (run the tests with ./scripts/test.sh); skipping");
+        return None;
+    };
+    let bucket = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+    .replace('_', "-");
+    // moto checks no signature, so a plain PUT makes the bucket.
+    ureq::put(format!("{endpoint}/{bucket}"))
+        .send_empty()
+        .unwrap_or_else(|e| panic!("cannot create bucket {bucket} at {endpoint}: {e}"));
+    Some((endpoint, bucket))
+}
+
+/// Puts one object into the emulator's bucket.
+pub fn s3_put(endpoint: &str, bucket: &str, key: &str, body: &[u8]) {
+    ureq::put(format!("{endpoint}/{bucket}/{key}"))
+        .send(body)
+        .unwrap_or_else(|e| panic!("cannot put s3://{bucket}/{key}: {e}"));
+}
+
+/// The keys under `prefix` in the emulator's bucket, sorted.
+pub fn s3_keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+    let xml = ureq::get(format!("{endpoint}/{bucket}?list-type=2&prefix={prefix}"))
+        .call()
+        .unwrap_or_else(|e| panic!("cannot list s3://{bucket}/{prefix}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let mut keys: Vec<String> = xml
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// A `[connections.NAME]` table for the emulator.
+pub fn s3_connection(name: &str, endpoint: &str) -> String {
+    format!(
+        "[connections.{name}]\ntype = \"aws\"\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
+         force_path_style = true\naccess_key_id = \"test\"\nsecret_access_key = \"{{{{ secrets.LAKE_KEY }}}}\"\n"
+    )
+}
+
 impl Env {
     /// A fresh environment, or None when the database is PostgreSQL and it is not available
     /// outside CI.
@@ -236,32 +294,50 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
 
 /// A one-shot HTTP receiver on a free loopback port: it accepts one request, answers 200, and
 /// hands back the request line and the body.
+/// Accepts one request and answers it 200 "ok"; the thread returns its request line and body.
 pub fn one_post_receiver() -> (u16, std::thread::JoinHandle<(String, String)>) {
+    let (port, receiver) = http_receiver(vec![(200, "text/plain", "ok")]);
+    let first = std::thread::spawn(move || receiver.join().unwrap().remove(0));
+    (port, first)
+}
+
+/// Answers one request per entry of `responses` (status, content type, body), in order; the
+/// thread returns each request's line (with its headers after it) and body.
+pub fn http_receiver(
+    responses: Vec<(u16, &'static str, &'static str)>,
+) -> (u16, std::thread::JoinHandle<Vec<(String, String)>>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let receiver = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line).unwrap();
-        let mut len = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line.trim().is_empty() {
-                break;
+        let mut seen = Vec::new();
+        for (status, content_type, body) in responses {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            reader.read_line(&mut head).unwrap();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+                head.push_str(&line);
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
+            let mut got = vec![0; len];
+            reader.read_exact(&mut got).unwrap();
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).unwrap();
+            seen.push((head, String::from_utf8(got).unwrap()));
         }
-        let mut body = vec![0; len];
-        reader.read_exact(&mut body).unwrap();
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .unwrap();
-        (request_line, String::from_utf8(body).unwrap())
+        seen
     });
     (port, receiver)
 }

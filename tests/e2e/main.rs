@@ -8,5 +8,6 @@ mod api;
 mod browser;
 mod cli;
 mod daemon;
+mod heavy;
 mod pages;
 mod run;

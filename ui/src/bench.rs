@@ -111,7 +111,7 @@ async fn run_workload(
     };
     let mut engine = Engine::new(
         store.clone(),
-        Arc::new(flow_operators::registry()),
+        Arc::new(flow_operators::registry(Default::default())),
         config,
         Secrets::default(),
     );
@@ -184,7 +184,7 @@ pub async fn load_only(dags: PathBuf, db_url: String) -> Result<u8> {
     };
     let mut engine = Engine::new(
         store,
-        Arc::new(flow_operators::registry()),
+        Arc::new(flow_operators::registry(Default::default())),
         config,
         Secrets::default(),
     );

@@ -437,7 +437,7 @@ pub async fn bench_ui(opts: UiBenchOptions) -> Result<u8> {
         let store = flow_engine::store::connect(url).await?;
         let mut engine = Engine::new(
             store.clone(),
-            Arc::new(flow_operators::registry()),
+            Arc::new(flow_operators::registry(Default::default())),
             EngineConfig {
                 home: home.clone(),
                 dags_folder: dags.clone(),

@@ -104,7 +104,7 @@ fn redact_url(url: &str) -> String {
 async fn engine(ctx: &Ctx) -> Result<Engine> {
     let mut engine = Engine::new(
         ctx.store.clone(),
-        Arc::new(flow_operators::registry()),
+        Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
         ctx.settings.engine.clone(),
         ctx.secrets.clone(),
     );
@@ -233,7 +233,7 @@ fn validate(g: &Global, paths: Vec<PathBuf>) -> Result<u8> {
         }
         files.extend(dag_files(p).with_context(|| format!("cannot read {}", p.display()))?);
     }
-    let registry = flow_operators::registry();
+    let registry = flow_operators::registry(Default::default());
     let loaded = load_files(&files, &registry, &Engine::parse_options());
     let mut problems = 0;
     for p in loaded.problems() {
@@ -581,7 +581,7 @@ async fn task_clear(g: &Global, run_id: &str, task: &str, downstream: bool) -> R
     let ctx = open(g).await?;
     let mut engine = Engine::new(
         ctx.store.clone(),
-        Arc::new(flow_operators::registry()),
+        Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
         ctx.settings.engine.clone(),
         ctx.secrets.clone(),
     );
@@ -673,7 +673,7 @@ async fn server(g: &Global, standalone: bool) -> Result<u8> {
         ensure_admin_token(&ctx).await?;
         let catalog = Engine::new(
             ctx.store.clone(),
-            Arc::new(flow_operators::registry()),
+            Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
             ctx.settings.engine.clone(),
             ctx.secrets.clone(),
         );

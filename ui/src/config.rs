@@ -19,12 +19,8 @@ pub struct FileConfig {
     pub parallelism: Option<usize>,
     #[serde(default)]
     pub pools: BTreeMap<String, usize>,
-    /// Read by the operators of the heavy-steps work; kept as a table until then.
+    /// Named connections; rendered (secrets filled in) by the operator that uses one, per try.
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted now so that flow.toml files stay valid; read by the S3/warehouse operators"
-    )]
     pub connections: BTreeMap<String, toml::Table>,
     #[serde(default)]
     pub notifications: Notifications,
@@ -62,6 +58,8 @@ pub struct Notifications {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub home: PathBuf,
+    /// `[connections]`, for the operators that name one.
+    pub connections: flow_operators::Connections,
     pub dags_folder: PathBuf,
     pub database_url: String,
     pub bind: String,
@@ -131,7 +129,16 @@ pub fn resolve(given: &Given) -> Result<Settings> {
         )?,
         burst: nonzero(file.api.rate_limit_burst, 100, "rate_limit_burst")?,
     };
+    let mut connections = std::collections::BTreeMap::new();
+    for (name, table) in &file.connections {
+        let value = serde_json::to_value(table)
+            .with_context(|| format!("flow.toml: [connections.{name}]"))?;
+        if let serde_json::Value::Object(map) = value {
+            connections.insert(name.clone(), map);
+        }
+    }
     Ok(Settings {
+        connections: flow_operators::Connections::new(connections),
         rate_limit,
         engine: EngineConfig {
             home: home.clone(),

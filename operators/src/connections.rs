@@ -1,0 +1,199 @@
+//! Named connections from `[connections]` in `flow.toml`.
+//!
+//! A task names a connection (`connection: lake`); the operator asks for it here when a try runs,
+//! so a secret a connection names (`"{{ secrets.NAME }}"`) is read from the scheduler's
+//! environment at that moment and never stored anywhere.
+
+use std::collections::BTreeMap;
+
+use flow_engine::operator::OperatorError;
+use flow_engine::secrets::Secrets;
+use flow_engine::template;
+use serde_json::{Map, Value as Json};
+
+/// Every named connection, as `flow.toml` gives them (values not yet rendered).
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    entries: BTreeMap<String, Map<String, Json>>,
+}
+
+/// An `aws` connection: where S3 (and EMR) are, and how to sign requests. Unset fields fall back
+/// to the standard AWS chain (environment, profile, instance metadata).
+#[derive(Clone, Default, PartialEq)]
+pub struct Aws {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for Aws {
+    // Keys stay out of debug output, whatever prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aws")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("force_path_style", &self.force_path_style)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    pub fn new(entries: BTreeMap<String, Map<String, Json>>) -> Connections {
+        Connections { entries }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    fn entry(&self, name: &str, want: &str) -> Result<&Map<String, Json>, OperatorError> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.names().collect();
+            OperatorError::Fatal(if known.is_empty() {
+                format!("connection `{name}` is not defined: flow.toml has no [connections]")
+            } else {
+                format!(
+                    "connection `{name}` is not defined in flow.toml (defined: {})",
+                    known.join(", ")
+                )
+            })
+        })?;
+        let kind = entry.get("type").and_then(Json::as_str).unwrap_or("");
+        if kind != want {
+            return Err(OperatorError::Fatal(format!(
+                "connection `{name}` has type \"{kind}\", but this task needs a \"{want}\" connection"
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// The `aws` connection `name`, or the standard AWS chain alone when `name` is None.
+    pub fn aws(&self, name: Option<&str>, secrets: &Secrets) -> Result<Aws, OperatorError> {
+        let Some(name) = name else {
+            return Ok(Aws::default());
+        };
+        let entry = self.entry(name, "aws")?;
+        let text = |key: &str| render_key(name, entry, key, secrets);
+        Ok(Aws {
+            region: text("region")?,
+            endpoint_url: text("endpoint_url")?,
+            force_path_style: match entry.get("force_path_style") {
+                None => false,
+                Some(Json::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(OperatorError::Fatal(format!(
+                        "connection `{name}`: force_path_style must be true or false"
+                    )));
+                }
+            },
+            access_key_id: text("access_key_id")?,
+            secret_access_key: text("secret_access_key")?,
+            session_token: text("session_token")?,
+        })
+    }
+
+    /// The URL of the `postgres` connection `name`, with its secrets filled in.
+    pub fn postgres_url(&self, name: &str, secrets: &Secrets) -> Result<String, OperatorError> {
+        let entry = self.entry(name, "postgres")?;
+        render_key(name, entry, "url", secrets)?
+            .ok_or_else(|| OperatorError::Fatal(format!("connection `{name}` has no url")))
+    }
+}
+
+fn render_key(
+    name: &str,
+    entry: &Map<String, Json>,
+    key: &str,
+    secrets: &Secrets,
+) -> Result<Option<String>, OperatorError> {
+    let value = match entry.get(key) {
+        None => return Ok(None),
+        Some(Json::String(s)) => s,
+        Some(_) => {
+            return Err(OperatorError::Fatal(format!(
+                "connection `{name}`: {key} must be a string"
+            )));
+        }
+    };
+    if !template::is_template(value) {
+        return Ok(Some(value.clone()));
+    }
+    let secrets_map: Map<String, Json> = secrets
+        .names()
+        .filter_map(|n| {
+            secrets
+                .get(n)
+                .map(|v| (n.to_string(), Json::String(v.into())))
+        })
+        .collect();
+    let ctx = minijinja_ctx(secrets_map);
+    template::render(value, &ctx).map(Some).map_err(|e| {
+        OperatorError::Fatal(
+            secrets
+                .masker()
+                .mask(&format!("connection `{name}`: {key} did not render: {e}")),
+        )
+    })
+}
+
+fn minijinja_ctx(secrets: Map<String, Json>) -> template::Value {
+    template::Value::from(minijinja::value::Serde(
+        serde_json::json!({ "secrets": secrets }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns() -> Connections {
+        let toml: BTreeMap<String, Map<String, Json>> = serde_json::from_value(serde_json::json!({
+            "lake": {"type": "aws", "region": "us-east-1", "endpoint_url": "http://127.0.0.1:5055",
+                     "force_path_style": true, "access_key_id": "AK",
+                     "secret_access_key": "{{ secrets.LAKE_SECRET }}"},
+            "warehouse": {"type": "postgres", "url": "postgres://loader:{{ secrets.WH }}@h/db"},
+        }))
+        .unwrap();
+        Connections::new(toml)
+    }
+
+    #[test]
+    fn renders_secrets_into_the_connection_it_is_asked_for() {
+        let secrets = Secrets::from_pairs([
+            ("LAKE_SECRET".to_string(), "s3cr3t".to_string()),
+            ("WH".to_string(), "pw".to_string()),
+        ]);
+        let aws = conns().aws(Some("lake"), &secrets).unwrap();
+        assert_eq!(aws.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert_eq!(aws.endpoint_url.as_deref(), Some("http://127.0.0.1:5055"));
+        assert!(aws.force_path_style);
+        assert!(!format!("{aws:?}").contains("s3cr3t"));
+        assert_eq!(
+            conns().postgres_url("warehouse", &secrets).unwrap(),
+            "postgres://loader:pw@h/db"
+        );
+    }
+
+    #[test]
+    fn unknown_wrong_type_and_missing_secret_are_clear_errors() {
+        let secrets = Secrets::from_pairs([]);
+        let err = conns().aws(Some("lak"), &secrets).unwrap_err().to_string();
+        assert!(
+            err.contains("`lak` is not defined") && err.contains("lake, warehouse"),
+            "{err}"
+        );
+        let err = conns()
+            .aws(Some("warehouse"), &secrets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a \"aws\" connection"), "{err}");
+        let err = conns()
+            .postgres_url("warehouse", &secrets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("url did not render"), "{err}");
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The test bed the heavy-step tests talk to: moto's S3 server (PyPI `moto[server]`), in a Python
+# venv kept outside the clone so that it is installed once per machine. Sourced by test.sh:
+# it starts the server and exports FLOW_TEST_S3_ENDPOINT; the caller's EXIT trap stops it.
+#
+#   FLOW_TESTBED   where the venv and logs live (default ~/.cache/flow-testbed)
+
+testbed_dir="${FLOW_TESTBED:-$HOME/.cache/flow-testbed}"
+testbed_venv="$testbed_dir/venv"
+testbed_pids=()
+
+testbed_install() {
+  mkdir -p "$testbed_dir"
+  if [ ! -x "$testbed_venv/bin/moto_server" ]; then
+    python3 -m venv "$testbed_venv"
+    "$testbed_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'boto3==1.*'
+  fi
+}
+
+# A free TCP port on 127.0.0.1, chosen by the kernel.
+testbed_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+testbed_wait() { # URL NAME PID
+  for _ in $(seq 1 150); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    if ! kill -0 "$3" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+  echo "testbed: $2 did not start; see $testbed_dir/$2.log" >&2
+  return 1
+}
+
+testbed_start() {
+  testbed_install
+  local port
+  port="$(testbed_free_port)"
+  "$testbed_venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$testbed_dir/moto.log" 2>&1 &
+  testbed_pids+=("$!")
+  testbed_wait "http://127.0.0.1:$port/moto-api/" moto "$!"
+  export FLOW_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+}
+
+testbed_stop() {
+  for pid in "${testbed_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+}

@@ -1,0 +1,363 @@
+//! Heavy steps: the `sql` operator on DataFusion, end to end through `flow run`.
+
+use crate::harness::*;
+
+const EVENTS: &str = "\
+user_id,ts,amount
+1,2026-01-01T10:00:00Z,50
+1,2026-01-02T10:00:00Z,20
+1,2026-01-02T11:00:00Z,5
+2,2026-01-02T12:00:00Z,40
+3,2026-01-02T13:00:00Z,70
+3,2026-01-03T00:00:00Z,99
+";
+
+const PROFILES: &str = r#"{"user_id": 1, "country": "DE"}
+{"user_id": 2, "country": "FR"}
+{"user_id": 3, "country": "DE"}
+"#;
+
+const SQL_PIPELINE: &str = r#"
+id: sql_pipeline
+schedule: "@daily"
+start_date: 2026-01-01
+params:
+  min_amount: { type: integer, default: 10 }
+  country: { type: string, default: "DE" }
+tasks:
+  by_country:
+    operator: sql
+    sources:
+      events: { path: "data/events.csv" }
+      profiles: { path: "data/profiles.json" }
+    query: |
+      SELECT p.country, count(*) AS n, sum(e.amount) AS total
+      FROM events e JOIN profiles p ON e.user_id = p.user_id
+      WHERE e.ts >= $start AND e.ts < $end AND e.amount >= $min
+      GROUP BY p.country
+    bind:
+      start: "{{ data_interval_start }}"
+      end: "{{ data_interval_end }}"
+      min: "{{ params.min_amount }}"
+    output: { path: "out/by_country/ds={{ ds }}/", format: parquet }
+  read_back:
+    operator: sql
+    depends_on: [by_country]
+    sources:
+      t: { path: "{{ tasks.by_country.output.path }}" }
+    query: "SELECT country, n, total FROM t ORDER BY country"
+  one_country:
+    operator: sql
+    sources:
+      profiles: { path: "data/profiles.json" }
+    query: "SELECT count(*) AS users FROM profiles WHERE country = $country"
+    bind: { country: "{{ params.country }}" }
+  partitioned:
+    operator: sql
+    sources:
+      events: { path: "data/events.csv" }
+    query: "SELECT user_id, amount FROM events"
+    output: { path: "out/parts/", format: csv, partition_by: [user_id], mode: append }
+"#;
+
+const SQL_ERRORS: &str = r#"
+id: sql_errors
+defaults: { retries: 2, retry_delay: 1s }
+tasks:
+  ddl:
+    operator: sql
+    query: "CREATE TABLE t AS SELECT 1 AS x"
+  syntax:
+    operator: sql
+    sources: { events: { path: "data/events.csv" } }
+    query: |
+      SELECT user_id
+      FROM events WHERE (amount > 1
+  syntax_mid:
+    operator: sql
+    sources: { events: { path: "data/events.csv" } }
+    query: "SELECT user_id,, amount FROM events"
+  unknown_column:
+    operator: sql
+    sources: { events: { path: "data/events.csv" } }
+    query: "SELECT nope FROM events"
+  unbound:
+    operator: sql
+    sources: { events: { path: "data/events.csv" } }
+    query: "SELECT * FROM events WHERE amount > $min"
+  too_many_rows:
+    operator: sql
+    query: "SELECT value FROM generate_series(1, 1500)"
+"#;
+
+fn write_data(env: &Env) {
+    std::fs::create_dir_all(env.dags().join("data")).unwrap();
+    std::fs::write(env.dags().join("data/events.csv"), EVENTS).unwrap();
+    std::fs::write(env.dags().join("data/profiles.json"), PROFILES).unwrap();
+}
+
+#[test]
+fn sql_joins_binds_writes_parquet_and_reads_it_back() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    write_data(&env);
+    env.dag("sql_pipeline.yaml", SQL_PIPELINE);
+    let run = env.flow_json(
+        &[
+            "run",
+            "sql_pipeline",
+            "--logical-date",
+            "2026-01-02",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(run["state"], "success", "{run:#}");
+
+    // 2026-01-02 only, amount >= 10: DE = user 1 (20) + user 3 (70), FR = user 2 (40).
+    let out = &task(&run, "by_country", None)["output"];
+    assert_eq!(out["rows"], 2, "{out:#}");
+    assert_eq!(out["path"], "out/by_country/ds=2026-01-02/");
+    assert_eq!(out["columns"], serde_json::json!(["country", "n", "total"]));
+    assert!(out["bytes"].as_u64().unwrap() > 0, "{out:#}");
+    let files: Vec<_> = std::fs::read_dir(env.dags().join("out/by_country/ds=2026-01-02"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !files.is_empty() && files.iter().all(|f| f.ends_with(".parquet")),
+        "{files:?}"
+    );
+
+    assert_eq!(
+        task(&run, "read_back", None)["output"],
+        serde_json::json!([
+            {"country": "DE", "n": 2, "total": 90},
+            {"country": "FR", "n": 1, "total": 40},
+        ])
+    );
+    assert_eq!(
+        task(&run, "one_country", None)["output"],
+        serde_json::json!([{"users": 2}])
+    );
+
+    // A param is a bound value, never SQL: a quote in it matches nothing instead of
+    // changing the query.
+    let run2 = env.flow_json(
+        &[
+            "run",
+            "sql_pipeline",
+            "--logical-date",
+            "2026-01-02",
+            "--param",
+            "country=DE' OR '1'='1",
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(
+        task(&run2, "one_country", None)["output"],
+        serde_json::json!([{"users": 0}])
+    );
+
+    // A second overwrite leaves one result, not two; an append adds files.
+    let again = task(&run2, "by_country", None);
+    assert_eq!(again["output"]["rows"], 2);
+    let read_back = task(&run2, "read_back", None);
+    assert_eq!(
+        read_back["output"].as_array().unwrap().len(),
+        2,
+        "{read_back:#}"
+    );
+    let parts = env.dags().join("out/parts");
+    for user in ["1", "2", "3"] {
+        let dir = parts.join(format!("user_id={user}"));
+        let n = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .count();
+        assert_eq!(n, 2, "two appends leave two files in {}", dir.display());
+    }
+    assert_eq!(task(&run2, "partitioned", None)["output"]["rows"], 6);
+
+    let run_id = run["run_id"].as_str().unwrap();
+    let log = env.flow_ok(&["tasks", "logs", run_id, "by_country"], 0);
+    assert!(log.contains("sql: wrote 2 rows"), "{log}");
+}
+
+#[test]
+fn sql_rejects_statements_and_names_the_place_of_an_error() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    write_data(&env);
+    env.dag("sql_errors.yaml", SQL_ERRORS);
+    let run = env.flow_json(&["run", "sql_errors", "--json"], 1);
+    assert_eq!(run["state"], "failed");
+    let error = |id: &str| -> String {
+        let t = task(&run, id, None);
+        assert_eq!(t["state"], "failed", "{t:#}");
+        // Each of these is the query's fault: no retry can mend it.
+        assert_eq!(t["tries"], 1, "{t:#}");
+        t["error"].as_str().unwrap_or_default().to_string()
+    };
+    let e = error("ddl");
+    assert!(e.contains("must be one SELECT"), "{e}");
+    let e = error("syntax");
+    assert!(
+        e.contains("SQL error at query line 2, column 30: Expected: ), found: EOF"),
+        "{e}"
+    );
+    assert!(e.contains("| FROM events WHERE (amount > 1"), "{e}");
+    let e = error("syntax_mid");
+    assert!(e.contains("SQL error at query line 1, column 16"), "{e}");
+    assert!(!e.contains("SQL error: SQL error"), "{e}");
+    let e = error("unknown_column");
+    assert!(e.contains("nope"), "{e}");
+    let e = error("unbound");
+    assert!(e.contains("uses $min, but `bind:` has no `min`"), "{e}");
+    let e = error("too_many_rows");
+    assert!(e.contains("more than 1000 rows"), "{e}");
+}
+
+#[test]
+fn validate_rejects_a_param_spliced_into_a_query() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.dag(
+        "spliced.yaml",
+        "id: spliced\nparams:\n  c: { type: string, default: x }\ntasks:\n  q:\n    operator: sql\n    query: \"SELECT '{{ params.c }}' AS c\"\n",
+    );
+    let out = env.flow(&["dags", "validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spliced.yaml:7:12:") && err.contains("bind it as a parameter"),
+        "{err}"
+    );
+}
+
+#[test]
+fn http_posts_json_and_fails_a_try_on_an_unexpected_status() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    // The first try of `flaky` gets 503 and is retried; the second gets 201.
+    let (port, receiver) = http_receiver(vec![
+        (200, "application/json", r#"{"accepted": true, "id": 7}"#),
+        (503, "text/plain", "busy"),
+        (201, "text/plain", "created"),
+    ]);
+    env.dag(
+        "calls.yaml",
+        &format!(
+            r#"
+id: calls
+tasks:
+  notify:
+    operator: http
+    method: POST
+    url: "http://127.0.0.1:{port}/hook"
+    headers: {{ x-flow-run: "{{{{ run_id }}}}" }}
+    json: {{ ds: "{{{{ ds }}}}", rows: 3 }}
+  flaky:
+    operator: http
+    depends_on: [notify]
+    method: PUT
+    url: "http://127.0.0.1:{port}/thing"
+    body: "payload"
+    expect_status: [201]
+    retries: 1
+    retry_delay: 1s
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "calls", "--json"], 0);
+    assert_eq!(run["state"], "success", "{run:#}");
+    assert_eq!(
+        task(&run, "notify", None)["output"],
+        serde_json::json!({"accepted": true, "id": 7})
+    );
+    let flaky = task(&run, "flaky", None);
+    assert_eq!(flaky["tries"], 2, "{flaky:#}");
+    assert_eq!(
+        flaky["output"],
+        serde_json::json!({"status": 201, "body": "created"})
+    );
+    let seen = receiver.join().unwrap();
+    assert!(seen[0].0.starts_with("POST /hook "), "{seen:?}");
+    let run_id = run["run_id"].as_str().unwrap();
+    assert!(
+        seen[0]
+            .0
+            .to_ascii_lowercase()
+            .contains(&format!("x-flow-run: {}", run_id.to_ascii_lowercase())),
+        "{seen:?}"
+    );
+    let sent: serde_json::Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(sent["rows"], 3);
+    assert_eq!(sent["ds"], run["logical_date"].as_str().unwrap()[..10]);
+    assert!(seen[1].0.starts_with("PUT /thing "), "{seen:?}");
+    assert_eq!(seen[2].1, "payload");
+    let log = env.flow_ok(&["tasks", "logs", run_id, "flaky", "--try", "1"], 0);
+    assert!(log.contains("answered 503, expected [201]: busy"), "{log}");
+}
+
+#[test]
+fn sql_reads_and_writes_s3_through_a_connection() {
+    let Some((endpoint, bucket)) = s3_bucket("sql") else {
+        return;
+    };
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets
+        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
+    env.config(&s3_connection("lake", &endpoint));
+    s3_put(&endpoint, &bucket, "raw/events.csv", EVENTS.as_bytes());
+    s3_put(
+        &endpoint,
+        &bucket,
+        "raw/profiles/part-0.json",
+        PROFILES.as_bytes(),
+    );
+    env.dag(
+        "lake.yaml",
+        &format!(
+            r#"
+id: lake
+tasks:
+  totals:
+    operator: sql
+    sources:
+      events: {{ path: "s3://{bucket}/raw/events.csv", connection: lake }}
+      profiles: {{ path: "s3://{bucket}/raw/profiles/", format: json, connection: lake }}
+    query: |
+      SELECT p.country, sum(e.amount) AS total
+      FROM events e JOIN profiles p ON e.user_id = p.user_id GROUP BY p.country
+    output: {{ path: "s3://{bucket}/out/totals/", connection: lake }}
+  check:
+    operator: sql
+    depends_on: [totals]
+    sources:
+      t: {{ path: "{{{{ tasks.totals.output.path }}}}", connection: lake }}
+    query: "SELECT country, total FROM t ORDER BY country"
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "lake", "--json"], 0);
+    assert_eq!(run["state"], "success", "{run:#}");
+    let totals = &task(&run, "totals", None)["output"];
+    assert_eq!(totals["rows"], 2, "{totals:#}");
+    assert_eq!(totals["path"], format!("s3://{bucket}/out/totals/"));
+    let keys = s3_keys(&endpoint, &bucket, "out/totals/");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k.ends_with(".parquet")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        task(&run, "check", None)["output"],
+        serde_json::json!([
+            {"country": "DE", "total": 244},
+            {"country": "FR", "total": 40},
+        ])
+    );
+    for (path, bytes) in env.home_files() {
+        assert!(
+            !contains(&bytes, "lake-secret-9f2c"),
+            "the connection's secret is in {}",
+            path.display()
+        );
+    }
+}
