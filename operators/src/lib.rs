@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod http;
+pub mod s3;
 pub mod shell;
 pub mod sql;
 pub mod storage;
@@ -19,6 +20,9 @@ pub fn registry(connections: Connections) -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(shell::Shell));
     r.register(Arc::new(http::Http));
-    r.register(Arc::new(sql::Sql::new(connections)));
+    r.register(Arc::new(sql::Sql::new(connections.clone())));
+    r.register(Arc::new(s3::S3Put::new(connections.clone())));
+    r.register(Arc::new(s3::S3Copy::new(connections.clone())));
+    r.register(Arc::new(s3::S3Delete::new(connections)));
     r
 }

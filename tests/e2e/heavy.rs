@@ -361,3 +361,113 @@ tasks:
         );
     }
 }
+
+#[test]
+fn s3_put_copy_and_delete_objects_and_prefixes() {
+    let Some((endpoint, bucket)) = s3_bucket("objects") else {
+        return;
+    };
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets
+        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
+    env.config(&s3_connection("lake", &endpoint));
+    write_data(&env);
+    std::fs::create_dir_all(env.dags().join("data/batch/sub")).unwrap();
+    std::fs::write(env.dags().join("data/batch/a.csv"), "x\n1\n").unwrap();
+    std::fs::write(env.dags().join("data/batch/sub/b c.csv"), "x\n2\n").unwrap();
+    env.dag(
+        "objects.yaml",
+        &format!(
+            r#"
+id: objects
+tasks:
+  upload:     {{ operator: s3_put, file: data/events.csv, to: "s3://{bucket}/in/{{{{ ds }}}}.csv", connection: lake }}
+  upload_dir: {{ operator: s3_put, file: data/batch/, to: "s3://{bucket}/batch/", connection: lake }}
+  copy_one:   {{ operator: s3_copy, depends_on: [upload], from: "s3://{bucket}/in/{{{{ ds }}}}.csv", to: "s3://{bucket}/archive/", connection: lake }}
+  copy_dir:   {{ operator: s3_copy, depends_on: [upload_dir], from: "s3://{bucket}/batch/", to: "s3://{bucket}/batch_copy/", connection: lake }}
+  clean:      {{ operator: s3_delete, depends_on: [copy_dir], url: "s3://{bucket}/batch/", connection: lake }}
+  clean_none: {{ operator: s3_delete, url: "s3://{bucket}/never/", connection: lake }}
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "objects", "--json"], 0);
+    assert_eq!(run["state"], "success", "{run:#}");
+    let ds = &run["logical_date"].as_str().unwrap()[..10];
+    let events = EVENTS.len();
+    assert_eq!(
+        task(&run, "upload", None)["output"],
+        serde_json::json!({"objects": 1, "bytes": events})
+    );
+    assert_eq!(
+        task(&run, "upload_dir", None)["output"],
+        serde_json::json!({"objects": 2, "bytes": 8})
+    );
+    assert_eq!(task(&run, "copy_one", None)["output"]["objects"], 1);
+    assert_eq!(
+        task(&run, "copy_dir", None)["output"],
+        serde_json::json!({"objects": 2, "bytes": 8})
+    );
+    assert_eq!(
+        task(&run, "clean", None)["output"],
+        serde_json::json!({"objects": 2, "bytes": 8})
+    );
+    assert_eq!(
+        task(&run, "clean_none", None)["output"],
+        serde_json::json!({"objects": 0, "bytes": 0})
+    );
+    assert_eq!(s3_keys(&endpoint, &bucket, "in/"), [format!("in/{ds}.csv")]);
+    assert_eq!(
+        s3_keys(&endpoint, &bucket, "archive/"),
+        [format!("archive/{ds}.csv")]
+    );
+    assert_eq!(
+        s3_keys(&endpoint, &bucket, "batch_copy/"),
+        ["batch_copy/a.csv", "batch_copy/sub/b c.csv"]
+    );
+    assert!(s3_keys(&endpoint, &bucket, "batch/").is_empty());
+}
+
+#[test]
+fn s3_errors_are_clear() {
+    let Some((endpoint, bucket)) = s3_bucket("errors") else {
+        return;
+    };
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets
+        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
+    env.config(&s3_connection("lake", &endpoint));
+    env.dag(
+        "bad.yaml",
+        &format!(
+            r#"
+id: bad
+tasks:
+  no_bucket: {{ operator: s3_delete, url: "s3://no-such-bucket-{bucket}/x/", connection: lake }}
+  no_conn:   {{ operator: s3_delete, url: "s3://{bucket}/x/", connection: nowhere }}
+  not_s3:    {{ operator: s3_copy, from: "/tmp/x", to: "s3://{bucket}/y", connection: lake }}
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "bad", "--json"], 1);
+    let err = |id: &str| {
+        task(&run, id, None)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        err("no_bucket").contains("NoSuchBucket"),
+        "{}",
+        err("no_bucket")
+    );
+    assert!(
+        err("no_conn").contains("connection `nowhere` is not defined"),
+        "{}",
+        err("no_conn")
+    );
+    assert!(
+        err("not_s3").contains("is not an s3:// URL"),
+        "{}",
+        err("not_s3")
+    );
+}
