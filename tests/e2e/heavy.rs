@@ -90,6 +90,16 @@ tasks:
     query: "SELECT value FROM generate_series(1, 1500)"
 "#;
 
+/// An environment whose flow.toml has the connection `lake` to the S3 emulator, its secret key
+/// given as a secret so that the tests can check it is never written down.
+fn lake_env(endpoint: &str) -> Env {
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets
+        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
+    env.config(&s3_connection("lake", endpoint));
+    env
+}
+
 fn write_data(env: &Env) {
     std::fs::create_dir_all(env.dags().join("data")).unwrap();
     std::fs::write(env.dags().join("data/events.csv"), EVENTS).unwrap();
@@ -301,10 +311,7 @@ fn sql_reads_and_writes_s3_through_a_connection() {
     let Some((endpoint, bucket)) = s3_bucket("sql") else {
         return;
     };
-    let mut env = Env::new(Db::Sqlite).unwrap();
-    env.secrets
-        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
-    env.config(&s3_connection("lake", &endpoint));
+    let env = lake_env(&endpoint);
     s3_put(&endpoint, &bucket, "raw/events.csv", EVENTS.as_bytes());
     s3_put(
         &endpoint,
@@ -367,10 +374,7 @@ fn s3_put_copy_and_delete_objects_and_prefixes() {
     let Some((endpoint, bucket)) = s3_bucket("objects") else {
         return;
     };
-    let mut env = Env::new(Db::Sqlite).unwrap();
-    env.secrets
-        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
-    env.config(&s3_connection("lake", &endpoint));
+    let env = lake_env(&endpoint);
     write_data(&env);
     std::fs::create_dir_all(env.dags().join("data/batch/sub")).unwrap();
     std::fs::write(env.dags().join("data/batch/a.csv"), "x\n1\n").unwrap();
@@ -432,10 +436,7 @@ fn s3_errors_are_clear() {
     let Some((endpoint, bucket)) = s3_bucket("errors") else {
         return;
     };
-    let mut env = Env::new(Db::Sqlite).unwrap();
-    env.secrets
-        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
-    env.config(&s3_connection("lake", &endpoint));
+    let env = lake_env(&endpoint);
     env.dag(
         "bad.yaml",
         &format!(
