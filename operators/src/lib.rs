@@ -7,6 +7,7 @@ pub mod s3;
 pub mod shell;
 pub mod sql;
 pub mod storage;
+pub mod warehouse;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub fn registry(connections: Connections) -> Registry {
     r.register(Arc::new(sql::Sql::new(connections.clone())));
     r.register(Arc::new(s3::S3Put::new(connections.clone())));
     r.register(Arc::new(s3::S3Copy::new(connections.clone())));
-    r.register(Arc::new(s3::S3Delete::new(connections)));
+    r.register(Arc::new(s3::S3Delete::new(connections.clone())));
+    r.register(Arc::new(warehouse::Warehouse::new(connections)));
     r
 }

@@ -285,6 +285,39 @@ impl Job {
 
     async fn run(self, log: LogSink) -> Result<Json, OperatorError> {
         let started = Instant::now();
+        let df = self.dataframe(&log).await?;
+        let columns: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let result = match &self.output {
+            None => {
+                let batches = df
+                    .limit(0, Some(MAX_OUTPUT_ROWS + 1))
+                    .map_err(|e| fatal(sql_error(&e, &self.query)))?
+                    .collect()
+                    .await
+                    .map_err(|e| run_error(&e, &self.query))?;
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                if rows > MAX_OUTPUT_ROWS {
+                    return Err(fatal(format!(
+                        "the query returned more than {MAX_OUTPUT_ROWS} rows; give the task an \
+                         `output:` to write them to a file"
+                    )));
+                }
+                log.line(&format!("sql: {rows} rows in {:.2?}", started.elapsed()))
+                    .await;
+                batches_to_json(&batches)?
+            }
+            Some(out) => write_output(df, out, &self.query, columns, &log, started).await?,
+        };
+        Ok(result)
+    }
+
+    /// The query, planned with its parameters bound, over the registered sources.
+    async fn dataframe(&self, log: &LogSink) -> Result<DataFrame, OperatorError> {
         let mut config = SessionConfig::new();
         config.options_mut().sql_parser.collect_spans = true;
         let mut runtime = RuntimeEnvBuilder::new();
@@ -337,37 +370,94 @@ impl Job {
         let plan = plan
             .with_param_values(params)
             .map_err(|e| fatal(sql_error(&e, &self.query)))?;
-        let df = DataFrame::new(state, plan);
-        let columns: Vec<String> = df
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-
-        let result = match &self.output {
-            None => {
-                let batches = df
-                    .limit(0, Some(MAX_OUTPUT_ROWS + 1))
-                    .map_err(|e| fatal(sql_error(&e, &self.query)))?
-                    .collect()
-                    .await
-                    .map_err(|e| run_error(&e, &self.query))?;
-                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                if rows > MAX_OUTPUT_ROWS {
-                    return Err(fatal(format!(
-                        "the query returned more than {MAX_OUTPUT_ROWS} rows; give the task an \
-                         `output:` to write them to a file"
-                    )));
-                }
-                log.line(&format!("sql: {rows} rows in {:.2?}", started.elapsed()))
-                    .await;
-                batches_to_json(&batches)?
-            }
-            Some(out) => write_output(df, out, &self.query, columns, &log, started).await?,
-        };
-        Ok(result)
+        Ok(DataFrame::new(state, plan))
     }
+}
+
+/// What [`read_as_csv`] sends: the columns first, then CSV text (a header row, then rows).
+pub enum Chunk {
+    Columns(Vec<String>),
+    Csv(Vec<u8>),
+}
+
+/// Streams a file (local, glob or `s3://`; parquet, csv or json) as CSV, read by DataFusion on
+/// its own runtime: a loader (the `warehouse` operator) sends the chunks on as they come, so a
+/// large file never sits in memory whole. Dropping the guard stops the read.
+pub fn read_as_csv(
+    path: &str,
+    format: Option<Format>,
+    connection: Option<String>,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<
+    (
+        impl Drop + Send,
+        tokio::sync::mpsc::Receiver<Result<Chunk, OperatorError>>,
+    ),
+    OperatorError,
+> {
+    let cfg = Config {
+        query: "SELECT * FROM load".into(),
+        sources: BTreeMap::from([(
+            "load".to_string(),
+            SourceSpec {
+                path: path.to_string(),
+                format,
+                connection,
+            },
+        )]),
+        bind: serde_json::Map::new(),
+        output: None,
+        memory_limit: None,
+    };
+    let job = Job::resolve(cfg, ctx, conns)?;
+    let log = ctx.log.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let handle = cpu_runtime()?.spawn(async move {
+        let sent = async {
+            use futures::StreamExt;
+            let df = job.dataframe(&log).await?;
+            let columns = df
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            if tx.send(Ok(Chunk::Columns(columns))).await.is_err() {
+                return Ok(());
+            }
+            let mut stream = df
+                .execute_stream()
+                .await
+                .map_err(|e| run_error(&e, &job.query))?;
+            let mut header = true;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| run_error(&e, &job.query))?;
+                let mut buf = Vec::new();
+                {
+                    let mut w = arrow_csv::WriterBuilder::new()
+                        .with_header(header)
+                        .build(&mut buf);
+                    w.write(&batch)
+                        .map_err(|e| fatal(format!("turning {} into CSV: {e}", path_of(&job))))?;
+                }
+                header = false;
+                if tx.send(Ok(Chunk::Csv(buf))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Ok::<(), OperatorError>(())
+        }
+        .await;
+        if let Err(e) = sent {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    Ok((AbortOnDrop(handle.abort_handle()), rx))
+}
+
+fn path_of(job: &Job) -> &str {
+    job.sources.first().map_or("", |s| s.given.as_str())
 }
 
 fn bucket_of(loc: &Location) -> &str {

@@ -472,3 +472,106 @@ tasks:
         err("not_s3")
     );
 }
+
+#[test]
+fn warehouse_runs_statements_and_loads_parquet_and_csv_in_one_transaction() {
+    // The metadata database doubles as the warehouse: a real PostgreSQL speaking the protocol.
+    let Some(mut env) = Env::new(Db::Postgres) else {
+        return;
+    };
+    env.secrets
+        .push(("WH_PASSWORD".into(), "wh-pass-77aa".into()));
+    let url = env
+        .db_url
+        .replacen("postgres@", "postgres:{{ secrets.WH_PASSWORD }}@", 1);
+    env.config(&format!(
+        "[connections.warehouse]\ntype = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+    write_data(&env);
+    env.dag(
+        "export.yaml",
+        r#"
+id: export
+tasks:
+  score:
+    operator: sql
+    sources: { events: { path: "data/events.csv" } }
+    query: "SELECT user_id, CAST(amount AS DOUBLE) / 100 AS score, 3 AS model_version FROM events"
+    output: { path: "out/preds/", format: parquet }
+  export:
+    operator: warehouse
+    depends_on: [score]
+    connection: warehouse
+    sql: "CREATE TABLE IF NOT EXISTS predictions (user_id bigint, score double precision, model_version int, loaded_at timestamptz DEFAULT now())"
+    load: { file: "{{ tasks.score.output.path }}", table: predictions, mode: append }
+  export_again:
+    operator: warehouse
+    depends_on: [export]
+    connection: warehouse
+    load: { file: "{{ tasks.score.output.path }}", table: public.predictions, mode: append }
+  events_csv:
+    operator: warehouse
+    connection: warehouse
+    sql:
+      - "CREATE TABLE IF NOT EXISTS raw_events (user_id int, ts timestamptz, amount int)"
+      - "INSERT INTO raw_events VALUES (0, now(), 0)"
+    load: { file: data/events.csv, table: raw_events, mode: replace }
+"#,
+    );
+    let run = env.flow_json(&["run", "export", "--json"], 0);
+    assert_eq!(run["state"], "success", "{run:#}");
+    assert_eq!(
+        task(&run, "export", None)["output"],
+        serde_json::json!({"rows_loaded": 6})
+    );
+    assert_eq!(task(&run, "export_again", None)["output"]["rows_loaded"], 6);
+    assert_eq!(
+        env.psql("SELECT count(*), sum(score)::numeric(10,2), min(model_version) FROM predictions")
+            .unwrap()
+            .trim(),
+        "12|5.68|3"
+    );
+    // `replace` emptied the table in the same transaction as its load: the row the statements
+    // inserted is gone.
+    assert_eq!(task(&run, "events_csv", None)["output"]["rows_loaded"], 6);
+    assert_eq!(
+        env.psql("SELECT count(*), sum(amount) FROM raw_events")
+            .unwrap()
+            .trim(),
+        "6|284"
+    );
+
+    // A failed load leaves the table as it was.
+    env.dag(
+        "broken.yaml",
+        r#"
+id: broken
+tasks:
+  bad_load:
+    operator: warehouse
+    connection: warehouse
+    sql: "DELETE FROM raw_events"
+    load: { file: data/profiles.json, table: raw_events, mode: append }
+"#,
+    );
+    let run = env.flow_json(&["run", "broken", "--json"], 1);
+    let err = task(&run, "bad_load", None)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("loading raw_events") && err.contains("country"),
+        "{err}"
+    );
+    assert_eq!(
+        env.psql("SELECT count(*) FROM raw_events").unwrap().trim(),
+        "6"
+    );
+    for (path, bytes) in env.home_files() {
+        assert!(
+            !contains(&bytes, "wh-pass-77aa"),
+            "the warehouse password is in {}",
+            path.display()
+        );
+    }
+}

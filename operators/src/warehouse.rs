@@ -1,0 +1,224 @@
+//! `warehouse`: statements, then a file loaded into a table, on a PostgreSQL-protocol warehouse
+//! (PostgreSQL itself, Redshift), in one transaction.
+//!
+//! The load is `COPY table (columns) FROM STDIN` with the file's own column names, fed as CSV
+//! while DataFusion reads the file (parquet, csv or json; local or `s3://`), so a file of any
+//! size streams through. `replace` empties the table with DELETE rather than TRUNCATE: on
+//! Redshift TRUNCATE commits at once, which would leave the table empty if the load then failed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use sqlx::{Connection, Executor};
+
+use crate::connections::Connections;
+use crate::sql::{Chunk, read_as_csv};
+use crate::storage::Format;
+
+pub struct Warehouse {
+    connections: Arc<Connections>,
+}
+
+impl Warehouse {
+    pub fn new(connections: Arc<Connections>) -> Warehouse {
+        Warehouse { connections }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    connection: String,
+    sql: Option<Statements>,
+    load: Option<Load>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Statements {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Load {
+    file: String,
+    table: String,
+    #[serde(default)]
+    mode: Mode,
+    format: Option<Format>,
+    /// Where an `s3://` file is read from (the warehouse connection is the other one).
+    connection: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    #[default]
+    Append,
+    Replace,
+}
+
+fn fatal(msg: impl Into<String>) -> OperatorError {
+    OperatorError::Fatal(msg.into())
+}
+
+/// A database error: the server's message (and its position, for a statement), never the URL.
+fn db_error(what: &str, e: sqlx::Error) -> OperatorError {
+    match &e {
+        sqlx::Error::Database(d) => fatal(format!("{what}: {}", d.message())),
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
+            OperatorError::Retryable(format!("{what}: {e}"))
+        }
+        _ => OperatorError::Retryable(format!("{what}: {e}")),
+    }
+}
+
+/// `schema.table` with each part quoted, so a name is never read as SQL.
+fn quote_table(name: &str) -> Result<String, OperatorError> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(fatal(format!(
+            "load.table `{name}`: expected table, schema.table or database.schema.table"
+        )));
+    }
+    Ok(parts
+        .iter()
+        .map(|p| quote_ident(p))
+        .collect::<Vec<_>>()
+        .join("."))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[async_trait]
+impl Operator for Warehouse {
+    fn name(&self) -> &'static str {
+        "warehouse"
+    }
+
+    fn keys(&self) -> OperatorKeys {
+        OperatorKeys {
+            required: &["connection"],
+            optional: &["sql", "load"],
+            code: &[],
+        }
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
+        let cfg: Config =
+            serde_json::from_value(config.clone()).map_err(|e| fatal(format!("warehouse: {e}")))?;
+        if cfg.sql.is_none() && cfg.load.is_none() {
+            return Err(fatal("warehouse: give `sql`, `load` or both"));
+        }
+        let url = self
+            .connections
+            .postgres_url(&cfg.connection, &ctx.secrets)?;
+        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| {
+            OperatorError::Retryable(format!(
+                "warehouse: cannot connect to `{}`: {}",
+                cfg.connection,
+                ctx.masker.mask(&e.to_string())
+            ))
+        })?;
+        let mut tx = conn.begin().await.map_err(|e| db_error("BEGIN", e))?;
+        let statements = match cfg.sql {
+            None => Vec::new(),
+            Some(Statements::One(s)) => vec![s],
+            Some(Statements::Many(v)) => v,
+        };
+        for (i, stmt) in statements.iter().enumerate() {
+            ctx.log
+                .line(&format!("warehouse: statement {}", i + 1))
+                .await;
+            tx.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.clone())))
+                .await
+                .map_err(|e| db_error(&format!("statement {}", i + 1), e))?;
+        }
+        let mut rows_loaded = 0u64;
+        if let Some(load) = &cfg.load {
+            let table = quote_table(&load.table)?;
+            if load.mode == Mode::Replace {
+                tx.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table}"
+                ))))
+                .await
+                .map_err(|e| db_error(&format!("emptying {}", load.table), e))?;
+            }
+            let (_reading, mut chunks) = read_as_csv(
+                &load.file,
+                load.format,
+                load.connection.clone(),
+                ctx,
+                &self.connections,
+            )?;
+            let columns = match chunks.recv().await {
+                Some(Ok(Chunk::Columns(c))) => c,
+                Some(Err(e)) => return Err(e),
+                _ => return Err(fatal(format!("load: {} gave no columns", load.file))),
+            };
+            let cols = columns
+                .iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let copy = format!("COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, HEADER true)");
+            let mut sink = tx
+                .copy_in_raw(&copy)
+                .await
+                .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
+            while let Some(chunk) = chunks.recv().await {
+                match chunk {
+                    Ok(Chunk::Csv(bytes)) => {
+                        sink.send(bytes)
+                            .await
+                            .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
+                    }
+                    Ok(Chunk::Columns(_)) => {}
+                    Err(e) => {
+                        let _ = sink.abort("the file could not be read").await;
+                        return Err(e);
+                    }
+                }
+            }
+            rows_loaded = sink
+                .finish()
+                .await
+                .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
+            ctx.log
+                .line(&format!(
+                    "warehouse: loaded {rows_loaded} rows into {} ({:?})",
+                    load.table, load.mode
+                ))
+                .await;
+        }
+        tx.commit().await.map_err(|e| db_error("COMMIT", e))?;
+        Ok(Some(json!({ "rows_loaded": rows_loaded })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_quoted_part_by_part() {
+        assert_eq!(quote_table("predictions").unwrap(), "\"predictions\"");
+        assert_eq!(quote_table("analytics.p").unwrap(), "\"analytics\".\"p\"");
+        assert_eq!(
+            quote_table("x\"; DROP TABLE y; --").unwrap(),
+            "\"x\"\"; DROP TABLE y; --\""
+        );
+        assert!(quote_table("a..b").is_err());
+    }
+}
