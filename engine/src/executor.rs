@@ -483,6 +483,7 @@ pub struct TryEnv {
 enum Outcome {
     Success(Option<Json>),
     Failed { message: String, retryable: bool },
+    Rescheduled(chrono::DateTime<chrono::Utc>),
 }
 
 /// Runs one claimed try to its end and records it. Returns the state recorded (None when the
@@ -544,6 +545,13 @@ pub async fn run_try(
         Outcome::Success(_) if log.written() => log.line(LOG_SUCCEEDED).await,
         Outcome::Success(_) => {}
         Outcome::Failed { message, .. } => log.line(&format!("flow: try failed: {message}")).await,
+        Outcome::Rescheduled(at) => {
+            log.line(&format!(
+                "flow: rescheduled: the slot is free until {}",
+                crate::time::rfc3339(*at)
+            ))
+            .await
+        }
     }
     finish(env, claim, Some(task), handover, outcome).await
 }
@@ -615,6 +623,8 @@ async fn execute(
         task_id: task.id.clone(),
         map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
         try_number: claim.try_number,
+        first_started_at: claim.started_at,
+        timeout: task.timeout,
         logical_date: rfc3339(run.logical_date),
         dag_folder: dag.folder(),
         output_path: output_path.clone(),
@@ -658,7 +668,7 @@ async fn execute(
         }
     });
     let fut = op.execute(&config, &ctx);
-    let result = match task.timeout {
+    let result = match task.timeout.filter(|_| !op.own_timeout()) {
         Some(limit) => match tokio::time::timeout(limit, fut).await {
             Ok(r) => r,
             Err(_) => Err(OperatorError::Retryable(format!(
@@ -681,6 +691,7 @@ async fn execute(
             message: m,
             retryable: false,
         },
+        (Err(OperatorError::Reschedule(at)), _) => Outcome::Rescheduled(at),
         (Ok(_), Err(m)) => Outcome::Failed {
             message: m,
             retryable: false,
@@ -729,8 +740,18 @@ async fn finish(
                 next_try_at: None,
                 now,
                 requeue: false,
+                reschedule: false,
             }
         }
+        Outcome::Rescheduled(at) => TryEnd {
+            state: TaskState::UpForRetry,
+            output: None,
+            error: None,
+            next_try_at: Some(at),
+            now,
+            requeue: false,
+            reschedule: true,
+        },
         Outcome::Failed { message, retryable } => {
             let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
             let f = after_failure(&policy, claim.try_number - claim.try_base, retryable, now);
@@ -741,6 +762,7 @@ async fn finish(
                 next_try_at: f.retry_at(),
                 now,
                 requeue: false,
+                reschedule: false,
             }
         }
     };
@@ -791,6 +813,7 @@ pub fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
         next_try_at: f.retry_at(),
         now,
         requeue: false,
+        reschedule: false,
     }
 }
 

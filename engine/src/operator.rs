@@ -41,6 +41,10 @@ pub enum OperatorError {
     Retryable(String),
     #[error("{0}")]
     Fatal(String),
+    /// Not a failure: a sensor found nothing yet and gives its slot back until this time. The
+    /// next claim is the same try (see `TryEnd::reschedule`).
+    #[error("rescheduled until {0}")]
+    Reschedule(chrono::DateTime<chrono::Utc>),
 }
 
 #[async_trait]
@@ -55,6 +59,13 @@ pub trait Operator: Send + Sync {
         config: &Json,
         ctx: &TaskContext,
     ) -> Result<Option<Json>, OperatorError>;
+
+    /// True when the operator applies the task's `timeout` itself (from
+    /// [`TaskContext::first_started_at`], with its own meaning: a sensor's timeout spans its
+    /// reschedules and fails the task without retries). The executor then does not cut the try.
+    fn own_timeout(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Default, Clone)]
@@ -92,6 +103,10 @@ pub struct TaskContext {
     pub task_id: String,
     pub map_index: Option<i64>,
     pub try_number: i64,
+    /// When this try was first claimed (before any reschedule of a sensor).
+    pub first_started_at: chrono::DateTime<chrono::Utc>,
+    /// The task's `timeout`, for an operator with [`Operator::own_timeout`].
+    pub timeout: Option<std::time::Duration>,
     pub logical_date: String,
     /// The DAG file's folder: relative paths in task keys are taken from here.
     pub dag_folder: PathBuf,

@@ -1171,6 +1171,7 @@ async fn requeue(env: &TryEnv, claim: &Claim) {
         next_try_at: None,
         now: now(),
         requeue: true,
+        reschedule: false,
     };
     if let Err(e) = env.store.finish_try(claim, &end).await {
         tracing::error!("cannot requeue an interrupted try: {e}");
@@ -1185,6 +1186,7 @@ async fn fail_now(env: &TryEnv, claim: &Claim, message: String) {
         next_try_at: None,
         now: now(),
         requeue: false,
+        reschedule: false,
     };
     if let Err(e) = env.store.finish_try(claim, &end).await {
         tracing::error!("cannot record a failed try: {e}");

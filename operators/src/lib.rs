@@ -25,6 +25,7 @@ pub fn registry(connections: Connections) -> Registry {
     r.register(Arc::new(s3::S3Put::new(connections.clone())));
     r.register(Arc::new(s3::S3Copy::new(connections.clone())));
     r.register(Arc::new(s3::S3Delete::new(connections.clone())));
+    r.register(Arc::new(s3::S3Sensor::new(connections.clone())));
     r.register(Arc::new(warehouse::Warehouse::new(connections)));
     r
 }

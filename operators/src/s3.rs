@@ -475,6 +475,116 @@ impl Operator for S3Delete {
     }
 }
 
+/// `s3_sensor`: waits until an object (or, for a URL ending in `/`, any object under a
+/// prefix) exists. `mode: poke` holds its slot and polls inside one try; `mode: reschedule` polls
+/// once per claim and gives the slot back in between. The task's `timeout` (default 7 days, as
+/// Airflow's sensors) counts from the first poke, across reschedules, and fails the task without
+/// retries when it passes.
+pub struct S3Sensor {
+    connections: Arc<Connections>,
+}
+
+impl S3Sensor {
+    pub fn new(connections: Arc<Connections>) -> S3Sensor {
+        S3Sensor { connections }
+    }
+}
+
+/// Airflow's default for a sensor's timeout.
+pub const SENSOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorConfig {
+    url: String,
+    connection: Option<String>,
+    poke_interval: Option<String>,
+    #[serde(default)]
+    mode: SensorMode,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SensorMode {
+    #[default]
+    Poke,
+    Reschedule,
+}
+
+#[async_trait]
+impl Operator for S3Sensor {
+    fn name(&self) -> &'static str {
+        "s3_sensor"
+    }
+
+    fn keys(&self) -> OperatorKeys {
+        OperatorKeys {
+            required: &["url"],
+            optional: &["connection", "poke_interval", "mode"],
+            code: &[],
+        }
+    }
+
+    fn own_timeout(&self) -> bool {
+        true
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
+        let cfg: SensorConfig = parse("s3_sensor", config)?;
+        let url = S3Url::parse(&cfg.url)?;
+        let poke = match &cfg.poke_interval {
+            None => std::time::Duration::from_secs(60),
+            Some(s) => flow_engine::schedule::parse_duration(s)
+                .map_err(|e| fatal(format!("s3_sensor: poke_interval: {e}")))?,
+        };
+        let timeout = ctx.timeout.unwrap_or(SENSOR_TIMEOUT);
+        let deadline = ctx.first_started_at
+            + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let client = client(
+            &self
+                .connections
+                .aws(cfg.connection.as_deref(), &ctx.secrets)?,
+        )
+        .await;
+        loop {
+            let found = objects(&client, &url).await?;
+            if !found.is_empty() {
+                let bytes: u64 = found.iter().map(|(_, s)| s).sum();
+                ctx.log
+                    .line(&format!(
+                        "s3_sensor: {url}: {} objects are there",
+                        found.len()
+                    ))
+                    .await;
+                return Ok(Some(json!({ "objects": found.len(), "bytes": bytes })));
+            }
+            let now = chrono::Utc::now();
+            if now >= deadline {
+                return Err(fatal(format!(
+                    "s3_sensor: timed out after {} waiting for {url}",
+                    flow_engine::executor::human(timeout)
+                )));
+            }
+            let next = (now + chrono::Duration::from_std(poke).unwrap_or(chrono::Duration::MAX))
+                .min(deadline);
+            ctx.log
+                .line(&format!("s3_sensor: {url}: nothing yet"))
+                .await;
+            match cfg.mode {
+                SensorMode::Reschedule => return Err(OperatorError::Reschedule(next)),
+                SensorMode::Poke => {
+                    let wait = (next - now).to_std().unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,10 +93,14 @@ tasks:
 /// An environment whose flow.toml has the connection `lake` to the S3 emulator, its secret key
 /// given as a secret so that the tests can check it is never written down.
 fn lake_env(endpoint: &str) -> Env {
+    lake_env_with(endpoint, "")
+}
+
+fn lake_env_with(endpoint: &str, more_toml: &str) -> Env {
     let mut env = Env::new(Db::Sqlite).unwrap();
     env.secrets
         .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
-    env.config(&s3_connection("lake", endpoint));
+    env.config(&format!("{more_toml}\n{}", s3_connection("lake", endpoint)));
     env
 }
 
@@ -572,6 +576,102 @@ tasks:
             !contains(&bytes, "wh-pass-77aa"),
             "the warehouse password is in {}",
             path.display()
+        );
+    }
+}
+
+#[test]
+fn s3_sensor_in_reschedule_mode_frees_its_slot_between_pokes() {
+    let Some((endpoint, bucket)) = s3_bucket("sensor") else {
+        return;
+    };
+    // One slot for both tasks: had the sensor held it while waiting, the producer could never
+    // run and the sensor would time out.
+    let env = lake_env_with(&endpoint, "[pools]\none = 1\n");
+    env.dag(
+        "sensing.yaml",
+        &format!(
+            r#"
+id: sensing
+tasks:
+  wait:
+    operator: s3_sensor
+    url: "s3://{bucket}/in/"
+    poke_interval: 1s
+    mode: reschedule
+    connection: lake
+    pool: one
+    priority: 10
+    timeout: 60s
+  produce:
+    operator: shell
+    pool: one
+    command: "sleep 1 && curl -sf -X PUT -H 'content-type: application/octet-stream' --data-binary done {endpoint}/{bucket}/in/_SUCCESS"
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "sensing", "--json"], 0);
+    assert_eq!(run["state"], "success", "{run:#}");
+    let wait = task(&run, "wait", None);
+    assert_eq!(wait["tries"], 1, "a reschedule is not a try: {wait:#}");
+    assert_eq!(
+        wait["output"],
+        serde_json::json!({"objects": 1, "bytes": 4})
+    );
+    let produce = task(&run, "produce", None);
+    let t = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    assert!(
+        t(&wait["started_at"]) < t(&produce["started_at"]),
+        "{run:#}"
+    );
+    assert!(t(&produce["ended_at"]) <= t(&wait["ended_at"]), "{run:#}");
+    let run_id = run["run_id"].as_str().unwrap();
+    let log = env.flow_ok(&["tasks", "logs", run_id, "wait"], 0);
+    assert!(
+        log.contains("flow: rescheduled: the slot is free until"),
+        "{log}"
+    );
+    assert!(log.contains("1 objects are there"), "{log}");
+}
+
+#[test]
+fn s3_sensor_timeout_spans_pokes_and_fails_without_retries() {
+    let Some((endpoint, bucket)) = s3_bucket("sensor-timeout") else {
+        return;
+    };
+    let env = lake_env(&endpoint);
+    env.dag(
+        "never.yaml",
+        &format!(
+            r#"
+id: never
+defaults: {{ retries: 3, retry_delay: 1s }}
+tasks:
+  rescheduling:
+    operator: s3_sensor
+    url: "s3://{bucket}/never/_SUCCESS"
+    poke_interval: 1s
+    mode: reschedule
+    timeout: 3s
+    connection: lake
+  poking:
+    operator: s3_sensor
+    url: "s3://{bucket}/never/"
+    poke_interval: 500ms
+    timeout: 2s
+    connection: lake
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "never", "--json"], 1);
+    for id in ["rescheduling", "poking"] {
+        let t = task(&run, id, None);
+        assert_eq!(t["state"], "failed", "{t:#}");
+        assert_eq!(t["tries"], 1, "a sensor's timeout is not retried: {t:#}");
+        let err = t["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("timed out after") && err.contains("waiting for s3://"),
+            "{err}"
         );
     }
 }

@@ -270,7 +270,8 @@ pub struct Claim {
     pub try_base: i64,
     pub item: Option<Json>,
     pub owner: String,
-    /// When the try was claimed: its `started_at` in the history.
+    /// When the try was claimed: its `started_at` in the history. For a try a sensor
+    /// rescheduled, when its first poke was claimed.
     pub started_at: DateTime<Utc>,
 }
 
@@ -291,6 +292,9 @@ pub struct TryEnd {
     /// The try was interrupted through no fault of its own (a clean shutdown): the instance goes
     /// back to `queued` and the try does not count against its retries.
     pub requeue: bool,
+    /// A sensor gave its slot back until `next_try_at` (`up_for_retry` meanwhile): the next
+    /// claim is the same try, with the same number and its first `started_at`.
+    pub reschedule: bool,
 }
 
 /// API token roles, weakest first.

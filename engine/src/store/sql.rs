@@ -236,14 +236,16 @@ macro_rules! impl_store {
                     "(CASE WHEN CAST($8 AS BIGINT) IS NULL THEN $7 ELSE $7 END)"
                 };
                 let sql = format!(
-                    "UPDATE task_instances SET state = 'running', try_number = try_number + 1, started_at = $1, \
+                    "UPDATE task_instances SET state = 'running', \
+                     try_number = try_number + CASE WHEN reschedules > 0 THEN 0 ELSE 1 END, \
+                     started_at = CASE WHEN reschedules > 0 THEN started_at ELSE $1 END, \
                      ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
                      next_try_at = NULL, error = NULL \
                      WHERE (run_id, task_id, map_index) IN (\
                        SELECT run_id, task_id, map_index FROM task_instances \
                        WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) \
                        ORDER BY priority DESC, queued_at, run_id, task_id, map_index \
-                       LIMIT {limit} {}) RETURNING run_id, task_id, map_index, try_number, try_base, item",
+                       LIMIT {limit} {}) RETURNING run_id, task_id, map_index, try_number, try_base, item, started_at, reschedules",
                     $claim_lock
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -258,6 +260,7 @@ macro_rules! impl_store {
                 .fetch_all(&mut **tx)
                 .await?;
                 let mut claims = Vec::with_capacity(rows.len());
+                let mut rescheduled = false;
                 for r in &rows {
                     claims.push(Claim {
                         run_id: r.try_get("run_id")?,
@@ -267,8 +270,9 @@ macro_rules! impl_store {
                         try_base: r.try_get("try_base")?,
                         item: parse_json(r.try_get("item")?, "item")?,
                         owner: req.owner.clone(),
-                        started_at: req.now,
+                        started_at: from_micros(r.try_get("started_at")?),
                     });
+                    rescheduled |= r.try_get::<i64, _>("reschedules")? > 0;
                 }
                 for chunk in claims.chunks(1000) {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
@@ -284,7 +288,13 @@ macro_rules! impl_store {
                             .push_bind(req.owner.clone())
                             .push_bind(req.hostname.clone());
                     });
-                    qb.push(" ON CONFLICT DO NOTHING");
+                    // A rescheduled try's row is already there: it runs again, from its first poke.
+                    qb.push(if rescheduled {
+                        " ON CONFLICT (run_id, task_id, map_index, try_number) DO UPDATE SET state = excluded.state, \
+                         ended_at = NULL, error = NULL, lease_owner = excluded.lease_owner, hostname = excluded.hostname"
+                    } else {
+                        " ON CONFLICT DO NOTHING"
+                    });
                     qb.build().execute(&mut **tx).await?;
                 }
                 Ok(claims)
@@ -314,7 +324,8 @@ macro_rules! impl_store {
                             let now = to_micros(end.now);
                             let n = sqlx::query(
                                 "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
-                                 lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11 \
+                                 lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11, \
+                                 reschedules = CASE WHEN $12 = 1 THEN reschedules + 1 ELSE 0 END \
                                  WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
                                  AND try_number = $9 AND lease_owner = $10",
                             )
@@ -329,6 +340,7 @@ macro_rules! impl_store {
                             .bind(c.try_number)
                             .bind(&c.owner)
                             .bind(if end.requeue { 1i64 } else { 0 })
+                            .bind(if end.reschedule { 1i64 } else { 0 })
                             .execute(&mut **tx)
                             .await?
                             .rows_affected();
@@ -1211,7 +1223,7 @@ macro_rules! impl_store {
                 if m.state == TaskState::Success {
                     for task_id in &m.downstream {
                         sqlx::query(
-                            "UPDATE task_instances SET state = 'scheduled', try_base = try_number, error = NULL, \
+                            "UPDATE task_instances SET state = 'scheduled', try_base = try_number, reschedules = 0, error = NULL, \
                              ended_at = NULL WHERE run_id = $1 AND task_id = $2 AND state = 'upstream_failed'",
                         )
                         .bind(&m.run_id)
@@ -1272,7 +1284,7 @@ macro_rules! impl_store {
                 }
                 for task_id in task_ids {
                     sqlx::query(
-                        "UPDATE task_instances SET state = 'scheduled', try_base = try_number, output = NULL, error = NULL, \
+                        "UPDATE task_instances SET state = 'scheduled', try_base = try_number, reschedules = 0, output = NULL, error = NULL, \
                          queued_at = NULL, started_at = NULL, ended_at = NULL, next_try_at = NULL, lease_owner = NULL, \
                          lease_expires_at = NULL, pid = NULL WHERE run_id = $1 AND task_id = $2",
                     )

@@ -247,6 +247,7 @@ fn ended(state: TaskState, now: DateTime<Utc>) -> TryEnd {
         next_try_at: None,
         now,
         requeue: false,
+        reschedule: false,
     }
 }
 
@@ -1191,6 +1192,7 @@ async fn finish_try_is_fenced_by_owner_and_try_number(db: TestDb) {
     let requeue = TryEnd {
         error: Some("interrupted".into()),
         requeue: true,
+        reschedule: false,
         ..ended(TaskState::Queued, at(12))
     };
     assert!(s.finish_try(&cb, &requeue).await.unwrap());
@@ -1212,6 +1214,55 @@ async fn finish_try_is_fenced_by_owner_and_try_number(db: TestDb) {
         (again.task_id.as_str(), again.try_number, again.try_base),
         ("b", 2, 1)
     );
+}
+
+async fn a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["wait"]).await;
+    queue_all(&*s, "r", at(1)).await;
+    let first = claim_one(&*s, "w1", at(5)).await;
+    assert_eq!((first.try_number, first.started_at), (1, at(5)));
+    let poke = TryEnd {
+        next_try_at: Some(at(35)),
+        reschedule: true,
+        ..ended(TaskState::UpForRetry, at(6))
+    };
+    assert!(s.finish_try(&first, &poke).await.unwrap());
+    let w = ti(&*s, "r", "wait", UNMAPPED).await;
+    assert_eq!(
+        (w.state, w.try_number, w.try_base, w.next_try_at),
+        (TaskState::UpForRetry, 1, 0, Some(at(35)))
+    );
+    assert_eq!((w.lease_owner, w.lease_expires_at), (None, None));
+
+    // Claimed again: the same try number, started when the first poke was.
+    queue_all(&*s, "r", at(35)).await;
+    let second = claim_one(&*s, "w2", at(36)).await;
+    assert_eq!((second.try_number, second.started_at), (1, at(5)));
+    let tries = s.tries("r", "wait", UNMAPPED).await.unwrap();
+    assert_eq!(tries.len(), 1, "{tries:?}");
+    assert_eq!(
+        (tries[0].state, tries[0].started_at, tries[0].ended_at),
+        (TaskState::Running, at(5), None)
+    );
+    assert!(
+        s.finish_try(&second, &ended(TaskState::Success, at(40)))
+            .await
+            .unwrap()
+    );
+    let w = ti(&*s, "r", "wait", UNMAPPED).await;
+    assert_eq!(
+        (w.state, w.try_number, w.started_at),
+        (TaskState::Success, 1, Some(at(5)))
+    );
+
+    // After the try ends for good, a clear starts a new try that starts when it is claimed.
+    s.clear_tasks("r", &["wait".to_string()], at(50))
+        .await
+        .unwrap();
+    queue_all(&*s, "r", at(51)).await;
+    let third = claim_one(&*s, "w1", at(52)).await;
+    assert_eq!((third.try_number, third.started_at), (2, at(52)));
 }
 
 async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
@@ -2164,6 +2215,7 @@ contract!(
     claim_records_the_try_and_counts_tries,
     concurrent_claimers_never_share_a_try,
     finish_try_is_fenced_by_owner_and_try_number,
+    a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try,
     heartbeat_extends_only_the_owners_leases,
     expired_tries_finds_running_tries_past_their_lease,
     clear_tasks_resets_instances_and_requeues_the_run,
