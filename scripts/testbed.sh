@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test bed the heavy-step tests talk to: moto's S3 server (PyPI `moto[server]`), in a Python
-# venv kept outside the clone so that it is installed once per machine. Sourced by test.sh:
-# it starts the server and exports FLOW_TEST_S3_ENDPOINT; the caller's EXIT trap stops it.
+# The test bed the heavy-step tests talk to: moto's S3 server (PyPI `moto[server]`) and a real
+# Spark (PyPI `pyspark`, on the machine's Java 17), in Python venvs kept outside the clone so
+# that they are installed once per machine. Sourced by test.sh: it starts the server and
+# exports FLOW_TEST_S3_ENDPOINT and SPARK_HOME; the caller's EXIT trap stops the server.
 #
 #   FLOW_TESTBED   where the venv and logs live (default ~/.cache/flow-testbed)
 
@@ -15,6 +16,14 @@ testbed_install() {
     python3 -m venv "$testbed_venv"
     "$testbed_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.*' 'boto3==1.*'
   fi
+  if [ ! -x "$testbed_dir/spark/bin/pyspark" ]; then
+    python3 -m venv "$testbed_dir/spark"
+    "$testbed_dir/spark/bin/pip" install -q --disable-pip-version-check 'pyspark==4.*'
+  fi
+  # spark-submit puts $SPARK_HOME/python on the driver's PYTHONPATH, so any python3 runs a job.
+  SPARK_HOME="$("$testbed_dir/spark/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
+  export SPARK_HOME
+  export SPARK_LOCAL_IP=127.0.0.1
 }
 
 # A free TCP port on 127.0.0.1, chosen by the kernel.

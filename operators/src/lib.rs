@@ -5,6 +5,7 @@ pub mod connections;
 pub mod http;
 pub mod s3;
 pub mod shell;
+pub mod spark;
 pub mod sql;
 pub mod storage;
 pub mod warehouse;
@@ -26,6 +27,7 @@ pub fn registry(connections: Connections) -> Registry {
     r.register(Arc::new(s3::S3Copy::new(connections.clone())));
     r.register(Arc::new(s3::S3Delete::new(connections.clone())));
     r.register(Arc::new(s3::S3Sensor::new(connections.clone())));
+    r.register(Arc::new(spark::Spark::new(connections.clone())));
     r.register(Arc::new(warehouse::Warehouse::new(connections)));
     r
 }

@@ -18,7 +18,8 @@ use tokio::process::Command;
 pub struct Shell;
 
 /// Waits for the go-ahead line, then runs the task's command (`$1`) in the same shell, with an
-/// empty stdin and no positional parameters, as `sh -c "$1"` would. `eval` rather than a second
+/// empty stdin and the remaining arguments as its positional parameters (none for a shell task),
+/// as `sh -c "$1" sh ARGS...` would. `eval` rather than a second
 /// `exec /bin/sh -c`: starting a shell costs ~0.7 ms of CPU here (most of it the dynamic loader
 /// probing the CPU, slow under virtualisation), so a second one doubled the cost of a short task.
 /// The gate shell has no children, so a `wait` in the command waits only for the command's own.
@@ -78,23 +79,7 @@ impl Operator for Shell {
             Some(Json::String(dir)) => ctx.dag_folder.join(Path::new(dir)),
             Some(_) => return Err(OperatorError::Fatal("'cwd' must be a string".into())),
         };
-        let mut cmd = Command::new("/bin/sh");
-        // The command starts only after its process group is recorded: the outer shell waits for
-        // one line on stdin, then runs the command in the same process (same pid and group).
-        // If the scheduler dies first, the pipe closes, `read` fails and nothing runs.
-        cmd.arg("-c")
-            .arg(GATE)
-            .arg("flow-shell")
-            .arg(command)
-            .current_dir(&cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        for (k, v) in ctx.env() {
-            cmd.env(k, v);
-        }
+        let mut env = ctx.env();
         match config.get("env") {
             None | Some(Json::Null) => {}
             Some(Json::Object(vars)) => {
@@ -103,55 +88,86 @@ impl Operator for Shell {
                         Json::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    cmd.env(k, text);
+                    env.push((k.clone(), text));
                 }
             }
             Some(_) => return Err(OperatorError::Fatal("'env' must be a mapping".into())),
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            OperatorError::Retryable(format!("cannot start /bin/sh in {}: {e}", cwd.display()))
-        })?;
-        let pid = child.id();
-        let _guard = GroupGuard {
-            pgid: pid.map(|p| Pid::from_raw(p as i32)),
-        };
-        let mut gate = child.stdin.take().expect("piped");
-        let recorded = match pid {
-            Some(pid) => ctx.record_pid(pid).await,
-            None => false,
-        };
-        if !recorded {
-            return Err(OperatorError::Retryable(
-                "cannot record the command's process group; not starting it".into(),
-            ));
-        }
-        // Closing stdin after the line gives the command an empty stdin, as /dev/null would.
-        if let Err(e) = gate.write_all(b"\n").await {
-            return Err(OperatorError::Retryable(format!(
-                "cannot start the command: {e}"
-            )));
-        }
-        drop(gate);
-        let out = tokio::spawn(pump(child.stdout.take().expect("piped"), ctx.log.clone()));
-        let err = tokio::spawn(pump(child.stderr.take().expect("piped"), ctx.log.clone()));
-        let status = child
-            .wait()
+        run_gated(command, &[], &cwd, env, "command", ctx)
             .await
-            .map_err(|e| OperatorError::Retryable(format!("cannot wait for the command: {e}")))?;
-        let _ = out.await;
-        let _ = err.await;
-        if status.success() {
-            Ok(None)
-        } else if let Some(code) = status.code() {
-            Err(OperatorError::Retryable(format!(
-                "command exited with code {code}"
-            )))
-        } else {
-            use std::os::unix::process::ExitStatusExt;
-            Err(OperatorError::Retryable(format!(
-                "command was killed by signal {}",
-                status.signal().unwrap_or(0)
-            )))
-        }
+            .map(|()| None)
+    }
+}
+
+/// Runs `command` (shell text; `args` are its positional parameters, `$@`) behind the gate in
+/// its own process group, its output pumped into the try's log. `what` names it in errors.
+pub(crate) async fn run_gated(
+    command: &str,
+    args: &[String],
+    cwd: &Path,
+    env: Vec<(String, String)>,
+    what: &str,
+    ctx: &TaskContext,
+) -> Result<(), OperatorError> {
+    let mut cmd = Command::new("/bin/sh");
+    // The command starts only after its process group is recorded: the outer shell waits for
+    // one line on stdin, then runs the command in the same process (same pid and group).
+    // If the scheduler dies first, the pipe closes, `read` fails and nothing runs.
+    cmd.arg("-c")
+        .arg(GATE)
+        .arg("flow-shell")
+        .arg(command)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.envs(env);
+    let mut child = cmd.spawn().map_err(|e| {
+        OperatorError::Retryable(format!("cannot start /bin/sh in {}: {e}", cwd.display()))
+    })?;
+    let pid = child.id();
+    let _guard = GroupGuard {
+        pgid: pid.map(|p| Pid::from_raw(p as i32)),
+    };
+    let mut gate = child.stdin.take().expect("piped");
+    let recorded = match pid {
+        Some(pid) => ctx.record_pid(pid).await,
+        None => false,
+    };
+    if !recorded {
+        return Err(OperatorError::Retryable(
+            "cannot record the command's process group; not starting it".into(),
+        ));
+    }
+    // Closing stdin after the line gives the command an empty stdin, as /dev/null would.
+    if let Err(e) = gate.write_all(b"\n").await {
+        return Err(OperatorError::Retryable(format!(
+            "cannot start the command: {e}"
+        )));
+    }
+    drop(gate);
+    let out = tokio::spawn(pump(child.stdout.take().expect("piped"), ctx.log.clone()));
+    let err = tokio::spawn(pump(child.stderr.take().expect("piped"), ctx.log.clone()));
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("cannot wait for the command: {e}")))?;
+    let _ = out.await;
+    let _ = err.await;
+    if status.success() {
+        Ok(())
+    } else if let Some(code) = status.code() {
+        Err(OperatorError::Retryable(format!(
+            "{what} exited with code {code}"
+        )))
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        Err(OperatorError::Retryable(format!(
+            "{what} was killed by signal {}",
+            status.signal().unwrap_or(0)
+        )))
     }
 }

@@ -90,6 +90,22 @@ pub fn s3_keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
     keys
 }
 
+/// True when a real Spark is there (`SPARK_HOME`, which `scripts/test.sh` sets up); under
+/// CI=true a missing Spark fails the test instead.
+pub fn spark_available() -> bool {
+    let ok = std::env::var_os("SPARK_HOME")
+        .is_some_and(|h| Path::new(&h).join("bin/spark-submit").is_file());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "SPARK_HOME does not hold bin/spark-submit, and CI=true requires Spark (scripts/test.sh \
+             installs it)"
+        );
+        eprintln!("note: no Spark (run the tests with ./scripts/test.sh); skipping");
+    }
+    ok
+}
+
 /// A `[connections.NAME]` table for the emulator.
 pub fn s3_connection(name: &str, endpoint: &str) -> String {
     format!(

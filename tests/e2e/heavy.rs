@@ -675,3 +675,80 @@ tasks:
         );
     }
 }
+
+const SPARK_JOB: &str = r#"
+import sys
+from pyspark.sql import SparkSession, functions as F
+
+src, dst, min_amount = sys.argv[1], sys.argv[2], int(sys.argv[3])
+spark = SparkSession.builder.appName("flow-test").getOrCreate()
+df = spark.read.option("header", True).option("inferSchema", True).csv(src)
+(df.where(F.col("amount") >= min_amount)
+   .groupBy("user_id").agg(F.sum("amount").alias("total"))
+   .write.mode("overwrite").parquet(dst))
+print("spark job wrote", dst)
+spark.stop()
+"#;
+
+#[test]
+fn spark_local_runs_a_pyspark_job_whose_output_sql_reads() {
+    if !spark_available() {
+        return;
+    }
+    let env = Env::new(Db::Sqlite).unwrap();
+    write_data(&env);
+    std::fs::create_dir_all(env.dags().join("jobs")).unwrap();
+    std::fs::write(env.dags().join("jobs/agg.py"), SPARK_JOB).unwrap();
+    std::fs::write(
+        env.dags().join("jobs/broken.py"),
+        "import sys\nprint('about to fail', file=sys.stderr)\nraise SystemExit(3)\n",
+    )
+    .unwrap();
+    env.dag(
+        "spark.yaml",
+        r#"
+id: spark_job
+params:
+  min_amount: { type: integer, default: 10 }
+tasks:
+  agg:
+    operator: spark
+    target: local
+    script: jobs/agg.py
+    args: ["data/events.csv", "out/spark_totals", "{{ params.min_amount }}"]
+    spark_args: ["--conf", "spark.sql.shuffle.partitions=2"]
+  check:
+    operator: sql
+    depends_on: [agg]
+    sources: { t: { path: "out/spark_totals/", format: parquet } }
+    query: "SELECT user_id, total FROM t ORDER BY user_id"
+  broken:
+    operator: spark
+    target: local
+    script: jobs/broken.py
+"#,
+    );
+    let run = env.flow_json(&["run", "spark_job", "--json"], 1);
+    let agg = task(&run, "agg", None);
+    assert_eq!(agg["state"], "success", "{run:#}");
+    assert_eq!(agg["output"], serde_json::json!({"exit_code": 0}));
+    // amount >= 10: user 1 has 50 + 20, user 2 has 40, user 3 has 70 + 99.
+    assert_eq!(
+        task(&run, "check", None)["output"],
+        serde_json::json!([
+            {"user_id": 1, "total": 70},
+            {"user_id": 2, "total": 40},
+            {"user_id": 3, "total": 169},
+        ])
+    );
+    let run_id = run["run_id"].as_str().unwrap();
+    let log = env.flow_ok(&["tasks", "logs", run_id, "agg"], 0);
+    assert!(log.contains("spark job wrote out/spark_totals"), "{log}");
+    assert!(log.contains("--master local[*]"), "{log}");
+    let broken = task(&run, "broken", None);
+    assert_eq!(broken["state"], "failed");
+    let err = broken["error"].as_str().unwrap_or_default();
+    assert!(err.contains("spark-submit exited with code 3"), "{err}");
+    let log = env.flow_ok(&["tasks", "logs", run_id, "broken"], 0);
+    assert!(log.contains("about to fail"), "{log}");
+}

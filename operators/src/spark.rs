@@ -1,0 +1,189 @@
+//! `spark`: a PySpark (or jar) job. `target: local` runs `spark-submit --master local[*]` on the
+//! scheduler's machine, as a child process group like a shell task (killed whole on timeout,
+//! recorded for crash recovery), its output in the try's log.
+//!
+//! `spark-submit` is `$SPARK_HOME/bin/spark-submit` when SPARK_HOME is set, else the one on
+//! PATH. A script given as an `s3://` URL is downloaded into the try's temporary folder first.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use crate::connections::Connections;
+use crate::s3::{S3Url, client, sdk_error};
+
+pub struct Spark {
+    connections: Arc<Connections>,
+}
+
+impl Spark {
+    pub fn new(connections: Arc<Connections>) -> Spark {
+        Spark { connections }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    target: Target,
+    script: String,
+    #[serde(default)]
+    args: Vec<Json>,
+    #[serde(default)]
+    spark_args: Vec<Json>,
+    connection: Option<String>,
+    cluster_id: Option<String>,
+    cluster: Option<Json>,
+    staging: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    #[default]
+    Local,
+    Emr,
+}
+
+fn fatal(msg: impl Into<String>) -> OperatorError {
+    OperatorError::Fatal(msg.into())
+}
+
+fn texts(key: &str, values: &[Json]) -> Result<Vec<String>, OperatorError> {
+    values
+        .iter()
+        .map(|v| match v {
+            Json::String(s) => Ok(s.clone()),
+            Json::Number(_) | Json::Bool(_) => Ok(v.to_string()),
+            _ => Err(fatal(format!(
+                "spark: `{key}` holds only strings and numbers"
+            ))),
+        })
+        .collect()
+}
+
+/// The spark-submit to run (see the module's note).
+pub fn spark_submit() -> PathBuf {
+    match std::env::var_os("SPARK_HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home).join("bin/spark-submit"),
+        _ => PathBuf::from("spark-submit"),
+    }
+}
+
+/// The script as a local file: itself, or downloaded from S3 into `dir`.
+async fn local_script(
+    script: &str,
+    cfg_conn: Option<&str>,
+    conns: &Connections,
+    ctx: &TaskContext,
+    dir: &std::path::Path,
+) -> Result<PathBuf, OperatorError> {
+    if !script.starts_with("s3://") {
+        let path = ctx.dag_folder.join(script);
+        if !path.is_file() {
+            return Err(fatal(format!("spark: script `{script}` is not a file")));
+        }
+        return Ok(path);
+    }
+    let url = S3Url::parse(script)?;
+    let name = url.key.rsplit('/').next().unwrap_or("job.py");
+    let s3 = client(&conns.aws(cfg_conn, &ctx.secrets)?).await;
+    let obj = s3
+        .get_object()
+        .bucket(&url.bucket)
+        .key(&url.key)
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("spark: get {url}"), e))?;
+    let bytes = obj
+        .body
+        .collect()
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("spark: reading {url}: {e}")))?
+        .into_bytes();
+    std::fs::create_dir_all(dir).map_err(|e| fatal(format!("spark: {}: {e}", dir.display())))?;
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes).map_err(|e| fatal(format!("spark: {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+#[async_trait]
+impl Operator for Spark {
+    fn name(&self) -> &'static str {
+        "spark"
+    }
+
+    fn keys(&self) -> OperatorKeys {
+        OperatorKeys {
+            required: &["script"],
+            optional: &[
+                "target",
+                "args",
+                "spark_args",
+                "connection",
+                "cluster_id",
+                "cluster",
+                "staging",
+            ],
+            code: &[],
+        }
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
+        let cfg: Config =
+            serde_json::from_value(config.clone()).map_err(|e| fatal(format!("spark: {e}")))?;
+        if cfg.target == Target::Emr {
+            // The EMR keys are parsed (so a typo is still an error) but not yet acted on.
+            let _ = (&cfg.cluster_id, &cfg.cluster, &cfg.staging);
+            return Err(fatal(
+                "spark: target emr is not supported by this version of flow yet; use target: local",
+            ));
+        }
+        let args = texts("args", &cfg.args)?;
+        let spark_args = texts("spark_args", &cfg.spark_args)?;
+        // Beside the try's output file, whose name is already unique to this try.
+        let scratch = ctx.output_path.with_extension("spark.d");
+        let script = local_script(
+            &cfg.script,
+            cfg.connection.as_deref(),
+            &self.connections,
+            ctx,
+            &scratch,
+        )
+        .await?;
+        let mut argv = vec![
+            spark_submit().display().to_string(),
+            "--master".to_string(),
+            "local[*]".to_string(),
+            "--conf".to_string(),
+            "spark.ui.enabled=false".to_string(),
+        ];
+        argv.extend(spark_args);
+        argv.push(script.display().to_string());
+        argv.extend(args);
+        ctx.log
+            .line(&format!("spark: {}", ctx.masker.mask(&argv.join(" "))))
+            .await;
+        let result = crate::shell::run_gated(
+            "exec \"$@\"",
+            &argv,
+            &ctx.dag_folder,
+            ctx.env(),
+            "spark-submit",
+            ctx,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        result?;
+        Ok(Some(json!({ "exit_code": 0 })))
+    }
+}
