@@ -752,3 +752,36 @@ tasks:
     let log = env.flow_ok(&["tasks", "logs", run_id, "broken"], 0);
     assert!(log.contains("about to fail"), "{log}");
 }
+
+#[test]
+fn the_revenue_example_runs_as_shipped() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dags/revenue_by_country.yaml"
+    );
+    std::fs::copy(example, env.dags().join("revenue_by_country.yaml")).unwrap();
+    let workdir = env.dir.path().join("work");
+    let run = env.flow_json(
+        &[
+            "run",
+            "revenue_by_country",
+            "--logical-date",
+            "2026-01-02",
+            "--param",
+            &format!("workdir={}", workdir.display()),
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(run["state"], "success", "{run:#}");
+    let by_country = &task(&run, "by_country", None)["output"];
+    assert_eq!(by_country["rows"], 6, "six countries: {by_country:#}");
+    let top = task(&run, "top_countries", None)["output"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(top.len(), 3, "{top:?}");
+    let revenues: Vec<i64> = top.iter().map(|r| r["revenue"].as_i64().unwrap()).collect();
+    assert!(revenues.windows(2).all(|w| w[0] >= w[1]), "{revenues:?}");
+}
