@@ -48,11 +48,11 @@ pub fn message(ev: &RunEnded) -> serde_json::Value {
 /// from `spawn_blocking`.
 pub fn post(webhook_template: &str, ev: &RunEnded, secrets: &Secrets) -> Result<(), String> {
     let masker: Masker = secrets.masker();
-    let ctx = minijinja::Value::from(minijinja::value::Serde(json!({
-        "secrets": secrets.names().map(|n| (n.to_string(), serde_json::Value::from(secrets.get(n).unwrap_or_default()))).collect::<serde_json::Map<String, serde_json::Value>>(),
+    let ctx = template::context(json!({
+        "secrets": secrets.to_json(),
         "dag_id": ev.dag_id,
         "run_id": ev.run_id,
-    })));
+    }));
     let url = template::render(webhook_template, &ctx)
         .map_err(|e| format!("webhook URL did not render: {}", masker.mask(&e)))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -40,6 +40,14 @@ impl Secrets {
     pub fn masker(&self) -> Masker {
         Masker::new(self.values.values().cloned())
     }
+
+    /// Name -> value, as templates see them under `secrets`.
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.values
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect()
+    }
 }
 
 /// Replaces every occurrence of a secret value with `***`.

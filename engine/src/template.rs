@@ -177,19 +177,20 @@ impl RunContext {
         ctx.insert("try_number".into(), task.try_number.into());
         ctx.insert("params".into(), self.params.clone());
         ctx.insert("tasks".into(), Json::Object(self.tasks.clone()));
-        let secrets: serde_json::Map<String, Json> = secrets
-            .names()
-            .map(|n| (n.to_string(), secrets.get(n).unwrap_or_default().into()))
-            .collect();
-        ctx.insert("secrets".into(), Json::Object(secrets));
+        ctx.insert("secrets".into(), Json::Object(secrets.to_json()));
         if let Some(item) = task.item {
             ctx.insert("item".into(), item.clone());
         }
         if let Some(i) = task.map_index {
             ctx.insert("map_index".into(), i.into());
         }
-        Value::from(minijinja::value::Serde(Json::Object(ctx)))
+        context(Json::Object(ctx))
     }
+}
+
+/// A JSON object as the values a template sees.
+pub fn context(values: Json) -> Value {
+    Value::from(minijinja::value::Serde(values))
 }
 
 #[cfg(test)]

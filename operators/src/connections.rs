@@ -121,15 +121,7 @@ fn render_key(
     if !template::is_template(value) {
         return Ok(Some(value.clone()));
     }
-    let secrets_map: Map<String, Json> = secrets
-        .names()
-        .filter_map(|n| {
-            secrets
-                .get(n)
-                .map(|v| (n.to_string(), Json::String(v.into())))
-        })
-        .collect();
-    let ctx = minijinja_ctx(secrets_map);
+    let ctx = template::context(serde_json::json!({ "secrets": secrets.to_json() }));
     template::render(value, &ctx).map(Some).map_err(|e| {
         OperatorError::Fatal(
             secrets
@@ -137,12 +129,6 @@ fn render_key(
                 .mask(&format!("connection `{name}`: {key} did not render: {e}")),
         )
     })
-}
-
-fn minijinja_ctx(secrets: Map<String, Json>) -> template::Value {
-    template::Value::from(minijinja::value::Serde(
-        serde_json::json!({ "secrets": secrets }),
-    ))
 }
 
 #[cfg(test)]

@@ -206,13 +206,7 @@ impl Job {
             note_bucket(&location, spec.connection.as_deref())?;
             let named = location.format_from_name();
             let extension = match named {
-                Some(_) if !location.is_folder() => {
-                    let url = location.url();
-                    let last = url.rsplit('/').next().unwrap_or("");
-                    last.rsplit_once('.')
-                        .map(|(_, e)| format!(".{e}"))
-                        .unwrap_or_default()
-                }
+                Some(_) if !location.is_folder() => location.extension().unwrap_or_default(),
                 _ if location.is_glob() || !location.is_folder() => String::new(),
                 _ => spec
                     .format
@@ -537,7 +531,7 @@ async fn infer_format(s: &Source, aws: &crate::connections::Aws) -> Result<Forma
             if name.starts_with('_') || name.starts_with('.') {
                 return None;
             }
-            Location::Local(name.into()).format_from_name()
+            Format::from_name(name)
         })
         .collect();
     match formats.len() {

@@ -31,7 +31,8 @@ impl Format {
         }
     }
 
-    fn from_name(name: &str) -> Option<Format> {
+    /// The format a file name's extension names, if any.
+    pub fn from_name(name: &str) -> Option<Format> {
         let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
         match ext.as_str() {
             "parquet" | "pq" => Some(Format::Parquet),
@@ -114,9 +115,22 @@ impl Location {
 
     /// The format named by the path's extension, if it has one.
     pub fn format_from_name(&self) -> Option<Format> {
+        Format::from_name(&self.last_part())
+    }
+
+    /// The extension of the path's last part (`.csv`), if it has one.
+    pub fn extension(&self) -> Option<String> {
+        let last = self.last_part();
+        last.rsplit_once('.').map(|(_, e)| format!(".{e}"))
+    }
+
+    fn last_part(&self) -> String {
         let s = self.url();
-        let last = s.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-        Format::from_name(last)
+        s.trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The object store holding this location, and the location's path inside it.

@@ -71,9 +71,7 @@ fn fatal(msg: impl Into<String>) -> OperatorError {
 fn db_error(what: &str, e: sqlx::Error) -> OperatorError {
     match &e {
         sqlx::Error::Database(d) => fatal(format!("{what}: {}", d.message())),
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => {
-            OperatorError::Retryable(format!("{what}: {e}"))
-        }
+        // The connection's troubles (I/O, protocol, timeouts) may pass.
         _ => OperatorError::Retryable(format!("{what}: {e}")),
     }
 }
