@@ -471,6 +471,8 @@ impl PidJournal {
 }
 
 pub struct TryEnv {
+    /// Fires when the scheduler shuts down cleanly: its tries are requeued, not cancelled.
+    pub shutdown: CancellationToken,
     pub recorder: Recorder,
     pub pids: Arc<PidJournal>,
     pub running: Arc<RunningTries>,
@@ -632,6 +634,9 @@ async fn execute(
         secrets: env.secrets.clone(),
         masker: env.secrets.masker(),
         on_spawn: Some(pid_tx),
+        external: claim.external.clone(),
+        on_external: Some(external_recorder(env.recorder.clone(), claim.clone())),
+        shutdown: env.shutdown.clone(),
     };
     // The process group is noted before the task's command may start its work, so that a
     // scheduler that finds this try orphaned can always stop it (see `PidJournal`).
@@ -698,6 +703,20 @@ async fn execute(
         },
         (Ok(out), Ok(file)) => Outcome::Success(out.or(file)),
     }
+}
+
+/// Commits what a try started elsewhere through the group commit, fenced on the try's lease.
+fn external_recorder(recorder: Recorder, claim: Claim) -> crate::operator::ExternalRecorder {
+    Arc::new(move |reference| {
+        let recorder = recorder.clone();
+        let claim = claim.clone();
+        Box::pin(async move {
+            matches!(
+                recorder.write(TryWrite::External(claim, reference)).await,
+                Ok(true)
+            )
+        })
+    })
 }
 
 /// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
@@ -804,6 +823,22 @@ async fn finish(
 /// Outcome of a try whose scheduler died: another try if the policy allows.
 pub fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
     let now = now();
+    if ti.external_ref.is_some() {
+        // Its work goes on elsewhere (an EMR step): the next try re-attaches to it, so losing
+        // the scheduler that watched it costs no try.
+        return TryEnd {
+            state: TaskState::Queued,
+            output: None,
+            error: Some(
+                "the scheduler watching this try stopped; the next try re-attaches to its external work"
+                    .to_string(),
+            ),
+            next_try_at: None,
+            now,
+            requeue: true,
+            reschedule: false,
+        };
+    }
     let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
     let f: Failure = after_failure(&policy, ti.try_number - ti.try_base, true, now);
     TryEnd {
@@ -843,6 +878,7 @@ mod pid_journal_tests {
             try_base: 0,
             item: None,
             owner: "host:1:ab".into(),
+            external: None,
             started_at: chrono::Utc::now(),
         }
     }

@@ -118,7 +118,20 @@ pub struct TaskContext {
     /// Records a started process group, so that a scheduler that finds this try orphaned can
     /// stop it. An operator that starts processes calls it before letting them do any work.
     pub on_spawn: Option<PidRecorder>,
+    /// What an earlier try of this task started outside this machine and did not see end (it
+    /// was requeued by a shutdown or orphaned by a crash): the operator re-attaches to it.
+    pub external: Option<Json>,
+    /// Commits what this try starts outside this machine (see [`TaskContext::record_external`]).
+    pub on_external: Option<ExternalRecorder>,
+    /// Fires when the scheduler shuts down cleanly. The try's future is then dropped and the try
+    /// requeued; an operator whose work runs elsewhere leaves it running for the next try.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
+
+/// Commits a reference to external work; answers whether it was recorded under the try's lease.
+pub type ExternalRecorder = Arc<
+    dyn Fn(Json) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
 
 impl TaskContext {
     /// The `FLOW_*` variables every child process of a task sees.
@@ -157,6 +170,18 @@ impl TaskContext {
             return false;
         }
         answer.await.unwrap_or(false)
+    }
+}
+
+impl TaskContext {
+    /// Records `reference` (what this try started elsewhere, such as an EMR step) durably before
+    /// the operator waits on it; false if it could not be recorded. A try after a crash or a
+    /// shutdown finds it in [`TaskContext::external`].
+    pub async fn record_external(&self, reference: Json) -> bool {
+        match &self.on_external {
+            Some(record) => record(reference).await,
+            None => true,
+        }
     }
 }
 

@@ -442,7 +442,9 @@ impl Engine {
             &self.owner,
         ));
         let heartbeat = self.spawn_heartbeat(shutdown.clone(), running_tries.clone(), pids.clone());
+        let try_cancel = CancellationToken::new();
         let try_env = Arc::new(TryEnv {
+            shutdown: try_cancel.clone(),
             running: running_tries.clone(),
             pids: pids.clone(),
             recorder: crate::executor::Recorder::start(self.store.clone()),
@@ -452,7 +454,6 @@ impl Engine {
             home: self.config.home.clone(),
         });
         let tries = tokio_util::task::TaskTracker::new();
-        let try_cancel = CancellationToken::new();
         let mut dirty: HashSet<String> = HashSet::new();
         // Runs whose only news is tries that cannot unblock anything by themselves (see
         // `TryDone::can_wait`) are planned at most every `plan_interval`, not after every try.
@@ -957,6 +958,7 @@ impl Engine {
                 item: ti.item.clone(),
                 owner: ti.lease_owner.clone().unwrap_or_default(),
                 started_at: ti.started_at.unwrap_or(now),
+                external: ti.external_ref.clone(),
             };
             // The pid is in the database once its detached write committed, and in the dead
             // scheduler's journal from before the command started.

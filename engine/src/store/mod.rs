@@ -142,6 +142,8 @@ pub struct TiRow {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub hostname: Option<String>,
     pub pid: Option<i64>,
+    /// What the try's operator started outside this machine (see `TryWrite::External`).
+    pub external_ref: Option<Json>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -273,12 +275,19 @@ pub struct Claim {
     /// When the try was claimed: its `started_at` in the history. For a try a sensor
     /// rescheduled, when its first poke was claimed.
     pub started_at: DateTime<Utc>,
+    /// What an earlier try of this instance started elsewhere and did not see end (it was
+    /// requeued or orphaned), for the operator to re-attach to.
+    pub external: Option<Json>,
 }
 
 /// A write about a claimed try.
 #[derive(Debug, Clone)]
 pub enum TryWrite {
     Pid(Claim, i64),
+    /// What the try started outside this machine (an EMR step), so that the try after a crash or
+    /// shutdown re-attaches to it. Kept by a requeue (and so by orphan recovery, which requeues
+    /// such a try), emptied by any other end and by a clear.
+    External(Claim, Json),
     End(Claim, TryEnd),
 }
 

@@ -216,7 +216,7 @@ const RUN_COLUMNS: &str = "run_id, dag_id, dag_version, run_type, state, logical
      data_interval_end, params, queued_at, started_at, ended_at";
 
 const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, item, \
-     output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid";
+     output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid, external_ref";
 
 macro_rules! impl_store {
     ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal) => {
@@ -245,7 +245,7 @@ macro_rules! impl_store {
                        SELECT run_id, task_id, map_index FROM task_instances \
                        WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) \
                        ORDER BY priority DESC, queued_at, run_id, task_id, map_index \
-                       LIMIT {limit} {}) RETURNING run_id, task_id, map_index, try_number, try_base, item, started_at, reschedules",
+                       LIMIT {limit} {}) RETURNING run_id, task_id, map_index, try_number, try_base, item, started_at, reschedules, external_ref",
                     $claim_lock
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -271,6 +271,7 @@ macro_rules! impl_store {
                         item: parse_json(r.try_get("item")?, "item")?,
                         owner: req.owner.clone(),
                         started_at: from_micros(r.try_get("started_at")?),
+                        external: parse_json(r.try_get("external_ref")?, "external_ref")?,
                     });
                     rescheduled |= r.try_get::<i64, _>("reschedules")? > 0;
                 }
@@ -320,12 +321,29 @@ macro_rules! impl_store {
                             .rows_affected();
                             applied.push(n == 1);
                         }
+                        TryWrite::External(c, reference) => {
+                            let n = sqlx::query(
+                                "UPDATE task_instances SET external_ref = $1 WHERE run_id = $2 AND task_id = $3 AND map_index = $4 \
+                                 AND state = 'running' AND try_number = $5 AND lease_owner = $6",
+                            )
+                            .bind(json_text(reference))
+                            .bind(&c.run_id)
+                            .bind(&c.task_id)
+                            .bind(c.map_index)
+                            .bind(c.try_number)
+                            .bind(&c.owner)
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected();
+                            applied.push(n == 1);
+                        }
                         TryWrite::End(c, end) => {
                             let now = to_micros(end.now);
                             let n = sqlx::query(
                                 "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
                                  lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11, \
-                                 reschedules = CASE WHEN $12 = 1 THEN reschedules + 1 ELSE 0 END \
+                                 reschedules = CASE WHEN $12 = 1 THEN reschedules + 1 ELSE 0 END, \
+                                 external_ref = CASE WHEN $11 = 1 THEN external_ref ELSE NULL END \
                                  WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
                                  AND try_number = $9 AND lease_owner = $10",
                             )
@@ -404,6 +422,7 @@ macro_rules! impl_store {
                     lease_expires_at: ts(r.try_get("lease_expires_at")?),
                     hostname: r.try_get("hostname")?,
                     pid: r.try_get("pid")?,
+                    external_ref: parse_json(r.try_get("external_ref")?, "external_ref")?,
                 })
             }
 
@@ -1207,7 +1226,7 @@ macro_rules! impl_store {
                 .await?;
                 let changed = sqlx::query(
                     "UPDATE task_instances SET state = $1, ended_at = $2, error = $3, next_try_at = NULL, \
-                     lease_owner = NULL, lease_expires_at = NULL, pid = NULL \
+                     lease_owner = NULL, lease_expires_at = NULL, pid = NULL, external_ref = NULL \
                      WHERE run_id = $4 AND task_id = $5 AND (CAST($6 AS BIGINT) IS NULL OR map_index = $6) \
                      AND state <> $1",
                 )
@@ -1286,7 +1305,7 @@ macro_rules! impl_store {
                     sqlx::query(
                         "UPDATE task_instances SET state = 'scheduled', try_base = try_number, reschedules = 0, output = NULL, error = NULL, \
                          queued_at = NULL, started_at = NULL, ended_at = NULL, next_try_at = NULL, lease_owner = NULL, \
-                         lease_expires_at = NULL, pid = NULL WHERE run_id = $1 AND task_id = $2",
+                         lease_expires_at = NULL, pid = NULL, external_ref = NULL WHERE run_id = $1 AND task_id = $2",
                     )
                     .bind(run_id)
                     .bind(task_id)

@@ -217,6 +217,7 @@ fn fresh_ti(run_id: &str, task_id: &str, priority: i64, pool: &str) -> TiRow {
         lease_expires_at: None,
         hostname: None,
         pid: None,
+        external_ref: None,
     }
 }
 
@@ -1006,6 +1007,7 @@ async fn claim_records_the_try_and_counts_tries(db: TestDb) {
             item: None,
             owner: "w1".into(),
             started_at: at(5),
+            external: None,
         }
     );
     assert_eq!(
@@ -1263,6 +1265,71 @@ async fn a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try(db
     queue_all(&*s, "r", at(51)).await;
     let third = claim_one(&*s, "w1", at(52)).await;
     assert_eq!((third.try_number, third.started_at), (2, at(52)));
+}
+
+async fn an_external_reference_outlives_a_requeue_and_nothing_else(db: TestDb) {
+    let s = db.store;
+    started_run(&*s, "r", &["step"]).await;
+    queue_all(&*s, "r", at(1)).await;
+    let first = claim_one(&*s, "w1", at(5)).await;
+    assert_eq!(first.external, None);
+    let step = serde_json::json!({"cluster_id": "j-1", "step_id": "s-1"});
+    let stranger = Claim {
+        owner: "w2".into(),
+        ..first.clone()
+    };
+    assert_eq!(
+        s.record_tries(&[TryWrite::External(stranger, step.clone())])
+            .await
+            .unwrap(),
+        vec![false],
+        "the write is fenced on the lease"
+    );
+    assert_eq!(
+        s.record_tries(&[TryWrite::External(first.clone(), step.clone())])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        ti(&*s, "r", "step", UNMAPPED).await.external_ref,
+        Some(step.clone())
+    );
+
+    // A requeue (shutdown, or orphan recovery) keeps it for the next try, which re-attaches.
+    let requeue = TryEnd {
+        requeue: true,
+        ..ended(TaskState::Queued, at(6))
+    };
+    assert!(s.finish_try(&first, &requeue).await.unwrap());
+    let second = claim_one(&*s, "w2", at(7)).await;
+    assert_eq!(
+        (second.try_number, second.external.clone()),
+        (2, Some(step.clone()))
+    );
+
+    // Any other end empties it: the next try starts its own work.
+    let failed = TryEnd {
+        next_try_at: Some(at(8)),
+        ..ended(TaskState::UpForRetry, at(8))
+    };
+    assert!(s.finish_try(&second, &failed).await.unwrap());
+    assert_eq!(ti(&*s, "r", "step", UNMAPPED).await.external_ref, None);
+    queue_all(&*s, "r", at(9)).await;
+    let third = claim_one(&*s, "w1", at(9)).await;
+    assert_eq!(third.external, None);
+
+    // A clear empties it too, even while a try holds it.
+    assert_eq!(
+        s.record_tries(&[TryWrite::External(third.clone(), step.clone())])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    s.clear_tasks("r", &["step".to_string()], at(10))
+        .await
+        .unwrap();
+    assert_eq!(ti(&*s, "r", "step", UNMAPPED).await.external_ref, None);
 }
 
 async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
@@ -2216,6 +2283,7 @@ contract!(
     concurrent_claimers_never_share_a_try,
     finish_try_is_fenced_by_owner_and_try_number,
     a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try,
+    an_external_reference_outlives_a_requeue_and_nothing_else,
     heartbeat_extends_only_the_owners_leases,
     expired_tries_finds_running_tries_past_their_lease,
     clear_tasks_resets_instances_and_requeues_the_run,
