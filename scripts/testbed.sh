@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The test bed the heavy-step tests talk to: moto's S3 server (PyPI `moto[server]`) and a real
+# The test bed the heavy-step tests talk to: moto's S3 server (PyPI `moto[server]`), a real
 # Spark (PyPI `pyspark`, on the machine's Java 17), in Python venvs kept outside the clone so
-# that they are installed once per machine. Sourced by test.sh: it starts the server and
-# exports FLOW_TEST_S3_ENDPOINT and SPARK_HOME; the caller's EXIT trap stops the server.
+# that they are installed once per machine, and our EMR emulator (tests/testbed/emr_emulator.py).
+# Sourced by test.sh: it starts the servers and exports FLOW_TEST_S3_ENDPOINT,
+# FLOW_TEST_EMR_ENDPOINT and SPARK_HOME; the caller's EXIT trap stops the servers.
 #
 #   FLOW_TESTBED   where the venv and logs live (default ~/.cache/flow-testbed)
 
 testbed_dir="${FLOW_TESTBED:-$HOME/.cache/flow-testbed}"
 testbed_venv="$testbed_dir/venv"
+# The emulator's path, absolute: this file is sourced from anywhere.
+testbed_emr="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/testbed/emr_emulator.py"
 testbed_pids=()
 
 testbed_install() {
@@ -47,8 +50,20 @@ testbed_start() {
   port="$(testbed_free_port)"
   "$testbed_venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$testbed_dir/moto.log" 2>&1 &
   testbed_pids+=("$!")
-  testbed_wait "http://127.0.0.1:$port/moto-api/" moto "$!"
+  # `|| return`: set -e does not apply inside `if ! testbed_start`, where test.sh calls it.
+  testbed_wait "http://127.0.0.1:$port/moto-api/" moto "$!" || return 1
   export FLOW_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+
+  # moto's EMR never moves a step past RUNNING and cannot cancel one, so EMR is our own server:
+  # it runs each step with the Spark above and puts the step's logs in moto's S3 (it needs the
+  # venv's boto3 for that). It inherits SPARK_HOME and SPARK_LOCAL_IP from testbed_install.
+  local emr_port
+  emr_port="$(testbed_free_port)"
+  "$testbed_venv/bin/python" "$testbed_emr" --host 127.0.0.1 --port "$emr_port" \
+    --s3-endpoint "$FLOW_TEST_S3_ENDPOINT" >"$testbed_dir/emr.log" 2>&1 &
+  testbed_pids+=("$!")
+  testbed_wait "http://127.0.0.1:$emr_port/emr-api/" emr "$!" || return 1
+  export FLOW_TEST_EMR_ENDPOINT="http://127.0.0.1:$emr_port"
 }
 
 testbed_stop() {

@@ -22,7 +22,12 @@ pub struct Connections {
 #[derive(Clone, Default, PartialEq)]
 pub struct Aws {
     pub region: Option<String>,
+    /// Every service's endpoint (an S3-compatible store, an emulator); unset: AWS's own.
     pub endpoint_url: Option<String>,
+    /// S3's endpoint, over `endpoint_url`.
+    pub s3_endpoint_url: Option<String>,
+    /// EMR's endpoint, over `endpoint_url`.
+    pub emr_endpoint_url: Option<String>,
     pub force_path_style: bool,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
@@ -35,6 +40,8 @@ impl std::fmt::Debug for Aws {
         f.debug_struct("Aws")
             .field("region", &self.region)
             .field("endpoint_url", &self.endpoint_url)
+            .field("s3_endpoint_url", &self.s3_endpoint_url)
+            .field("emr_endpoint_url", &self.emr_endpoint_url)
             .field("force_path_style", &self.force_path_style)
             .finish_non_exhaustive()
     }
@@ -80,6 +87,8 @@ impl Connections {
         Ok(Aws {
             region: text("region")?,
             endpoint_url: text("endpoint_url")?,
+            s3_endpoint_url: text("s3_endpoint_url")?,
+            emr_endpoint_url: text("emr_endpoint_url")?,
             force_path_style: match entry.get("force_path_style") {
                 None => false,
                 Some(Json::Bool(b)) => *b,

@@ -2,6 +2,8 @@
 //! [`flow_engine::operator::Operator`]; [`registry`] names every built-in one.
 
 pub mod connections;
+pub mod demo;
+pub mod emr;
 pub mod http;
 pub mod s3;
 pub mod shell;

@@ -58,9 +58,9 @@ impl std::fmt::Display for S3Url {
     }
 }
 
-/// An SDK client for the connection: its region, endpoint, path style and keys, with the
-/// standard AWS chain filling in whatever it leaves out.
-pub async fn client(aws: &Aws) -> Client {
+/// The SDK configuration for the connection: its region, endpoint and keys, with the standard
+/// AWS chain filling in whatever it leaves out. S3 and EMR clients are built from it.
+pub async fn sdk_config(aws: &Aws) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = &aws.region {
         loader = loader.region(Region::new(region.clone()));
@@ -77,15 +77,23 @@ pub async fn client(aws: &Aws) -> Client {
             "flow.toml",
         ));
     }
-    let shared = loader.load().await;
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(aws.force_path_style)
-        .build();
+    loader.load().await
+}
+
+/// An S3 client for the connection (see [`sdk_config`]), with its path style.
+pub async fn client(aws: &Aws) -> Client {
+    let shared = sdk_config(aws).await;
+    let mut conf =
+        aws_sdk_s3::config::Builder::from(&shared).force_path_style(aws.force_path_style);
+    if let Some(url) = &aws.s3_endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    let conf = conf.build();
     Client::from_conf(conf)
 }
 
-/// An SDK error, with the service's own message when it gave one. Throttling, timeouts and 5xx
-/// answers are worth a retry; an access or a missing-bucket error is not.
+/// An SDK error (S3 or EMR), with the service's own message when it gave one. Throttling,
+/// timeouts and 5xx answers are worth a retry; an access or a missing-bucket error is not.
 pub fn sdk_error<E, R>(what: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> OperatorError
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -100,7 +108,13 @@ where
             let code = s.err().code().unwrap_or_default();
             matches!(
                 code,
-                "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+                "SlowDown"
+                    | "InternalError"
+                    | "ServiceUnavailable"
+                    | "RequestTimeout"
+                    | "ThrottlingException"
+                    | "InternalServerError"
+                    | "InternalServerException"
             )
         }
         _ => false,

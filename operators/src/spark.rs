@@ -4,6 +4,8 @@
 //!
 //! `spark-submit` is `$SPARK_HOME/bin/spark-submit` when SPARK_HOME is set, else the one on
 //! PATH. A script given as an `s3://` URL is downloaded into the try's temporary folder first.
+//!
+//! `target: emr` submits the same script and arguments as an EMR step (see [`crate::emr`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ struct Config {
     spark_args: Vec<Json>,
     connection: Option<String>,
     cluster_id: Option<String>,
-    cluster: Option<Json>,
+    cluster: Option<crate::emr::ClusterSpec>,
     staging: Option<String>,
 }
 
@@ -141,15 +143,48 @@ impl Operator for Spark {
     ) -> Result<Option<Json>, OperatorError> {
         let cfg: Config =
             serde_json::from_value(config.clone()).map_err(|e| fatal(format!("spark: {e}")))?;
-        if cfg.target == Target::Emr {
-            // The EMR keys are parsed (so a typo is still an error) but not yet acted on.
-            let _ = (&cfg.cluster_id, &cfg.cluster, &cfg.staging);
-            return Err(fatal(
-                "spark: target emr is not supported by this version of flow yet; use target: local",
-            ));
-        }
         let args = texts("args", &cfg.args)?;
         let spark_args = texts("spark_args", &cfg.spark_args)?;
+        if cfg.target == Target::Emr {
+            let sub = crate::emr::Submission {
+                script: &cfg.script,
+                args,
+                spark_args,
+                connection: cfg.connection.as_deref(),
+                cluster_id: cfg.cluster_id,
+                cluster: cfg.cluster,
+                staging: cfg.staging.as_deref(),
+            };
+            return crate::emr::run(sub, &self.connections, ctx).await;
+        }
+        match ctx.timeout {
+            Some(limit) => tokio::time::timeout(limit, self.local(&cfg, args, spark_args, ctx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(OperatorError::Retryable(format!(
+                        "timed out after {}",
+                        flow_engine::executor::human(limit)
+                    )))
+                }),
+            None => self.local(&cfg, args, spark_args, ctx).await,
+        }
+    }
+
+    /// EMR steps must be cancelled when a try times out, which takes a request, not just a
+    /// dropped future: the operator applies the timeout itself, on both targets.
+    fn own_timeout(&self) -> bool {
+        true
+    }
+}
+
+impl Spark {
+    async fn local(
+        &self,
+        cfg: &Config,
+        args: Vec<String>,
+        spark_args: Vec<String>,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
         // Beside the try's output file, whose name is already unique to this try.
         let scratch = ctx.output_path.with_extension("spark.d");
         let script = local_script(

@@ -158,7 +158,7 @@ pub fn s3_store(bucket: &str, aws: &Aws) -> Result<Arc<dyn ObjectStore>, Operato
     if let Some(region) = &aws.region {
         b = b.with_region(region);
     }
-    if let Some(endpoint) = &aws.endpoint_url {
+    if let Some(endpoint) = aws.s3_endpoint_url.as_ref().or(aws.endpoint_url.as_ref()) {
         b = b
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));

@@ -106,6 +106,66 @@ pub fn spark_available() -> bool {
     ok
 }
 
+/// The EMR emulator (`tests/testbed/emr_emulator.py`) that `scripts/test.sh` starts; None
+/// outside CI when it is not running (CI=true fails instead).
+pub fn emr_endpoint() -> Option<String> {
+    match std::env::var("FLOW_TEST_EMR_ENDPOINT") {
+        Ok(e) => Some(e),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "FLOW_TEST_EMR_ENDPOINT is not set: the EMR emulator is not running, and CI=true \
+                 requires it (scripts/test.sh starts it)"
+            );
+            eprintln!("note: no EMR emulator (run the tests with ./scripts/test.sh); skipping");
+            None
+        }
+    }
+}
+
+/// One call of the EMR JSON protocol, as the AWS SDK makes it (the emulator checks no
+/// signature).
+pub fn emr_call(endpoint: &str, op: &str, body: Json) -> Json {
+    ureq::post(format!("{endpoint}/"))
+        .header("X-Amz-Target", format!("ElasticMapReduce.{op}"))
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .send(body.to_string())
+        .unwrap_or_else(|e| panic!("EMR {op} failed: {e}"))
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+/// A long-running cluster on the emulator, logging to `log_uri`.
+pub fn emr_cluster(endpoint: &str, log_uri: &str) -> String {
+    let out = emr_call(
+        endpoint,
+        "RunJobFlow",
+        serde_json::json!({
+            "Name": "flow-test", "ReleaseLabel": "emr-7.5.0", "LogUri": log_uri,
+            "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1,
+                          "KeepJobFlowAliveWhenNoSteps": true},
+        }),
+    );
+    out["JobFlowId"].as_str().unwrap().to_string()
+}
+
+/// Every step the emulator was ever given on `cluster_id`, oldest first.
+pub fn emr_steps(endpoint: &str, cluster_id: &str) -> Vec<Json> {
+    let all: Json = ureq::get(format!("{endpoint}/emr-api/steps"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["cluster_id"] == cluster_id)
+        .cloned()
+        .collect()
+}
+
 /// A `[connections.NAME]` table for the emulator.
 pub fn s3_connection(name: &str, endpoint: &str) -> String {
     format!(

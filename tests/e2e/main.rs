@@ -8,6 +8,7 @@ mod api;
 mod browser;
 mod cli;
 mod daemon;
+mod emr;
 mod heavy;
 mod pages;
 mod run;

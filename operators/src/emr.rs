@@ -1,0 +1,686 @@
+//! `spark` with `target: emr`: the script runs as a step of an EMR cluster, an existing one
+//! (`cluster_id`) or a transient one created for the step and terminated when it ends
+//! (`cluster:`).
+//!
+//! No step is ever submitted twice for one task instance:
+//! - the step (or the transient cluster, before its step is known) is committed to the database
+//!   before the operator polls ([`TaskContext::record_external`]); a try after a crash or a clean
+//!   shutdown finds it in [`TaskContext::external`] and re-attaches to it;
+//! - the step's name is the instance's (DAG, task, map index, run), and before submitting to an
+//!   existing cluster the operator looks for an active step of that name, which covers a crash
+//!   between the submission and its commit.
+//!
+//! A task timeout cancels the step (and terminates a transient cluster) before the try fails; so
+//! does a clear, from the dropped try. A clean shutdown leaves the step running for the next try.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aws_sdk_emr::Client as Emr;
+use aws_sdk_emr::types::{
+    ActionOnFailure, Application, HadoopJarStepConfig, JobFlowInstancesConfig, StepConfig,
+    StepState,
+};
+use aws_sdk_s3::primitives::ByteStream;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use flow_engine::operator::{OperatorError, TaskContext};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+
+use crate::connections::Connections;
+use crate::s3::{S3Url, sdk_config, sdk_error};
+
+fn fatal(msg: impl Into<String>) -> OperatorError {
+    OperatorError::Fatal(msg.into())
+}
+
+/// `cluster:`, a transient cluster made for one step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    name: Option<String>,
+    release_label: String,
+    #[serde(default = "default_instance_type")]
+    instance_type: String,
+    #[serde(default = "default_instance_count")]
+    instance_count: i32,
+    log_uri: Option<String>,
+    #[serde(default = "default_job_flow_role")]
+    job_flow_role: String,
+    #[serde(default = "default_service_role")]
+    service_role: String,
+}
+
+fn default_instance_type() -> String {
+    "m5.xlarge".to_string()
+}
+fn default_instance_count() -> i32 {
+    1
+}
+fn default_job_flow_role() -> String {
+    "EMR_EC2_DefaultRole".to_string()
+}
+fn default_service_role() -> String {
+    "EMR_DefaultRole".to_string()
+}
+
+/// Where a submission stands, as committed to the database (`external_ref`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRef {
+    pub cluster_id: String,
+    /// None only between creating a transient cluster and learning its step's id.
+    pub step_id: Option<String>,
+    /// The cluster was made for this step and is terminated when it ends.
+    #[serde(default)]
+    pub transient: bool,
+}
+
+pub struct Submission<'a> {
+    pub script: &'a str,
+    pub args: Vec<String>,
+    pub spark_args: Vec<String>,
+    pub connection: Option<&'a str>,
+    pub cluster_id: Option<String>,
+    pub cluster: Option<ClusterSpec>,
+    pub staging: Option<&'a str>,
+}
+
+/// The step's name: the same for every try of one task instance, so that a step submitted by a
+/// try that died before committing its id is found again.
+fn step_name(ctx: &TaskContext) -> String {
+    let map = ctx.map_index.map(|i| format!("[{i}]")).unwrap_or_default();
+    let name = format!("flow {}.{}{map} {}", ctx.dag_id, ctx.task_id, ctx.run_id);
+    // EMR caps step names at 256 characters.
+    name.chars().take(256).collect()
+}
+
+pub async fn run(
+    sub: Submission<'_>,
+    conns: &Connections,
+    ctx: &TaskContext,
+) -> Result<Option<Json>, OperatorError> {
+    if sub.cluster_id.is_some() == sub.cluster.is_some() {
+        return Err(fatal(
+            "spark: target emr needs exactly one of `cluster_id` (an existing cluster) and `cluster` (a transient one)",
+        ));
+    }
+    let aws = conns.aws(sub.connection, &ctx.secrets)?;
+    let shared = sdk_config(&aws).await;
+    let mut emr_conf = aws_sdk_emr::config::Builder::from(&shared);
+    if let Some(url) = &aws.emr_endpoint_url {
+        emr_conf = emr_conf.endpoint_url(url);
+    }
+    let emr = Emr::from_conf(emr_conf.build());
+    let s3 = crate::s3::client(&aws).await;
+
+    let started = Instant::now();
+    let mut guard = CancelGuard {
+        emr: emr.clone(),
+        step: None,
+        shutdown: ctx.shutdown.clone(),
+    };
+    let work = async {
+        let step = match ctx.external.as_ref() {
+            Some(previous) => reattach(previous, &emr, ctx, &mut guard).await?,
+            None => submit(&sub, &emr, &s3, ctx, &mut guard).await?,
+        };
+        watch(&emr, &s3, step, ctx, &mut guard).await
+    };
+    let result = match ctx.timeout {
+        Some(limit) => {
+            let left = limit.saturating_sub(started.elapsed());
+            let outcome = tokio::time::timeout(left, work).await;
+            match outcome {
+                Ok(r) => r,
+                Err(_) => {
+                    ctx.log
+                        .line("emr: the task timed out; cancelling the step")
+                        .await;
+                    guard.cancel_now().await;
+                    Err(OperatorError::Retryable(format!(
+                        "timed out after {}",
+                        flow_engine::executor::human(limit)
+                    )))
+                }
+            }
+        }
+        None => work.await,
+    };
+    guard.step = None;
+    result
+}
+
+/// Re-attaches to what an earlier try of this instance started.
+async fn reattach(
+    previous: &Json,
+    emr: &Emr,
+    ctx: &TaskContext,
+    guard: &mut CancelGuard,
+) -> Result<StepRef, OperatorError> {
+    let mut step: StepRef = serde_json::from_value(previous.clone())
+        .map_err(|e| fatal(format!("spark: the recorded EMR step is unreadable: {e}")))?;
+    if step.step_id.is_none() {
+        step.step_id = find_step(emr, &step.cluster_id, &step_name(ctx), false).await?;
+        guard.step = Some(step.clone());
+        if step.step_id.is_none() {
+            return Err(OperatorError::Retryable(format!(
+                "spark: transient cluster {} has no step named `{}`",
+                step.cluster_id,
+                step_name(ctx)
+            )));
+        }
+        record(ctx, &step).await?;
+    }
+    ctx.log
+        .line(&format!(
+            "emr: re-attached to step {} on cluster {} (submitted by an earlier try)",
+            step.step_id.as_deref().unwrap_or("?"),
+            step.cluster_id
+        ))
+        .await;
+    guard.step = Some(step.clone());
+    Ok(step)
+}
+
+async fn record(ctx: &TaskContext, step: &StepRef) -> Result<(), OperatorError> {
+    let value = serde_json::to_value(step).map_err(|e| fatal(e.to_string()))?;
+    if ctx.record_external(value).await {
+        Ok(())
+    } else {
+        // The lease is gone (cleared or taken over): the guard cancels what was started.
+        Err(OperatorError::Retryable(
+            "spark: cannot record the EMR step (the try lost its lease)".to_string(),
+        ))
+    }
+}
+
+async fn submit(
+    sub: &Submission<'_>,
+    emr: &Emr,
+    s3: &aws_sdk_s3::Client,
+    ctx: &TaskContext,
+    guard: &mut CancelGuard,
+) -> Result<StepRef, OperatorError> {
+    let script = stage_script(sub, s3, ctx).await?;
+    let mut args = vec!["spark-submit".to_string()];
+    args.extend(sub.spark_args.iter().cloned());
+    args.push(script);
+    args.extend(sub.args.iter().cloned());
+    ctx.log
+        .line(&format!(
+            "emr: command-runner.jar {}",
+            ctx.masker.mask(&args.join(" "))
+        ))
+        .await;
+    let name = step_name(ctx);
+    let step_config = |on_failure: ActionOnFailure| {
+        StepConfig::builder()
+            .name(&name)
+            .action_on_failure(on_failure)
+            .hadoop_jar_step(
+                HadoopJarStepConfig::builder()
+                    .jar("command-runner.jar")
+                    .set_args(Some(args.clone()))
+                    .build(),
+            )
+            .build()
+    };
+
+    if let Some(cluster_id) = &sub.cluster_id {
+        if let Some(step_id) = find_step(emr, cluster_id, &name, true).await? {
+            ctx.log
+                .line(&format!(
+                    "emr: step {step_id} of this task is already active on {cluster_id}; attaching to it"
+                ))
+                .await;
+            let step = StepRef {
+                cluster_id: cluster_id.clone(),
+                step_id: Some(step_id),
+                transient: false,
+            };
+            guard.step = Some(step.clone());
+            record(ctx, &step).await?;
+            return Ok(step);
+        }
+        let out = emr
+            .add_job_flow_steps()
+            .job_flow_id(cluster_id)
+            .steps(step_config(ActionOnFailure::Continue))
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("spark: AddJobFlowSteps on {cluster_id}"), e))?;
+        let step_id = out
+            .step_ids()
+            .first()
+            .cloned()
+            .ok_or_else(|| OperatorError::Retryable("spark: EMR returned no step id".into()))?;
+        let step = StepRef {
+            cluster_id: cluster_id.clone(),
+            step_id: Some(step_id.clone()),
+            transient: false,
+        };
+        guard.step = Some(step.clone());
+        record(ctx, &step).await?;
+        ctx.log
+            .line(&format!(
+                "emr: submitted step {step_id} to cluster {cluster_id}"
+            ))
+            .await;
+        return Ok(step);
+    }
+
+    let spec = sub
+        .cluster
+        .as_ref()
+        .ok_or_else(|| fatal("spark: no cluster"))?;
+    let mut run = emr
+        .run_job_flow()
+        .name(
+            spec.name
+                .clone()
+                .unwrap_or_else(|| format!("flow {}.{}", ctx.dag_id, ctx.task_id)),
+        )
+        .release_label(&spec.release_label)
+        .applications(Application::builder().name("Spark").build())
+        .instances(
+            JobFlowInstancesConfig::builder()
+                .master_instance_type(&spec.instance_type)
+                .slave_instance_type(&spec.instance_type)
+                .instance_count(spec.instance_count)
+                // Transient: the cluster ends with its step.
+                .keep_job_flow_alive_when_no_steps(false)
+                .build(),
+        )
+        .steps(step_config(ActionOnFailure::TerminateCluster))
+        .job_flow_role(&spec.job_flow_role)
+        .service_role(&spec.service_role)
+        .visible_to_all_users(true);
+    if let Some(uri) = &spec.log_uri {
+        run = run.log_uri(uri);
+    }
+    let out = run
+        .send()
+        .await
+        .map_err(|e| sdk_error("spark: RunJobFlow", e))?;
+    let cluster_id = out
+        .job_flow_id()
+        .ok_or_else(|| OperatorError::Retryable("spark: EMR returned no cluster id".into()))?
+        .to_string();
+    let mut step = StepRef {
+        cluster_id: cluster_id.clone(),
+        step_id: None,
+        transient: true,
+    };
+    guard.step = Some(step.clone());
+    record(ctx, &step).await?;
+    ctx.log
+        .line(&format!("emr: created transient cluster {cluster_id}"))
+        .await;
+    step.step_id = find_step(emr, &cluster_id, &name, false).await?;
+    let Some(step_id) = step.step_id.clone() else {
+        return Err(OperatorError::Retryable(format!(
+            "spark: transient cluster {cluster_id} lists no step named `{name}`"
+        )));
+    };
+    guard.step = Some(step.clone());
+    record(ctx, &step).await?;
+    ctx.log.line(&format!("emr: its step is {step_id}")).await;
+    Ok(step)
+}
+
+/// The script as EMR reads it: an `s3://` URL as given, or a local file uploaded under `staging`
+/// at a name made of its content's hash (the same file is uploaded once, and a re-run never
+/// overwrites a script a running step reads).
+async fn stage_script(
+    sub: &Submission<'_>,
+    s3: &aws_sdk_s3::Client,
+    ctx: &TaskContext,
+) -> Result<String, OperatorError> {
+    if sub.script.starts_with("s3://") {
+        return Ok(sub.script.to_string());
+    }
+    let Some(staging) = sub.staging else {
+        return Err(fatal(format!(
+            "spark: the local script `{}` needs `staging:` (an s3:// prefix to upload it to) on target emr",
+            sub.script
+        )));
+    };
+    let path = ctx.dag_folder.join(sub.script);
+    let bytes =
+        std::fs::read(&path).map_err(|e| fatal(format!("spark: script `{}`: {e}", sub.script)))?;
+    let digest = Sha256::digest(&bytes);
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let file = Path::new(sub.script)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "job.py".to_string());
+    let mut prefix = S3Url::parse(staging)?;
+    if !prefix.is_prefix() {
+        prefix.key.push('/');
+    }
+    let url = S3Url {
+        bucket: prefix.bucket.clone(),
+        key: format!("{}{hash}/{file}", prefix.key),
+    };
+    s3.put_object()
+        .bucket(&url.bucket)
+        .key(&url.key)
+        .body(ByteStream::from(bytes))
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("spark: uploading the script to {url}"), e))?;
+    ctx.log
+        .line(&format!("emr: uploaded {} to {url}", sub.script))
+        .await;
+    Ok(url.to_string())
+}
+
+/// The newest step of `cluster_id` named `name` (only pending or running ones when `active`).
+async fn find_step(
+    emr: &Emr,
+    cluster_id: &str,
+    name: &str,
+    active: bool,
+) -> Result<Option<String>, OperatorError> {
+    let mut req = emr.list_steps().cluster_id(cluster_id);
+    if active {
+        req = req
+            .step_states(StepState::Pending)
+            .step_states(StepState::Running);
+    }
+    let out = req
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("spark: ListSteps on {cluster_id}"), e))?;
+    Ok(out
+        .steps()
+        .iter()
+        .find(|s| s.name() == Some(name))
+        .and_then(|s| s.id().map(str::to_string)))
+}
+
+/// Polls the step with a growing interval until it ends; copies its stderr into the task log
+/// and stdout when it did not complete; terminates a transient cluster.
+async fn watch(
+    emr: &Emr,
+    s3: &aws_sdk_s3::Client,
+    step: StepRef,
+    ctx: &TaskContext,
+    guard: &mut CancelGuard,
+) -> Result<Option<Json>, OperatorError> {
+    let step_id = step.step_id.clone().unwrap_or_default();
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_factor(1.3)
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build();
+    let mut last: Option<StepState> = None;
+    let (state, failure) = loop {
+        let out = emr
+            .describe_step()
+            .cluster_id(&step.cluster_id)
+            .step_id(&step_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("spark: DescribeStep {step_id}"), e))?;
+        let status = out.step().and_then(|s| s.status());
+        let state = status
+            .and_then(|s| s.state())
+            .cloned()
+            .unwrap_or(StepState::Pending);
+        if last.as_ref() != Some(&state) {
+            ctx.log
+                .line(&format!("emr: step {step_id} is {}", state.as_str()))
+                .await;
+            last = Some(state.clone());
+        }
+        match state {
+            StepState::Pending | StepState::Running | StepState::CancelPending => {}
+            _ => {
+                let failure = status.and_then(|s| s.failure_details()).map(|f| {
+                    [f.reason(), f.message()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": ")
+                });
+                break (state, failure);
+            }
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(30))).await;
+    };
+    // The step has ended: nothing is left to cancel, only a transient cluster to end.
+    guard.step = None;
+    if state != StepState::Completed {
+        copy_step_logs(emr, s3, &step, ctx).await;
+    }
+    if step.transient {
+        terminate(emr, &step.cluster_id).await;
+        ctx.log
+            .line(&format!(
+                "emr: terminated transient cluster {}",
+                step.cluster_id
+            ))
+            .await;
+    }
+    if state == StepState::Completed {
+        return Ok(Some(json!({
+            "cluster_id": step.cluster_id,
+            "step_id": step_id,
+            "state": state.as_str(),
+        })));
+    }
+    Err(OperatorError::Retryable(format!(
+        "spark: EMR step {step_id} on {} ended {}{}",
+        step.cluster_id,
+        state.as_str(),
+        failure.map(|f| format!(": {f}")).unwrap_or_default()
+    )))
+}
+
+async fn terminate(emr: &Emr, cluster_id: &str) {
+    if let Err(e) = emr
+        .terminate_job_flows()
+        .job_flow_ids(cluster_id)
+        .send()
+        .await
+    {
+        tracing::warn!(
+            "cannot terminate EMR cluster {cluster_id}: {}",
+            aws_sdk_emr::error::DisplayErrorContext(e)
+        );
+    }
+}
+
+/// How much of each of a failed step's logs goes into the task log (its end, where the error is).
+const LOG_TAIL_LINES: usize = 300;
+
+/// Copies the tails of the step's stdout and stderr from the cluster's log URI into the task
+/// log: spark-submit's own messages are on stderr, and a PySpark driver's traceback is on stdout.
+/// EMR uploads step logs a little after the step ends, so a missing file is looked for again for
+/// a few seconds; a cluster with no log URI, or logs that never come, is said in the log.
+async fn copy_step_logs(emr: &Emr, s3: &aws_sdk_s3::Client, step: &StepRef, ctx: &TaskContext) {
+    let step_id = step.step_id.as_deref().unwrap_or_default();
+    let log_uri = match emr
+        .describe_cluster()
+        .cluster_id(&step.cluster_id)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .cluster()
+            .and_then(|c| c.log_uri())
+            .map(|u| u.replacen("s3n://", "s3://", 1)),
+        Err(e) => {
+            ctx.log
+                .line(&format!(
+                    "emr: cannot read the cluster's log URI: {}",
+                    aws_sdk_emr::error::DisplayErrorContext(e)
+                ))
+                .await;
+            return;
+        }
+    };
+    let Some(mut log_uri) = log_uri else {
+        ctx.log
+            .line("emr: the cluster has no log URI; the step's logs are on the cluster only")
+            .await;
+        return;
+    };
+    if !log_uri.ends_with('/') {
+        log_uri.push('/');
+    }
+    for file in ["stdout.gz", "stderr.gz"] {
+        let Ok(url) = S3Url::parse(&format!(
+            "{log_uri}{}/steps/{step_id}/{file}",
+            step.cluster_id
+        )) else {
+            return;
+        };
+        copy_tail(s3, &url, ctx).await;
+    }
+}
+
+async fn copy_tail(s3: &aws_sdk_s3::Client, url: &S3Url, ctx: &TaskContext) {
+    for attempt in 0..10 {
+        match s3
+            .get_object()
+            .bucket(&url.bucket)
+            .key(&url.key)
+            .send()
+            .await
+        {
+            Ok(obj) => {
+                let Ok(body) = obj.body.collect().await else {
+                    return;
+                };
+                let bytes = body.into_bytes();
+                let mut text = String::new();
+                if flate2::read::GzDecoder::new(&bytes[..])
+                    .read_to_string(&mut text)
+                    .is_err()
+                {
+                    text = String::from_utf8_lossy(&bytes).into_owned();
+                }
+                let lines: Vec<&str> = text.lines().collect();
+                let skip = lines.len().saturating_sub(LOG_TAIL_LINES);
+                let part = if skip > 0 {
+                    format!(", its last {LOG_TAIL_LINES} lines")
+                } else {
+                    String::new()
+                };
+                ctx.log.line(&format!("emr: {url}{part}:")).await;
+                for line in &lines[skip..] {
+                    ctx.log.line(&format!("  {line}")).await;
+                }
+                return;
+            }
+            Err(_) if attempt < 9 => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(e) => {
+                ctx.log
+                    .line(&format!(
+                        "emr: no step log at {url}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    ))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Cancels the step (and terminates a transient cluster) when the try ends without seeing the
+/// step end: its future was dropped because the task was cleared, or it timed out. Not on a
+/// clean shutdown: the next try re-attaches.
+struct CancelGuard {
+    emr: Emr,
+    step: Option<StepRef>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl CancelGuard {
+    async fn cancel_now(&mut self) {
+        if let Some(step) = self.step.take() {
+            cancel(&self.emr, &step).await;
+        }
+    }
+}
+
+async fn cancel(emr: &Emr, step: &StepRef) {
+    if let Some(step_id) = &step.step_id {
+        let result = emr
+            .cancel_steps()
+            .cluster_id(&step.cluster_id)
+            .step_ids(step_id)
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(
+                "cannot cancel EMR step {step_id}: {}",
+                aws_sdk_emr::error::DisplayErrorContext(e)
+            );
+        }
+    }
+    if step.transient {
+        terminate(emr, &step.cluster_id).await;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let Some(step) = self.step.take() else {
+            return;
+        };
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let emr = self.emr.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { cancel(&emr, &step).await });
+            }
+            Err(_) => tracing::warn!(
+                "cannot cancel EMR step {:?} on {}: no runtime",
+                step.step_id,
+                step.cluster_id
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_reference_round_trips_and_reads_without_transient() {
+        let step = StepRef {
+            cluster_id: "j-1".into(),
+            step_id: Some("s-1".into()),
+            transient: true,
+        };
+        let back: StepRef = serde_json::from_value(serde_json::to_value(&step).unwrap()).unwrap();
+        assert_eq!(back, step);
+        let old: StepRef =
+            serde_json::from_value(json!({"cluster_id": "j-2", "step_id": null})).unwrap();
+        assert!(!old.transient && old.step_id.is_none());
+    }
+
+    #[test]
+    fn a_cluster_spec_fills_defaults_and_rejects_unknown_keys() {
+        let spec: ClusterSpec =
+            serde_json::from_value(json!({"release_label": "emr-7.5.0"})).unwrap();
+        assert_eq!(
+            (spec.instance_type.as_str(), spec.instance_count),
+            ("m5.xlarge", 1)
+        );
+        let err = serde_json::from_value::<ClusterSpec>(
+            json!({"release_label": "emr-7.5.0", "instance_typ": "x"}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("instance_typ"), "{err}");
+    }
+}

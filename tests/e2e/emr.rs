@@ -1,0 +1,323 @@
+//! `spark` with `target: emr`, against the test bed's EMR emulator (which runs each step with a
+//! real local spark-submit and writes its logs to moto's S3), through the real AWS SDK.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::*;
+
+/// A PySpark job: totals per user of a CSV, written as CSV to a local folder.
+const TOTALS_JOB: &str = r#"
+import sys
+from pyspark.sql import SparkSession, functions as F
+src, dst = sys.argv[1], sys.argv[2]
+spark = SparkSession.builder.appName("totals").getOrCreate()
+df = spark.read.option("header", True).option("inferSchema", True).csv(src)
+df.groupBy("user_id").agg(F.sum("amount").alias("total")).coalesce(1) \
+  .write.mode("overwrite").option("header", True).csv(dst)
+print("totals written to " + dst, file=sys.stderr)
+spark.stop()
+"#;
+
+const EVENTS: &str = "user_id,amount\n1,50\n1,20\n2,40\n3,70\n3,99\n";
+
+/// The flow.toml connection `aws`: S3 at moto, EMR at the emulator.
+fn emr_env(s3: &str, emr: &str) -> Env {
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets
+        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
+    env.config(&format!(
+        "{}emr_endpoint_url = \"{emr}\"\n",
+        s3_connection("aws", s3)
+    ));
+    env
+}
+
+fn write_jobs(env: &Env) {
+    let jobs = env.dags().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join("totals.py"), TOTALS_JOB).unwrap();
+    std::fs::write(
+        jobs.join("broken.py"),
+        "import sys\nprint('about to fail on emr', file=sys.stderr)\nraise SystemExit(3)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        jobs.join("slow.py"),
+        "import sys, time\ntime.sleep(float(sys.argv[1]))\nopen(sys.argv[2], 'a').write('done\\n')\n",
+    )
+    .unwrap();
+    std::fs::write(env.dags().join("events.csv"), EVENTS).unwrap();
+}
+
+fn cluster_state(emr: &str, cluster_id: &str) -> String {
+    emr_call(emr, "DescribeCluster", json!({"ClusterId": cluster_id}))["Cluster"]["Status"]["State"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn spark_emr_runs_steps_on_existing_and_transient_clusters_and_copies_a_failures_stderr() {
+    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr"), emr_endpoint()) else {
+        return;
+    };
+    if !spark_available() {
+        return;
+    }
+    let env = emr_env(&s3, &emr);
+    write_jobs(&env);
+    let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
+    let out = env.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    env.dag(
+        "emr.yaml",
+        &format!(
+            r#"
+id: emr_job
+tasks:
+  totals:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster_id: {cluster}
+    script: jobs/totals.py
+    staging: "s3://{bucket}/staging/"
+    args: ["{dags}/events.csv", "{out}/totals"]
+    spark_args: ["--conf", "spark.sql.shuffle.partitions=2"]
+  check:
+    operator: sql
+    depends_on: [totals]
+    sources: {{ t: {{ path: "{out}/totals/", format: csv }} }}
+    query: "SELECT user_id, total FROM t ORDER BY user_id"
+  broken:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster_id: {cluster}
+    script: jobs/broken.py
+    staging: "s3://{bucket}/staging/"
+  transient:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster: {{ name: flow-transient, release_label: emr-7.5.0, instance_type: m5.xlarge, instance_count: 1, log_uri: "s3://{bucket}/emr-logs/" }}
+    script: "s3://{bucket}/staging/slow.py"
+    args: ["0", "{out}/transient.txt"]
+"#,
+            dags = env.dags().display(),
+            out = out.display(),
+        ),
+    );
+    s3_put(
+        &s3,
+        &bucket,
+        "staging/slow.py",
+        &std::fs::read(env.dags().join("jobs/slow.py")).unwrap(),
+    );
+    let run = env.flow_json(&["run", "emr_job", "--json"], 1);
+    let run_id = run["run_id"].as_str().unwrap();
+
+    let totals = task(&run, "totals", None);
+    assert_eq!(totals["state"], "success", "{run:#}");
+    let step_id = totals["output"]["step_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        totals["output"],
+        json!({"cluster_id": cluster, "step_id": step_id, "state": "COMPLETED"})
+    );
+    assert_eq!(
+        task(&run, "check", None)["output"],
+        json!([
+            {"user_id": 1, "total": 70},
+            {"user_id": 2, "total": 40},
+            {"user_id": 3, "total": 169},
+        ])
+    );
+    // The local script was uploaded to the staging prefix, and the step ran it from there.
+    let staged = s3_keys(&s3, &bucket, "staging/");
+    assert!(
+        staged.iter().any(|k| k.ends_with("/totals.py")),
+        "{staged:?}"
+    );
+    let steps = emr_steps(&emr, &cluster);
+    assert_eq!(steps.len(), 2, "one step per task: {steps:#?}");
+    let totals_step = steps
+        .iter()
+        .find(|s| s["step_id"] == step_id.as_str())
+        .unwrap();
+    let args = totals_step["args"].to_string();
+    assert!(args.contains(&format!("s3://{bucket}/staging/")), "{args}");
+    assert!(args.contains("spark.sql.shuffle.partitions=2"), "{args}");
+
+    let broken = task(&run, "broken", None);
+    assert_eq!(broken["state"], "failed", "{run:#}");
+    let err = broken["error"].as_str().unwrap_or_default();
+    assert!(err.contains("ended FAILED"), "{err}");
+    let log = env.flow_ok(&["tasks", "logs", run_id, "broken"], 0);
+    assert!(
+        log.contains("about to fail on emr"),
+        "the step's stderr is not in the task log: {log}"
+    );
+
+    let transient = task(&run, "transient", None);
+    assert_eq!(transient["state"], "success", "{run:#}");
+    let made = transient["output"]["cluster_id"].as_str().unwrap();
+    assert_ne!(made, cluster);
+    assert_eq!(
+        std::fs::read_to_string(out.join("transient.txt")).unwrap(),
+        "done\n"
+    );
+    let start = Instant::now();
+    while cluster_state(&emr, made) != "TERMINATED" {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the transient cluster {made} was not terminated"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        cluster_state(&emr, &cluster),
+        "WAITING",
+        "an existing cluster is left running"
+    );
+}
+
+#[test]
+fn spark_emr_timeout_cancels_the_step() {
+    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-timeout"), emr_endpoint()) else {
+        return;
+    };
+    if !spark_available() {
+        return;
+    }
+    let env = emr_env(&s3, &emr);
+    write_jobs(&env);
+    let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
+    env.dag(
+        "slow.yaml",
+        &format!(
+            r#"
+id: emr_slow
+tasks:
+  slow:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster_id: {cluster}
+    script: jobs/slow.py
+    staging: "s3://{bucket}/staging/"
+    args: ["120", "{marker}"]
+    timeout: 4s
+"#,
+            marker = env.path("never").display()
+        ),
+    );
+    let run = env.flow_json(&["run", "emr_slow", "--json"], 1);
+    let slow = task(&run, "slow", None);
+    assert_eq!(slow["state"], "failed", "{run:#}");
+    assert!(
+        slow["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out after 4s"),
+        "{run:#}"
+    );
+    // The step is cancelled once its processes are gone.
+    let start = Instant::now();
+    let steps = loop {
+        let steps = emr_steps(&emr, &cluster);
+        if steps.iter().all(|s| s["state"] == "CANCELLED")
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            break steps;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(steps.len(), 1, "{steps:#?}");
+    assert_eq!(
+        steps[0]["state"], "CANCELLED",
+        "the timed-out step is cancelled"
+    );
+}
+
+#[test]
+fn kill_9_mid_emr_step_reattaches_and_submits_the_step_once() {
+    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-kill"), emr_endpoint()) else {
+        return;
+    };
+    if !spark_available() {
+        return;
+    }
+    let env = emr_env(&s3, &emr);
+    write_jobs(&env);
+    env.config(&format!(
+        "lease_timeout = \"2s\"\n{}emr_endpoint_url = \"{emr}\"\n",
+        s3_connection("aws", &s3)
+    ));
+    let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
+    let marker = env.path("step-ran");
+    env.dag(
+        "crash.yaml",
+        &format!(
+            r#"
+id: emr_crash
+tasks:
+  step:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster_id: {cluster}
+    script: jobs/slow.py
+    staging: "s3://{bucket}/staging/"
+    args: ["8", "{marker}"]
+"#,
+            marker = marker.display()
+        ),
+    );
+    let mut scheduler = env.spawn(&["scheduler"]);
+    let run_id = env.flow_ok(&["trigger", "emr_crash"], 0).trim().to_string();
+    let start = Instant::now();
+    loop {
+        let steps = emr_steps(&emr, &cluster);
+        if steps.iter().any(|s| s["state"] == "RUNNING") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the step never ran: {steps:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    scheduler.kill().unwrap(); // SIGKILL, mid-step
+    scheduler.wait().unwrap();
+
+    let mut restarted = env.spawn(&["scheduler"]);
+    let run = env.wait_run(&run_id, Duration::from_secs(90));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(restarted.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    restarted.wait().unwrap();
+    assert_eq!(run["state"], "success", "{run:#}");
+    let steps = emr_steps(&emr, &cluster);
+    assert_eq!(steps.len(), 1, "the step was submitted again: {steps:#?}");
+    assert_eq!(steps[0]["state"], "COMPLETED");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done\n");
+    let step = task(&run, "step", None);
+    assert_eq!(step["output"]["step_id"], steps[0]["step_id"]);
+    let tries = step["tries"].as_i64().unwrap();
+    let log = env.flow_ok(
+        &[
+            "tasks",
+            "logs",
+            &run_id,
+            "step",
+            "--try",
+            &tries.to_string(),
+        ],
+        0,
+    );
+    assert!(log.contains("re-attached to step"), "{log}");
+}
