@@ -247,6 +247,50 @@ fn validate_rejects_a_param_spliced_into_a_query() {
 }
 
 #[test]
+fn validate_checks_connection_names_against_flow_toml() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    env.config(&s3_connection("lake", "http://127.0.0.1:9"));
+    env.dag(
+        "conns.yaml",
+        r#"id: conns
+tasks:
+  put:
+    operator: s3_put
+    file: a.csv
+    to: "s3://b/a.csv"
+    connection: laek
+  q:
+    operator: sql
+    sources:
+      t: { path: "s3://b/t/", connection: warehouse }
+    query: "SELECT 1"
+  templated:
+    operator: s3_delete
+    url: "s3://b/x"
+    connection: "{{ params.conn }}"
+params:
+  conn: { type: string, default: lake }
+"#,
+    );
+    let out = env.flow(&["dags", "validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "conns.yaml:7:17: connection 'laek' is not defined in flow.toml (did you mean 'lake'?)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "conns.yaml:11:43: connection 'warehouse' is not defined in flow.toml (defined: lake)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+}
+
+#[test]
 fn http_posts_json_and_fails_a_try_on_an_unexpected_status() {
     let env = Env::new(Db::Sqlite).unwrap();
     // The first try of `flaky` gets 503 and is retried; the second gets 201.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
 use flow_engine::dag::load::{dag_files, load_files};
+use flow_engine::dag::parse::ParseOptions;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::schedule::parse_date;
 use flow_engine::scheduler::{self, Engine, EngineError, Mode};
@@ -200,6 +201,43 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             })
             .await
         }
+        Command::BenchHeavy {
+            data,
+            users,
+            events,
+            memory_limit,
+        } => {
+            crate::bench_heavy::bench_heavy(crate::bench_heavy::HeavyOptions {
+                data,
+                users,
+                events,
+                memory_limit,
+            })
+            .await
+        }
+        Command::DemoData {
+            out,
+            users,
+            events,
+            seed,
+            start,
+            days,
+        } => {
+            let opts = flow_operators::demo::DemoOptions {
+                out,
+                users,
+                events,
+                seed,
+                start,
+                days,
+            };
+            let summary =
+                tokio::task::spawn_blocking(move || flow_operators::demo::generate(&opts))
+                    .await
+                    .context("the generator stopped")??;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(0)
+        }
         Command::BenchUi {
             postgres,
             runs,
@@ -221,8 +259,15 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 fn validate(g: &Global, paths: Vec<PathBuf>) -> Result<u8> {
+    let settings = settings(g);
     let paths = if paths.is_empty() {
-        vec![settings(g)?.dags_folder]
+        vec![
+            settings
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?
+                .dags_folder
+                .clone(),
+        ]
     } else {
         paths
     };
@@ -234,7 +279,15 @@ fn validate(g: &Global, paths: Vec<PathBuf>) -> Result<u8> {
         files.extend(dag_files(p).with_context(|| format!("cannot read {}", p.display()))?);
     }
     let registry = flow_operators::registry(Default::default());
-    let loaded = load_files(&files, &registry, &Engine::parse_options());
+    // Validation also checks each `connection:` against flow.toml's (when it can be read), so a
+    // misspelt name is found before a try fails on it.
+    let opts = ParseOptions {
+        connections: settings
+            .ok()
+            .map(|s| s.connections.names().map(str::to_string).collect()),
+        ..Engine::parse_options()
+    };
+    let loaded = load_files(&files, &registry, &opts);
     let mut problems = 0;
     for p in loaded.problems() {
         eprintln!("{p}");

@@ -2,6 +2,7 @@
 
 mod api;
 mod bench;
+mod bench_heavy;
 mod bench_ui;
 mod commands;
 mod config;
@@ -127,6 +128,38 @@ pub enum Command {
     },
     #[command(hide = true)]
     BenchLoad { dags: PathBuf, database_url: String },
+    /// Measure the training-set query on `sql` (DataFusion) against `spark` local (needs
+    /// SPARK_HOME), on data from `demo-data` (generated into --data when missing)
+    BenchHeavy {
+        #[arg(long, default_value = "bench-data")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        users: usize,
+        #[arg(long, default_value_t = 10_000_000)]
+        events: usize,
+        /// The sql task's memory_limit (default: none)
+        #[arg(long)]
+        memory_limit: Option<String>,
+    },
+    /// Write synthetic events, profiles, labels and an A/B experiment (parquet) with a known
+    /// signal, for the example pipelines and the heavy-step benchmark
+    DemoData {
+        /// The folder to write into
+        #[arg(long, default_value = "dags/data")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The first day of events (YYYY-MM-DD)
+        #[arg(long, default_value = "2026-01-01")]
+        start: chrono::NaiveDate,
+        /// Days of events; the last 14 are the label window
+        #[arg(long, default_value_t = 60)]
+        days: u32,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

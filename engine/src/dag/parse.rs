@@ -57,6 +57,11 @@ const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 #[derive(Debug, Clone, Default)]
 pub struct ParseOptions {
     pub limits: Limits,
+    /// The connections `flow.toml` defines, when the caller wants every `connection:` that names
+    /// one plainly (not through a template) checked against them. `flow dags validate` does; the
+    /// scheduler does not, so that a DAG is not hidden by an edit of flow.toml (its tries fail
+    /// with the same message instead).
+    pub connections: Option<Vec<String>>,
 }
 
 /// Parses and validates one DAG file's text.
@@ -69,6 +74,7 @@ pub fn parse_dag(
     let mut cx = Cx {
         path: path.display().to_string(),
         problems: Vec::new(),
+        connections: opts.connections.clone(),
     };
     let root = match yaml::parse(source, &opts.limits) {
         Ok(root) => root,
@@ -92,6 +98,7 @@ pub fn parse_dag(
 struct Cx {
     path: String,
     problems: Vec<Problem>,
+    connections: Option<Vec<String>>,
 }
 
 /// "did you mean" for a misspelt name, when one candidate is close.
@@ -565,6 +572,45 @@ impl Cx {
         p
     }
 
+    /// Reports a `connection:` (at any depth of an operator key, as in a `sql` source) that
+    /// names a connection flow.toml does not define.
+    fn check_connections(&mut self, key: &str, node: &Node) {
+        let Some(known) = &self.connections else {
+            return;
+        };
+        match &node.value {
+            Value::Str(name)
+                if key == "connection"
+                    && !template::is_template(name)
+                    && !known.iter().any(|k| k == name) =>
+            {
+                let msg = if known.is_empty() {
+                    format!("connection '{name}' is not defined: flow.toml has no [connections]")
+                } else {
+                    format!(
+                        "connection '{name}' is not defined in flow.toml{}",
+                        match did_you_mean(name, known.iter().map(String::as_str)) {
+                            h if h.is_empty() => format!(" (defined: {})", known.join(", ")),
+                            h => h,
+                        }
+                    )
+                };
+                self.problem(node.pos, msg);
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    self.check_connections(&k.name, v);
+                }
+            }
+            Value::Seq(items) => {
+                for v in items {
+                    self.check_connections("", v);
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn tasks(&mut self, node: &Node, catalog: &dyn Catalog, defaults: &Policy) -> Vec<(Task, Pos)> {
         let Some(entries) = self.map(node, "'tasks'") else {
             return Vec::new();
@@ -629,6 +675,7 @@ impl Cx {
                         || keys.optional.contains(&fk.name.as_str())
                     {
                         config.insert(fk.name.clone(), fv.to_json());
+                        self.check_connections(&fk.name, fv);
                     }
                 }
             }
