@@ -108,6 +108,12 @@ pub struct TaskContext {
     /// The task's `timeout`, for an operator with [`Operator::own_timeout`].
     pub timeout: Option<std::time::Duration>,
     pub logical_date: String,
+    pub data_interval_start: chrono::DateTime<chrono::Utc>,
+    pub data_interval_end: chrono::DateTime<chrono::Utc>,
+    /// The version of the DAG the run started on.
+    pub dag_version: String,
+    /// The model registry in the metadata database, for the ML operators.
+    pub models: Option<Arc<dyn crate::store::ModelRegistry>>,
     /// The DAG file's folder: relative paths in task keys are taken from here.
     pub dag_folder: PathBuf,
     /// Where a task may write its JSON output (`FLOW_OUTPUT`).

@@ -22,6 +22,8 @@ use crate::plan::{Decision, TiSnapshot, UNMAPPED};
 use crate::state::{RunState, RunType, TaskState};
 use crate::time::{from_micros, to_micros};
 
+mod models;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 

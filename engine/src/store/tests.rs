@@ -1332,6 +1332,120 @@ async fn an_external_reference_outlives_a_requeue_and_nothing_else(db: TestDb) {
     assert_eq!(ti(&*s, "r", "step", UNMAPPED).await.external_ref, None);
 }
 
+fn model_version(model: &str, auc: f64, at_s: i64) -> NewModelVersion {
+    NewModelVersion {
+        model: model.into(),
+        task: "classification".into(),
+        algorithm: "gradient_boosting".into(),
+        metrics: json!({"auc": auc}),
+        artifact: format!("models/{model}/{at_s}"),
+        training_set: "out/training_set/".into(),
+        data_interval: Some((at(at_s - 86_400), at(at_s))),
+        dag_id: "train_model".into(),
+        dag_version: "v1".into(),
+        run_id: format!("r{at_s}"),
+        task_id: "train".into(),
+        created_at: at(at_s),
+    }
+}
+
+async fn the_model_registry_numbers_versions_and_promotes_by_compare_and_set(db: TestDb) {
+    let s = db.store;
+    assert_eq!(s.models().await.unwrap(), vec![]);
+    // Concurrent registrations never share a number.
+    let mut joins = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        joins.push(tokio::spawn(async move {
+            s.register_model_version(&model_version("churn", 0.7, 100 + i))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut numbers = Vec::new();
+    for j in joins {
+        numbers.push(j.await.unwrap());
+    }
+    numbers.sort();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        s.register_model_version(&model_version("other", 0.6, 10))
+            .await
+            .unwrap(),
+        1,
+        "versions count per model"
+    );
+
+    let v2 = s.model_version("churn", 2).await.unwrap().unwrap();
+    assert_eq!(v2.stage, ModelStage::Candidate);
+    assert_eq!(v2.new.metrics, json!({"auc": 0.7}));
+    assert_eq!(
+        v2.new.data_interval.map(|(_, e)| e.timestamp() >= 100),
+        Some(true)
+    );
+    assert_eq!(s.model_version("churn", 99).await.unwrap(), None);
+    let all = s.model_versions("churn").await.unwrap();
+    assert_eq!(
+        all.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![6, 5, 4, 3, 2, 1]
+    );
+
+    // The first promotion expects no production version.
+    assert_eq!(
+        s.promote_model_version("churn", 2, None, at(200))
+            .await
+            .unwrap(),
+        Promotion::Promoted { previous: None }
+    );
+    // A promoter that compared against a stale production version changes nothing.
+    assert_eq!(
+        s.promote_model_version("churn", 3, None, at(201))
+            .await
+            .unwrap(),
+        Promotion::Stale { current: Some(2) }
+    );
+    assert_eq!(
+        s.promote_model_version("churn", 3, Some(2), at(202))
+            .await
+            .unwrap(),
+        Promotion::Promoted { previous: Some(2) }
+    );
+    assert_eq!(
+        s.model_version("churn", 2).await.unwrap().unwrap().stage,
+        ModelStage::Archived
+    );
+    let v3 = s.model_version("churn", 3).await.unwrap().unwrap();
+    assert_eq!(
+        (v3.stage, v3.stage_changed_at),
+        (ModelStage::Production, at(202))
+    );
+    assert_eq!(
+        s.promote_model_version("churn", 42, Some(3), at(203))
+            .await
+            .unwrap(),
+        Promotion::Unknown
+    );
+    assert_eq!(
+        s.promote_model_version("nope", 1, None, at(203))
+            .await
+            .unwrap(),
+        Promotion::Unknown
+    );
+    let models = s.models().await.unwrap();
+    assert_eq!(
+        models
+            .iter()
+            .map(|m| (
+                m.name.as_str(),
+                m.versions,
+                m.latest_version,
+                m.production_version
+            ))
+            .collect::<Vec<_>>(),
+        vec![("churn", 6, 6, Some(3)), ("other", 1, 1, None)]
+    );
+}
+
 async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
     let s = db.store;
     assert_eq!(s.last_heartbeat().await.unwrap(), None);
@@ -2284,6 +2398,7 @@ contract!(
     finish_try_is_fenced_by_owner_and_try_number,
     a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try,
     an_external_reference_outlives_a_requeue_and_nothing_else,
+    the_model_registry_numbers_versions_and_promotes_by_compare_and_set,
     heartbeat_extends_only_the_owners_leases,
     expired_tries_finds_running_tries_past_their_lease,
     clear_tasks_resets_instances_and_requeues_the_run,
