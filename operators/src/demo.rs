@@ -32,6 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, StandardNormal};
 use serde_json::{Value as Json, json};
 
+use crate::ml::Num;
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub out: PathBuf,
@@ -388,5 +390,116 @@ mod tests {
         let mut o = opts(d.path(), 1);
         o.days = 10;
         assert!(generate(&o).unwrap_err().to_string().contains("--days"));
+    }
+}
+
+/// `demo_data`: [`generate`] as a task, so that the example pipelines run on a fresh machine.
+/// It writes nothing when the folder already holds data from the same options (a
+/// `demo-data.json` beside the tables records them).
+pub struct DemoData;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoConfig {
+    out: String,
+    #[serde(default = "default_users")]
+    users: Num<usize>,
+    #[serde(default = "default_events")]
+    events: Num<usize>,
+    #[serde(default = "default_seed")]
+    seed: Num<u64>,
+    #[serde(default = "default_start")]
+    start: String,
+    #[serde(default = "default_days")]
+    days: Num<u32>,
+}
+
+fn default_users() -> Num<usize> {
+    Num(20_000)
+}
+fn default_events() -> Num<usize> {
+    Num(400_000)
+}
+fn default_seed() -> Num<u64> {
+    Num(42)
+}
+fn default_start() -> String {
+    "2026-01-01".to_string()
+}
+fn default_days() -> Num<u32> {
+    Num(60)
+}
+
+#[async_trait::async_trait]
+impl flow_engine::operator::Operator for DemoData {
+    fn name(&self) -> &'static str {
+        "demo_data"
+    }
+
+    fn keys(&self) -> flow_engine::operator::OperatorKeys {
+        flow_engine::operator::OperatorKeys {
+            required: &["out"],
+            optional: &["users", "events", "seed", "start", "days"],
+            code: &[],
+        }
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &flow_engine::operator::TaskContext,
+    ) -> Result<Option<Json>, flow_engine::operator::OperatorError> {
+        use flow_engine::operator::OperatorError;
+        let cfg: DemoConfig = serde_json::from_value(config.clone())
+            .map_err(|e| OperatorError::Fatal(format!("demo_data: {e}")))?;
+        let start = NaiveDate::parse_from_str(&cfg.start, "%Y-%m-%d")
+            .map_err(|e| OperatorError::Fatal(format!("demo_data: start `{}`: {e}", cfg.start)))?;
+        let opts = DemoOptions {
+            out: ctx.dag_folder.join(&cfg.out),
+            users: cfg.users.0,
+            events: cfg.events.0,
+            seed: cfg.seed.0,
+            start,
+            days: cfg.days.0,
+        };
+        let wanted = json!({"users": opts.users, "events": opts.events, "seed": opts.seed,
+                            "start": cfg.start, "days": opts.days});
+        let out = opts.out.clone();
+        // Pipelines that start with the same demo data may run at once: one writes, the others
+        // wait for it and find it there.
+        let (summary, fresh) = tokio::task::spawn_blocking(move || -> Result<(Json, bool)> {
+            std::fs::create_dir_all(&opts.out)?;
+            let lock = std::fs::File::create(opts.out.join(".demo-data.lock"))?;
+            lock.lock()?;
+            let marker = opts.out.join("demo-data.json");
+            if let Ok(text) = std::fs::read_to_string(&marker)
+                && let Ok(done) = serde_json::from_str::<Json>(&text)
+                && done["options"] == wanted
+            {
+                return Ok((done["summary"].clone(), false));
+            }
+            let summary = generate(&opts)?;
+            std::fs::write(
+                &marker,
+                serde_json::to_string_pretty(&json!({"options": wanted, "summary": summary}))?,
+            )?;
+            Ok((summary, true))
+        })
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("demo_data: {e}")))?
+        .map_err(|e| OperatorError::Fatal(format!("demo_data: {e:#}")))?;
+        if !fresh {
+            ctx.log
+                .line(&format!(
+                    "demo_data: {} already holds this data",
+                    out.display()
+                ))
+                .await;
+            return Ok(Some(summary));
+        }
+        ctx.log
+            .line(&format!("demo_data: wrote {}", out.display()))
+            .await;
+        Ok(Some(summary))
     }
 }

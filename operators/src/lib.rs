@@ -5,6 +5,7 @@ pub mod connections;
 pub mod demo;
 pub mod emr;
 pub mod http;
+pub mod ml;
 pub mod s3;
 pub mod shell;
 pub mod spark;
@@ -30,6 +31,14 @@ pub fn registry(connections: Connections) -> Registry {
     r.register(Arc::new(s3::S3Delete::new(connections.clone())));
     r.register(Arc::new(s3::S3Sensor::new(connections.clone())));
     r.register(Arc::new(spark::Spark::new(connections.clone())));
+    r.register(Arc::new(ml::train::Train::new(connections.clone())));
+    r.register(Arc::new(ml::predict::Predict::new(connections.clone())));
+    r.register(Arc::new(ml::promote::Promote));
+    r.register(Arc::new(demo::DemoData));
+    r.register(Arc::new(ml::drift::Drift::new(connections.clone())));
+    r.register(Arc::new(ml::experiment::Experiment::new(
+        connections.clone(),
+    )));
     r.register(Arc::new(warehouse::Warehouse::new(connections)));
     r
 }

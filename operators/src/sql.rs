@@ -137,13 +137,85 @@ impl Operator for Sql {
             serde_json::from_value(config.clone()).map_err(|e| fatal(format!("sql: {e}")))?;
         let job = Job::resolve(cfg, ctx, &self.connections)?;
         let log = ctx.log.clone();
-        let handle = cpu_runtime()?.spawn(job.run(log));
-        let _abort = AbortOnDrop(handle.abort_handle());
-        match handle.await {
-            Ok(result) => result.map(Some),
-            Err(e) => Err(OperatorError::Retryable(format!("the query stopped: {e}"))),
-        }
+        on_cpu(job.run(log)).await.map(Some)
     }
+}
+
+/// Runs DataFusion work on its own runtime (see the module's note), stopped when the caller's
+/// future is dropped.
+async fn on_cpu<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, OperatorError>> + Send + 'static,
+) -> Result<T, OperatorError> {
+    let handle = cpu_runtime()?.spawn(work);
+    let _abort = AbortOnDrop(handle.abort_handle());
+    match handle.await {
+        Ok(result) => result,
+        Err(e) => Err(OperatorError::Retryable(format!("the query stopped: {e}"))),
+    }
+}
+
+/// Reads `query` over `sources` (name -> `{path, format?, connection?}`, as `sql` takes them),
+/// for the operators that compute on data (`train`, `predict`, `drift`, `experiment`).
+pub async fn read(
+    sources: &[(&str, &Json)],
+    query: &str,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>), OperatorError> {
+    let mut specs = BTreeMap::new();
+    for (name, spec) in sources {
+        let spec: SourceSpec = serde_json::from_value((*spec).clone()).map_err(|e| {
+            fatal(format!(
+                "`{name}`: {e} (expected {{path, format, connection}})"
+            ))
+        })?;
+        specs.insert(name.to_string(), spec);
+    }
+    let cfg = Config {
+        query: query.to_string(),
+        sources: specs,
+        bind: Default::default(),
+        output: None,
+        memory_limit: None,
+    };
+    let job = Job::resolve(cfg, ctx, conns)?;
+    let log = ctx.log.clone();
+    on_cpu(async move {
+        let df = job.dataframe(&log).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(|e| run_error(&e, &job.query))?;
+        Ok((schema, batches))
+    })
+    .await
+}
+
+/// Writes `batches` to `output` (an `output:` as `sql` takes it: path, format, mode,
+/// partition_by, connection); returns what `sql` would: `{"rows", "path", "bytes", "columns"}`.
+pub async fn write(
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    batches: Vec<RecordBatch>,
+    output: &Json,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Json, OperatorError> {
+    let spec: OutputSpec = serde_json::from_value(output.clone()).map_err(|e| {
+        fatal(format!(
+            "`output`: {e} (expected {{path, format, mode, partition_by, connection}})"
+        ))
+    })?;
+    let cfg = Config {
+        query: "SELECT * FROM result".to_string(),
+        sources: BTreeMap::new(),
+        bind: Default::default(),
+        output: Some(spec),
+        memory_limit: None,
+    };
+    let mut job = Job::resolve(cfg, ctx, conns)?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+        .map_err(|e| fatal(format!("DataFusion: {e}")))?;
+    job.tables.push(("result".to_string(), Arc::new(table)));
+    let log = ctx.log.clone();
+    on_cpu(job.run(log)).await
 }
 
 /// A source with its location and format settled.
@@ -172,6 +244,8 @@ struct Job {
     output: Option<Output>,
     memory_limit: Option<usize>,
     buckets: BTreeMap<String, crate::connections::Aws>,
+    /// Tables in memory beside the sources (what an operator computed, to be written).
+    tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)>,
 }
 
 impl Job {
@@ -274,6 +348,7 @@ impl Job {
             output,
             memory_limit,
             buckets,
+            tables: Vec::new(),
         })
     }
 
@@ -343,6 +418,11 @@ impl Job {
                     .map_or("format from its files".to_string(), |f| f.to_string())
             ))
             .await;
+        }
+        for (name, table) in &self.tables {
+            df_ctx
+                .register_table(name.as_str(), table.clone())
+                .map_err(|e| fatal(format!("DataFusion: {e}")))?;
         }
 
         let state = df_ctx.state();

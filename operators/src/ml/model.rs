@@ -1,0 +1,328 @@
+//! A trained model as flow stores it: one JSON document (`model.json`), format `flow-model/1`.
+//!
+//! ```json
+//! {"format": "flow-model/1", "task": "classification", "algorithm": "gradient_boosting",
+//!  "label": "unsubscribed",
+//!  "features": [{"name": "age", "kind": "numeric", "mean": 46.5, "std": 16.4},
+//!               {"name": "plan", "kind": "categorical", "categories": ["free", "pro"]}],
+//!  "booster": { ...perpetual's own JSON... }}
+//! ```
+//! or, for `logistic_regression`, `"weights": [...]` (one per encoded column) and `"intercept"`.
+//!
+//! How a row becomes numbers ([`Encoder`]) is part of the model, so `predict` encodes exactly as
+//! `train` did:
+//! - a numeric feature is itself (a missing value is NaN); logistic regression standardizes it
+//!   with the training rows' mean and standard deviation and puts a missing value at the mean;
+//! - a text feature is categorical, its categories the training rows' distinct values in sorted
+//!   order: gradient boosting takes the category's index as a categorical feature (an unseen or
+//!   missing value is missing), logistic regression one 0/1 column per category (an unseen or
+//!   missing value has all of them 0).
+//!
+//! `predict` gives the probability of the positive class (label 1 or true) for classification, the
+//! value for regression.
+
+use perpetual::booster::config::BoosterIO;
+use perpetual::{Matrix, PerpetualBooster};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+pub const FORMAT: &str = "flow-model/1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Classification,
+    Regression,
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Classification => "classification",
+            TaskKind::Regression => "regression",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    GradientBoosting,
+    LogisticRegression,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::GradientBoosting => "gradient_boosting",
+            Algorithm::LogisticRegression => "logistic_regression",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Feature {
+    Numeric {
+        name: String,
+        mean: f64,
+        std: f64,
+    },
+    Categorical {
+        name: String,
+        categories: Vec<String>,
+    },
+}
+
+impl Feature {
+    pub fn name(&self) -> &str {
+        match self {
+            Feature::Numeric { name, .. } | Feature::Categorical { name, .. } => name,
+        }
+    }
+}
+
+/// One feature's raw column: numbers, or text.
+pub enum Column {
+    Numbers(Vec<f64>),
+    Text(Vec<Option<String>>),
+}
+
+impl Column {
+    pub fn rows(&self) -> usize {
+        match self {
+            Column::Numbers(v) => v.len(),
+            Column::Text(v) => v.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Model {
+    pub format: String,
+    pub task: TaskKind,
+    pub algorithm: Algorithm,
+    pub label: String,
+    pub features: Vec<Feature>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercept: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booster: Option<Json>,
+}
+
+/// The encoding of each feature, learnt from the training rows.
+pub fn learn_features(names: &[String], columns: &[Column]) -> Vec<Feature> {
+    names
+        .iter()
+        .zip(columns)
+        .map(|(name, col)| match col {
+            Column::Numbers(v) => {
+                let seen: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+                let n = seen.len().max(1) as f64;
+                let mean = seen.iter().sum::<f64>() / n;
+                let var = seen.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                Feature::Numeric {
+                    name: name.clone(),
+                    mean,
+                    // A constant column divides by 1, not 0.
+                    std: if var > 0.0 { var.sqrt() } else { 1.0 },
+                }
+            }
+            Column::Text(v) => {
+                let mut categories: Vec<String> = v.iter().flatten().cloned().collect();
+                categories.sort();
+                categories.dedup();
+                Feature::Categorical {
+                    name: name.clone(),
+                    categories,
+                }
+            }
+        })
+        .collect()
+}
+
+/// Rows as numbers for one algorithm (see the module's note): a column-major buffer (what
+/// perpetual's `Matrix` reads) and its column count.
+pub fn encode(
+    features: &[Feature],
+    columns: &[Column],
+    algorithm: Algorithm,
+) -> Result<(Vec<f64>, usize), String> {
+    let rows = columns.first().map_or(0, Column::rows);
+    let mut out = Vec::new();
+    let mut width = 0;
+    for (f, col) in features.iter().zip(columns) {
+        match (f, col) {
+            (Feature::Numeric { mean, std, .. }, Column::Numbers(v)) => {
+                width += 1;
+                match algorithm {
+                    Algorithm::GradientBoosting => {
+                        out.extend(v.iter().map(|x| if x.is_finite() { *x } else { f64::NAN }));
+                    }
+                    Algorithm::LogisticRegression => out.extend(
+                        v.iter()
+                            .map(|x| if x.is_finite() { (x - mean) / std } else { 0.0 }),
+                    ),
+                }
+            }
+            (Feature::Categorical { categories, .. }, Column::Text(v)) => {
+                let index =
+                    |x: &Option<String>| x.as_ref().and_then(|s| categories.binary_search(s).ok());
+                match algorithm {
+                    Algorithm::GradientBoosting => {
+                        width += 1;
+                        out.extend(v.iter().map(|x| index(x).map_or(f64::NAN, |i| i as f64)));
+                    }
+                    Algorithm::LogisticRegression => {
+                        for k in 0..categories.len() {
+                            width += 1;
+                            out.extend(v.iter().map(
+                                |x| {
+                                    if index(x) == Some(k) { 1.0 } else { 0.0 }
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            (f, _) => {
+                return Err(format!(
+                    "feature `{}` was {} when the model was trained",
+                    f.name(),
+                    match f {
+                        Feature::Numeric { .. } => "numeric",
+                        Feature::Categorical { .. } => "text",
+                    }
+                ));
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), rows * width);
+    Ok((out, width))
+}
+
+/// Indexes (among the encoded columns) of the categorical features, for gradient boosting.
+pub fn categorical_columns(features: &[Feature]) -> std::collections::HashSet<usize> {
+    features
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f, Feature::Categorical { .. }))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Model {
+    /// Predictions for column-major rows encoded with [`encode`].
+    pub fn predict(&self, data: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>, String> {
+        match self.algorithm {
+            Algorithm::LogisticRegression => {
+                let w = self.weights.as_deref().ok_or("the model has no weights")?;
+                let b = self.intercept.ok_or("the model has no intercept")?;
+                if w.len() != cols {
+                    return Err(format!(
+                        "the model has {} weights for {cols} columns",
+                        w.len()
+                    ));
+                }
+                Ok((0..rows)
+                    .map(|r| sigmoid(b + (0..cols).map(|c| w[c] * data[c * rows + r]).sum::<f64>()))
+                    .collect())
+            }
+            Algorithm::GradientBoosting => {
+                let booster = self.booster()?;
+                let m = Matrix::new(data, rows, cols);
+                Ok(match self.task {
+                    TaskKind::Classification => booster.predict_proba(&m, false, false),
+                    TaskKind::Regression => booster.predict(&m, false),
+                })
+            }
+        }
+    }
+
+    pub fn booster(&self) -> Result<PerpetualBooster, String> {
+        let json = self.booster.as_ref().ok_or("the model has no booster")?;
+        PerpetualBooster::from_json(&json.to_string()).map_err(|e| format!("the booster: {e}"))
+    }
+
+    pub fn from_json(text: &[u8]) -> Result<Model, String> {
+        let m: Model = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        if m.format != FORMAT {
+            return Err(format!(
+                "format `{}` is not {FORMAT} (made by another flow version?)",
+                m.format
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// The area under the ROC curve of `scores` for 0/1 `labels` (ties counted half), or None when
+/// only one class is present.
+pub fn auc(scores: &[f64], labels: &[f64]) -> Option<f64> {
+    let pos = labels.iter().filter(|y| **y > 0.5).count();
+    if pos == 0 || pos == labels.len() {
+        return None;
+    }
+    let weights = vec![1.0; labels.len()];
+    Some(perpetual::metrics::classification::roc_auc_score(
+        labels, scores, &weights,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_follows_the_learnt_features() {
+        let names = vec!["age".to_string(), "plan".to_string()];
+        let train = vec![
+            Column::Numbers(vec![20.0, 40.0, f64::NAN]),
+            Column::Text(vec![Some("pro".into()), Some("free".into()), None]),
+        ];
+        let features = learn_features(&names, &train);
+        assert_eq!(
+            features[1],
+            Feature::Categorical {
+                name: "plan".into(),
+                categories: vec!["free".into(), "pro".into()]
+            }
+        );
+        let rows = vec![
+            Column::Numbers(vec![30.0, f64::NAN]),
+            Column::Text(vec![Some("pro".into()), Some("gold".into())]),
+        ];
+        let (gb, w) = encode(&features, &rows, Algorithm::GradientBoosting).unwrap();
+        assert_eq!(w, 2);
+        assert_eq!((gb[0], gb[2]), (30.0, 1.0));
+        assert!(
+            gb[1].is_nan() && gb[3].is_nan(),
+            "missing and unseen are missing"
+        );
+        let (lr, w) = encode(&features, &rows, Algorithm::LogisticRegression).unwrap();
+        assert_eq!(w, 3);
+        // age standardized (mean 30, std 10); the missing age at the mean; one-hot plan.
+        assert_eq!(lr, vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        let wrong = vec![Column::Text(vec![None]), Column::Text(vec![None])];
+        assert!(
+            encode(&features, &wrong, Algorithm::GradientBoosting)
+                .unwrap_err()
+                .contains("`age` was numeric")
+        );
+    }
+
+    #[test]
+    fn auc_ranks_and_needs_both_classes() {
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]),
+            Some(0.75)
+        );
+        assert_eq!(auc(&[0.1, 0.2], &[1.0, 1.0]), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! `predict`: scores a dataset with a registered model version (the production one, or a pinned
+//! number) and writes one row per input row: the `id_column`, `prediction` (the probability of
+//! the positive class, or the value) and `model_version`. The input is scored one DataFusion
+//! batch at a time (8,192 rows), each batch encoded as the model was trained (see
+//! [`super::model`]).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
+use object_store::ObjectStoreExt;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use super::model::{Column, Feature, Model, encode};
+use super::{column_f64, column_text, fatal, ident};
+use crate::connections::Connections;
+use crate::storage::Location;
+
+pub struct Predict {
+    connections: Arc<Connections>,
+}
+
+impl Predict {
+    pub fn new(connections: Arc<Connections>) -> Predict {
+        Predict { connections }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    model: String,
+    #[serde(default = "default_version")]
+    version: Json,
+    input: Json,
+    id_column: String,
+    output: Json,
+    /// For an `s3://` artifact.
+    connection: Option<String>,
+}
+
+fn default_version() -> Json {
+    Json::String("production".into())
+}
+
+/// The registry's version for `wanted` (`production`, or a number as a number or text).
+pub async fn resolve_version(
+    registry: &dyn flow_engine::store::ModelRegistry,
+    model: &str,
+    wanted: &Json,
+    op: &str,
+) -> Result<flow_engine::store::ModelVersion, OperatorError> {
+    let store_err = |e: flow_engine::store::StoreError| {
+        OperatorError::Retryable(format!("{op}: reading the model registry: {e}"))
+    };
+    let number = match wanted {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) if s == "production" => None,
+        Json::String(s) => Some(s.trim().parse::<i64>().map_err(|_| {
+            fatal(format!(
+                "{op}: version `{s}` is neither `production` nor a version number"
+            ))
+        })?),
+        other => {
+            return Err(fatal(format!(
+                "{op}: version must be `production` or a number, not {other}"
+            )));
+        }
+    };
+    match number {
+        Some(v) => registry
+            .model_version(model, v)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| fatal(format!("{op}: model `{model}` has no version {v}"))),
+        None => registry
+            .model_versions(model)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .find(|v| v.stage == flow_engine::store::ModelStage::Production)
+            .ok_or_else(|| {
+                fatal(format!(
+                    "{op}: model `{model}` has no production version yet (promote one, or pin `version:`)"
+                ))
+            }),
+    }
+}
+
+/// Reads a model artifact (a local path or an `s3://` URL).
+pub async fn load_model(
+    url: &str,
+    ctx: &TaskContext,
+    conns: &Connections,
+    connection: Option<&str>,
+) -> Result<Model, OperatorError> {
+    let location = Location::parse(url, &ctx.dag_folder)?;
+    let aws = conns.aws(connection, &ctx.secrets)?;
+    let (store, path) = location.store(&aws)?;
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("reading the model {url}: {e}")))?
+        .bytes()
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("reading the model {url}: {e}")))?;
+    Model::from_json(&bytes).map_err(|e| fatal(format!("the model {url}: {e}")))
+}
+
+#[async_trait]
+impl Operator for Predict {
+    fn name(&self) -> &'static str {
+        "predict"
+    }
+
+    fn keys(&self) -> OperatorKeys {
+        OperatorKeys {
+            required: &["model", "input", "id_column", "output"],
+            optional: &["version", "connection"],
+            code: &[],
+        }
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
+        let cfg: Config = super::config(config, "predict")?;
+        let registry = super::registry(ctx, "predict")?;
+        let conns = &self.connections;
+        let version =
+            resolve_version(registry.as_ref(), &cfg.model, &cfg.version, "predict").await?;
+        let model =
+            load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
+        ctx.log
+            .line(&format!(
+                "predict: {} version {} ({}, {}), {}",
+                cfg.model,
+                version.version,
+                version.stage.as_str(),
+                model.algorithm.as_str(),
+                version.new.artifact
+            ))
+            .await;
+        let mut select = vec![format!(
+            "{} AS {}",
+            ident(&cfg.id_column),
+            ident(&cfg.id_column)
+        )];
+        for f in &model.features {
+            let n = ident(f.name());
+            select.push(match f {
+                Feature::Numeric { .. } => format!("CAST({n} AS DOUBLE) AS {n}"),
+                Feature::Categorical { .. } => format!("CAST({n} AS VARCHAR) AS {n}"),
+            });
+        }
+        let (schema, batches) = crate::sql::read(
+            &[("input", &cfg.input)],
+            &format!("SELECT {} FROM input", select.join(", ")),
+            ctx,
+            conns,
+        )
+        .await?;
+        let id_field = schema
+            .field_with_name(&cfg.id_column)
+            .map_err(|_| {
+                fatal(format!(
+                    "predict: the input has no column `{}`",
+                    cfg.id_column
+                ))
+            })?
+            .clone();
+        let out_schema = Arc::new(Schema::new(vec![
+            Field::new(
+                &cfg.id_column,
+                id_field.data_type().clone(),
+                id_field.is_nullable(),
+            ),
+            Field::new("prediction", DataType::Float64, true),
+            Field::new("model_version", DataType::Int64, false),
+        ]));
+        let started = std::time::Instant::now();
+        let id_column = cfg.id_column.clone();
+        let features = model.features.clone();
+        let scoring_schema = out_schema.clone();
+        let model_version = version.version;
+        let (scored, rows) = tokio::task::spawn_blocking(move || {
+            let mut scored = Vec::with_capacity(batches.len());
+            let mut rows = 0usize;
+            for b in &batches {
+                let n = b.num_rows();
+                if n == 0 {
+                    continue;
+                }
+                let one = std::slice::from_ref(b);
+                let mut columns = Vec::with_capacity(features.len());
+                for f in &features {
+                    columns.push(match f {
+                        Feature::Numeric { name, .. } => {
+                            Column::Numbers(column_f64(one, name, "predict")?)
+                        }
+                        Feature::Categorical { name, .. } => {
+                            Column::Text(column_text(one, name, "predict")?)
+                        }
+                    });
+                }
+                let (buf, width) = encode(&features, &columns, model.algorithm)
+                    .map_err(|e| fatal(format!("predict: {e}")))?;
+                let predicted = model
+                    .predict(&buf, n, width)
+                    .map_err(|e| fatal(format!("predict: {e}")))?;
+                let ids = b
+                    .column_by_name(&id_column)
+                    .cloned()
+                    .ok_or_else(|| fatal("predict: the id column vanished"))?;
+                let cols: Vec<ArrayRef> = vec![
+                    ids,
+                    Arc::new(Float64Array::from(predicted)),
+                    Arc::new(Int64Array::from(vec![model_version; n])),
+                ];
+                scored.push(
+                    RecordBatch::try_new(scoring_schema.clone(), cols)
+                        .map_err(|e| fatal(format!("predict: {e}")))?,
+                );
+                rows += n;
+            }
+            Ok::<_, OperatorError>((scored, rows))
+        })
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("predict: scoring stopped: {e}")))??;
+        let secs = started.elapsed().as_secs_f64();
+        ctx.log
+            .line(&format!(
+                "predict: scored {rows} rows in {secs:.2} s ({:.0} rows/s)",
+                rows as f64 / secs.max(1e-9)
+            ))
+            .await;
+        let written = crate::sql::write(out_schema, scored, &cfg.output, ctx, conns).await?;
+        Ok(Some(json!({
+            "rows": rows,
+            "path": written["path"],
+            "model_version": version.version,
+        })))
+    }
+}

@@ -1,0 +1,446 @@
+//! `train`: fits a model on a training set, measures it on a held-out split, writes the model
+//! (see [`super::model`]) to the artifact store and registers it as a new candidate version.
+//!
+//! - The rows are shuffled with `seed` (ChaCha8, the same order on every machine) and the first
+//!   `validation_split` of them held out; with a split of 0 the metrics are on the training rows.
+//!   Rows whose label is missing are left out.
+//! - `gradient_boosting` is perpetual's booster (log loss or squared error, its `budget` 0.5 by
+//!   default, the seed given); `logistic_regression` is linfa's (L-BFGS, L2 penalty `alpha`,
+//!   default 1.0, on standardized features), for classification only.
+//! - Classification labels are 0/1 (or booleans); metrics: `auc`, `accuracy` (at 0.5) and
+//!   `log_loss`. Regression metrics: `rmse`, `mae`.
+//! - The artifact is `ARTIFACTS/MODEL/HASH/model.json`, HASH from its content: a retry that trains
+//!   the same model writes the same file, and no two models share a path.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
+use flow_engine::store::NewModelVersion;
+use object_store::ObjectStoreExt;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+
+use super::model::{
+    Algorithm, Column, FORMAT, Model, TaskKind, auc, categorical_columns, encode, learn_features,
+};
+use super::{Num, column_f64, column_text, fatal, ident, num};
+use crate::connections::Connections;
+use crate::storage::Location;
+
+pub struct Train {
+    connections: Arc<Connections>,
+}
+
+impl Train {
+    pub fn new(connections: Arc<Connections>) -> Train {
+        Train { connections }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    training_set: Json,
+    label: String,
+    features: Option<Vec<String>>,
+    id_column: Option<String>,
+    #[serde(default = "default_task")]
+    task: TaskKind,
+    #[serde(default = "default_algorithm")]
+    algorithm: Algorithm,
+    #[serde(default = "default_split")]
+    validation_split: Num<f64>,
+    #[serde(default = "default_seed")]
+    seed: Num<u64>,
+    model: String,
+    artifacts: String,
+    /// For an `s3://` artifact store.
+    connection: Option<String>,
+    /// perpetual's budget (gradient_boosting).
+    budget: Option<Num<f32>>,
+    /// The L2 penalty (logistic_regression).
+    alpha: Option<Num<f64>>,
+    max_iterations: Option<Num<u64>>,
+}
+
+fn default_task() -> TaskKind {
+    TaskKind::Classification
+}
+fn default_algorithm() -> Algorithm {
+    Algorithm::GradientBoosting
+}
+fn default_split() -> Num<f64> {
+    Num(0.2)
+}
+fn default_seed() -> Num<u64> {
+    Num(42)
+}
+
+/// The selected rows of each column.
+fn pick(columns: &[Column], rows: &[usize]) -> Vec<Column> {
+    columns
+        .iter()
+        .map(|c| match c {
+            Column::Numbers(v) => Column::Numbers(rows.iter().map(|r| v[*r]).collect()),
+            Column::Text(v) => Column::Text(rows.iter().map(|r| v[*r].clone()).collect()),
+        })
+        .collect()
+}
+
+/// Validation metrics of `predicted` against `actual`.
+pub fn metrics(task: TaskKind, predicted: &[f64], actual: &[f64]) -> Json {
+    let n = actual.len().max(1) as f64;
+    match task {
+        TaskKind::Classification => {
+            let correct = predicted
+                .iter()
+                .zip(actual)
+                .filter(|(p, y)| (**p >= 0.5) == (**y > 0.5))
+                .count();
+            let log_loss = predicted
+                .iter()
+                .zip(actual)
+                .map(|(p, y)| {
+                    let p = p.clamp(1e-15, 1.0 - 1e-15);
+                    -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+                })
+                .sum::<f64>()
+                / n;
+            json!({
+                "auc": auc(predicted, actual).map_or(Json::Null, num),
+                "accuracy": num(correct as f64 / n),
+                "log_loss": num(log_loss),
+            })
+        }
+        TaskKind::Regression => {
+            let (mut se, mut ae) = (0.0, 0.0);
+            for (p, y) in predicted.iter().zip(actual) {
+                se += (p - y).powi(2);
+                ae += (p - y).abs();
+            }
+            json!({ "rmse": num((se / n).sqrt()), "mae": num(ae / n) })
+        }
+    }
+}
+
+struct Fitting {
+    algorithm: Algorithm,
+    task: TaskKind,
+    label: String,
+    names: Vec<String>,
+    columns: Vec<Column>,
+    labels: Vec<f64>,
+    split: f64,
+    seed: u64,
+    budget: f32,
+    alpha: f64,
+    max_iterations: u64,
+}
+
+/// Splits, fits and measures; CPU-bound, so it runs on a blocking thread.
+fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
+    let n = f.labels.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(f.seed));
+    let held = ((n as f64) * f.split).round() as usize;
+    let held = held.min(n.saturating_sub(1));
+    let (val_rows, train_rows) = order.split_at(held);
+    let (mut train_rows, mut val_rows) = (train_rows.to_vec(), val_rows.to_vec());
+    // Rows in their original order within each part, so the fit does not depend on the shuffle
+    // beyond the split.
+    train_rows.sort_unstable();
+    val_rows.sort_unstable();
+    let train_cols = pick(&f.columns, &train_rows);
+    let train_y: Vec<f64> = train_rows.iter().map(|r| f.labels[*r]).collect();
+    let features = learn_features(&f.names, &train_cols);
+    let (buf, width) = encode(&features, &train_cols, f.algorithm)?;
+    let rows = train_rows.len();
+    let mut model = Model {
+        format: FORMAT.to_string(),
+        task: f.task,
+        algorithm: f.algorithm,
+        label: f.label.clone(),
+        features: features.clone(),
+        weights: None,
+        intercept: None,
+        booster: None,
+    };
+    match f.algorithm {
+        Algorithm::GradientBoosting => {
+            use perpetual::booster::config::BoosterIO;
+            let objective = match f.task {
+                TaskKind::Classification => perpetual::objective::Objective::LogLoss,
+                TaskKind::Regression => perpetual::objective::Objective::SquaredLoss,
+            };
+            let cats = categorical_columns(&features);
+            let mut booster = perpetual::PerpetualBooster::default()
+                .set_objective(objective)
+                .set_budget(f.budget)
+                .set_seed(f.seed)
+                .set_categorical_features((!cats.is_empty()).then_some(cats));
+            booster
+                .fit(
+                    &perpetual::Matrix::new(&buf, rows, width),
+                    &train_y,
+                    None,
+                    None,
+                )
+                .map_err(|e| format!("gradient boosting: {e}"))?;
+            let dumped = booster.json_dump().map_err(|e| e.to_string())?;
+            model.booster = Some(serde_json::from_str(&dumped).map_err(|e| e.to_string())?);
+        }
+        Algorithm::LogisticRegression => {
+            use linfa::traits::Fit;
+            let x = ndarray::Array2::from_shape_vec((width, rows), buf)
+                .map_err(|e| e.to_string())?
+                .reversed_axes();
+            let y = ndarray::Array1::from_iter(train_y.iter().map(|v| *v > 0.5));
+            let ds = linfa::DatasetBase::new(x, y);
+            let fitted = linfa_logistic::LogisticRegression::<f64>::default()
+                .alpha(f.alpha)
+                .max_iterations(f.max_iterations)
+                .fit(&ds)
+                .map_err(|e| format!("logistic regression: {e}"))?;
+            // linfa's positive class is the more frequent label; the model scores P(label = 1).
+            let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+            model.weights = Some(fitted.params().iter().map(|w| sign * w).collect());
+            model.intercept = Some(sign * fitted.intercept());
+        }
+    }
+    let (eval_rows, eval_y) = if val_rows.is_empty() {
+        (train_rows, train_y)
+    } else {
+        let y = val_rows.iter().map(|r| f.labels[*r]).collect();
+        (val_rows, y)
+    };
+    let eval_cols = pick(&f.columns, &eval_rows);
+    let (buf, width) = encode(&features, &eval_cols, f.algorithm)?;
+    let predicted = model.predict(&buf, eval_rows.len(), width)?;
+    let m = metrics(f.task, &predicted, &eval_y);
+    Ok((model, m, rows, held))
+}
+
+#[async_trait]
+impl Operator for Train {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+
+    fn keys(&self) -> OperatorKeys {
+        OperatorKeys {
+            required: &["training_set", "label", "model", "artifacts"],
+            optional: &[
+                "features",
+                "id_column",
+                "task",
+                "algorithm",
+                "validation_split",
+                "seed",
+                "connection",
+                "budget",
+                "alpha",
+                "max_iterations",
+            ],
+            code: &[],
+        }
+    }
+
+    async fn execute(
+        &self,
+        config: &Json,
+        ctx: &TaskContext,
+    ) -> Result<Option<Json>, OperatorError> {
+        let cfg: Config = super::config(config, "train")?;
+        if !(0.0..1.0).contains(&cfg.validation_split.0) {
+            return Err(fatal(
+                "train: validation_split must be at least 0 and below 1",
+            ));
+        }
+        if cfg.algorithm == Algorithm::LogisticRegression && cfg.task == TaskKind::Regression {
+            return Err(fatal(
+                "train: logistic_regression is for classification; use gradient_boosting for regression",
+            ));
+        }
+        let registry = super::registry(ctx, "train")?;
+        let conns = &self.connections;
+        let (schema, _) = crate::sql::read(
+            &[("training_set", &cfg.training_set)],
+            "SELECT * FROM training_set LIMIT 0",
+            ctx,
+            conns,
+        )
+        .await?;
+        if schema.field_with_name(&cfg.label).is_err() {
+            return Err(fatal(format!(
+                "train: the training set has no label column `{}`",
+                cfg.label
+            )));
+        }
+        let names: Vec<String> = match &cfg.features {
+            Some(f) if !f.is_empty() => f.clone(),
+            _ => schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| *n != cfg.label && Some(n) != cfg.id_column.as_ref())
+                .collect(),
+        };
+        if names.is_empty() {
+            return Err(fatal("train: no feature columns"));
+        }
+        let mut select = Vec::new();
+        let mut text = Vec::new();
+        for n in &names {
+            let field = schema
+                .field_with_name(n)
+                .map_err(|_| fatal(format!("train: the training set has no column `{n}`")))?;
+            let is_text = matches!(
+                field.data_type(),
+                datafusion::arrow::datatypes::DataType::Utf8
+                    | datafusion::arrow::datatypes::DataType::LargeUtf8
+                    | datafusion::arrow::datatypes::DataType::Utf8View
+                    | datafusion::arrow::datatypes::DataType::Dictionary(..)
+            );
+            text.push(is_text);
+            select.push(if is_text {
+                format!("CAST({} AS VARCHAR) AS {}", ident(n), ident(n))
+            } else {
+                format!("CAST({} AS DOUBLE) AS {}", ident(n), ident(n))
+            });
+        }
+        let label = ident(&cfg.label);
+        let query = format!(
+            "SELECT {}, CAST({label} AS DOUBLE) AS {label} FROM training_set WHERE {label} IS NOT NULL",
+            select.join(", ")
+        );
+        let (_, batches) =
+            crate::sql::read(&[("training_set", &cfg.training_set)], &query, ctx, conns).await?;
+        let labels = column_f64(&batches, &cfg.label, "train")?;
+        if labels.len() < 2 {
+            return Err(fatal(format!(
+                "train: the training set has {} labelled rows; at least 2 are needed",
+                labels.len()
+            )));
+        }
+        if cfg.task == TaskKind::Classification {
+            if let Some(bad) = labels.iter().find(|y| **y != 0.0 && **y != 1.0) {
+                return Err(fatal(format!(
+                    "train: a classification label must be 0 or 1 (or a boolean); `{}` has {bad}",
+                    cfg.label
+                )));
+            }
+            let positives = labels.iter().filter(|y| **y == 1.0).count();
+            if positives == 0 || positives == labels.len() {
+                return Err(fatal(format!(
+                    "train: every label is {}; a classifier needs both classes",
+                    if positives == 0 { 0 } else { 1 }
+                )));
+            }
+        }
+        let mut columns = Vec::new();
+        for (n, is_text) in names.iter().zip(&text) {
+            columns.push(if *is_text {
+                Column::Text(column_text(&batches, n, "train")?)
+            } else {
+                Column::Numbers(column_f64(&batches, n, "train")?)
+            });
+        }
+        ctx.log
+            .line(&format!(
+                "train: {} rows, {} features ({}), {} {}",
+                labels.len(),
+                names.len(),
+                names.join(", "),
+                cfg.task.as_str(),
+                cfg.algorithm.as_str()
+            ))
+            .await;
+        let fitting = Fitting {
+            algorithm: cfg.algorithm,
+            task: cfg.task,
+            label: cfg.label.clone(),
+            names: names.clone(),
+            columns,
+            labels,
+            split: cfg.validation_split.0,
+            seed: cfg.seed.0,
+            budget: cfg.budget.map_or(0.5, |b| b.0),
+            alpha: cfg.alpha.map_or(1.0, |a| a.0),
+            max_iterations: cfg.max_iterations.map_or(200, |m| m.0),
+        };
+        let started = std::time::Instant::now();
+        let (model, metrics, train_rows, held) = tokio::task::spawn_blocking(move || fit(fitting))
+            .await
+            .map_err(|e| OperatorError::Retryable(format!("train: the fit stopped: {e}")))?
+            .map_err(|e| fatal(format!("train: {e}")))?;
+        ctx.log
+            .line(&format!(
+                "train: fitted on {train_rows} rows in {:.2?}; on {} held-out rows: {metrics}",
+                started.elapsed(),
+                if held == 0 { train_rows } else { held }
+            ))
+            .await;
+
+        let bytes = serde_json::to_vec(&model).map_err(|e| fatal(e.to_string()))?;
+        let hash: String = Sha256::digest(&bytes)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let artifact = format!(
+            "{}/{}/{hash}/model.json",
+            cfg.artifacts.trim_end_matches('/'),
+            cfg.model
+        );
+        let location = Location::parse(&artifact, &ctx.dag_folder)?;
+        let aws = conns.aws(cfg.connection.as_deref(), &ctx.secrets)?;
+        let (store, path) = location.store(&aws)?;
+        if let Location::Local(p) = &location
+            && let Some(dir) = p.parent()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| fatal(format!("train: cannot create {}: {e}", dir.display())))?;
+        }
+        store
+            .put(&path, bytes.into())
+            .await
+            .map_err(|e| OperatorError::Retryable(format!("train: writing {artifact}: {e}")))?;
+        let version = registry
+            .register_model_version(&NewModelVersion {
+                model: cfg.model.clone(),
+                task: cfg.task.as_str().to_string(),
+                algorithm: cfg.algorithm.as_str().to_string(),
+                metrics: metrics.clone(),
+                artifact: location.url(),
+                training_set: cfg.training_set["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                data_interval: Some((ctx.data_interval_start, ctx.data_interval_end)),
+                dag_id: ctx.dag_id.clone(),
+                dag_version: ctx.dag_version.clone(),
+                run_id: ctx.run_id.clone(),
+                task_id: ctx.task_id.clone(),
+                created_at: flow_engine::time::now(),
+            })
+            .await
+            .map_err(|e| OperatorError::Retryable(format!("train: registering the model: {e}")))?;
+        ctx.log
+            .line(&format!(
+                "train: registered {} version {version} (candidate), artifact {}",
+                cfg.model,
+                location.url()
+            ))
+            .await;
+        Ok(Some(json!({
+            "model": cfg.model,
+            "version": version,
+            "metrics": metrics,
+            "artifact": location.url(),
+            "rows": {"train": train_rows, "validation": held},
+        })))
+    }
+}
