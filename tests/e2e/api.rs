@@ -696,6 +696,17 @@ fn openapi_documents_every_route_and_its_answers() {
     let env = Env::new(Db::Sqlite).unwrap();
     env.dag("api.yaml", API_DAG);
     let run_id = env.flow_ok(&["run", "api"], 0).trim().to_string();
+    // A registered model `m`, for the registry's routes.
+    let mut rows = String::from("x,y\n");
+    for i in 0..200 {
+        rows.push_str(&format!("{i},{}\n", i32::from(i % 7 < 3)));
+    }
+    std::fs::write(env.dags().join("rows.csv"), rows).unwrap();
+    env.dag(
+        "model.yaml",
+        "id: model\ntasks:\n  fit:\n    operator: train\n    training_set: { path: rows.csv }\n    label: y\n    model: m\n    artifacts: models/\n",
+    );
+    env.flow_ok(&["run", "model"], 0);
     let admin = token(&env, "root", "admin");
     let server = Server::start(&env, "server");
     let doc = server.call("GET", "/api/v1/openapi.json", None, None).ok();
@@ -720,6 +731,9 @@ fn openapi_documents_every_route_and_its_answers() {
         ("post", "/api/v1/runs/{run_id}/tasks/{task_id}/clear"),
         ("post", "/api/v1/runs/{run_id}/tasks/{task_id}/mark"),
         ("post", "/api/v1/tokens"),
+        ("get", "/api/v1/models"),
+        ("get", "/api/v1/models/{model}"),
+        ("post", "/api/v1/models/{model}/versions/{version}/promote"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -731,7 +745,9 @@ fn openapi_documents_every_route_and_its_answers() {
         let path = template
             .replace("{dag_id}", "api")
             .replace("{run_id}", &run_id)
-            .replace("{task_id}", "a");
+            .replace("{task_id}", "a")
+            .replace("{model}", "m")
+            .replace("{version}", "1");
         for method in ["get", "post", "patch", "put", "delete"] {
             let upper = method.to_uppercase();
             let Some(op) = item.get(method) else {
@@ -773,7 +789,27 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 13, "every documented operation was called");
+    assert_eq!(called, 16, "every documented operation was called");
+    // The registry's pages, beside its routes.
+    let page = |path: &str| {
+        ureq::get(format!("{}{path}", server.base))
+            .header("Authorization", format!("Bearer {admin}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let models = page("/models");
+    assert!(
+        models.contains("data-model=\"m\"") && models.contains("version 1"),
+        "{models}"
+    );
+    let versions = page("/models/m");
+    assert!(
+        versions.contains("data-version=\"1\"") && versions.contains("stage-production"),
+        "{versions}"
+    );
     // `flow server` loaded the DAGs folder itself.
     let detail = server.get("/api/v1/dags/api", &admin).ok();
     assert_eq!(detail["tasks"].as_array().unwrap().len(), 3);

@@ -10,5 +10,6 @@ mod cli;
 mod daemon;
 mod emr;
 mod heavy;
+mod ml;
 mod pages;
 mod run;

@@ -176,52 +176,37 @@ async fn digest(path: &Path) -> Result<Json> {
     Ok(rows[0].clone())
 }
 
-pub async fn bench_heavy(opts: HeavyOptions) -> Result<u8> {
-    let spark_home = std::env::var_os("SPARK_HOME")
-        .context("SPARK_HOME is not set: source scripts/testbed.sh (testbed_install) first")?;
-    if !Path::new(&spark_home).join("bin/spark-submit").is_file() {
-        bail!("SPARK_HOME has no bin/spark-submit");
-    }
-    let data = opts.data.clone();
-    let marker = data.join(format!("bench-{}-{}.json", opts.users, opts.events));
-    if !marker.is_file() {
-        eprintln!(
-            "generating {} users and {} events into {} ...",
-            opts.users,
-            opts.events,
-            data.display()
-        );
-        let started = Instant::now();
-        let gen_opts = flow_operators::demo::DemoOptions {
-            out: data.clone(),
-            users: opts.users,
-            events: opts.events,
-            seed: 42,
-            start: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).context("date")?,
-            days: 60,
-        };
-        let summary =
-            tokio::task::spawn_blocking(move || flow_operators::demo::generate(&gen_opts))
-                .await??;
-        eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
-        std::fs::write(&marker, serde_json::to_string_pretty(&summary)?)?;
-    }
+/// A finished `flow run` of a benchmark DAG with the memory samples taken while it ran.
+pub struct Measured {
+    pub run: Json,
+    samples: Vec<Sample>,
+}
 
-    let work = tempfile::tempdir()?;
-    let dags = work.path().join("dags");
-    let out = work.path().join("out");
-    std::fs::create_dir_all(&dags)?;
-    std::fs::write(dags.join("training_set.py"), SPARK_JOB)?;
-    std::fs::write(
-        dags.join("training_set.yaml"),
-        dag(&data, &out, opts.memory_limit.as_deref()),
-    )?;
-    let home = work.path().join("home");
+impl Measured {
+    /// A task's wall time in seconds and its peak RSS in MiB: the flow process's (`own`, for
+    /// work done inside it) or its child processes' (a spark-submit).
+    pub fn task(&self, id: &str, own: bool) -> Result<(f64, f64)> {
+        let t = self.run["tasks"]
+            .as_array()
+            .context("no tasks")?
+            .iter()
+            .find(|t| t["task_id"] == id)
+            .with_context(|| format!("no task {id}"))?;
+        let (from, to) = (when(t, "started_at")?, when(t, "ended_at")?);
+        let secs = (to - from).num_milliseconds() as f64 / 1000.0;
+        Ok((secs, peak_mib(&self.samples, from, to, own)))
+    }
+}
+
+/// Runs `flow run DAG --json` in a child process (home under `work`, DAGs from `dags`) while a
+/// sampler reads the RSS of it and its descendants every 50 ms (see the module's note).
+pub async fn run_measured(work: &Path, dags: &Path, dag: &str) -> Result<Measured> {
+    let home = work.join("home");
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(&exe)
-        .args(["run", "training_set_bench", "--json"])
+        .args(["run", dag, "--json"])
         .env("FLOW_HOME", &home)
-        .env("FLOW_DAGS_FOLDER", &dags)
+        .env("FLOW_DAGS_FOLDER", dags)
         .env_remove("FLOW_DATABASE_URL")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
@@ -272,20 +257,55 @@ pub async fn bench_heavy(opts: HeavyOptions) -> Result<u8> {
             home.display()
         );
     }
-    let tasks = run["tasks"].as_array().context("no tasks")?;
-    let find = |id: &str| {
-        tasks
-            .iter()
-            .find(|t| t["task_id"] == id)
-            .with_context(|| format!("no task {id}"))
-    };
     let samples = std::mem::take(&mut *samples.lock().map_err(|_| anyhow::anyhow!("sampler"))?);
+    Ok(Measured { run, samples })
+}
+
+pub async fn bench_heavy(opts: HeavyOptions) -> Result<u8> {
+    let spark_home = std::env::var_os("SPARK_HOME")
+        .context("SPARK_HOME is not set: source scripts/testbed.sh (testbed_install) first")?;
+    if !Path::new(&spark_home).join("bin/spark-submit").is_file() {
+        bail!("SPARK_HOME has no bin/spark-submit");
+    }
+    let data = opts.data.clone();
+    let marker = data.join(format!("bench-{}-{}.json", opts.users, opts.events));
+    if !marker.is_file() {
+        eprintln!(
+            "generating {} users and {} events into {} ...",
+            opts.users,
+            opts.events,
+            data.display()
+        );
+        let started = Instant::now();
+        let gen_opts = flow_operators::demo::DemoOptions {
+            out: data.clone(),
+            users: opts.users,
+            events: opts.events,
+            seed: 42,
+            start: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).context("date")?,
+            days: 60,
+        };
+        let summary =
+            tokio::task::spawn_blocking(move || flow_operators::demo::generate(&gen_opts))
+                .await??;
+        eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
+        std::fs::write(&marker, serde_json::to_string_pretty(&summary)?)?;
+    }
+
+    let work = tempfile::tempdir()?;
+    let dags = work.path().join("dags");
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&dags)?;
+    std::fs::write(dags.join("training_set.py"), SPARK_JOB)?;
+    std::fs::write(
+        dags.join("training_set.yaml"),
+        dag(&data, &out, opts.memory_limit.as_deref()),
+    )?;
+    let measured = run_measured(work.path(), &dags, "training_set_bench").await?;
     let mut rows = Vec::new();
     for (id, own) in [("sql", true), ("spark", false)] {
-        let t = find(id)?;
-        let (from, to) = (when(t, "started_at")?, when(t, "ended_at")?);
-        let secs = (to - from).num_milliseconds() as f64 / 1000.0;
-        rows.push((id, secs, peak_mib(&samples, from, to, own)));
+        let (secs, mib) = measured.task(id, own)?;
+        rows.push((id, secs, mib));
     }
     let sql_digest = digest(&out.join("sql")).await?;
     let spark_digest = digest(&out.join("spark")).await?;

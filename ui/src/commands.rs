@@ -20,8 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Given, Settings, resolve};
 use crate::ops;
 use crate::progress::follow;
-use crate::render::{dag_json, run_json, short_ts, table};
-use crate::{Cli, Command, DagsCommand, Global, RunArgs, RunsCommand, TasksCommand, TokensCommand};
+use crate::render::{dag_json, model_json, model_version_json, run_json, short_ts, table};
+use crate::{
+    Cli, Command, DagsCommand, Global, ModelsCommand, RunArgs, RunsCommand, TasksCommand,
+    TokensCommand,
+};
 
 /// An input or usage error: exit code 2, one line.
 #[derive(Debug)]
@@ -175,6 +178,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Tokens {
             command: TokensCommand::Create { name, role },
         } => create_token(g, &name, &role).await,
+        Command::Models { command } => models(g, command).await,
         Command::Scheduler => daemon(g).await,
         Command::Server => server(g, false).await,
         Command::Standalone => server(g, true).await,
@@ -212,6 +216,22 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
                 users,
                 events,
                 memory_limit,
+            })
+            .await
+        }
+        Command::BenchMl {
+            data,
+            train_rows,
+            score_rows,
+            features,
+            algorithm,
+        } => {
+            crate::bench_ml::bench_ml(crate::bench_ml::MlOptions {
+                data,
+                train_rows: train_rows.max(10),
+                score_rows: score_rows.max(1),
+                features: features.max(1),
+                algorithm,
             })
             .await
         }
@@ -646,6 +666,87 @@ async fn task_clear(g: &Global, run_id: &str, task: &str, downstream: bool) -> R
         ids.join(", ")
     );
     Ok(0)
+}
+
+async fn models(g: &Global, command: ModelsCommand) -> Result<u8> {
+    let ctx = open(g).await?;
+    match command {
+        ModelsCommand::List { json } => {
+            let models = ctx.store.models().await?;
+            if json {
+                let list: Vec<serde_json::Value> = models.iter().map(model_json).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows = models
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.name.clone(),
+                            m.versions.to_string(),
+                            m.latest_version.to_string(),
+                            m.production_version
+                                .map_or("-".to_string(), |v| v.to_string()),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(&["model", "versions", "latest", "production"], rows)
+                );
+            }
+            Ok(0)
+        }
+        ModelsCommand::Show { model, json } => {
+            let versions = ctx.store.model_versions(&model).await?;
+            if versions.is_empty() {
+                return Err(usage(format!(
+                    "unknown model '{model}': see `flow models list`"
+                )));
+            }
+            if json {
+                let list: Vec<serde_json::Value> =
+                    versions.iter().map(model_version_json).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows = versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.stage.as_str().to_string(),
+                            v.new.algorithm.clone(),
+                            v.new.metrics.to_string(),
+                            short_ts(Some(v.new.created_at)),
+                            v.new.run_id.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(
+                        &["version", "stage", "algorithm", "metrics", "created", "run"],
+                        rows
+                    )
+                );
+            }
+            Ok(0)
+        }
+        ModelsCommand::Promote {
+            model,
+            number: version,
+        } => {
+            let previous = ops::promote_by_hand(ctx.store.as_ref(), &model, version)
+                .await
+                .map_err(op_err)?;
+            eprintln!(
+                "{model} version {version} is production{}",
+                previous
+                    .filter(|p| *p != version)
+                    .map_or(String::new(), |p| format!(" (version {p} archived)"))
+            );
+            Ok(0)
+        }
+    }
 }
 
 async fn create_token(g: &Global, name: &str, role: &str) -> Result<u8> {

@@ -3,6 +3,7 @@
 mod api;
 mod bench;
 mod bench_heavy;
+mod bench_ml;
 mod bench_ui;
 mod commands;
 mod config;
@@ -91,6 +92,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokensCommand,
     },
+    /// The model registry: trained versions, their metrics and stages
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
     Scheduler,
     /// The REST API (and, later, the web UI) on --bind, against the same database
@@ -140,6 +146,19 @@ pub enum Command {
         /// The sql task's memory_limit (default: none)
         #[arg(long)]
         memory_limit: Option<String>,
+    },
+    /// Measure `train` (1,000,000 rows x 20 features) and `predict` (10,000,000 rows) in one run
+    BenchMl {
+        #[arg(long, default_value = "bench-data/ml")]
+        data: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        train_rows: usize,
+        #[arg(long, default_value_t = 10_000_000)]
+        score_rows: usize,
+        #[arg(long, default_value_t = 20)]
+        features: usize,
+        #[arg(long, default_value = "gradient_boosting", value_parser = ["gradient_boosting", "logistic_regression"])]
+        algorithm: String,
     },
     /// Write synthetic events, profiles, labels and an A/B experiment (parquet) with a known
     /// signal, for the example pipelines and the heavy-step benchmark
@@ -224,6 +243,27 @@ pub enum TokensCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Every model: its versions, the latest one and the production one
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A model's versions, newest first, with their metrics, stage and origin
+    Show {
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a version the production one by hand (a rollback, say); the previous one is archived
+    Promote {
+        model: String,
+        #[arg(value_name = "VERSION")]
+        number: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TasksCommand {
     /// The log of one try (the latest by default), secrets masked
     Logs {
@@ -274,5 +314,16 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition only when it is parsed; this checks every subcommand
+    /// (two arguments with one name panic at parse time, not at build time).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -348,3 +348,37 @@ pub async fn mark(
         .await?;
     changed.ok_or_else(|| OpError::NotFound(format!("unknown run '{run_id}'")))
 }
+
+/// Makes `version` of `model` the production version by hand (a rollback, say), whatever the
+/// production version is now; returns the one it replaced. A promotion that races another is
+/// tried again against the new production version.
+pub async fn promote_by_hand(
+    store: &dyn Store,
+    model: &str,
+    version: i64,
+) -> Result<Option<i64>, OpError> {
+    use flow_engine::store::{ModelStage, Promotion};
+    for _ in 0..5 {
+        let current = store
+            .model_versions(model)
+            .await?
+            .into_iter()
+            .find(|v| v.stage == ModelStage::Production)
+            .map(|v| v.version);
+        match store
+            .promote_model_version(model, version, current, now())
+            .await?
+        {
+            Promotion::Promoted { previous } => return Ok(previous),
+            Promotion::Stale { .. } => continue,
+            Promotion::Unknown => {
+                return Err(OpError::NotFound(format!(
+                    "model '{model}' has no version {version}"
+                )));
+            }
+        }
+    }
+    Err(OpError::Internal(format!(
+        "the production version of {model} kept changing; try again"
+    )))
+}

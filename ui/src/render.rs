@@ -212,6 +212,74 @@ pub fn dag_detail_json(
     masked(&view, masker)
 }
 
+/// A model of the registry (`GET /api/v1/models`, `flow models list --json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelView {
+    pub name: String,
+    pub versions: i64,
+    pub latest_version: i64,
+    pub production_version: Option<i64>,
+    pub created_at: String,
+}
+
+/// A version of a model (`GET /api/v1/models/{model}`, `flow models show --json`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelVersionView {
+    pub model: String,
+    pub version: i64,
+    /// candidate, production or archived
+    pub stage: String,
+    pub stage_changed_at: String,
+    /// classification or regression
+    pub task: String,
+    pub algorithm: String,
+    /// auc, accuracy and log_loss; or rmse and mae
+    #[schema(value_type = Object)]
+    pub metrics: Json,
+    pub artifact: String,
+    pub training_set: String,
+    pub data_interval_start: Option<String>,
+    pub data_interval_end: Option<String>,
+    pub dag_id: String,
+    pub dag_version: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub created_at: String,
+}
+
+/// A model of the registry, as `flow models list --json` and the API show it.
+pub fn model_json(m: &flow_engine::store::ModelSummary) -> Json {
+    serde_json::json!({
+        "name": m.name,
+        "versions": m.versions,
+        "latest_version": m.latest_version,
+        "production_version": m.production_version,
+        "created_at": rfc3339(m.created_at),
+    })
+}
+
+/// A model version, as `flow models show --json` and the API show it.
+pub fn model_version_json(v: &flow_engine::store::ModelVersion) -> Json {
+    serde_json::json!({
+        "model": v.new.model,
+        "version": v.version,
+        "stage": v.stage.as_str(),
+        "stage_changed_at": rfc3339(v.stage_changed_at),
+        "task": v.new.task,
+        "algorithm": v.new.algorithm,
+        "metrics": v.new.metrics,
+        "artifact": v.new.artifact,
+        "training_set": v.new.training_set,
+        "data_interval_start": v.new.data_interval.map(|(s, _)| rfc3339(s)),
+        "data_interval_end": v.new.data_interval.map(|(_, e)| rfc3339(e)),
+        "dag_id": v.new.dag_id,
+        "dag_version": v.new.dag_version,
+        "run_id": v.new.run_id,
+        "task_id": v.new.task_id,
+        "created_at": rfc3339(v.new.created_at),
+    })
+}
+
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = comfy_table::Table::new();
     t.load_style(comfy_table::presets::NOTHING);

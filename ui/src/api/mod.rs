@@ -12,6 +12,7 @@ mod error;
 pub use error::ApiError;
 mod grid;
 mod meta;
+mod models;
 mod runs;
 
 use std::path::PathBuf;
@@ -131,7 +132,10 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(runs::task_logs))
         .routes(routes!(runs::clear))
         .routes(routes!(runs::mark))
-        .routes(routes!(meta::create_token));
+        .routes(routes!(meta::create_token))
+        .routes(routes!(models::list_models))
+        .routes(routes!(models::get_model))
+        .routes(routes!(models::promote));
     (public, protected)
 }
 

@@ -10,6 +10,7 @@
 mod assets;
 mod dag;
 mod list;
+mod models;
 mod run;
 mod session;
 mod svg;
@@ -50,6 +51,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/dags/{dag_id}", get(dag::page))
         .route("/dags/{dag_id}/pause", post(list::pause))
         .route("/dags/{dag_id}/trigger", post(dag::trigger))
+        .route("/models", get(models::list))
+        .route("/models/{model}", get(models::page))
         .route("/runs/{run_id}", get(run::page))
         .route("/runs/{run_id}/tasks/{task_id}", get(task::page))
         .route("/runs/{run_id}/tasks/{task_id}/log", get(task::log_chunk))

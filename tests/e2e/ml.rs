@@ -1,0 +1,327 @@
+//! The ML pipelines of `dags/`, as shipped, end to end on the generated data: training set,
+//! training and the registry's promotion rule, batch prediction, drift, and the A/B results.
+
+use serde_json::{Value as Json, json};
+
+use crate::harness::*;
+
+const PIPELINES: &[&str] = &[
+    "build_training_set.yaml",
+    "train_model.yaml",
+    "retrain_model.yaml",
+    "batch_predict.yaml",
+    "experiment_results.yaml",
+];
+
+/// The bound on the held-out AUC that the generator's known signal guarantees with room to
+/// spare: its label depends on engagement (seen through the event counts), age and plan, all
+/// features of the training set.
+const MIN_AUC: f64 = 0.70;
+
+fn ml_env() -> (Env, String) {
+    let env = Env::new(Db::Sqlite).unwrap();
+    for p in PIPELINES {
+        let shipped = format!("{}/../dags/{p}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(&shipped, env.dags().join(p)).unwrap();
+    }
+    let workdir = env.dir.path().join("ml").display().to_string();
+    (env, workdir)
+}
+
+fn run(env: &Env, dag: &str, workdir: &str, more: &[&str]) -> Json {
+    let wd = format!("workdir={workdir}");
+    let mut args = vec!["run", dag, "--logical-date", "2026-03-04", "--param", &wd];
+    args.extend_from_slice(more);
+    args.push("--json");
+    let out = env.flow(&args);
+    let run: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{dag}: no run JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(run["state"], "success", "{dag}: {run:#}");
+    run
+}
+
+/// One row of a query over a parquet folder, through DataFusion.
+fn query_one(folder: &str, sql: &str) -> Json {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_parquet("t", folder, Default::default())
+            .await
+            .unwrap();
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut buf = Vec::new();
+        let mut w = arrow_json::ArrayWriter::new(&mut buf);
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+        let rows: Json = serde_json::from_slice(&buf).unwrap();
+        rows[0].clone()
+    })
+}
+
+fn models_show(env: &Env, model: &str) -> Vec<Json> {
+    env.flow_json(&["models", "show", model, "--json"], 0)
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn the_ml_pipelines_train_promote_predict_and_watch_drift() {
+    let (env, workdir) = ml_env();
+    let built = run(&env, "build_training_set", &workdir, &[]);
+    let summary = task(&built, "summary", None)["output"][0].clone();
+    assert_eq!(summary["users"], 20_000, "{summary}");
+    let scoring_rows = task(&built, "scoring_set", None)["output"]["rows"].clone();
+    assert_eq!(scoring_rows, 20_000);
+    // Point in time: the features count exactly the events of the 30 days before the label
+    // date (2026-02-16), none from the label's own window.
+    let features = query_one(
+        &format!("{workdir}/training_set/"),
+        "SELECT COUNT(*) AS n, SUM(events_30d) AS events FROM t",
+    );
+    let window = query_one(
+        &format!("{workdir}/data/events/"),
+        "SELECT COUNT(*) AS all_events, SUM(CASE WHEN ts >= TIMESTAMP '2026-01-17T00:00:00Z' \
+         AND ts < TIMESTAMP '2026-02-16T00:00:00Z' THEN 1 ELSE 0 END) AS before_label FROM t",
+    );
+    assert_eq!(features["n"], 20_000);
+    assert_eq!(
+        features["events"], window["before_label"],
+        "{features} {window}"
+    );
+    let before = window["before_label"].as_i64().unwrap();
+    assert!(
+        before > 0 && before < window["all_events"].as_i64().unwrap(),
+        "{window}"
+    );
+
+    // First training: gradient boosting, promoted at once (no production version yet).
+    let first = run(&env, "train_model", &workdir, &[]);
+    let train = &task(&first, "train", None)["output"];
+    assert_eq!(train["model"], "email_unsubscribe");
+    assert_eq!(train["version"], 1);
+    let auc1 = train["metrics"]["auc"].as_f64().unwrap();
+    assert!(
+        auc1 > MIN_AUC,
+        "held-out AUC {auc1} <= {MIN_AUC}: {train:#}"
+    );
+    for m in ["accuracy", "log_loss"] {
+        assert!(train["metrics"][m].is_number(), "{train:#}");
+    }
+    assert!(
+        std::path::Path::new(train["artifact"].as_str().unwrap()).is_file(),
+        "{train:#}"
+    );
+    assert_eq!(
+        task(&first, "promote", None)["output"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(
+                |(k, _)| ["promoted", "production_version", "previous_version"]
+                    .contains(&k.as_str())
+            )
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<serde_json::Map<_, _>>(),
+        json!({"promoted": true, "production_version": 1, "previous_version": null})
+            .as_object()
+            .unwrap()
+            .clone()
+    );
+
+    // Second training: logistic regression; promoted only if it beats version 1 by 0.005.
+    let second = run(
+        &env,
+        "train_model",
+        &workdir,
+        &["--param", "algorithm=logistic_regression"],
+    );
+    let train2 = &task(&second, "train", None)["output"];
+    assert_eq!(train2["version"], 2, "versions increment");
+    let auc2 = train2["metrics"]["auc"].as_f64().unwrap();
+    assert!(auc2 > MIN_AUC, "logistic regression AUC {auc2}");
+    let promote2 = &task(&second, "promote", None)["output"];
+    let should = auc2 - auc1 >= 0.005;
+    assert_eq!(
+        promote2["promoted"], should,
+        "auc {auc2} vs {auc1}: {promote2:#}"
+    );
+    let production = if should { 2 } else { 1 };
+    assert_eq!(promote2["production_version"], production);
+    assert_eq!(promote2["previous_version"], 1);
+    let versions = models_show(&env, "email_unsubscribe");
+    let stages: Vec<(i64, String)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_i64().unwrap(),
+                v["stage"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = if should {
+        vec![(2, "production".to_string()), (1, "archived".to_string())]
+    } else {
+        vec![(2, "candidate".to_string()), (1, "production".to_string())]
+    };
+    assert_eq!(stages, expected);
+    assert_eq!(versions[0]["run_id"], second["run_id"]);
+    assert_eq!(versions[0]["dag_id"], "train_model");
+    assert!(versions[0]["data_interval_end"].is_string());
+
+    // Batch prediction with the production version: one row per input row.
+    let scored = run(&env, "batch_predict", &workdir, &[]);
+    let score = &task(&scored, "score", None)["output"];
+    assert_eq!(score["rows"], 20_000);
+    assert_eq!(score["model_version"], production);
+    let written = query_one(
+        score["path"].as_str().unwrap(),
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT user_id) AS ids, MIN(prediction) AS lo, \
+         MAX(prediction) AS hi, MIN(model_version) AS v FROM t",
+    );
+    assert_eq!(written["n"], 20_000, "{written}");
+    assert_eq!(written["ids"], 20_000, "{written}");
+    assert_eq!(written["v"], production, "{written}");
+    let (lo, hi) = (
+        written["lo"].as_f64().unwrap(),
+        written["hi"].as_f64().unwrap(),
+    );
+    assert!(
+        (0.0..=1.0).contains(&lo) && (0.0..=1.0).contains(&hi) && lo < hi,
+        "{written}"
+    );
+    assert_eq!(task(&scored, "export", None)["state"], "skipped");
+    // A pinned version.
+    let pinned = run(&env, "batch_predict", &workdir, &["--param", "version=1"]);
+    assert_eq!(task(&pinned, "score", None)["output"]["model_version"], 1);
+
+    // Drift: the scoring set is drawn like the training set, so PSI stays small, and on a
+    // Wednesday nothing is retrained.
+    let calm = run(&env, "retrain_model", &workdir, &[]);
+    let drift = &task(&calm, "drift", None)["output"];
+    let psi = drift["max_psi"].as_f64().unwrap();
+    assert!(psi < 0.05, "same-distribution PSI {psi}: {drift:#}");
+    assert_eq!(task(&calm, "retrain", None)["state"], "skipped");
+    assert_eq!(task(&calm, "report", None)["state"], "success");
+
+    // A shifted current set (three times the events) drifts, and retraining follows.
+    let shifted = format!("{workdir}/shifted/");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_parquet("s", &format!("{workdir}/scoring_set/"), Default::default())
+            .await
+            .unwrap();
+        ctx.sql(&format!(
+            "COPY (SELECT user_id, age, country, plan, events_30d * 3 AS events_30d, purchases_30d, \
+             opens_30d * 3 AS opens_30d, clicks_30d, revenue_30d FROM s) TO '{shifted}part.parquet'"
+        ))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    });
+    let drifted = run(
+        &env,
+        "retrain_model",
+        &workdir,
+        &["--param", &format!("current={shifted}")],
+    );
+    let drift = &task(&drifted, "drift", None)["output"];
+    let psi = drift["max_psi"].as_f64().unwrap();
+    assert!(psi > 0.2, "shifted PSI {psi}: {drift:#}");
+    // The two tripled counts drift; a column left as it was does not.
+    for f in ["events_30d", "opens_30d"] {
+        assert!(drift["psi"][f].as_f64().unwrap() > 0.2, "{f}: {drift:#}");
+    }
+    assert!(
+        drift["psi"]["purchases_30d"].as_f64().unwrap() < 0.05,
+        "{drift:#}"
+    );
+    assert!(["events_30d", "opens_30d"].contains(&drift["feature"].as_str().unwrap()));
+    assert_eq!(task(&drifted, "retrain", None)["output"]["version"], 3);
+    assert_eq!(task(&drifted, "promote", None)["state"], "success");
+    assert_eq!(models_show(&env, "email_unsubscribe").len(), 3);
+}
+
+#[test]
+fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies() {
+    let (env, workdir) = ml_env();
+    let (port, received) = one_post_receiver();
+    let hook = format!("webhook=http://127.0.0.1:{port}/hook");
+    let done = run(&env, "experiment_results", &workdir, &["--param", &hook]);
+    let out = &task(&done, "compute", None)["output"];
+    assert_eq!(out["concluded"], true, "{out:#}");
+    assert_eq!(out["winner"], "treatment", "{out:#}");
+    assert!(out["srm_p_value"].as_f64().unwrap() > 0.001, "{out:#}");
+    let variants = out["variants"].as_array().unwrap();
+    let control = variants.iter().find(|v| v["variant"] == "control").unwrap();
+    assert_eq!(
+        (
+            control["lift"].clone(),
+            control["lift_ci"].clone(),
+            control["p_value"].clone()
+        ),
+        (Json::Null, Json::Null, Json::Null)
+    );
+    let treatment = variants
+        .iter()
+        .find(|v| v["variant"] == "treatment")
+        .unwrap();
+    let (lo, hi) = (
+        treatment["lift_ci"][0].as_f64().unwrap(),
+        treatment["lift_ci"][1].as_f64().unwrap(),
+    );
+    // The generator's true absolute lift is 0.12 - 0.10.
+    assert!(lo < 0.02 && 0.02 < hi, "{treatment:#}");
+    assert!(treatment["p_value"].as_f64().unwrap() < 0.05);
+    assert_eq!(
+        control["units"].as_i64().unwrap() + treatment["units"].as_i64().unwrap(),
+        20_000
+    );
+    // The results table, and the message that it concluded.
+    let table = query_one(
+        out["table"].as_str().unwrap(),
+        "SELECT COUNT(*) AS n, SUM(CASE WHEN winner THEN 1 ELSE 0 END) AS winners FROM t",
+    );
+    assert_eq!(table, json!({"n": 2, "winners": 1}));
+    let (_, body) = received.join().unwrap();
+    let body: Json = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["winner"], "treatment", "{body}");
+    assert!(
+        body["text"].as_str().unwrap().contains("concluded"),
+        "{body}"
+    );
+
+    // Not enough units per arm: not concluded, a successful task all the same, no message.
+    let early = run(
+        &env,
+        "experiment_results",
+        &workdir,
+        &["--param", "min_units_per_arm=50000"],
+    );
+    assert_eq!(task(&early, "compute", None)["output"]["concluded"], false);
+    assert_eq!(
+        task(&early, "compute", None)["output"]["winner"],
+        Json::Null
+    );
+    assert_eq!(task(&early, "notify", None)["state"], "skipped");
+}
+
+#[test]
+fn models_cli_lists_shows_and_promotes_by_hand() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    assert_eq!(env.flow_json(&["models", "list", "--json"], 0), json!([]));
+    let out = env.flow(&["models", "show", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'nope'"));
+    let out = env.flow(&["models", "promote", "nope", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+}
