@@ -141,8 +141,15 @@ impl Operator for Spark {
         config: &Json,
         ctx: &TaskContext,
     ) -> Result<Option<Json>, OperatorError> {
-        let cfg: Config =
+        let mut cfg: Config =
             serde_json::from_value(config.clone()).map_err(|e| fatal(format!("spark: {e}")))?;
+        // A key templated from a param that is empty for this run (`cluster_id: "{{
+        // params.cluster }}"` on a local run) is absent, so one DAG serves both targets.
+        for key in [&mut cfg.connection, &mut cfg.cluster_id, &mut cfg.staging] {
+            if key.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *key = None;
+            }
+        }
         let args = texts("args", &cfg.args)?;
         let spark_args = texts("spark_args", &cfg.spark_args)?;
         if cfg.target == Target::Emr {

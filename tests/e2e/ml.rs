@@ -24,6 +24,15 @@ fn ml_env() -> (Env, String) {
         let shipped = format!("{}/../dags/{p}", env!("CARGO_MANIFEST_DIR"));
         std::fs::copy(&shipped, env.dags().join(p)).unwrap();
     }
+    std::fs::create_dir_all(env.dags().join("jobs")).unwrap();
+    std::fs::copy(
+        format!(
+            "{}/../dags/jobs/build_training_set.py",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        env.dags().join("jobs/build_training_set.py"),
+    )
+    .unwrap();
     let workdir = env.dir.path().join("ml").display().to_string();
     (env, workdir)
 }
@@ -313,6 +322,41 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
         Json::Null
     );
     assert_eq!(task(&early, "notify", None)["state"], "skipped");
+}
+
+#[test]
+fn the_training_set_on_spark_is_the_one_on_datafusion() {
+    if !spark_available() {
+        return;
+    }
+    let (env, workdir) = ml_env();
+    let digest = || {
+        query_one(
+            &format!("{workdir}/training_set/"),
+            "SELECT COUNT(*) AS users, SUM(events_30d) AS events, SUM(purchases_30d) AS purchases, \
+             SUM(opens_30d) AS opens, SUM(clicks_30d) AS clicks, ROUND(SUM(revenue_30d), 2) AS revenue, \
+             SUM(unsubscribed) AS positives, SUM(age) AS ages FROM t",
+        )
+    };
+    let on_sql = run(&env, "build_training_set", &workdir, &[]);
+    assert_eq!(
+        task(&on_sql, "training_set_spark", None)["state"],
+        "skipped"
+    );
+    let sql = digest();
+    let on_spark = run(
+        &env,
+        "build_training_set",
+        &workdir,
+        &["--param", "engine=spark"],
+    );
+    assert_eq!(task(&on_spark, "training_set", None)["state"], "skipped");
+    assert_eq!(
+        task(&on_spark, "training_set_spark", None)["output"],
+        json!({"exit_code": 0})
+    );
+    assert_eq!(task(&on_spark, "summary", None)["state"], "success");
+    assert_eq!(digest(), sql, "the two engines' training sets differ");
 }
 
 #[test]
