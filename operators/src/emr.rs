@@ -6,9 +6,9 @@
 //! - the step (or the transient cluster, before its step is known) is committed to the database
 //!   before the operator polls ([`TaskContext::record_external`]); a try after a crash or a clean
 //!   shutdown finds it in [`TaskContext::external`] and re-attaches to it;
-//! - the step's name is the instance's (DAG, task, map index, run), and before submitting to an
-//!   existing cluster the operator looks for an active step of that name, which covers a crash
-//!   between the submission and its commit.
+//! - before a step is submitted to an existing cluster, its name (the instance and a nonce) is
+//!   committed: a try that died between the submission and the commit of the step's id leaves the
+//!   name, and the next try finds the step by it (or, finding none, submits it).
 //!
 //! A task timeout cancels the step (and terminates a transient cluster) before the try fails; so
 //! does a clear, from the dropped try. A clean shutdown leaves the step running for the next try.
@@ -75,6 +75,9 @@ pub struct StepRef {
     /// The cluster was made for this step and is terminated when it ends.
     #[serde(default)]
     pub transient: bool,
+    /// The step's name, committed before it was submitted.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 pub struct Submission<'a> {
@@ -87,13 +90,25 @@ pub struct Submission<'a> {
     pub staging: Option<&'a str>,
 }
 
-/// The step's name: the same for every try of one task instance, so that a step submitted by a
-/// try that died before committing its id is found again.
+/// A new submission's step name: the task instance, and a nonce that tells this submission from
+/// any other of the same instance (a cleared try's step may still be running). The name is
+/// committed before the step is submitted, so that a try that died before committing the step's
+/// id is found by it.
 fn step_name(ctx: &TaskContext) -> String {
     let map = ctx.map_index.map(|i| format!("[{i}]")).unwrap_or_default();
-    let name = format!("flow {}.{}{map} {}", ctx.dag_id, ctx.task_id, ctx.run_id);
-    // EMR caps step names at 256 characters.
-    name.chars().take(256).collect()
+    let nonce: u32 = rand::random();
+    let name = format!(
+        "flow {}.{}{map} {} #{nonce:08x}",
+        ctx.dag_id, ctx.task_id, ctx.run_id
+    );
+    // EMR caps step names at 256 characters; the nonce stays.
+    let tail = format!(" #{nonce:08x}");
+    if name.chars().count() > 256 {
+        let head: String = name.chars().take(256 - tail.len()).collect();
+        head + &tail
+    } else {
+        name
+    }
 }
 
 pub async fn run(
@@ -122,8 +137,12 @@ pub async fn run(
         shutdown: ctx.shutdown.clone(),
     };
     let work = async {
-        let step = match ctx.external.as_ref() {
+        let attached = match ctx.external.as_ref() {
             Some(previous) => reattach(previous, &emr, ctx, &mut guard).await?,
+            None => None,
+        };
+        let step = match attached {
+            Some(step) => step,
             None => submit(&sub, &emr, &s3, ctx, &mut guard).await?,
         };
         watch(&emr, &s3, step, ctx, &mut guard).await
@@ -153,24 +172,31 @@ pub async fn run(
 }
 
 /// Re-attaches to what an earlier try of this instance started.
+/// Re-attaches to what an earlier try of this instance started; None when it turns out that
+/// nothing was started.
 async fn reattach(
     previous: &Json,
     emr: &Emr,
     ctx: &TaskContext,
     guard: &mut CancelGuard,
-) -> Result<StepRef, OperatorError> {
+) -> Result<Option<StepRef>, OperatorError> {
     let mut step: StepRef = serde_json::from_value(previous.clone())
         .map_err(|e| fatal(format!("spark: the recorded EMR step is unreadable: {e}")))?;
     if step.step_id.is_none() {
-        step.step_id = find_step(emr, &step.cluster_id, &step_name(ctx), false).await?;
-        guard.step = Some(step.clone());
+        let name = step.name.clone().unwrap_or_default();
+        step.step_id = find_step(emr, &step.cluster_id, &name).await?;
         if step.step_id.is_none() {
-            return Err(OperatorError::Retryable(format!(
-                "spark: transient cluster {} has no step named `{}`",
-                step.cluster_id,
-                step_name(ctx)
-            )));
+            if step.transient {
+                guard.step = Some(step.clone());
+                return Err(OperatorError::Retryable(format!(
+                    "spark: transient cluster {} has no step named `{name}`",
+                    step.cluster_id
+                )));
+            }
+            // The earlier try died before its submission reached EMR: submit now.
+            return Ok(None);
         }
+        guard.step = Some(step.clone());
         record(ctx, &step).await?;
     }
     ctx.log
@@ -181,7 +207,7 @@ async fn reattach(
         ))
         .await;
     guard.step = Some(step.clone());
-    Ok(step)
+    Ok(Some(step))
 }
 
 async fn record(ctx: &TaskContext, step: &StepRef) -> Result<(), OperatorError> {
@@ -229,21 +255,18 @@ async fn submit(
     };
 
     if let Some(cluster_id) = &sub.cluster_id {
-        if let Some(step_id) = find_step(emr, cluster_id, &name, true).await? {
-            ctx.log
-                .line(&format!(
-                    "emr: step {step_id} of this task is already active on {cluster_id}; attaching to it"
-                ))
-                .await;
-            let step = StepRef {
+        // The name first: a try that dies between the submission and the id's commit leaves
+        // the name for the next try to find the step by.
+        record(
+            ctx,
+            &StepRef {
                 cluster_id: cluster_id.clone(),
-                step_id: Some(step_id),
+                step_id: None,
                 transient: false,
-            };
-            guard.step = Some(step.clone());
-            record(ctx, &step).await?;
-            return Ok(step);
-        }
+                name: Some(name.clone()),
+            },
+        )
+        .await?;
         let out = emr
             .add_job_flow_steps()
             .job_flow_id(cluster_id)
@@ -260,6 +283,7 @@ async fn submit(
             cluster_id: cluster_id.clone(),
             step_id: Some(step_id.clone()),
             transient: false,
+            name: Some(name.clone()),
         };
         guard.step = Some(step.clone());
         record(ctx, &step).await?;
@@ -312,13 +336,14 @@ async fn submit(
         cluster_id: cluster_id.clone(),
         step_id: None,
         transient: true,
+        name: Some(name.clone()),
     };
     guard.step = Some(step.clone());
     record(ctx, &step).await?;
     ctx.log
         .line(&format!("emr: created transient cluster {cluster_id}"))
         .await;
-    step.step_id = find_step(emr, &cluster_id, &name, false).await?;
+    step.step_id = find_step(emr, &cluster_id, &name).await?;
     let Some(step_id) = step.step_id.clone() else {
         return Err(OperatorError::Retryable(format!(
             "spark: transient cluster {cluster_id} lists no step named `{name}`"
@@ -377,20 +402,15 @@ async fn stage_script(
     Ok(url.to_string())
 }
 
-/// The newest step of `cluster_id` named `name` (only pending or running ones when `active`).
+/// The newest step of `cluster_id` named `name`.
 async fn find_step(
     emr: &Emr,
     cluster_id: &str,
     name: &str,
-    active: bool,
 ) -> Result<Option<String>, OperatorError> {
-    let mut req = emr.list_steps().cluster_id(cluster_id);
-    if active {
-        req = req
-            .step_states(StepState::Pending)
-            .step_states(StepState::Running);
-    }
-    let out = req
+    let out = emr
+        .list_steps()
+        .cluster_id(cluster_id)
         .send()
         .await
         .map_err(|e| sdk_error(&format!("spark: ListSteps on {cluster_id}"), e))?;
@@ -660,12 +680,13 @@ mod tests {
             cluster_id: "j-1".into(),
             step_id: Some("s-1".into()),
             transient: true,
+            name: Some("flow d.t r #0000002a".into()),
         };
         let back: StepRef = serde_json::from_value(serde_json::to_value(&step).unwrap()).unwrap();
         assert_eq!(back, step);
         let old: StepRef =
             serde_json::from_value(json!({"cluster_id": "j-2", "step_id": null})).unwrap();
-        assert!(!old.transient && old.step_id.is_none());
+        assert!(!old.transient && old.step_id.is_none() && old.name.is_none());
     }
 
     #[test]

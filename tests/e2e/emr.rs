@@ -321,3 +321,69 @@ tasks:
     );
     assert!(log.contains("re-attached to step"), "{log}");
 }
+
+#[test]
+fn clearing_a_running_emr_task_cancels_its_step_and_submits_a_new_one() {
+    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-clear"), emr_endpoint()) else {
+        return;
+    };
+    if !spark_available() {
+        return;
+    }
+    let env = emr_env(&s3, &emr);
+    write_jobs(&env);
+    let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
+    let marker = env.path("step-ran");
+    env.dag(
+        "clear.yaml",
+        &format!(
+            r#"
+id: emr_clear
+tasks:
+  step:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster_id: {cluster}
+    script: jobs/slow.py
+    staging: "s3://{bucket}/staging/"
+    args: ["6", "{marker}"]
+"#,
+            marker = marker.display()
+        ),
+    );
+    let mut scheduler = env.spawn(&["scheduler"]);
+    let run_id = env.flow_ok(&["trigger", "emr_clear"], 0).trim().to_string();
+    let start = Instant::now();
+    while !emr_steps(&emr, &cluster)
+        .iter()
+        .any(|s| s["state"] == "RUNNING")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the step never ran"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.flow_ok(&["tasks", "clear", &run_id, "step"], 0);
+    let run = env.wait_run(&run_id, Duration::from_secs(90));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(scheduler.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    scheduler.wait().unwrap();
+    assert_eq!(run["state"], "success", "{run:#}");
+    let steps = emr_steps(&emr, &cluster);
+    assert_eq!(steps.len(), 2, "{steps:#?}");
+    assert_eq!(
+        steps[0]["state"], "CANCELLED",
+        "the cleared try's step: {steps:#?}"
+    );
+    assert_eq!(steps[1]["state"], "COMPLETED");
+    assert_eq!(
+        task(&run, "step", None)["output"]["step_id"],
+        steps[1]["step_id"]
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done\n");
+}

@@ -360,6 +360,122 @@ fn the_training_set_on_spark_is_the_one_on_datafusion() {
 }
 
 #[test]
+fn on_postgres_batch_predict_exports_to_the_warehouse() {
+    // PostgreSQL is both the metadata database (the registry) and the warehouse.
+    let Some(env) = Env::new(Db::Postgres) else {
+        return;
+    };
+    env.config(&format!(
+        "[connections.warehouse]\ntype = \"postgres\"\nurl = \"{}\"\n",
+        env.db_url
+    ));
+    for p in PIPELINES {
+        let shipped = format!("{}/../dags/{p}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::copy(&shipped, env.dags().join(p)).unwrap();
+    }
+    let workdir = env.dir.path().join("ml").display().to_string();
+    run(&env, "build_training_set", &workdir, &[]);
+    let trained = run(&env, "train_model", &workdir, &[]);
+    assert_eq!(task(&trained, "promote", None)["output"]["promoted"], true);
+    let scored = run(
+        &env,
+        "batch_predict",
+        &workdir,
+        &["--param", "warehouse_connection=warehouse"],
+    );
+    assert_eq!(
+        task(&scored, "export", None)["output"],
+        json!({"rows_loaded": 20_000})
+    );
+    let table = env
+        .psql(
+            "SELECT count(*), count(DISTINCT user_id), min(model_version), max(model_version), \
+               bool_and(prediction BETWEEN 0 AND 1) FROM predictions",
+        )
+        .unwrap();
+    assert_eq!(table.trim(), "20000|20000|1|1|t");
+    // A second day replaces the table: still one row per user.
+    run(
+        &env,
+        "batch_predict",
+        &workdir,
+        &["--param", "warehouse_connection=warehouse"],
+    );
+    assert_eq!(
+        env.psql("SELECT count(*) FROM predictions").unwrap().trim(),
+        "20000"
+    );
+}
+
+#[test]
+fn models_live_in_s3_and_predict_reads_them_back() {
+    let Some((endpoint, bucket)) = s3_bucket("models") else {
+        return;
+    };
+    let mut env = Env::new(Db::Sqlite).unwrap();
+    env.secrets
+        .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
+    env.config(&s3_connection("lake", &endpoint));
+    let mut rows = String::from("id,x,size,y\n");
+    for i in 0..400 {
+        let x = (i * 37 % 101) as f64 / 10.0;
+        let size = ["s", "m", "l"][i % 3];
+        let y = if x + if size == "l" { 3.0 } else { 0.0 } > 6.0 {
+            1
+        } else {
+            0
+        };
+        rows.push_str(&format!("{i},{x},{size},{y}\n"));
+    }
+    std::fs::write(env.dags().join("rows.csv"), rows).unwrap();
+    env.dag(
+        "s3model.yaml",
+        &format!(
+            r#"id: s3model
+tasks:
+  fit:
+    operator: train
+    training_set: {{ path: rows.csv }}
+    label: y
+    id_column: id
+    algorithm: logistic_regression
+    model: sizes
+    artifacts: "s3://{bucket}/models/"
+    connection: lake
+  score:
+    operator: predict
+    depends_on: [fit]
+    model: sizes
+    version: "{{{{ tasks.fit.output.version }}}}"
+    input: {{ path: rows.csv }}
+    id_column: id
+    connection: lake
+    output: {{ path: "s3://{bucket}/predictions/", format: csv, connection: lake }}
+"#
+        ),
+    );
+    let run = env.flow_json(&["run", "s3model", "--json"], 0);
+    let fit = &task(&run, "fit", None)["output"];
+    let artifact = fit["artifact"].as_str().unwrap();
+    assert!(
+        artifact.starts_with(&format!("s3://{bucket}/models/sizes/"))
+            && artifact.ends_with("/model.json"),
+        "{fit:#}"
+    );
+    assert!(fit["metrics"]["auc"].as_f64().unwrap() > 0.9, "{fit:#}");
+    let keys = s3_keys(&endpoint, &bucket, "models/");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let score = &task(&run, "score", None)["output"];
+    assert_eq!(score["rows"], 400);
+    assert_eq!(score["model_version"], 1);
+    assert!(!s3_keys(&endpoint, &bucket, "predictions/").is_empty());
+    // No secret reached the home folder.
+    for (path, bytes) in env.home_files() {
+        assert!(!contains(&bytes, "lake-secret-9f2c"), "{}", path.display());
+    }
+}
+
+#[test]
 fn models_cli_lists_shows_and_promotes_by_hand() {
     let env = Env::new(Db::Sqlite).unwrap();
     assert_eq!(env.flow_json(&["models", "list", "--json"], 0), json!([]));

@@ -444,3 +444,82 @@ impl Operator for Train {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fitting(algorithm: Algorithm, task: TaskKind, labels: Vec<f64>, x: Vec<f64>) -> Fitting {
+        Fitting {
+            algorithm,
+            task,
+            label: "y".into(),
+            names: vec!["x".into()],
+            columns: vec![Column::Numbers(x)],
+            labels,
+            split: 0.25,
+            seed: 3,
+            budget: 0.5,
+            alpha: 1.0,
+            max_iterations: 200,
+        }
+    }
+
+    #[test]
+    fn regression_learns_a_line_and_reports_rmse_and_mae() {
+        let x: Vec<f64> = (0..400).map(|i| (i % 100) as f64 / 10.0).collect();
+        let y: Vec<f64> = x.iter().map(|x| 3.0 * x + 1.0).collect();
+        let (model, metrics, train_rows, held) = fit(fitting(
+            Algorithm::GradientBoosting,
+            TaskKind::Regression,
+            y,
+            x,
+        ))
+        .unwrap();
+        assert_eq!((train_rows, held), (300, 100));
+        assert_eq!(model.task, TaskKind::Regression);
+        // y spans 1..31; a fit that learnt the line is off by well under one unit.
+        let rmse = metrics["rmse"].as_f64().unwrap();
+        assert!(rmse < 1.0, "{metrics}");
+        assert!(metrics["mae"].as_f64().unwrap() <= rmse, "{metrics}");
+    }
+
+    #[test]
+    fn the_same_seed_trains_the_same_model() {
+        let x: Vec<f64> = (0..300).map(|i| ((i * 37) % 101) as f64).collect();
+        let y: Vec<f64> = x.iter().map(|x| f64::from(*x > 50.0)).collect();
+        let a = fit(fitting(
+            Algorithm::LogisticRegression,
+            TaskKind::Classification,
+            y.clone(),
+            x.clone(),
+        ))
+        .unwrap();
+        let b = fit(fitting(
+            Algorithm::LogisticRegression,
+            TaskKind::Classification,
+            y,
+            x,
+        ))
+        .unwrap();
+        assert_eq!(a.1, b.1);
+        assert_eq!(a.0.weights, b.0.weights);
+        assert!(a.1["accuracy"].as_f64().unwrap() > 0.9, "{}", a.1);
+    }
+
+    #[test]
+    fn classification_metrics_are_the_usual_ones() {
+        let m = metrics(
+            TaskKind::Classification,
+            &[0.9, 0.2, 0.6, 0.4],
+            &[1.0, 0.0, 0.0, 1.0],
+        );
+        assert_eq!(m["accuracy"], 0.5);
+        assert_eq!(m["auc"], 0.75);
+        let expected = -((0.9f64).ln() + (0.8f64).ln() + (0.4f64).ln() + (0.4f64).ln()) / 4.0;
+        assert!(
+            (m["log_loss"].as_f64().unwrap() - expected).abs() < 1e-12,
+            "{m}"
+        );
+    }
+}
