@@ -82,8 +82,9 @@ pub async fn resolve_version(
             .map_err(store_err)?
             .into_iter()
             .find(|v| v.stage == flow_engine::store::ModelStage::Production)
+            // Retryable: a first training run may not have promoted one yet.
             .ok_or_else(|| {
-                fatal(format!(
+                OperatorError::Retryable(format!(
                     "{op}: model `{model}` has no production version yet (promote one, or pin `version:`)"
                 ))
             }),
