@@ -217,31 +217,63 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-impl Model {
+/// A model ready to score: its booster parsed once, not per batch (a large booster's JSON takes
+/// long to parse and much memory to hold).
+pub enum Scorer<'a> {
+    Linear {
+        weights: &'a [f64],
+        intercept: f64,
+    },
+    Boosted {
+        booster: Box<PerpetualBooster>,
+        task: TaskKind,
+    },
+}
+
+impl Scorer<'_> {
     /// Predictions for column-major rows encoded with [`encode`].
     pub fn predict(&self, data: &[f64], rows: usize, cols: usize) -> Result<Vec<f64>, String> {
-        match self.algorithm {
-            Algorithm::LogisticRegression => {
-                let w = self.weights.as_deref().ok_or("the model has no weights")?;
-                let b = self.intercept.ok_or("the model has no intercept")?;
-                if w.len() != cols {
+        match self {
+            Scorer::Linear { weights, intercept } => {
+                if weights.len() != cols {
                     return Err(format!(
                         "the model has {} weights for {cols} columns",
-                        w.len()
+                        weights.len()
                     ));
                 }
                 Ok((0..rows)
-                    .map(|r| sigmoid(b + (0..cols).map(|c| w[c] * data[c * rows + r]).sum::<f64>()))
+                    .map(|r| {
+                        sigmoid(
+                            intercept
+                                + (0..cols)
+                                    .map(|c| weights[c] * data[c * rows + r])
+                                    .sum::<f64>(),
+                        )
+                    })
                     .collect())
             }
-            Algorithm::GradientBoosting => {
-                let booster = self.booster()?;
+            Scorer::Boosted { booster, task } => {
                 let m = Matrix::new(data, rows, cols);
-                Ok(match self.task {
+                Ok(match task {
                     TaskKind::Classification => booster.predict_proba(&m, false, false),
                     TaskKind::Regression => booster.predict(&m, false),
                 })
             }
+        }
+    }
+}
+
+impl Model {
+    pub fn scorer(&self) -> Result<Scorer<'_>, String> {
+        match self.algorithm {
+            Algorithm::LogisticRegression => Ok(Scorer::Linear {
+                weights: self.weights.as_deref().ok_or("the model has no weights")?,
+                intercept: self.intercept.ok_or("the model has no intercept")?,
+            }),
+            Algorithm::GradientBoosting => Ok(Scorer::Boosted {
+                booster: Box::new(self.booster()?),
+                task: self.task,
+            }),
         }
     }
 

@@ -190,6 +190,7 @@ impl Operator for Predict {
         let scoring_schema = out_schema.clone();
         let model_version = version.version;
         let (scored, rows) = tokio::task::spawn_blocking(move || {
+            let scorer = model.scorer().map_err(|e| fatal(format!("predict: {e}")))?;
             let mut scored = Vec::with_capacity(batches.len());
             let mut rows = 0usize;
             for b in &batches {
@@ -211,7 +212,7 @@ impl Operator for Predict {
                 }
                 let (buf, width) = encode(&features, &columns, model.algorithm)
                     .map_err(|e| fatal(format!("predict: {e}")))?;
-                let predicted = model
+                let predicted = scorer
                     .predict(&buf, n, width)
                     .map_err(|e| fatal(format!("predict: {e}")))?;
                 let ids = b

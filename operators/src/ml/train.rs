@@ -219,7 +219,7 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
     };
     let eval_cols = pick(&f.columns, &eval_rows);
     let (buf, width) = encode(&features, &eval_cols, f.algorithm)?;
-    let predicted = model.predict(&buf, eval_rows.len(), width)?;
+    let predicted = model.scorer()?.predict(&buf, eval_rows.len(), width)?;
     let m = metrics(f.task, &predicted, &eval_y);
     Ok((model, m, rows, held))
 }
