@@ -24,7 +24,6 @@
 use perpetual::booster::config::BoosterIO;
 use perpetual::{Matrix, PerpetualBooster};
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 
 pub const FORMAT: &str = "flow-model/1";
 
@@ -108,8 +107,10 @@ pub struct Model {
     pub weights: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intercept: Option<f64>,
+    /// Kept as text: a booster trained on a million rows is hundreds of megabytes of JSON, and
+    /// as a parsed JSON tree many times that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub booster: Option<Json>,
+    pub booster: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// The encoding of each feature, learnt from the training rows.
@@ -279,7 +280,7 @@ impl Model {
 
     pub fn booster(&self) -> Result<PerpetualBooster, String> {
         let json = self.booster.as_ref().ok_or("the model has no booster")?;
-        PerpetualBooster::from_json(&json.to_string()).map_err(|e| format!("the booster: {e}"))
+        PerpetualBooster::from_json(json.get()).map_err(|e| format!("the booster: {e}"))
     }
 
     pub fn from_json(text: &[u8]) -> Result<Model, String> {

@@ -191,7 +191,8 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
                 )
                 .map_err(|e| format!("gradient boosting: {e}"))?;
             let dumped = booster.json_dump().map_err(|e| e.to_string())?;
-            model.booster = Some(serde_json::from_str(&dumped).map_err(|e| e.to_string())?);
+            model.booster =
+                Some(serde_json::value::RawValue::from_string(dumped).map_err(|e| e.to_string())?);
         }
         Algorithm::LogisticRegression => {
             use linfa::traits::Fit;
