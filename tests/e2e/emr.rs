@@ -51,6 +51,58 @@ fn write_jobs(env: &Env) {
     std::fs::write(env.dags().join("events.csv"), EVENTS).unwrap();
 }
 
+/// A DAG of one EMR task on `cluster` running jobs/slow.py for `seconds`, which then appends
+/// `done` to `marker`.
+fn slow_step_dag(
+    id: &str,
+    cluster: &str,
+    bucket: &str,
+    seconds: u32,
+    marker: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+id: {id}
+tasks:
+  step:
+    operator: spark
+    target: emr
+    connection: aws
+    cluster_id: {cluster}
+    script: jobs/slow.py
+    staging: "s3://{bucket}/staging/"
+    args: ["{seconds}", "{marker}"]
+"#,
+        marker = marker.display()
+    )
+}
+
+/// Waits until a step of `cluster` runs.
+fn wait_for_running_step(emr: &str, cluster: &str) {
+    let start = Instant::now();
+    loop {
+        let steps = emr_steps(emr, cluster);
+        if steps.iter().any(|s| s["state"] == "RUNNING") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the step never ran: {steps:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops a scheduler daemon the way a service manager does.
+fn stop_scheduler(mut scheduler: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(scheduler.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    scheduler.wait().unwrap();
+}
+
 fn cluster_state(emr: &str, cluster_id: &str) -> String {
     emr_call(emr, "DescribeCluster", json!({"ClusterId": cluster_id}))["Cluster"]["Status"]["State"]
         .as_str()
@@ -194,27 +246,10 @@ fn spark_emr_timeout_cancels_the_step() {
     let env = emr_env(&s3, &emr);
     write_jobs(&env);
     let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
-    env.dag(
-        "slow.yaml",
-        &format!(
-            r#"
-id: emr_slow
-tasks:
-  slow:
-    operator: spark
-    target: emr
-    connection: aws
-    cluster_id: {cluster}
-    script: jobs/slow.py
-    staging: "s3://{bucket}/staging/"
-    args: ["120", "{marker}"]
-    timeout: 4s
-"#,
-            marker = env.path("never").display()
-        ),
-    );
+    let dag = slow_step_dag("emr_slow", &cluster, &bucket, 120, &env.path("never"));
+    env.dag("slow.yaml", &format!("{dag}    timeout: 4s\n"));
     let run = env.flow_json(&["run", "emr_slow", "--json"], 1);
-    let slow = task(&run, "slow", None);
+    let slow = task(&run, "step", None);
     assert_eq!(slow["state"], "failed", "{run:#}");
     assert!(
         slow["error"]
@@ -259,47 +294,17 @@ fn kill_9_mid_emr_step_reattaches_and_submits_the_step_once() {
     let marker = env.path("step-ran");
     env.dag(
         "crash.yaml",
-        &format!(
-            r#"
-id: emr_crash
-tasks:
-  step:
-    operator: spark
-    target: emr
-    connection: aws
-    cluster_id: {cluster}
-    script: jobs/slow.py
-    staging: "s3://{bucket}/staging/"
-    args: ["8", "{marker}"]
-"#,
-            marker = marker.display()
-        ),
+        &slow_step_dag("emr_crash", &cluster, &bucket, 8, &marker),
     );
     let mut scheduler = env.spawn(&["scheduler"]);
     let run_id = env.flow_ok(&["trigger", "emr_crash"], 0).trim().to_string();
-    let start = Instant::now();
-    loop {
-        let steps = emr_steps(&emr, &cluster);
-        if steps.iter().any(|s| s["state"] == "RUNNING") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the step never ran: {steps:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_running_step(&emr, &cluster);
     scheduler.kill().unwrap(); // SIGKILL, mid-step
     scheduler.wait().unwrap();
 
-    let mut restarted = env.spawn(&["scheduler"]);
+    let restarted = env.spawn(&["scheduler"]);
     let run = env.wait_run(&run_id, Duration::from_secs(90));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(restarted.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    restarted.wait().unwrap();
+    stop_scheduler(restarted);
     assert_eq!(run["state"], "success", "{run:#}");
     let steps = emr_steps(&emr, &cluster);
     assert_eq!(steps.len(), 1, "the step was submitted again: {steps:#?}");
@@ -336,43 +341,14 @@ fn clearing_a_running_emr_task_cancels_its_step_and_submits_a_new_one() {
     let marker = env.path("step-ran");
     env.dag(
         "clear.yaml",
-        &format!(
-            r#"
-id: emr_clear
-tasks:
-  step:
-    operator: spark
-    target: emr
-    connection: aws
-    cluster_id: {cluster}
-    script: jobs/slow.py
-    staging: "s3://{bucket}/staging/"
-    args: ["6", "{marker}"]
-"#,
-            marker = marker.display()
-        ),
+        &slow_step_dag("emr_clear", &cluster, &bucket, 6, &marker),
     );
-    let mut scheduler = env.spawn(&["scheduler"]);
+    let scheduler = env.spawn(&["scheduler"]);
     let run_id = env.flow_ok(&["trigger", "emr_clear"], 0).trim().to_string();
-    let start = Instant::now();
-    while !emr_steps(&emr, &cluster)
-        .iter()
-        .any(|s| s["state"] == "RUNNING")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the step never ran"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_running_step(&emr, &cluster);
     env.flow_ok(&["tasks", "clear", &run_id, "step"], 0);
     let run = env.wait_run(&run_id, Duration::from_secs(90));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(scheduler.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    scheduler.wait().unwrap();
+    stop_scheduler(scheduler);
     assert_eq!(run["state"], "success", "{run:#}");
     let steps = emr_steps(&emr, &cluster);
     assert_eq!(steps.len(), 2, "{steps:#?}");
