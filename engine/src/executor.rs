@@ -830,18 +830,10 @@ pub fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
     if ti.external_ref.is_some() {
         // Its work goes on elsewhere (an EMR step): the next try re-attaches to it, so losing
         // the scheduler that watched it costs no try.
-        return TryEnd {
-            state: TaskState::Queued,
-            output: None,
-            error: Some(
-                "the scheduler watching this try stopped; the next try re-attaches to its external work"
-                    .to_string(),
-            ),
-            next_try_at: None,
+        return TryEnd::requeued(
+            "the scheduler watching this try stopped; the next try re-attaches to its external work",
             now,
-            requeue: true,
-            reschedule: false,
-        };
+        );
     }
     let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
     let f: Failure = after_failure(&policy, ti.try_number - ti.try_base, true, now);

@@ -177,9 +177,7 @@ impl TaskContext {
         }
         answer.await.unwrap_or(false)
     }
-}
 
-impl TaskContext {
     /// Records `reference` (what this try started elsewhere, such as an EMR step) durably before
     /// the operator waits on it; false if it could not be recorded. A try after a crash or a
     /// shutdown finds it in [`TaskContext::external`].

@@ -1166,15 +1166,10 @@ impl Engine {
 }
 
 async fn requeue(env: &TryEnv, claim: &Claim) {
-    let end = crate::store::TryEnd {
-        state: TaskState::Queued,
-        output: None,
-        error: Some("interrupted: the scheduler shut down; the try will run again".to_string()),
-        next_try_at: None,
-        now: now(),
-        requeue: true,
-        reschedule: false,
-    };
+    let end = crate::store::TryEnd::requeued(
+        "interrupted: the scheduler shut down; the try will run again",
+        now(),
+    );
     if let Err(e) = env.store.finish_try(claim, &end).await {
         tracing::error!("cannot requeue an interrupted try: {e}");
     }

@@ -306,6 +306,22 @@ pub struct TryEnd {
     pub reschedule: bool,
 }
 
+impl TryEnd {
+    /// A try interrupted through no fault of its own (a clean shutdown, or the loss of the
+    /// scheduler watching work that goes on elsewhere): back to `queued`, no retry used.
+    pub fn requeued(why: &str, now: DateTime<Utc>) -> TryEnd {
+        TryEnd {
+            state: TaskState::Queued,
+            output: None,
+            error: Some(why.to_string()),
+            next_try_at: None,
+            now,
+            requeue: true,
+            reschedule: false,
+        }
+    }
+}
+
 /// API token roles, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
