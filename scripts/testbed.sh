@@ -23,6 +23,11 @@ testbed_install() {
     python3 -m venv "$testbed_dir/spark"
     "$testbed_dir/spark/bin/pip" install -q --disable-pip-version-check 'pyspark==4.*'
   fi
+  # flow's ML jobs on Spark (operators/src/ml/flow_ml_job.py) and MLlib need numpy.
+  if ! "$testbed_dir/spark/bin/python" -c 'import numpy' 2>/dev/null; then
+    "$testbed_dir/spark/bin/pip" install -q --disable-pip-version-check 'numpy==2.*'
+  fi
+  export PYSPARK_PYTHON="$testbed_dir/spark/bin/python"
   # spark-submit puts $SPARK_HOME/python on the driver's PYTHONPATH, so any python3 runs a job.
   SPARK_HOME="$("$testbed_dir/spark/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
   export SPARK_HOME

@@ -44,9 +44,26 @@ struct Config {
     staging: Option<String>,
 }
 
+/// Where a job runs: the `spark` operator's keys besides `script` and `args`, and the ML
+/// operators' `spark:` block (see `ml::on_spark`), which adds `scratch`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Placement {
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub spark_args: Vec<Json>,
+    pub connection: Option<String>,
+    pub cluster_id: Option<String>,
+    pub cluster: Option<crate::emr::ClusterSpec>,
+    pub staging: Option<String>,
+    /// Where an ML job leaves its result for flow to read (see `ml::on_spark`).
+    pub scratch: Option<String>,
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Target {
+pub(crate) enum Target {
     #[default]
     Local,
     Emr,
@@ -141,40 +158,19 @@ impl Operator for Spark {
         config: &Json,
         ctx: &TaskContext,
     ) -> Result<Option<Json>, OperatorError> {
-        let mut cfg: Config =
+        let cfg: Config =
             serde_json::from_value(config.clone()).map_err(|e| fatal(format!("spark: {e}")))?;
-        // A key templated from a param that is empty for this run (`cluster_id: "{{
-        // params.cluster }}"` on a local run) is absent, so one DAG serves both targets.
-        for key in [&mut cfg.connection, &mut cfg.cluster_id, &mut cfg.staging] {
-            if key.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                *key = None;
-            }
-        }
         let args = texts("args", &cfg.args)?;
-        let spark_args = texts("spark_args", &cfg.spark_args)?;
-        if cfg.target == Target::Emr {
-            let sub = crate::emr::Submission {
-                script: &cfg.script,
-                args,
-                spark_args,
-                connection: cfg.connection.as_deref(),
-                cluster_id: cfg.cluster_id,
-                cluster: cfg.cluster,
-                staging: cfg.staging.as_deref(),
-            };
-            return crate::emr::run(sub, &self.connections, ctx).await;
-        }
-        match ctx.timeout {
-            Some(limit) => tokio::time::timeout(limit, self.local(&cfg, args, spark_args, ctx))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(OperatorError::Retryable(format!(
-                        "timed out after {}",
-                        flow_engine::executor::human(limit)
-                    )))
-                }),
-            None => self.local(&cfg, args, spark_args, ctx).await,
-        }
+        let placement = Placement {
+            target: cfg.target,
+            spark_args: cfg.spark_args,
+            connection: cfg.connection,
+            cluster_id: cfg.cluster_id,
+            cluster: cfg.cluster,
+            staging: cfg.staging,
+            scratch: None,
+        };
+        submit(&cfg.script, args, placement, &self.connections, ctx).await
     }
 
     /// EMR steps must be cancelled when a try times out, which takes a request, not just a
@@ -184,48 +180,85 @@ impl Operator for Spark {
     }
 }
 
-impl Spark {
-    async fn local(
-        &self,
-        cfg: &Config,
-        args: Vec<String>,
-        spark_args: Vec<String>,
-        ctx: &TaskContext,
-    ) -> Result<Option<Json>, OperatorError> {
-        // Beside the try's output file, whose name is already unique to this try.
-        let scratch = ctx.output_path.with_extension("spark.d");
-        let script = local_script(
-            &cfg.script,
-            cfg.connection.as_deref(),
-            &self.connections,
-            ctx,
-            &scratch,
-        )
-        .await?;
-        let mut argv = vec![
-            spark_submit().display().to_string(),
-            "--master".to_string(),
-            "local[*]".to_string(),
-            "--conf".to_string(),
-            "spark.ui.enabled=false".to_string(),
-        ];
-        argv.extend(spark_args);
-        argv.push(script.display().to_string());
-        argv.extend(args);
-        ctx.log
-            .line(&format!("spark: {}", ctx.masker.mask(&argv.join(" "))))
-            .await;
-        let result = crate::shell::run_gated(
-            "exec \"$@\"",
-            &argv,
-            &ctx.dag_folder,
-            ctx.env(),
-            "spark-submit",
-            ctx,
-        )
-        .await;
-        let _ = std::fs::remove_dir_all(&scratch);
-        result?;
-        Ok(Some(json!({ "exit_code": 0 })))
+/// Runs `script` with `args` where `placement` says, under the task's timeout; the `spark`
+/// operator's output. The ML operators' `engine: spark` comes through here too.
+pub(crate) async fn submit(
+    script: &str,
+    args: Vec<String>,
+    mut p: Placement,
+    conns: &Connections,
+    ctx: &TaskContext,
+) -> Result<Option<Json>, OperatorError> {
+    // A key templated from a param that is empty for this run (`cluster_id: "{{
+    // params.cluster }}"` on a local run) is absent, so one DAG serves both targets.
+    for key in [&mut p.connection, &mut p.cluster_id, &mut p.staging] {
+        if key.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            *key = None;
+        }
     }
+    let spark_args = texts("spark_args", &p.spark_args)?;
+    if p.target == Target::Emr {
+        let sub = crate::emr::Submission {
+            script,
+            args,
+            spark_args,
+            connection: p.connection.as_deref(),
+            cluster_id: p.cluster_id,
+            cluster: p.cluster,
+            staging: p.staging.as_deref(),
+        };
+        return crate::emr::run(sub, conns, ctx).await;
+    }
+    let conn = p.connection.as_deref();
+    match ctx.timeout {
+        Some(limit) => {
+            tokio::time::timeout(limit, local(script, conn, args, spark_args, conns, ctx))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(OperatorError::Retryable(format!(
+                        "timed out after {}",
+                        flow_engine::executor::human(limit)
+                    )))
+                })
+        }
+        None => local(script, conn, args, spark_args, conns, ctx).await,
+    }
+}
+
+async fn local(
+    script: &str,
+    connection: Option<&str>,
+    args: Vec<String>,
+    spark_args: Vec<String>,
+    conns: &Connections,
+    ctx: &TaskContext,
+) -> Result<Option<Json>, OperatorError> {
+    // Beside the try's output file, whose name is already unique to this try.
+    let scratch = ctx.output_path.with_extension("spark.d");
+    let script = local_script(script, connection, conns, ctx, &scratch).await?;
+    let mut argv = vec![
+        spark_submit().display().to_string(),
+        "--master".to_string(),
+        "local[*]".to_string(),
+        "--conf".to_string(),
+        "spark.ui.enabled=false".to_string(),
+    ];
+    argv.extend(spark_args);
+    argv.push(script.display().to_string());
+    argv.extend(args);
+    ctx.log
+        .line(&format!("spark: {}", ctx.masker.mask(&argv.join(" "))))
+        .await;
+    let result = crate::shell::run_gated(
+        "exec \"$@\"",
+        &argv,
+        &ctx.dag_folder,
+        ctx.env(),
+        "spark-submit",
+        ctx,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result?;
+    Ok(Some(json!({ "exit_code": 0 })))
 }

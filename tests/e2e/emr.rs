@@ -363,3 +363,74 @@ fn clearing_a_running_emr_task_cancels_its_step_and_submits_a_new_one() {
     );
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "done\n");
 }
+
+#[test]
+fn an_ml_operator_runs_its_heavy_step_as_an_emr_step() {
+    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-ml"), emr_endpoint()) else {
+        return;
+    };
+    if !spark_available() {
+        return;
+    }
+    let env = emr_env(&s3, &emr);
+    let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
+    let mut assignments = String::from("unit,variant\n");
+    let mut outcomes = String::from("unit,value\n");
+    for unit in 0..600 {
+        let variant = if unit % 2 == 0 {
+            "control"
+        } else {
+            "treatment"
+        };
+        assignments.push_str(&format!("{unit},{variant}\n"));
+        // The treatment converts twice as often as the control.
+        let every = if unit % 2 == 0 { 10 } else { 5 };
+        if unit % every == 1 || unit % every == 0 {
+            outcomes.push_str(&format!("{unit},1\n"));
+        }
+    }
+    std::fs::write(env.dags().join("assignments.csv"), assignments).unwrap();
+    std::fs::write(env.dags().join("outcomes.csv"), outcomes).unwrap();
+    // This emulator's Spark reads and writes local paths only (no S3 filesystem in a pip
+    // pyspark), so the job's result goes to a local `scratch`; on EMR it defaults to `staging`.
+    let scratch = env.path("scratch");
+    env.dag(
+        "ab.yaml",
+        &format!(
+            r#"id: ab
+tasks:
+  here:
+    operator: experiment
+    experiment: t
+    assignments: {{ path: assignments.csv }}
+    outcomes: {{ path: outcomes.csv }}
+  on_emr:
+    operator: experiment
+    engine: spark
+    spark: {{ target: emr, cluster_id: {cluster}, connection: aws, staging: "s3://{bucket}/staging/", scratch: "{scratch}" }}
+    experiment: t
+    assignments: {{ path: assignments.csv }}
+    outcomes: {{ path: outcomes.csv }}
+"#,
+            scratch = scratch.display()
+        ),
+    );
+    let run = env.flow_json(&["run", "ab", "--json"], 0);
+    let here = &task(&run, "here", None)["output"];
+    let on_emr = &task(&run, "on_emr", None)["output"];
+    assert_eq!(here["variants"][0]["units"], 300, "{here:#}");
+    assert_eq!(on_emr, here, "the EMR step's sums give other statistics");
+    // One step, running the job flow ships, uploaded once to the staging prefix.
+    let steps = emr_steps(&emr, &cluster);
+    assert_eq!(steps.len(), 1, "{steps:#?}");
+    assert_eq!(steps[0]["state"], "COMPLETED");
+    assert!(
+        steps[0]["args"].to_string().contains("/flow_ml_job.py"),
+        "{steps:#?}"
+    );
+    let staged = s3_keys(&s3, &bucket, "staging/");
+    assert!(
+        staged.iter().any(|k| k.ends_with("/flow_ml_job.py")),
+        "{staged:?}"
+    );
+}

@@ -485,3 +485,238 @@ fn models_cli_lists_shows_and_promotes_by_hand() {
     let out = env.flow(&["models", "promote", "nope", "1"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The largest difference of `prediction` between two prediction folders, joined on user_id,
+/// and the two row counts.
+fn prediction_gap(a: &str, b: &str) -> (f64, i64, i64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new();
+        for (name, folder) in [("a", a), ("b", b)] {
+            ctx.register_parquet(name, folder, Default::default())
+                .await
+                .unwrap();
+        }
+        let sql = "SELECT MAX(ABS(a.prediction - b.prediction)) AS gap, \
+                   (SELECT COUNT(*) FROM a) AS rows_a, (SELECT COUNT(*) FROM b) AS rows_b \
+                   FROM a JOIN b ON a.user_id = b.user_id";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let b = &batches[0];
+        let f = |i: usize| {
+            datafusion::arrow::compute::cast(
+                b.column(i),
+                &datafusion::arrow::datatypes::DataType::Float64,
+            )
+            .unwrap()
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .unwrap()
+            .value(0)
+        };
+        (f(0), f(1) as i64, f(2) as i64)
+    })
+}
+
+#[test]
+fn the_ml_operators_on_spark_give_the_in_process_answers() {
+    if !spark_available() {
+        return;
+    }
+    let (env, workdir) = ml_env();
+    // At most two Spark jobs at once on the test machine.
+    env.config("[pools]\nspark = 2\n");
+    run(&env, "build_training_set", &workdir, &[]);
+    let features = "[age, events_30d, purchases_30d, opens_30d, clicks_30d, revenue_30d]";
+    let predict = |name: &str, after: &str, engine: &str| {
+        format!(
+            r#"  {name}:
+    operator: predict
+    depends_on: [{after}]
+    engine: {engine}
+    pool: {pool}
+    model: m
+    version: "{{{{ tasks.{after}.output.version }}}}"
+    input: {{ path: "{workdir}/scoring_set/" }}
+    id_column: user_id
+    output: {{ path: "{workdir}/out/{name}/", format: parquet }}
+"#,
+            pool = if engine == "spark" {
+                "spark"
+            } else {
+                "default"
+            },
+        )
+    };
+    let mut yaml = format!(
+        r#"id: ml_engines
+tasks:
+  exp_local:
+    operator: experiment
+    experiment: subject_line_test
+    assignments: {{ path: "{workdir}/data/assignments.parquet" }}
+    outcomes: {{ path: "{workdir}/data/revenue.parquet" }}
+    metric: mean
+  exp_spark:
+    operator: experiment
+    engine: spark
+    pool: spark
+    experiment: subject_line_test
+    assignments: {{ path: "{workdir}/data/assignments.parquet" }}
+    outcomes: {{ path: "{workdir}/data/revenue.parquet" }}
+    metric: mean
+  drift_local:
+    operator: drift
+    reference: {{ path: "{workdir}/training_set/" }}
+    current: {{ path: "{workdir}/scoring_set/" }}
+    features: {features}
+  drift_spark:
+    operator: drift
+    engine: spark
+    pool: spark
+    reference: {{ path: "{workdir}/training_set/" }}
+    current: {{ path: "{workdir}/scoring_set/" }}
+    features: {features}
+  gb:
+    operator: train
+    training_set: {{ path: "{workdir}/training_set/" }}
+    label: unsubscribed
+    id_column: user_id
+    model: m
+    artifacts: "{workdir}/models/"
+  lr:
+    operator: train
+    depends_on: [gb]
+    training_set: {{ path: "{workdir}/training_set/" }}
+    label: unsubscribed
+    id_column: user_id
+    algorithm: logistic_regression
+    model: m
+    artifacts: "{workdir}/models/"
+  spark_gb:
+    operator: train
+    depends_on: [lr]
+    engine: spark
+    pool: spark
+    training_set: {{ path: "{workdir}/training_set/" }}
+    label: unsubscribed
+    id_column: user_id
+    max_iterations: 20
+    model: m
+    artifacts: "{workdir}/models/"
+  spark_lr:
+    operator: train
+    depends_on: [spark_gb]
+    engine: spark
+    pool: spark
+    training_set: {{ path: "{workdir}/training_set/" }}
+    label: unsubscribed
+    id_column: user_id
+    algorithm: logistic_regression
+    model: m
+    artifacts: "{workdir}/models/"
+"#
+    );
+    for (trained, engines) in [
+        ("gb", &["local", "spark"][..]),
+        ("lr", &["local", "spark"][..]),
+        ("spark_gb", &["local", "spark"][..]),
+        ("spark_lr", &["local"][..]),
+    ] {
+        for engine in engines {
+            yaml.push_str(&predict(&format!("p_{trained}_{engine}"), trained, engine));
+        }
+    }
+    env.dag("ml_engines.yaml", &yaml);
+    let out = env.flow(&["run", "ml_engines", "--json"]);
+    let engines: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no run JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(engines["state"], "success", "{engines:#}");
+    let output = |t: &str| task(&engines, t, None)["output"].clone();
+
+    // The experiment: the same arms, so the same statistics (sums of floats may differ in the
+    // last bits between the engines' summation orders).
+    let (local, spark) = (output("exp_local"), output("exp_spark"));
+    assert_eq!(local["concluded"], spark["concluded"]);
+    assert_eq!(local["winner"], spark["winner"]);
+    let variants = local["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 2, "{local:#}");
+    for (l, s) in variants.iter().zip(spark["variants"].as_array().unwrap()) {
+        assert_eq!(l["variant"], s["variant"]);
+        assert_eq!(l["units"], s["units"]);
+        for key in ["mean", "lift", "p_value"] {
+            if l[key].is_null() {
+                assert!(s[key].is_null(), "{key}: {l} {s}");
+                continue;
+            }
+            let (a, b) = (l[key].as_f64().unwrap(), s[key].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                "{key}: {a} vs {b}"
+            );
+        }
+    }
+
+    // Drift: the same cut points and counts, so exactly the same PSI.
+    let (local, spark) = (output("drift_local"), output("drift_spark"));
+    assert_eq!(local["psi"], spark["psi"], "{local:#} {spark:#}");
+    assert_eq!(local["psi"].as_object().unwrap().len(), 6);
+
+    // Spark-trained models: registered like the others, with the known signal's AUC.
+    for t in ["spark_gb", "spark_lr"] {
+        let o = output(t);
+        let auc = o["metrics"]["auc"].as_f64().unwrap();
+        assert!(auc > MIN_AUC, "{t}: {o:#}");
+        assert!(o["rows"]["validation"].as_u64().unwrap() > 0, "{t}: {o:#}");
+    }
+    let versions: Vec<i64> = ["gb", "lr", "spark_gb", "spark_lr"]
+        .iter()
+        .map(|t| output(t)["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4]);
+
+    // Scoring on Spark equals scoring in flow, for each kind of model; one row per input row.
+    let rows = query_one(
+        &format!("{workdir}/scoring_set/"),
+        "SELECT COUNT(*) AS n FROM t",
+    )["n"]
+        .as_i64()
+        .unwrap();
+    for trained in ["gb", "lr", "spark_gb"] {
+        let (a, b) = (
+            format!("{workdir}/out/p_{trained}_local/"),
+            format!("{workdir}/out/p_{trained}_spark/"),
+        );
+        let (gap, rows_a, rows_b) = prediction_gap(&a, &b);
+        assert_eq!((rows_a, rows_b), (rows, rows), "{trained}");
+        assert!(gap < 1e-12, "{trained}: predictions differ by {gap}");
+        assert_eq!(output(&format!("p_{trained}_spark"))["rows"], rows);
+    }
+    let spread = query_one(
+        &format!("{workdir}/out/p_spark_lr_local/"),
+        "SELECT MIN(prediction) AS lo, MAX(prediction) AS hi, COUNT(*) AS n FROM t",
+    );
+    assert_eq!(spread["n"], rows);
+    assert!(spread["hi"].as_f64().unwrap() - spread["lo"].as_f64().unwrap() > 0.3);
+
+    // A shipped pipeline moves its heavy step by one key: batch_predict scores on Spark and
+    // writes what it writes in flow.
+    run(&env, "train_model", &workdir, &[]);
+    run(&env, "batch_predict", &workdir, &[]);
+    let shipped = format!("{workdir}/predictions/ds=2026-03-04/");
+    let here = format!("{workdir}/out/batch_predict_local/");
+    std::fs::rename(&shipped, &here).unwrap();
+    let on_spark = run(
+        &env,
+        "batch_predict",
+        &workdir,
+        &["--param", "engine=spark"],
+    );
+    assert_eq!(task(&on_spark, "score", None)["output"]["rows"], rows);
+    let (gap, a, b) = prediction_gap(&here, &shipped);
+    assert_eq!((a, b), (rows, rows));
+    assert!(gap < 1e-12, "batch_predict: predictions differ by {gap}");
+}

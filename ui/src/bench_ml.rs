@@ -21,6 +21,7 @@ pub struct MlOptions {
     pub score_rows: usize,
     pub features: usize,
     pub algorithm: String,
+    pub budget: Option<f32>,
 }
 
 const ROWS_PER_FILE: usize = 1_000_000;
@@ -121,7 +122,7 @@ tasks:
     training_set: {{ path: "{d}/train/", format: parquet }}
     label: label
     id_column: id
-    algorithm: {algorithm}
+    algorithm: {algorithm}{budget}
     validation_split: 0.2
     model: bench_model
     artifacts: "{w}/models/"
@@ -134,7 +135,11 @@ tasks:
     id_column: id
     output: {{ path: "{w}/predictions/", format: parquet }}
 "#,
-            algorithm = opts.algorithm
+            algorithm = opts.algorithm,
+            budget = opts
+                .budget
+                .map(|b| format!("\n    budget: {b}"))
+                .unwrap_or_default(),
         ),
     )?;
     let measured = crate::bench_heavy::run_measured(work.path(), &dags, "ml_bench").await?;
@@ -147,8 +152,14 @@ tasks:
         .context("no train output")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "{} on {} rows x {} features, scoring {} rows, {cores} cores:",
-        opts.algorithm, opts.train_rows, opts.features, opts.score_rows
+        "{}{} on {} rows x {} features, scoring {} rows, {cores} cores:",
+        opts.algorithm,
+        opts.budget
+            .map(|b| format!(" (budget {b})"))
+            .unwrap_or_default(),
+        opts.train_rows,
+        opts.features,
+        opts.score_rows
     );
     println!("| step | wall time (s) | peak RSS (MiB) | throughput |");
     println!("|---|---|---|---|");

@@ -225,6 +225,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             score_rows,
             features,
             algorithm,
+            budget,
         } => {
             crate::bench_ml::bench_ml(crate::bench_ml::MlOptions {
                 data,
@@ -232,6 +233,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
                 score_rows: score_rows.max(1),
                 features: features.max(1),
                 algorithm,
+                budget,
             })
             .await
         }

@@ -159,6 +159,9 @@ pub enum Command {
         features: usize,
         #[arg(long, default_value = "gradient_boosting", value_parser = ["gradient_boosting", "logistic_regression"])]
         algorithm: String,
+        /// perpetual's budget for gradient_boosting (default: train's, 0.5)
+        #[arg(long)]
+        budget: Option<f32>,
     },
     /// Write synthetic events, profiles, labels and an A/B experiment (parquet) with a known
     /// signal, for the example pipelines and the heavy-step benchmark

@@ -18,6 +18,7 @@ use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use super::on_spark::{self, Engine};
 use super::{Num, column_f64, fatal, ident, num};
 use crate::connections::Connections;
 
@@ -39,6 +40,8 @@ struct Config {
     features: Option<Vec<String>>,
     #[serde(default = "default_bins")]
     bins: Num<usize>,
+    engine: Option<Json>,
+    spark: Option<Json>,
 }
 
 fn default_bins() -> Num<usize> {
@@ -63,24 +66,35 @@ pub fn cut_points(sorted: &[f64], bins: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Each bin's share of `values` (NaN left out), floored.
-fn shares(values: &[f64], cuts: &[f64]) -> Vec<f64> {
+/// How many of `values` (NaN left out) fall in each bin.
+fn counts(values: &[f64], cuts: &[f64]) -> Vec<u64> {
     let mut counts = vec![0u64; cuts.len() + 1];
-    let mut n = 0u64;
     for v in values.iter().filter(|v| !v.is_nan()) {
         counts[cuts.partition_point(|c| c <= v)] += 1;
-        n += 1;
     }
     counts
-        .into_iter()
+}
+
+/// Each bin's share, floored.
+fn shares(counts: &[u64]) -> Vec<f64> {
+    let n: u64 = counts.iter().sum();
+    counts
+        .iter()
         .map(|c| {
             if n == 0 {
                 FLOOR
             } else {
-                (c as f64 / n as f64).max(FLOOR)
+                (*c as f64 / n as f64).max(FLOOR)
             }
         })
         .collect()
+}
+
+/// PSI from each bin's count in the reference and in the current set.
+pub fn psi_of_counts(reference: &[u64], current: &[u64]) -> f64 {
+    let r = shares(reference);
+    let c = shares(current);
+    r.iter().zip(&c).map(|(r, c)| (c - r) * (c / r).ln()).sum()
 }
 
 /// PSI of `current` against `reference` (see the module's note); None when either has no
@@ -92,9 +106,17 @@ pub fn psi(reference: &[f64], current: &[f64], bins: usize) -> Option<f64> {
     }
     sorted.sort_by(f64::total_cmp);
     let cuts = cut_points(&sorted, bins);
-    let r = shares(&sorted, &cuts);
-    let c = shares(current, &cuts);
-    Some(r.iter().zip(&c).map(|(r, c)| (c - r) * (c / r).ln()).sum())
+    Some(psi_of_counts(
+        &counts(&sorted, &cuts),
+        &counts(current, &cuts),
+    ))
+}
+
+/// What the Spark job counted for one feature (None: no values in one of the sets).
+#[derive(Deserialize)]
+struct Counted {
+    reference: Vec<u64>,
+    current: Vec<u64>,
 }
 
 fn numeric(t: &DataType) -> bool {
@@ -117,6 +139,69 @@ async fn schema(
     Ok(schema)
 }
 
+/// Each feature's PSI, computed in the flow process (DataFusion reads the sets).
+async fn in_process(
+    cfg: &Config,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Vec<(String, Option<f64>)>, OperatorError> {
+    let bins = cfg.bins.0;
+    let reference = schema("reference", &cfg.reference, ctx, conns).await?;
+    let current = schema("current", &cfg.current, ctx, conns).await?;
+    let features: Vec<String> = match cfg.features.clone() {
+        Some(f) if !f.is_empty() => f,
+        _ => reference
+            .fields()
+            .iter()
+            .filter(|f| numeric(f.data_type()))
+            .filter(|f| {
+                current
+                    .field_with_name(f.name())
+                    .is_ok_and(|c| numeric(c.data_type()))
+            })
+            .map(|f| f.name().clone())
+            .collect(),
+    };
+    if features.is_empty() {
+        return Err(fatal(
+            "drift: the reference and current sets share no numeric column",
+        ));
+    }
+    for f in &features {
+        for (what, s) in [("reference", &reference), ("current", &current)] {
+            if s.field_with_name(f).is_err() {
+                return Err(fatal(format!("drift: the {what} set has no column `{f}`")));
+            }
+        }
+    }
+    let select = features
+        .iter()
+        .map(|f| format!("CAST({} AS DOUBLE) AS {}", ident(f), ident(f)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (_, ref_batches) = crate::sql::read(
+        &[("reference", &cfg.reference)],
+        &format!("SELECT {select} FROM reference"),
+        ctx,
+        conns,
+    )
+    .await?;
+    let (_, cur_batches) = crate::sql::read(
+        &[("current", &cfg.current)],
+        &format!("SELECT {select} FROM current"),
+        ctx,
+        conns,
+    )
+    .await?;
+    let mut measured = Vec::new();
+    for f in &features {
+        let r = column_f64(&ref_batches, f, "drift")?;
+        let c = column_f64(&cur_batches, f, "drift")?;
+        measured.push((f.clone(), psi(&r, &c, bins)));
+    }
+    Ok(measured)
+}
+
 #[async_trait]
 impl Operator for Drift {
     fn name(&self) -> &'static str {
@@ -126,7 +211,7 @@ impl Operator for Drift {
     fn keys(&self) -> OperatorKeys {
         OperatorKeys {
             required: &["reference", "current"],
-            optional: &["features", "bins"],
+            optional: &["features", "bins", "engine", "spark"],
             code: &[],
         }
     }
@@ -142,59 +227,34 @@ impl Operator for Drift {
             return Err(fatal("drift: bins must be at least 2"));
         }
         let conns = &self.connections;
-        let reference = schema("reference", &cfg.reference, ctx, conns).await?;
-        let current = schema("current", &cfg.current, ctx, conns).await?;
-        let features: Vec<String> = match cfg.features {
-            Some(f) if !f.is_empty() => f,
-            _ => reference
-                .fields()
-                .iter()
-                .filter(|f| numeric(f.data_type()))
-                .filter(|f| {
-                    current
-                        .field_with_name(f.name())
-                        .is_ok_and(|c| numeric(c.data_type()))
-                })
-                .map(|f| f.name().clone())
-                .collect(),
-        };
-        if features.is_empty() {
-            return Err(fatal(
-                "drift: the reference and current sets share no numeric column",
-            ));
-        }
-        for f in &features {
-            for (what, s) in [("reference", &reference), ("current", &current)] {
-                if s.field_with_name(f).is_err() {
-                    return Err(fatal(format!("drift: the {what} set has no column `{f}`")));
+        let measured = match Engine::parse(cfg.engine.as_ref(), "drift")? {
+            Engine::Local => in_process(&cfg, ctx, conns).await?,
+            Engine::Spark => {
+                let job = json!({
+                    "reference": on_spark::data(&cfg.reference, "reference", ctx)?,
+                    "current": on_spark::data(&cfg.current, "current", ctx)?,
+                    "features": cfg.features.clone().unwrap_or_default(),
+                    "bins": bins,
+                });
+                let result = on_spark::run("drift", cfg.spark.as_ref(), job, ctx, conns).await?;
+                let unreadable =
+                    |e: serde_json::Error| fatal(format!("drift: the Spark job's result: {e}"));
+                let features: Vec<String> =
+                    serde_json::from_value(result["features"].clone()).map_err(unreadable)?;
+                let mut measured = Vec::new();
+                for f in features {
+                    let counted: Option<Counted> =
+                        serde_json::from_value(result["counts"][&f].clone()).map_err(unreadable)?;
+                    let p = counted.map(|c| psi_of_counts(&c.reference, &c.current));
+                    measured.push((f, p));
                 }
+                measured
             }
-        }
-        let select = features
-            .iter()
-            .map(|f| format!("CAST({} AS DOUBLE) AS {}", ident(f), ident(f)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let (_, ref_batches) = crate::sql::read(
-            &[("reference", &cfg.reference)],
-            &format!("SELECT {select} FROM reference"),
-            ctx,
-            conns,
-        )
-        .await?;
-        let (_, cur_batches) = crate::sql::read(
-            &[("current", &cfg.current)],
-            &format!("SELECT {select} FROM current"),
-            ctx,
-            conns,
-        )
-        .await?;
+        };
         let mut values = BTreeMap::new();
         let mut worst: Option<(String, f64)> = None;
-        for f in &features {
-            let r = column_f64(&ref_batches, f, "drift")?;
-            let c = column_f64(&cur_batches, f, "drift")?;
-            let Some(p) = psi(&r, &c, bins) else {
+        for (f, p) in measured {
+            let Some(p) = p else {
                 ctx.log
                     .line(&format!(
                         "drift: `{f}` has no values in one of the sets; left out"
@@ -206,7 +266,7 @@ impl Operator for Drift {
             if worst.as_ref().is_none_or(|(_, w)| p > *w) {
                 worst = Some((f.clone(), p));
             }
-            values.insert(f.clone(), num(p));
+            values.insert(f, num(p));
         }
         let Some((feature, max)) = worst else {
             return Err(fatal("drift: no feature has values in both sets"));
@@ -257,8 +317,10 @@ mod tests {
     #[test]
     fn shares_are_floored_and_ties_go_up() {
         // Cut at 1: 0 -> bin 0, 1 and 2 -> bin 1; no value in bin 0 of `current` (floored).
-        assert_eq!(shares(&[0.0, 1.0, 2.0, 1.0], &[1.0]), vec![0.25, 0.75]);
-        assert_eq!(shares(&[1.0, f64::NAN], &[1.0]), vec![FLOOR, 1.0]);
+        assert_eq!(counts(&[0.0, 1.0, 2.0, 1.0], &[1.0]), vec![1, 3]);
+        assert_eq!(shares(&[1, 3]), vec![0.25, 0.75]);
+        assert_eq!(counts(&[1.0, f64::NAN], &[1.0]), vec![0, 1]);
+        assert_eq!(shares(&[0, 1]), vec![FLOOR, 1.0]);
         assert_eq!(psi(&[f64::NAN], &[1.0], 10), None);
     }
 }

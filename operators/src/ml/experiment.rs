@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal, StudentsT};
 
+use super::on_spark::{self, Engine};
 use super::{Num, column_f64, column_text, fatal, ident, literal, num};
 use crate::connections::Connections;
 
@@ -61,6 +62,8 @@ struct Config {
     #[serde(default = "default_min_units")]
     min_units_per_arm: Num<u64>,
     output: Option<Json>,
+    engine: Option<Json>,
+    spark: Option<Json>,
 }
 
 fn default_metric() -> Metric {
@@ -77,7 +80,7 @@ fn default_min_units() -> Num<u64> {
 }
 
 /// One arm's sums: units, the sum of their values and of their squares.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Arm {
     pub variant: String,
     pub units: u64,
@@ -383,7 +386,15 @@ impl Operator for Experiment {
     fn keys(&self) -> OperatorKeys {
         OperatorKeys {
             required: &["experiment", "assignments", "outcomes"],
-            optional: &["metric", "control", "alpha", "min_units_per_arm", "output"],
+            optional: &[
+                "metric",
+                "control",
+                "alpha",
+                "min_units_per_arm",
+                "output",
+                "engine",
+                "spark",
+            ],
             code: &[],
         }
     }
@@ -400,7 +411,33 @@ impl Operator for Experiment {
                 cfg.alpha.0
             )));
         }
-        let arms = arms(&cfg, ctx, &self.connections).await?;
+        let arms = match Engine::parse(cfg.engine.as_ref(), "experiment")? {
+            Engine::Local => arms(&cfg, ctx, &self.connections).await?,
+            Engine::Spark => {
+                let job = json!({
+                    "experiment": cfg.experiment,
+                    "metric": match cfg.metric {
+                        Metric::Conversion => "conversion",
+                        Metric::Mean => "mean",
+                    },
+                    "assignments": on_spark::data(&cfg.assignments, "assignments", ctx)?,
+                    "outcomes": on_spark::data(&cfg.outcomes, "outcomes", ctx)?,
+                });
+                let result = on_spark::run(
+                    "experiment",
+                    cfg.spark.as_ref(),
+                    job,
+                    ctx,
+                    &self.connections,
+                )
+                .await?;
+                serde_json::from_value(result["arms"].clone()).map_err(|e| {
+                    fatal(format!(
+                        "experiment: the Spark job's arms are unreadable: {e}"
+                    ))
+                })?
+            }
+        };
         let mut result = analyze(
             &arms,
             cfg.metric,

@@ -6,6 +6,7 @@
 pub mod drift;
 pub mod experiment;
 pub mod model;
+pub mod on_spark;
 pub mod predict;
 pub mod promote;
 pub mod train;

@@ -7,7 +7,12 @@
 //!               {"name": "plan", "kind": "categorical", "categories": ["free", "pro"]}],
 //!  "booster": { ...perpetual's own JSON... }}
 //! ```
-//! or, for `logistic_regression`, `"weights": [...]` (one per encoded column) and `"intercept"`.
+//! or, for `logistic_regression`, `"weights": [...]` (one per encoded column) and `"intercept"`,
+//! or, for gradient boosting fitted by Spark MLlib (`train` with `engine: spark`),
+//! `"ensemble": {"base": 0.0, "trees": [[{"id", "leaf", "value", "feature", "split", "left",
+//! "right"}, ...], ...]}`: a row goes left at a node when its value is at most `split`, and the
+//! prediction is `base` plus the leaves' values (through a sigmoid for classification; the tree
+//! weights and MLlib's factor 2 are already in the leaves).
 //!
 //! How a row becomes numbers ([`Encoder`]) is part of the model, so `predict` encodes exactly as
 //! `train` did:
@@ -16,7 +21,10 @@
 //! - a text feature is categorical, its categories the training rows' distinct values in sorted
 //!   order: gradient boosting takes the category's index as a categorical feature (an unseen or
 //!   missing value is missing), logistic regression one 0/1 column per category (an unseen or
-//!   missing value has all of them 0).
+//!   missing value has all of them 0);
+//! - a Spark ensemble has no missing values: a missing number is the training mean, a category
+//!   its index and an unseen or missing one the number of categories (MLlib trees split it as a
+//!   number).
 //!
 //! `predict` gives the probability of the positive class (label 1 or true) for classification, the
 //! value for regression.
@@ -111,6 +119,54 @@ pub struct Model {
     /// as a parsed JSON tree many times that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub booster: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<Ensemble>,
+}
+
+/// Trees fitted by Spark MLlib (see the module's note).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ensemble {
+    pub base: f64,
+    pub trees: Vec<Vec<TreeNode>>,
+    /// What fitted it (`spark-mllib 3.5.1`), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TreeNode {
+    pub id: usize,
+    pub leaf: bool,
+    pub value: f64,
+    #[serde(default)]
+    pub feature: usize,
+    #[serde(default)]
+    pub split: f64,
+    #[serde(default)]
+    pub left: usize,
+    #[serde(default)]
+    pub right: usize,
+}
+
+/// How rows become numbers (see the module's note).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// perpetual: numbers as they are, categories as indexes, missing as NaN.
+    Native,
+    /// Logistic regression: standardized numbers, one-hot categories.
+    Standardized,
+    /// A Spark ensemble: no NaN.
+    Imputed,
+}
+
+impl Encoding {
+    /// The encoding the in-process trainer uses for `algorithm`.
+    pub fn of(algorithm: Algorithm) -> Encoding {
+        match algorithm {
+            Algorithm::GradientBoosting => Encoding::Native,
+            Algorithm::LogisticRegression => Encoding::Standardized,
+        }
+    }
 }
 
 /// The encoding of each feature, learnt from the training rows.
@@ -149,7 +205,7 @@ pub fn learn_features(names: &[String], columns: &[Column]) -> Vec<Feature> {
 pub fn encode(
     features: &[Feature],
     columns: &[Column],
-    algorithm: Algorithm,
+    how: Encoding,
 ) -> Result<(Vec<f64>, usize), String> {
     let rows = columns.first().map_or(0, Column::rows);
     let mut out = Vec::new();
@@ -158,25 +214,33 @@ pub fn encode(
         match (f, col) {
             (Feature::Numeric { mean, std, .. }, Column::Numbers(v)) => {
                 width += 1;
-                match algorithm {
-                    Algorithm::GradientBoosting => {
+                match how {
+                    Encoding::Native => {
                         out.extend(v.iter().map(|x| if x.is_finite() { *x } else { f64::NAN }));
                     }
-                    Algorithm::LogisticRegression => out.extend(
+                    Encoding::Standardized => out.extend(
                         v.iter()
                             .map(|x| if x.is_finite() { (x - mean) / std } else { 0.0 }),
                     ),
+                    Encoding::Imputed => {
+                        out.extend(v.iter().map(|x| if x.is_finite() { *x } else { *mean }));
+                    }
                 }
             }
             (Feature::Categorical { categories, .. }, Column::Text(v)) => {
                 let index =
                     |x: &Option<String>| x.as_ref().and_then(|s| categories.binary_search(s).ok());
-                match algorithm {
-                    Algorithm::GradientBoosting => {
+                match how {
+                    Encoding::Native => {
                         width += 1;
                         out.extend(v.iter().map(|x| index(x).map_or(f64::NAN, |i| i as f64)));
                     }
-                    Algorithm::LogisticRegression => {
+                    Encoding::Imputed => {
+                        width += 1;
+                        let unseen = categories.len() as f64;
+                        out.extend(v.iter().map(|x| index(x).map_or(unseen, |i| i as f64)));
+                    }
+                    Encoding::Standardized => {
                         for k in 0..categories.len() {
                             width += 1;
                             out.extend(v.iter().map(
@@ -214,6 +278,9 @@ pub fn categorical_columns(features: &[Feature]) -> std::collections::HashSet<us
         .collect()
 }
 
+/// Above this many rows, perpetual scores one matrix on every core.
+const PARALLEL_ROWS: usize = 65_536;
+
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
@@ -227,6 +294,12 @@ pub enum Scorer<'a> {
     },
     Boosted {
         booster: Box<PerpetualBooster>,
+        task: TaskKind,
+    },
+    Trees {
+        ensemble: &'a Ensemble,
+        /// Each tree's nodes by id.
+        nodes: Vec<Vec<Option<&'a TreeNode>>>,
         task: TaskKind,
     },
 }
@@ -255,17 +328,96 @@ impl Scorer<'_> {
             }
             Scorer::Boosted { booster, task } => {
                 let m = Matrix::new(data, rows, cols);
+                // A large matrix (train's held-out rows) in parallel; `predict` already scores
+                // its batches in parallel.
+                let parallel = rows > PARALLEL_ROWS;
                 Ok(match task {
-                    TaskKind::Classification => booster.predict_proba(&m, false, false),
-                    TaskKind::Regression => booster.predict(&m, false),
+                    TaskKind::Classification => booster.predict_proba(&m, parallel, false),
+                    TaskKind::Regression => booster.predict(&m, parallel),
                 })
+            }
+            Scorer::Trees {
+                ensemble,
+                nodes,
+                task,
+            } => {
+                let mut out = vec![ensemble.base; rows];
+                for tree in nodes {
+                    for (r, sum) in out.iter_mut().enumerate() {
+                        *sum += leaf_value(tree, |f| data[f * rows + r], cols)?;
+                    }
+                }
+                if *task == TaskKind::Classification {
+                    out.iter_mut().for_each(|p| *p = sigmoid(*p));
+                }
+                Ok(out)
             }
         }
     }
 }
 
+/// The value of the leaf a row reaches in one tree of a Spark ensemble.
+fn leaf_value(
+    tree: &[Option<&TreeNode>],
+    value: impl Fn(usize) -> f64,
+    cols: usize,
+) -> Result<f64, String> {
+    let mut at = 0;
+    // A tree of n nodes is at most n deep: more steps mean a cycle in a corrupt artifact.
+    for _ in 0..=tree.len() {
+        let node = tree
+            .get(at)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("the ensemble has no node {at}"))?;
+        if node.leaf {
+            return Ok(node.value);
+        }
+        if node.feature >= cols {
+            return Err(format!(
+                "the ensemble splits on column {} of {cols}",
+                node.feature
+            ));
+        }
+        at = if value(node.feature) <= node.split {
+            node.left
+        } else {
+            node.right
+        };
+    }
+    Err("the ensemble has a cycle".to_string())
+}
+
 impl Model {
+    /// How this model's rows are encoded.
+    pub fn encoding(&self) -> Encoding {
+        if self.ensemble.is_some() {
+            Encoding::Imputed
+        } else {
+            Encoding::of(self.algorithm)
+        }
+    }
+
     pub fn scorer(&self) -> Result<Scorer<'_>, String> {
+        if let Some(ensemble) = &self.ensemble {
+            let nodes = ensemble
+                .trees
+                .iter()
+                .map(|tree| {
+                    let size = tree.iter().map(|n| n.id + 1).max().unwrap_or(0);
+                    let mut by_id = vec![None; size];
+                    for n in tree {
+                        by_id[n.id] = Some(n);
+                    }
+                    by_id
+                })
+                .collect();
+            return Ok(Scorer::Trees {
+                ensemble,
+                nodes,
+                task: self.task,
+            });
+        }
         match self.algorithm {
             Algorithm::LogisticRegression => Ok(Scorer::Linear {
                 weights: self.weights.as_deref().ok_or("the model has no weights")?,
@@ -331,23 +483,77 @@ mod tests {
             Column::Numbers(vec![30.0, f64::NAN]),
             Column::Text(vec![Some("pro".into()), Some("gold".into())]),
         ];
-        let (gb, w) = encode(&features, &rows, Algorithm::GradientBoosting).unwrap();
+        let (gb, w) = encode(&features, &rows, Encoding::Native).unwrap();
         assert_eq!(w, 2);
         assert_eq!((gb[0], gb[2]), (30.0, 1.0));
         assert!(
             gb[1].is_nan() && gb[3].is_nan(),
             "missing and unseen are missing"
         );
-        let (lr, w) = encode(&features, &rows, Algorithm::LogisticRegression).unwrap();
+        let (lr, w) = encode(&features, &rows, Encoding::Standardized).unwrap();
         assert_eq!(w, 3);
         // age standardized (mean 30, std 10); the missing age at the mean; one-hot plan.
         assert_eq!(lr, vec![0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        let (im, w) = encode(&features, &rows, Encoding::Imputed).unwrap();
+        assert_eq!(w, 2);
+        // The missing age at the training mean; the unseen plan after the known ones.
+        assert_eq!(im, vec![30.0, 30.0, 1.0, 2.0]);
         let wrong = vec![Column::Text(vec![None]), Column::Text(vec![None])];
         assert!(
-            encode(&features, &wrong, Algorithm::GradientBoosting)
+            encode(&features, &wrong, Encoding::Native)
                 .unwrap_err()
                 .contains("`age` was numeric")
         );
+    }
+
+    #[test]
+    fn a_spark_ensemble_sums_its_leaves_and_goes_left_at_or_below_the_split() {
+        let node = |id, leaf, value, split, left, right| TreeNode {
+            id,
+            leaf,
+            value,
+            feature: 0,
+            split,
+            left,
+            right,
+        };
+        let stump = |split, low, high| {
+            vec![
+                node(0, false, 0.0, split, 1, 2),
+                node(1, true, low, 0.0, 0, 0),
+                node(2, true, high, 0.0, 0, 0),
+            ]
+        };
+        let model = Model {
+            format: FORMAT.into(),
+            task: TaskKind::Regression,
+            algorithm: Algorithm::GradientBoosting,
+            label: "y".into(),
+            features: vec![Feature::Numeric {
+                name: "x".into(),
+                mean: 0.0,
+                std: 1.0,
+            }],
+            weights: None,
+            intercept: None,
+            booster: None,
+            ensemble: Some(Ensemble {
+                base: 0.5,
+                trees: vec![stump(1.0, -1.0, 1.0), stump(2.0, 0.25, 0.75)],
+                trainer: None,
+            }),
+        };
+        assert_eq!(model.encoding(), Encoding::Imputed);
+        let scorer = model.scorer().unwrap();
+        // x = 1 is at the first split (left), x = 3 above both.
+        assert_eq!(
+            scorer.predict(&[1.0, 3.0], 2, 1).unwrap(),
+            vec![0.5 - 1.0 + 0.25, 0.5 + 1.0 + 0.75]
+        );
+        let mut broken = model.clone();
+        broken.ensemble.as_mut().unwrap().trees[0][0].left = 0;
+        let err = broken.scorer().unwrap().predict(&[1.0], 1, 1).unwrap_err();
+        assert!(err.contains("cycle"), "{err}");
     }
 
     #[test]

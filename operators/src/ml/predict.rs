@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use super::model::{Column, Feature, Model, encode};
+use super::on_spark::{self, Engine};
 use super::{column_f64, column_text, fatal, ident};
 use crate::connections::Connections;
 use crate::storage::Location;
@@ -40,6 +41,8 @@ struct Config {
     output: Json,
     /// For an `s3://` artifact.
     connection: Option<String>,
+    engine: Option<Json>,
+    spark: Option<Json>,
 }
 
 fn default_version() -> Json {
@@ -120,7 +123,7 @@ impl Operator for Predict {
     fn keys(&self) -> OperatorKeys {
         OperatorKeys {
             required: &["model", "input", "id_column", "output"],
-            optional: &["version", "connection"],
+            optional: &["version", "connection", "engine", "spark"],
             code: &[],
         }
     }
@@ -135,6 +138,9 @@ impl Operator for Predict {
         let conns = &self.connections;
         let version =
             resolve_version(registry.as_ref(), &cfg.model, &cfg.version, "predict").await?;
+        if Engine::parse(cfg.engine.as_ref(), "predict")? == Engine::Spark {
+            return on_spark(&cfg, &version, ctx, conns).await;
+        }
         let model =
             load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
         ctx.log
@@ -189,15 +195,14 @@ impl Operator for Predict {
         let features = model.features.clone();
         let scoring_schema = out_schema.clone();
         let model_version = version.version;
+        let encoding = model.encoding();
         let (scored, rows) = tokio::task::spawn_blocking(move || {
+            use rayon::prelude::*;
             let scorer = model.scorer().map_err(|e| fatal(format!("predict: {e}")))?;
-            let mut scored = Vec::with_capacity(batches.len());
-            let mut rows = 0usize;
-            for b in &batches {
+            // One batch per core at a time: batches are independent, and a large booster
+            // scores only a few thousand rows a second on one core.
+            let score = |b: &RecordBatch| -> Result<RecordBatch, OperatorError> {
                 let n = b.num_rows();
-                if n == 0 {
-                    continue;
-                }
                 let one = std::slice::from_ref(b);
                 let mut columns = Vec::with_capacity(features.len());
                 for f in &features {
@@ -210,7 +215,7 @@ impl Operator for Predict {
                         }
                     });
                 }
-                let (buf, width) = encode(&features, &columns, model.algorithm)
+                let (buf, width) = encode(&features, &columns, encoding)
                     .map_err(|e| fatal(format!("predict: {e}")))?;
                 let predicted = scorer
                     .predict(&buf, n, width)
@@ -224,12 +229,15 @@ impl Operator for Predict {
                     Arc::new(Float64Array::from(predicted)),
                     Arc::new(Int64Array::from(vec![model_version; n])),
                 ];
-                scored.push(
-                    RecordBatch::try_new(scoring_schema.clone(), cols)
-                        .map_err(|e| fatal(format!("predict: {e}")))?,
-                );
-                rows += n;
-            }
+                RecordBatch::try_new(scoring_schema.clone(), cols)
+                    .map_err(|e| fatal(format!("predict: {e}")))
+            };
+            let scored = batches
+                .par_iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(score)
+                .collect::<Result<Vec<_>, _>>()?;
+            let rows = scored.iter().map(RecordBatch::num_rows).sum::<usize>();
             Ok::<_, OperatorError>((scored, rows))
         })
         .await
@@ -248,4 +256,50 @@ impl Operator for Predict {
             "model_version": version.version,
         })))
     }
+}
+
+/// Scores on Spark: the job reads the artifact, scores every partition with the same encoding
+/// and arithmetic as [`Model::scorer`], and writes the output folder itself.
+async fn on_spark(
+    cfg: &Config,
+    version: &flow_engine::store::ModelVersion,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Option<Json>, OperatorError> {
+    ctx.log
+        .line(&format!(
+            "predict: {} version {} ({}, {}), {}",
+            cfg.model,
+            version.version,
+            version.stage.as_str(),
+            version.new.algorithm,
+            version.new.artifact
+        ))
+        .await;
+    let mut output = on_spark::data(&cfg.output, "output", ctx)?;
+    output["mode"] = match cfg.output.get("mode").and_then(Json::as_str) {
+        None | Some("overwrite") => json!("overwrite"),
+        Some("append") => json!("append"),
+        Some(other) => {
+            return Err(fatal(format!(
+                "predict: output mode must be overwrite or append, not `{other}`"
+            )));
+        }
+    };
+    let job = json!({
+        "model": version.new.artifact,
+        "version": version.version,
+        "input": on_spark::data(&cfg.input, "input", ctx)?,
+        "id_column": cfg.id_column,
+        "output": output,
+    });
+    let result = on_spark::run("predict", cfg.spark.as_ref(), job, ctx, conns).await?;
+    ctx.log
+        .line(&format!("predict: Spark scored {} rows", result["rows"]))
+        .await;
+    Ok(Some(json!({
+        "rows": result["rows"],
+        "path": output["path"],
+        "model_version": version.version,
+    })))
 }

@@ -25,8 +25,10 @@ use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use super::model::{
-    Algorithm, Column, FORMAT, Model, TaskKind, auc, categorical_columns, encode, learn_features,
+    Algorithm, Column, Encoding, FORMAT, Model, TaskKind, auc, categorical_columns, encode,
+    learn_features,
 };
+use super::on_spark::{self, Engine};
 use super::{Num, column_f64, column_text, fatal, ident, num};
 use crate::connections::Connections;
 use crate::storage::Location;
@@ -65,6 +67,10 @@ struct Config {
     /// The L2 penalty (logistic_regression).
     alpha: Option<Num<f64>>,
     max_iterations: Option<Num<u64>>,
+    /// The trees' depth (gradient_boosting on Spark: MLlib grows trees to a fixed depth).
+    max_depth: Option<Num<u64>>,
+    engine: Option<Json>,
+    spark: Option<Json>,
 }
 
 fn default_task() -> TaskKind {
@@ -157,7 +163,7 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
     let train_cols = pick(&f.columns, &train_rows);
     let train_y: Vec<f64> = train_rows.iter().map(|r| f.labels[*r]).collect();
     let features = learn_features(&f.names, &train_cols);
-    let (buf, width) = encode(&features, &train_cols, f.algorithm)?;
+    let (buf, width) = encode(&features, &train_cols, Encoding::of(f.algorithm))?;
     let rows = train_rows.len();
     let mut model = Model {
         format: FORMAT.to_string(),
@@ -168,6 +174,7 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
         weights: None,
         intercept: None,
         booster: None,
+        ensemble: None,
     };
     match f.algorithm {
         Algorithm::GradientBoosting => {
@@ -219,10 +226,180 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
         (val_rows, y)
     };
     let eval_cols = pick(&f.columns, &eval_rows);
-    let (buf, width) = encode(&features, &eval_cols, f.algorithm)?;
+    let (buf, width) = encode(&features, &eval_cols, Encoding::of(f.algorithm))?;
     let predicted = model.scorer()?.predict(&buf, eval_rows.len(), width)?;
     let m = metrics(f.task, &predicted, &eval_y);
     Ok((model, m, rows, held))
+}
+
+/// Reads the training set with DataFusion and fits in this process.
+async fn in_process(
+    cfg: &Config,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<(Model, Json, usize, usize), OperatorError> {
+    let (schema, _) = crate::sql::read(
+        &[("training_set", &cfg.training_set)],
+        "SELECT * FROM training_set LIMIT 0",
+        ctx,
+        conns,
+    )
+    .await?;
+    if schema.field_with_name(&cfg.label).is_err() {
+        return Err(fatal(format!(
+            "train: the training set has no label column `{}`",
+            cfg.label
+        )));
+    }
+    let names: Vec<String> = match &cfg.features {
+        Some(f) if !f.is_empty() => f.clone(),
+        _ => schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| *n != cfg.label && Some(n) != cfg.id_column.as_ref())
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err(fatal("train: no feature columns"));
+    }
+    let mut select = Vec::new();
+    let mut text = Vec::new();
+    for n in &names {
+        let field = schema
+            .field_with_name(n)
+            .map_err(|_| fatal(format!("train: the training set has no column `{n}`")))?;
+        let is_text = matches!(
+            field.data_type(),
+            datafusion::arrow::datatypes::DataType::Utf8
+                | datafusion::arrow::datatypes::DataType::LargeUtf8
+                | datafusion::arrow::datatypes::DataType::Utf8View
+                | datafusion::arrow::datatypes::DataType::Dictionary(..)
+        );
+        text.push(is_text);
+        select.push(if is_text {
+            format!("CAST({} AS VARCHAR) AS {}", ident(n), ident(n))
+        } else {
+            format!("CAST({} AS DOUBLE) AS {}", ident(n), ident(n))
+        });
+    }
+    let label = ident(&cfg.label);
+    let query = format!(
+        "SELECT {}, CAST({label} AS DOUBLE) AS {label} FROM training_set WHERE {label} IS NOT NULL",
+        select.join(", ")
+    );
+    let (_, batches) =
+        crate::sql::read(&[("training_set", &cfg.training_set)], &query, ctx, conns).await?;
+    let labels = column_f64(&batches, &cfg.label, "train")?;
+    if labels.len() < 2 {
+        return Err(fatal(format!(
+            "train: the training set has {} labelled rows; at least 2 are needed",
+            labels.len()
+        )));
+    }
+    if cfg.task == TaskKind::Classification {
+        if let Some(bad) = labels.iter().find(|y| **y != 0.0 && **y != 1.0) {
+            return Err(fatal(format!(
+                "train: a classification label must be 0 or 1 (or a boolean); `{}` has {bad}",
+                cfg.label
+            )));
+        }
+        let positives = labels.iter().filter(|y| **y == 1.0).count();
+        if positives == 0 || positives == labels.len() {
+            return Err(fatal(format!(
+                "train: every label is {}; a classifier needs both classes",
+                if positives == 0 { 0 } else { 1 }
+            )));
+        }
+    }
+    let mut columns = Vec::new();
+    for (n, is_text) in names.iter().zip(&text) {
+        columns.push(if *is_text {
+            Column::Text(column_text(&batches, n, "train")?)
+        } else {
+            Column::Numbers(column_f64(&batches, n, "train")?)
+        });
+    }
+    ctx.log
+        .line(&format!(
+            "train: {} rows, {} features ({}), {} {}",
+            labels.len(),
+            names.len(),
+            names.join(", "),
+            cfg.task.as_str(),
+            cfg.algorithm.as_str()
+        ))
+        .await;
+    let fitting = Fitting {
+        algorithm: cfg.algorithm,
+        task: cfg.task,
+        label: cfg.label.clone(),
+        names: names.clone(),
+        columns,
+        labels,
+        split: cfg.validation_split.0,
+        seed: cfg.seed.0,
+        budget: cfg.budget.map_or(0.5, |b| b.0),
+        alpha: cfg.alpha.map_or(1.0, |a| a.0),
+        max_iterations: cfg.max_iterations.map_or(200, |m| m.0),
+    };
+    let started = std::time::Instant::now();
+    let (model, metrics, train_rows, held) = tokio::task::spawn_blocking(move || fit(fitting))
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("train: the fit stopped: {e}")))?
+        .map_err(|e| fatal(format!("train: {e}")))?;
+    ctx.log
+        .line(&format!(
+            "train: fitted on {train_rows} rows in {:.2?}; on {} held-out rows: {metrics}",
+            started.elapsed(),
+            if held == 0 { train_rows } else { held }
+        ))
+        .await;
+    Ok((model, metrics, train_rows, held))
+}
+
+/// Fits with Spark MLlib (see `ml::on_spark`): the job learns the same feature encodings,
+/// splits with `seed`, fits, measures on the held-out rows with the scorer `predict` uses on
+/// Spark, and hands back the `flow-model/1` document.
+async fn on_spark(
+    cfg: &Config,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<(Model, Json, usize, usize), OperatorError> {
+    let gradient = cfg.algorithm == Algorithm::GradientBoosting;
+    let job = json!({
+        "training_set": on_spark::data(&cfg.training_set, "training_set", ctx)?,
+        "label": cfg.label,
+        "features": cfg.features.clone().unwrap_or_default(),
+        "id_column": cfg.id_column,
+        "task": cfg.task.as_str(),
+        "algorithm": cfg.algorithm.as_str(),
+        "validation_split": cfg.validation_split.0,
+        "seed": cfg.seed.0,
+        "alpha": cfg.alpha.map_or(1.0, |a| a.0),
+        "max_iterations": cfg.max_iterations.map_or(if gradient { 50 } else { 200 }, |m| m.0),
+        "max_depth": cfg.max_depth.map_or(5, |d| d.0),
+    });
+    if cfg.budget.is_some() {
+        ctx.log
+            .line("train: `budget` is perpetual's; Spark's trees take max_iterations and max_depth")
+            .await;
+    }
+    let started = std::time::Instant::now();
+    let result = on_spark::run("train", cfg.spark.as_ref(), job, ctx, conns).await?;
+    let unreadable = |e: serde_json::Error| fatal(format!("train: the Spark job's result: {e}"));
+    let model: Model = serde_json::from_value(result["model"].clone()).map_err(unreadable)?;
+    let count = |k: &str| result["rows"][k].as_u64().unwrap_or(0) as usize;
+    let (train_rows, held) = (count("train"), count("validation"));
+    let metrics = result["metrics"].clone();
+    ctx.log
+        .line(&format!(
+            "train: Spark fitted on {train_rows} rows in {:.2?}; on {} held-out rows: {metrics}",
+            started.elapsed(),
+            if held == 0 { train_rows } else { held }
+        ))
+        .await;
+    Ok((model, metrics, train_rows, held))
 }
 
 #[async_trait]
@@ -245,6 +422,9 @@ impl Operator for Train {
                 "budget",
                 "alpha",
                 "max_iterations",
+                "max_depth",
+                "engine",
+                "spark",
             ],
             code: &[],
         }
@@ -268,123 +448,11 @@ impl Operator for Train {
         }
         let registry = super::registry(ctx, "train")?;
         let conns = &self.connections;
-        let (schema, _) = crate::sql::read(
-            &[("training_set", &cfg.training_set)],
-            "SELECT * FROM training_set LIMIT 0",
-            ctx,
-            conns,
-        )
-        .await?;
-        if schema.field_with_name(&cfg.label).is_err() {
-            return Err(fatal(format!(
-                "train: the training set has no label column `{}`",
-                cfg.label
-            )));
-        }
-        let names: Vec<String> = match &cfg.features {
-            Some(f) if !f.is_empty() => f.clone(),
-            _ => schema
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| *n != cfg.label && Some(n) != cfg.id_column.as_ref())
-                .collect(),
+        let (model, metrics, train_rows, held) = match Engine::parse(cfg.engine.as_ref(), "train")?
+        {
+            Engine::Local => in_process(&cfg, ctx, conns).await?,
+            Engine::Spark => on_spark(&cfg, ctx, conns).await?,
         };
-        if names.is_empty() {
-            return Err(fatal("train: no feature columns"));
-        }
-        let mut select = Vec::new();
-        let mut text = Vec::new();
-        for n in &names {
-            let field = schema
-                .field_with_name(n)
-                .map_err(|_| fatal(format!("train: the training set has no column `{n}`")))?;
-            let is_text = matches!(
-                field.data_type(),
-                datafusion::arrow::datatypes::DataType::Utf8
-                    | datafusion::arrow::datatypes::DataType::LargeUtf8
-                    | datafusion::arrow::datatypes::DataType::Utf8View
-                    | datafusion::arrow::datatypes::DataType::Dictionary(..)
-            );
-            text.push(is_text);
-            select.push(if is_text {
-                format!("CAST({} AS VARCHAR) AS {}", ident(n), ident(n))
-            } else {
-                format!("CAST({} AS DOUBLE) AS {}", ident(n), ident(n))
-            });
-        }
-        let label = ident(&cfg.label);
-        let query = format!(
-            "SELECT {}, CAST({label} AS DOUBLE) AS {label} FROM training_set WHERE {label} IS NOT NULL",
-            select.join(", ")
-        );
-        let (_, batches) =
-            crate::sql::read(&[("training_set", &cfg.training_set)], &query, ctx, conns).await?;
-        let labels = column_f64(&batches, &cfg.label, "train")?;
-        if labels.len() < 2 {
-            return Err(fatal(format!(
-                "train: the training set has {} labelled rows; at least 2 are needed",
-                labels.len()
-            )));
-        }
-        if cfg.task == TaskKind::Classification {
-            if let Some(bad) = labels.iter().find(|y| **y != 0.0 && **y != 1.0) {
-                return Err(fatal(format!(
-                    "train: a classification label must be 0 or 1 (or a boolean); `{}` has {bad}",
-                    cfg.label
-                )));
-            }
-            let positives = labels.iter().filter(|y| **y == 1.0).count();
-            if positives == 0 || positives == labels.len() {
-                return Err(fatal(format!(
-                    "train: every label is {}; a classifier needs both classes",
-                    if positives == 0 { 0 } else { 1 }
-                )));
-            }
-        }
-        let mut columns = Vec::new();
-        for (n, is_text) in names.iter().zip(&text) {
-            columns.push(if *is_text {
-                Column::Text(column_text(&batches, n, "train")?)
-            } else {
-                Column::Numbers(column_f64(&batches, n, "train")?)
-            });
-        }
-        ctx.log
-            .line(&format!(
-                "train: {} rows, {} features ({}), {} {}",
-                labels.len(),
-                names.len(),
-                names.join(", "),
-                cfg.task.as_str(),
-                cfg.algorithm.as_str()
-            ))
-            .await;
-        let fitting = Fitting {
-            algorithm: cfg.algorithm,
-            task: cfg.task,
-            label: cfg.label.clone(),
-            names: names.clone(),
-            columns,
-            labels,
-            split: cfg.validation_split.0,
-            seed: cfg.seed.0,
-            budget: cfg.budget.map_or(0.5, |b| b.0),
-            alpha: cfg.alpha.map_or(1.0, |a| a.0),
-            max_iterations: cfg.max_iterations.map_or(200, |m| m.0),
-        };
-        let started = std::time::Instant::now();
-        let (model, metrics, train_rows, held) = tokio::task::spawn_blocking(move || fit(fitting))
-            .await
-            .map_err(|e| OperatorError::Retryable(format!("train: the fit stopped: {e}")))?
-            .map_err(|e| fatal(format!("train: {e}")))?;
-        ctx.log
-            .line(&format!(
-                "train: fitted on {train_rows} rows in {:.2?}; on {} held-out rows: {metrics}",
-                started.elapsed(),
-                if held == 0 { train_rows } else { held }
-            ))
-            .await;
 
         let bytes = serde_json::to_vec(&model).map_err(|e| fatal(e.to_string()))?;
         let hash: String = Sha256::digest(&bytes)[..8]
