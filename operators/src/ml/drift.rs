@@ -230,9 +230,10 @@ impl Operator for Drift {
         let measured = match Engine::parse(cfg.engine.as_ref(), "drift")? {
             Engine::Local => in_process(&cfg, ctx, conns).await?,
             Engine::Spark => {
+                let dags = &ctx.dag_folder;
                 let job = json!({
-                    "reference": on_spark::data(&cfg.reference, "reference", ctx)?,
-                    "current": on_spark::data(&cfg.current, "current", ctx)?,
+                    "reference": on_spark::data(&cfg.reference, "reference", dags)?,
+                    "current": on_spark::data(&cfg.current, "current", dags)?,
                     "features": cfg.features.clone().unwrap_or_default(),
                     "bins": bins,
                 });

@@ -414,14 +414,15 @@ impl Operator for Experiment {
         let arms = match Engine::parse(cfg.engine.as_ref(), "experiment")? {
             Engine::Local => arms(&cfg, ctx, &self.connections).await?,
             Engine::Spark => {
+                let dags = &ctx.dag_folder;
                 let job = json!({
                     "experiment": cfg.experiment,
                     "metric": match cfg.metric {
                         Metric::Conversion => "conversion",
                         Metric::Mean => "mean",
                     },
-                    "assignments": on_spark::data(&cfg.assignments, "assignments", ctx)?,
-                    "outcomes": on_spark::data(&cfg.outcomes, "outcomes", ctx)?,
+                    "assignments": on_spark::data(&cfg.assignments, "assignments", dags)?,
+                    "outcomes": on_spark::data(&cfg.outcomes, "outcomes", dags)?,
                 });
                 let result = on_spark::run(
                     "experiment",

@@ -9,6 +9,8 @@
 //! given, else (local) beside the try's output or (EMR) under `staging`, at a name fixed by the
 //! task instance, so that a try that re-attaches to a finished step finds what it wrote.
 
+use std::path::Path;
+
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
@@ -45,12 +47,12 @@ impl Engine {
 
 /// A data location as the cluster reads it: `{"path", "format"}` with the path made absolute
 /// (local) or left as the `s3://` URL, and the format settled (a folder is parquet).
-pub fn data(spec: &Json, key: &str, ctx: &TaskContext) -> Result<Json, OperatorError> {
+pub fn data(spec: &Json, key: &str, dag_folder: &Path) -> Result<Json, OperatorError> {
     let path = spec
         .get("path")
         .and_then(Json::as_str)
         .ok_or_else(|| fatal(format!("`{key}` needs a `path`")))?;
-    let location = Location::parse(path, &ctx.dag_folder)?;
+    let location = Location::parse(path, dag_folder)?;
     let format = match spec.get("format") {
         Some(f) if !f.is_null() => serde_json::from_value::<Format>(f.clone())
             .map_err(|e| fatal(format!("`{key}`: format: {e}")))?,
@@ -179,6 +181,33 @@ async fn read_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_is_given_to_the_cluster_as_an_absolute_path_or_url_with_its_format() {
+        let dags = Path::new("/srv/dags");
+        assert_eq!(
+            data(&json!({"path": "data/events.csv"}), "input", dags).unwrap(),
+            json!({"path": "/srv/dags/data/events.csv", "format": "csv"})
+        );
+        assert_eq!(
+            data(&json!({"path": "s3://lake/sets/"}), "input", dags).unwrap(),
+            json!({"path": "s3://lake/sets/", "format": "parquet"})
+        );
+        assert_eq!(
+            data(
+                &json!({"path": "out/x.txt", "format": "json"}),
+                "input",
+                dags
+            )
+            .unwrap(),
+            json!({"path": "/srv/dags/out/x.txt", "format": "json"})
+        );
+        let err = data(&json!({"format": "csv"}), "outcomes", dags).unwrap_err();
+        assert!(
+            err.to_string().contains("`outcomes` needs a `path`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn engine_is_local_unless_it_says_spark() {

@@ -276,7 +276,7 @@ async fn on_spark(
             version.new.artifact
         ))
         .await;
-    let mut output = on_spark::data(&cfg.output, "output", ctx)?;
+    let mut output = on_spark::data(&cfg.output, "output", &ctx.dag_folder)?;
     output["mode"] = match cfg.output.get("mode").and_then(Json::as_str) {
         None | Some("overwrite") => json!("overwrite"),
         Some("append") => json!("append"),
@@ -289,7 +289,7 @@ async fn on_spark(
     let job = json!({
         "model": version.new.artifact,
         "version": version.version,
-        "input": on_spark::data(&cfg.input, "input", ctx)?,
+        "input": on_spark::data(&cfg.input, "input", &ctx.dag_folder)?,
         "id_column": cfg.id_column,
         "output": output,
     });

@@ -367,8 +367,9 @@ async fn on_spark(
     conns: &Connections,
 ) -> Result<(Model, Json, usize, usize), OperatorError> {
     let gradient = cfg.algorithm == Algorithm::GradientBoosting;
+    let dags = &ctx.dag_folder;
     let job = json!({
-        "training_set": on_spark::data(&cfg.training_set, "training_set", ctx)?,
+        "training_set": on_spark::data(&cfg.training_set, "training_set", dags)?,
         "label": cfg.label,
         "features": cfg.features.clone().unwrap_or_default(),
         "id_column": cfg.id_column,
