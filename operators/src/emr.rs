@@ -27,7 +27,6 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use flow_engine::operator::{OperatorError, TaskContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 
 use crate::connections::Connections;
 use crate::s3::{S3Url, sdk_config, sdk_error};
@@ -375,8 +374,7 @@ async fn stage_script(
     let path = ctx.dag_folder.join(sub.script);
     let bytes =
         std::fs::read(&path).map_err(|e| fatal(format!("spark: script `{}`: {e}", sub.script)))?;
-    let digest = Sha256::digest(&bytes);
-    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hash = crate::storage::content_hash(&bytes);
     let file = Path::new(sub.script)
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())

@@ -61,6 +61,24 @@ pub(crate) struct Placement {
     pub scratch: Option<String>,
 }
 
+impl Placement {
+    /// A key templated from a param that is empty for this run (`cluster_id: "{{
+    /// params.cluster }}"` on a local run) is absent, so one DAG serves both targets.
+    pub fn without_blanks(mut self) -> Placement {
+        for key in [
+            &mut self.connection,
+            &mut self.cluster_id,
+            &mut self.staging,
+            &mut self.scratch,
+        ] {
+            if key.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *key = None;
+            }
+        }
+        self
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Target {
@@ -185,17 +203,11 @@ impl Operator for Spark {
 pub(crate) async fn submit(
     script: &str,
     args: Vec<String>,
-    mut p: Placement,
+    p: Placement,
     conns: &Connections,
     ctx: &TaskContext,
 ) -> Result<Option<Json>, OperatorError> {
-    // A key templated from a param that is empty for this run (`cluster_id: "{{
-    // params.cluster }}"` on a local run) is absent, so one DAG serves both targets.
-    for key in [&mut p.connection, &mut p.cluster_id, &mut p.staging] {
-        if key.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            *key = None;
-        }
-    }
+    let p = p.without_blanks();
     let spark_args = texts("spark_args", &p.spark_args)?;
     if p.target == Target::Emr {
         let sub = crate::emr::Submission {

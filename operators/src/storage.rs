@@ -14,6 +14,16 @@ use serde::Deserialize;
 
 use crate::connections::Aws;
 
+/// A short name made of `bytes`' content (the first 8 bytes of its SHA-256, in hex), for
+/// artifacts and staged files that a new version must never overwrite.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {

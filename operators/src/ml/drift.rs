@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::DataType;
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use super::on_spark::{self, Engine};
-use super::{Num, column_f64, fatal, ident, num};
+use super::{Num, column_f64, fatal, ident, num, schema};
 use crate::connections::Connections;
 
 pub struct Drift {
@@ -121,22 +121,6 @@ struct Counted {
 
 fn numeric(t: &DataType) -> bool {
     t.is_numeric() || matches!(t, DataType::Boolean)
-}
-
-async fn schema(
-    name: &str,
-    spec: &Json,
-    ctx: &TaskContext,
-    conns: &Connections,
-) -> Result<Arc<Schema>, OperatorError> {
-    let (schema, _) = crate::sql::read(
-        &[(name, spec)],
-        &format!("SELECT * FROM {name} LIMIT 0"),
-        ctx,
-        conns,
-    )
-    .await?;
-    Ok(schema)
 }
 
 /// Each feature's PSI, computed in the flow process (DataFusion reads the sets).

@@ -254,13 +254,7 @@ async fn arms(
     ctx: &TaskContext,
     conns: &Connections,
 ) -> Result<Vec<Arm>, OperatorError> {
-    let (schema, _) = crate::sql::read(
-        &[("assignments", &cfg.assignments)],
-        "SELECT * FROM assignments LIMIT 0",
-        ctx,
-        conns,
-    )
-    .await?;
+    let schema = super::schema("assignments", &cfg.assignments, ctx, conns).await?;
     for col in ["unit", "variant"] {
         if schema.field_with_name(col).is_err() {
             return Err(fatal(format!(

@@ -318,6 +318,30 @@ class Scorer:
         return 1.0 / (1.0 + np.exp(-p)) if self.classification else p
 
 
+def scored(shared, part):
+    """(row, prediction) for each row of a partition whose rows are a carried column and then
+    the model's features (`feature_select`), scored 8,192 rows at a time. `shared` is the model
+    broadcast as data: a broadcast is unpickled with plain pickle, which cannot find a class
+    defined in this script on the workers; the closures that call this (cloudpickled) can."""
+    s = None
+    batch = []
+    for row in part:
+        batch.append(row)
+        if len(batch) == 8192:
+            s = s or Scorer(shared.value)
+            yield from score_batch(s, batch)
+            batch = []
+    if batch:
+        s = s or Scorer(shared.value)
+        yield from score_batch(s, batch)
+
+
+def score_batch(s, batch):
+    width = len(s.model["features"])
+    predicted = s.predict(encode(s.model, [[r[1 + k] for r in batch] for k in range(width)]))
+    return zip(batch, predicted)
+
+
 def load_model(spark, url):
     text = spark.read.text(url, wholetext=True).first()[0]
     model = json.loads(text)
@@ -342,26 +366,10 @@ def predict(spark, job):
     rows = data.select(*feature_select(model, [id_column]))
     id_type = data.schema[id_column].dataType
     version = job["version"]
-    # The model as data: a broadcast is unpickled with plain pickle, which cannot find a class
-    # defined in this script on the workers; the scoring closure (cloudpickled) can.
     shared = spark.sparkContext.broadcast(model)
-    width = len(model["features"])
 
     def score(part):
-        s = Scorer(shared.value)
-        batch = []
-        for row in part:
-            batch.append(row)
-            if len(batch) == 8192:
-                yield from score_batch(s, batch)
-                batch = []
-        if batch:
-            yield from score_batch(s, batch)
-
-    def score_batch(s, batch):
-        columns = [[r[1 + k] for r in batch] for k in range(width)]
-        predicted = s.predict(encode(s.model, columns))
-        for r, p in zip(batch, predicted):
+        for r, p in scored(shared, part):
             yield (r[0], float(p), version)
 
     schema = T.StructType(
@@ -371,9 +379,9 @@ def predict(spark, job):
             T.StructField("model_version", T.LongType(), False),
         ]
     )
-    scored = spark.createDataFrame(rows.rdd.mapPartitions(score), schema)
+    predictions = spark.createDataFrame(rows.rdd.mapPartitions(score), schema)
     out = job["output"]
-    writer = scored.write.mode(out["mode"]).format(out["format"])
+    writer = predictions.write.mode(out["mode"]).format(out["format"])
     if out["format"] == "csv":
         writer = writer.option("header", True)
     writer.save(out["path"])
@@ -521,16 +529,10 @@ def train(spark, job):
 
     # The metrics on the held-out rows, scored by this file's scorer (the one `predict` uses).
     shared = spark.sparkContext.broadcast(model)
-    width = len(features)
 
     def score(part):
-        batch = list(part)
-        if not batch:
-            return
-        s = Scorer(shared.value)
-        p = s.predict(encode(s.model, [[r[1 + k] for r in batch] for k in range(width)]))
-        for r, q in zip(batch, p):
-            yield (float(r[0]), float(q))
+        for r, p in scored(shared, part):
+            yield (float(r[0]), float(p))
 
     held = held_rows.select(F.col("__label"), *feature_select(model, []))
     pairs = spark.createDataFrame(held.rdd.mapPartitions(score), "y double, p double")

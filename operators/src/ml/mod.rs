@@ -38,6 +38,23 @@ pub(crate) fn registry(
         .ok_or_else(|| fatal(format!("{op}: no model registry here")))
 }
 
+/// The schema of a source (`{path, format, connection}`), read without its rows.
+pub(crate) async fn schema(
+    name: &str,
+    spec: &serde_json::Value,
+    ctx: &flow_engine::operator::TaskContext,
+    conns: &crate::connections::Connections,
+) -> Result<datafusion::arrow::datatypes::SchemaRef, OperatorError> {
+    let (schema, _) = crate::sql::read(
+        &[(name, spec)],
+        &format!("SELECT * FROM {name} LIMIT 0"),
+        ctx,
+        conns,
+    )
+    .await?;
+    Ok(schema)
+}
+
 /// A column of every batch as f64 (nulls as NaN), or an error naming the column.
 pub(crate) fn column_f64(
     batches: &[RecordBatch],

@@ -297,7 +297,7 @@ pub enum Scorer<'a> {
         task: TaskKind,
     },
     Trees {
-        ensemble: &'a Ensemble,
+        base: f64,
         /// Each tree's nodes by id.
         nodes: Vec<Vec<Option<&'a TreeNode>>>,
         task: TaskKind,
@@ -336,12 +336,8 @@ impl Scorer<'_> {
                     TaskKind::Regression => booster.predict(&m, parallel),
                 })
             }
-            Scorer::Trees {
-                ensemble,
-                nodes,
-                task,
-            } => {
-                let mut out = vec![ensemble.base; rows];
+            Scorer::Trees { base, nodes, task } => {
+                let mut out = vec![*base; rows];
                 for tree in nodes {
                     for (r, sum) in out.iter_mut().enumerate() {
                         *sum += leaf_value(tree, |f| data[f * rows + r], cols)?;
@@ -413,7 +409,7 @@ impl Model {
                 })
                 .collect();
             return Ok(Scorer::Trees {
-                ensemble,
+                base: ensemble.base,
                 nodes,
                 task: self.task,
             });

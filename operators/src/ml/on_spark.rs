@@ -13,7 +13,6 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 
 use super::fatal;
 use crate::connections::Connections;
@@ -58,11 +57,7 @@ pub fn data(spec: &Json, key: &str, dag_folder: &Path) -> Result<Json, OperatorE
             .map_err(|e| fatal(format!("`{key}`: format: {e}")))?,
         _ => location.format_from_name().unwrap_or(Format::Parquet),
     };
-    let format = match format {
-        Format::Parquet => "parquet",
-        Format::Csv => "csv",
-        Format::Json => "json",
-    };
+    let format = format.extension().trim_start_matches('.');
     Ok(json!({ "path": location.url(), "format": format }))
 }
 
@@ -80,16 +75,17 @@ pub async fn run(
             serde_json::from_value(v.clone()).map_err(|e| fatal(format!("{op}: `spark`: {e}")))?
         }
     };
+    let placement = placement.without_blanks();
     let folder = ctx.output_path.with_extension("ml.d");
     std::fs::create_dir_all(&folder)
         .map_err(|e| fatal(format!("{op}: {}: {e}", folder.display())))?;
     let script = folder.join("flow_ml_job.py");
     std::fs::write(&script, JOB).map_err(|e| fatal(format!("{op}: {}: {e}", script.display())))?;
 
-    let result = match (given(&placement.scratch), placement.target) {
+    let result = match (placement.scratch.as_deref(), placement.target) {
         (Some(scratch), _) => join(scratch, &instance(ctx)),
         (None, Target::Local) => format!("{}/", folder.join("result").display()),
-        (None, Target::Emr) => match given(&placement.staging) {
+        (None, Target::Emr) => match placement.staging.as_deref() {
             Some(staging) => join(staging, &format!("results/{}", instance(ctx))),
             None => {
                 return Err(fatal(format!(
@@ -101,7 +97,7 @@ pub async fn run(
     let result_location = Location::parse(&result, &ctx.dag_folder)?;
     job["op"] = json!(op);
     job["result"] = json!(result_location.url());
-    let connection = given(&placement.connection).map(str::to_string);
+    let connection = placement.connection.clone();
     ctx.log
         .line(&format!(
             "{op}: on Spark ({}), result in {}",
@@ -128,19 +124,13 @@ pub async fn run(
     read
 }
 
-/// A key's value, unless it is absent or blank (a param left empty).
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.trim().is_empty())
-}
-
 /// A folder name for this task instance (the same for each of its tries).
 fn instance(ctx: &TaskContext) -> String {
     let key = format!(
         "{}\n{}\n{}\n{:?}",
         ctx.dag_id, ctx.run_id, ctx.task_id, ctx.map_index
     );
-    let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::storage::content_hash(key.as_bytes())
 }
 
 fn join(prefix: &str, name: &str) -> String {

@@ -138,21 +138,21 @@ impl Operator for Predict {
         let conns = &self.connections;
         let version =
             resolve_version(registry.as_ref(), &cfg.model, &cfg.version, "predict").await?;
-        if Engine::parse(cfg.engine.as_ref(), "predict")? == Engine::Spark {
-            return on_spark(&cfg, &version, ctx, conns).await;
-        }
-        let model =
-            load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
         ctx.log
             .line(&format!(
                 "predict: {} version {} ({}, {}), {}",
                 cfg.model,
                 version.version,
                 version.stage.as_str(),
-                model.algorithm.as_str(),
+                version.new.algorithm,
                 version.new.artifact
             ))
             .await;
+        if Engine::parse(cfg.engine.as_ref(), "predict")? == Engine::Spark {
+            return on_spark(&cfg, &version, ctx, conns).await;
+        }
+        let model =
+            load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
         let mut select = vec![format!(
             "{} AS {}",
             ident(&cfg.id_column),
@@ -266,16 +266,6 @@ async fn on_spark(
     ctx: &TaskContext,
     conns: &Connections,
 ) -> Result<Option<Json>, OperatorError> {
-    ctx.log
-        .line(&format!(
-            "predict: {} version {} ({}, {}), {}",
-            cfg.model,
-            version.version,
-            version.stage.as_str(),
-            version.new.algorithm,
-            version.new.artifact
-        ))
-        .await;
     let mut output = on_spark::data(&cfg.output, "output", &ctx.dag_folder)?;
     output["mode"] = match cfg.output.get("mode").and_then(Json::as_str) {
         None | Some("overwrite") => json!("overwrite"),

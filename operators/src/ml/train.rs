@@ -22,7 +22,6 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sha2::{Digest, Sha256};
 
 use super::model::{
     Algorithm, Column, Encoding, FORMAT, Model, TaskKind, auc, categorical_columns, encode,
@@ -238,13 +237,7 @@ async fn in_process(
     ctx: &TaskContext,
     conns: &Connections,
 ) -> Result<(Model, Json, usize, usize), OperatorError> {
-    let (schema, _) = crate::sql::read(
-        &[("training_set", &cfg.training_set)],
-        "SELECT * FROM training_set LIMIT 0",
-        ctx,
-        conns,
-    )
-    .await?;
+    let schema = super::schema("training_set", &cfg.training_set, ctx, conns).await?;
     if schema.field_with_name(&cfg.label).is_err() {
         return Err(fatal(format!(
             "train: the training set has no label column `{}`",
@@ -343,19 +336,10 @@ async fn in_process(
         alpha: cfg.alpha.map_or(1.0, |a| a.0),
         max_iterations: cfg.max_iterations.map_or(200, |m| m.0),
     };
-    let started = std::time::Instant::now();
-    let (model, metrics, train_rows, held) = tokio::task::spawn_blocking(move || fit(fitting))
+    tokio::task::spawn_blocking(move || fit(fitting))
         .await
         .map_err(|e| OperatorError::Retryable(format!("train: the fit stopped: {e}")))?
-        .map_err(|e| fatal(format!("train: {e}")))?;
-    ctx.log
-        .line(&format!(
-            "train: fitted on {train_rows} rows in {:.2?}; on {} held-out rows: {metrics}",
-            started.elapsed(),
-            if held == 0 { train_rows } else { held }
-        ))
-        .await;
-    Ok((model, metrics, train_rows, held))
+        .map_err(|e| fatal(format!("train: {e}")))
 }
 
 /// Fits with Spark MLlib (see `ml::on_spark`): the job learns the same feature encodings,
@@ -386,21 +370,12 @@ async fn on_spark(
             .line("train: `budget` is perpetual's; Spark's trees take max_iterations and max_depth")
             .await;
     }
-    let started = std::time::Instant::now();
     let result = on_spark::run("train", cfg.spark.as_ref(), job, ctx, conns).await?;
     let unreadable = |e: serde_json::Error| fatal(format!("train: the Spark job's result: {e}"));
     let model: Model = serde_json::from_value(result["model"].clone()).map_err(unreadable)?;
     let count = |k: &str| result["rows"][k].as_u64().unwrap_or(0) as usize;
     let (train_rows, held) = (count("train"), count("validation"));
-    let metrics = result["metrics"].clone();
-    ctx.log
-        .line(&format!(
-            "train: Spark fitted on {train_rows} rows in {:.2?}; on {} held-out rows: {metrics}",
-            started.elapsed(),
-            if held == 0 { train_rows } else { held }
-        ))
-        .await;
-    Ok((model, metrics, train_rows, held))
+    Ok((model, result["metrics"].clone(), train_rows, held))
 }
 
 #[async_trait]
@@ -449,17 +424,26 @@ impl Operator for Train {
         }
         let registry = super::registry(ctx, "train")?;
         let conns = &self.connections;
-        let (model, metrics, train_rows, held) = match Engine::parse(cfg.engine.as_ref(), "train")?
-        {
+        let engine = Engine::parse(cfg.engine.as_ref(), "train")?;
+        let started = std::time::Instant::now();
+        let (model, metrics, train_rows, held) = match engine {
             Engine::Local => in_process(&cfg, ctx, conns).await?,
             Engine::Spark => on_spark(&cfg, ctx, conns).await?,
         };
+        ctx.log
+            .line(&format!(
+                "train: fitted on {train_rows} rows in {:.2?} ({}); on {} held-out rows: {metrics}",
+                started.elapsed(),
+                match engine {
+                    Engine::Local => "in flow",
+                    Engine::Spark => "on Spark",
+                },
+                if held == 0 { train_rows } else { held }
+            ))
+            .await;
 
         let bytes = serde_json::to_vec(&model).map_err(|e| fatal(e.to_string()))?;
-        let hash: String = Sha256::digest(&bytes)[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = crate::storage::content_hash(&bytes);
         let artifact = format!(
             "{}/{}/{hash}/model.json",
             cfg.artifacts.trim_end_matches('/'),
