@@ -22,16 +22,36 @@ spark.stop()
 
 const EVENTS: &str = "user_id,amount\n1,50\n1,20\n2,40\n3,70\n3,99\n";
 
-/// The flow.toml connection `aws`: S3 at moto, EMR at the emulator.
-fn emr_env(s3: &str, emr: &str) -> Env {
+/// What an EMR test needs: moto's S3 with a new bucket, the EMR emulator, Spark, and an `Env`
+/// whose flow.toml connection `aws` reaches S3 at moto and EMR at the emulator. None (the test
+/// returns) when one of them is missing outside CI; under CI=true the harness fails instead.
+struct Bed {
+    env: Env,
+    s3: String,
+    bucket: String,
+    emr: String,
+}
+
+fn emr_bed(bucket_prefix: &str) -> Option<Bed> {
+    let (Some((s3, bucket)), Some(emr)) = (s3_bucket(bucket_prefix), emr_endpoint()) else {
+        return None;
+    };
+    if !spark_available() {
+        return None;
+    }
     let mut env = Env::new(Db::Sqlite).unwrap();
     env.secrets
         .push(("LAKE_KEY".into(), "lake-secret-9f2c".into()));
     env.config(&format!(
         "{}emr_endpoint_url = \"{emr}\"\n",
-        s3_connection("aws", s3)
+        s3_connection("aws", &s3)
     ));
-    env
+    Some(Bed {
+        env,
+        s3,
+        bucket,
+        emr,
+    })
 }
 
 fn write_jobs(env: &Env) {
@@ -112,13 +132,15 @@ fn cluster_state(emr: &str, cluster_id: &str) -> String {
 
 #[test]
 fn spark_emr_runs_steps_on_existing_and_transient_clusters_and_copies_a_failures_stderr() {
-    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr"), emr_endpoint()) else {
+    let Some(Bed {
+        env,
+        s3,
+        bucket,
+        emr,
+    }) = emr_bed("emr")
+    else {
         return;
     };
-    if !spark_available() {
-        return;
-    }
-    let env = emr_env(&s3, &emr);
     write_jobs(&env);
     let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
     let out = env.path("out");
@@ -237,13 +259,12 @@ tasks:
 
 #[test]
 fn spark_emr_timeout_cancels_the_step() {
-    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-timeout"), emr_endpoint()) else {
+    let Some(Bed {
+        env, bucket, emr, ..
+    }) = emr_bed("emr-timeout")
+    else {
         return;
     };
-    if !spark_available() {
-        return;
-    }
-    let env = emr_env(&s3, &emr);
     write_jobs(&env);
     let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
     let dag = slow_step_dag("emr_slow", &cluster, &bucket, 120, &env.path("never"));
@@ -278,13 +299,15 @@ fn spark_emr_timeout_cancels_the_step() {
 
 #[test]
 fn kill_9_mid_emr_step_reattaches_and_submits_the_step_once() {
-    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-kill"), emr_endpoint()) else {
+    let Some(Bed {
+        env,
+        s3,
+        bucket,
+        emr,
+    }) = emr_bed("emr-kill")
+    else {
         return;
     };
-    if !spark_available() {
-        return;
-    }
-    let env = emr_env(&s3, &emr);
     write_jobs(&env);
     env.config(&format!(
         "lease_timeout = \"2s\"\n{}emr_endpoint_url = \"{emr}\"\n",
@@ -329,13 +352,12 @@ fn kill_9_mid_emr_step_reattaches_and_submits_the_step_once() {
 
 #[test]
 fn clearing_a_running_emr_task_cancels_its_step_and_submits_a_new_one() {
-    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-clear"), emr_endpoint()) else {
+    let Some(Bed {
+        env, bucket, emr, ..
+    }) = emr_bed("emr-clear")
+    else {
         return;
     };
-    if !spark_available() {
-        return;
-    }
-    let env = emr_env(&s3, &emr);
     write_jobs(&env);
     let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
     let marker = env.path("step-ran");
@@ -366,13 +388,15 @@ fn clearing_a_running_emr_task_cancels_its_step_and_submits_a_new_one() {
 
 #[test]
 fn an_ml_operator_runs_its_heavy_step_as_an_emr_step() {
-    let (Some((s3, bucket)), Some(emr)) = (s3_bucket("emr-ml"), emr_endpoint()) else {
+    let Some(Bed {
+        env,
+        s3,
+        bucket,
+        emr,
+    }) = emr_bed("emr-ml")
+    else {
         return;
     };
-    if !spark_available() {
-        return;
-    }
-    let env = emr_env(&s3, &emr);
     let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
     let mut assignments = String::from("unit,variant\n");
     let mut outcomes = String::from("unit,value\n");

@@ -526,96 +526,61 @@ fn the_ml_operators_on_spark_give_the_in_process_answers() {
     // At most two Spark jobs at once on the test machine.
     env.config("[pools]\nspark = 2\n");
     run(&env, "build_training_set", &workdir, &[]);
-    let features = "[age, events_30d, purchases_30d, opens_30d, clicks_30d, revenue_30d]";
-    let predict = |name: &str, after: &str, engine: &str| {
-        format!(
-            r#"  {name}:
-    operator: predict
-    depends_on: [{after}]
-    engine: {engine}
-    pool: {pool}
-    model: m
-    version: "{{{{ tasks.{after}.output.version }}}}"
-    input: {{ path: "{workdir}/scoring_set/" }}
-    id_column: user_id
-    output: {{ path: "{workdir}/out/{name}/", format: parquet }}
-"#,
-            pool = if engine == "spark" {
-                "spark"
-            } else {
-                "default"
-            },
-        )
+    // One task on one engine; the Spark ones share a pool of two.
+    let on = |engine: &str, name: &str, body: &str| {
+        let pool = if engine == "spark" {
+            "spark"
+        } else {
+            "default"
+        };
+        format!("  {name}:\n    engine: {engine}\n    pool: {pool}\n{body}")
     };
-    let mut yaml = format!(
-        r#"id: ml_engines
-tasks:
-  exp_local:
-    operator: experiment
+    let experiment = format!(
+        r#"    operator: experiment
     experiment: subject_line_test
     assignments: {{ path: "{workdir}/data/assignments.parquet" }}
     outcomes: {{ path: "{workdir}/data/revenue.parquet" }}
     metric: mean
-  exp_spark:
-    operator: experiment
-    engine: spark
-    pool: spark
-    experiment: subject_line_test
-    assignments: {{ path: "{workdir}/data/assignments.parquet" }}
-    outcomes: {{ path: "{workdir}/data/revenue.parquet" }}
-    metric: mean
-  drift_local:
-    operator: drift
-    reference: {{ path: "{workdir}/training_set/" }}
-    current: {{ path: "{workdir}/scoring_set/" }}
-    features: {features}
-  drift_spark:
-    operator: drift
-    engine: spark
-    pool: spark
-    reference: {{ path: "{workdir}/training_set/" }}
-    current: {{ path: "{workdir}/scoring_set/" }}
-    features: {features}
-  gb:
-    operator: train
-    training_set: {{ path: "{workdir}/training_set/" }}
-    label: unsubscribed
-    id_column: user_id
-    model: m
-    artifacts: "{workdir}/models/"
-  lr:
-    operator: train
-    depends_on: [gb]
-    training_set: {{ path: "{workdir}/training_set/" }}
-    label: unsubscribed
-    id_column: user_id
-    algorithm: logistic_regression
-    model: m
-    artifacts: "{workdir}/models/"
-  spark_gb:
-    operator: train
-    depends_on: [lr]
-    engine: spark
-    pool: spark
-    training_set: {{ path: "{workdir}/training_set/" }}
-    label: unsubscribed
-    id_column: user_id
-    max_iterations: 20
-    model: m
-    artifacts: "{workdir}/models/"
-  spark_lr:
-    operator: train
-    depends_on: [spark_gb]
-    engine: spark
-    pool: spark
-    training_set: {{ path: "{workdir}/training_set/" }}
-    label: unsubscribed
-    id_column: user_id
-    algorithm: logistic_regression
-    model: m
-    artifacts: "{workdir}/models/"
 "#
     );
+    let drift = format!(
+        r#"    operator: drift
+    reference: {{ path: "{workdir}/training_set/" }}
+    current: {{ path: "{workdir}/scoring_set/" }}
+    features: [age, events_30d, purchases_30d, opens_30d, clicks_30d, revenue_30d]
+"#
+    );
+    // Four versions of model m, one after another so that they are numbered 1 to 4.
+    let train = |after: &str, more: &str| {
+        let after = if after.is_empty() {
+            String::new()
+        } else {
+            format!("    depends_on: [{after}]\n")
+        };
+        format!(
+            r#"    operator: train
+{after}    training_set: {{ path: "{workdir}/training_set/" }}
+    label: unsubscribed
+    id_column: user_id
+    model: m
+    artifacts: "{workdir}/models/"
+{more}"#
+        )
+    };
+    let lr = "    algorithm: logistic_regression\n";
+    let mut yaml = String::from("id: ml_engines\ntasks:\n");
+    for engine in ["local", "spark"] {
+        yaml += &on(engine, &format!("exp_{engine}"), &experiment);
+        yaml += &on(engine, &format!("drift_{engine}"), &drift);
+    }
+    yaml += &on("local", "gb", &train("", ""));
+    yaml += &on("local", "lr", &train("gb", lr));
+    yaml += &on(
+        "spark",
+        "spark_gb",
+        &train("lr", "    max_iterations: 20\n"),
+    );
+    yaml += &on("spark", "spark_lr", &train("spark_gb", lr));
     for (trained, engines) in [
         ("gb", &["local", "spark"][..]),
         ("lr", &["local", "spark"][..]),
@@ -623,7 +588,18 @@ tasks:
         ("spark_lr", &["local"][..]),
     ] {
         for engine in engines {
-            yaml.push_str(&predict(&format!("p_{trained}_{engine}"), trained, engine));
+            let name = format!("p_{trained}_{engine}");
+            let body = format!(
+                r#"    operator: predict
+    depends_on: [{trained}]
+    model: m
+    version: "{{{{ tasks.{trained}.output.version }}}}"
+    input: {{ path: "{workdir}/scoring_set/" }}
+    id_column: user_id
+    output: {{ path: "{workdir}/out/{name}/", format: parquet }}
+"#
+            );
+            yaml += &on(engine, &name, &body);
         }
     }
     env.dag("ml_engines.yaml", &yaml);
