@@ -6,6 +6,7 @@
 //! compare-and-set on (state, try number, lease owner): zero rows changed means the lease was lost
 //! and the caller backs off.
 
+mod cursor;
 mod sql;
 #[cfg(test)]
 mod tests;

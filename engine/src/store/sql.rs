@@ -17,6 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
+use super::cursor::{ClaimCursors, QueueKey};
 use super::*;
 use crate::plan::{Decision, TiSnapshot, UNMAPPED};
 use crate::state::{RunState, RunType, TaskState};
@@ -29,6 +30,8 @@ static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/po
 
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// Unused: SQLite's index drops a claimed try's entry at once (see ADR 8).
+    cursors: std::sync::Mutex<ClaimCursors>,
     /// SQLite has one writer at a time. Queueing this process's writers here, in order, beats
     /// letting them collide in SQLite, whose busy handler sleeps in growing steps (1, 2, 5, 10 ms
     /// ...) before trying again. Other processes still wait through the busy timeout.
@@ -39,6 +42,7 @@ type WriteGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 pub struct PgStore {
     pool: sqlx::PgPool,
+    cursors: std::sync::Mutex<ClaimCursors>,
 }
 
 /// Opens (creating if needed) the database named by `url` and applies pending migrations.
@@ -131,6 +135,7 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore {
             pool,
+            cursors: Default::default(),
             writer: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -181,7 +186,10 @@ impl PgStore {
             Err(e) => return Err(e.into()),
         };
         PG_MIGRATIONS.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            cursors: Default::default(),
+        })
     }
 
     async fn begin_write(&self) -> Result<(WriteGuard, sqlx::Transaction<'static, Postgres>)> {
@@ -221,11 +229,17 @@ const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_bas
      output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid, external_ref";
 
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal) => {
+    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal, $claim_cursor:literal) => {
         impl $store {
-            async fn claim_in(tx: &mut sqlx::Transaction<'static, $db>, req: &ClaimRequest) -> Result<Vec<Claim>> {
+            /// Claims up to `req.limit` queued tries in claim order, from the head of the queue or
+            /// from after `after` (ADR 8); also returns each claimed try's place in that order.
+            async fn claim_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                req: &ClaimRequest,
+                after: Option<&QueueKey>,
+            ) -> Result<(Vec<Claim>, Vec<QueueKey>)> {
                 if req.limit <= 0 {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), Vec::new()));
                 }
                 // A sized pool counts its running tries in the same statement. An unsized one
                 // must not: on PostgreSQL that count reads every dead entry the partial index of
@@ -237,20 +251,39 @@ macro_rules! impl_store {
                 } else {
                     "(CASE WHEN CAST($8 AS BIGINT) IS NULL THEN $7 ELSE $7 END)"
                 };
+                // The picked tries are a materialized CTE, read once: as `IN (subquery)` next to
+                // another condition, PostgreSQL may plan the subquery as the inner side of a
+                // nested loop and run it again per row, each time skipping the rows this
+                // statement already locked, and so claim past the limit. The outer
+                // `state = 'queued'` lets the row lookup seek on every column of whichever index
+                // it picks: PostgreSQL without statistics (autovacuum off) took
+                // `task_instances_plan` for (run_id, task_id, map_index) and read every instance
+                // of the task, ~1 ms a claim in a 10,000-item map.
                 let sql = format!(
-                    "UPDATE task_instances SET state = 'running', \
+                    "WITH picked AS MATERIALIZED (\
+                       SELECT run_id, task_id, map_index FROM task_instances \
+                       WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) {} \
+                       ORDER BY -priority, queued_at, run_id, task_id, map_index \
+                       LIMIT {limit} {}) \
+                     UPDATE task_instances SET state = 'running', \
                      try_number = try_number + CASE WHEN reschedules > 0 THEN 0 ELSE 1 END, \
                      started_at = CASE WHEN reschedules > 0 THEN started_at ELSE $1 END, \
                      ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
                      next_try_at = NULL, error = NULL \
-                     WHERE (run_id, task_id, map_index) IN (\
-                       SELECT run_id, task_id, map_index FROM task_instances \
-                       WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) \
-                       ORDER BY priority DESC, queued_at, run_id, task_id, map_index \
-                       LIMIT {limit} {}) RETURNING run_id, task_id, map_index, try_number, try_base, item, started_at, reschedules, external_ref",
+                     FROM picked WHERE task_instances.state = 'queued' AND task_instances.run_id = picked.run_id \
+                     AND task_instances.task_id = picked.task_id AND task_instances.map_index = picked.map_index \
+                     RETURNING task_instances.run_id AS run_id, task_instances.task_id AS task_id, \
+                     task_instances.map_index AS map_index, try_number, \
+                     try_base, item, started_at, reschedules, external_ref, priority, queued_at",
+                    // A row comparison the index `task_instances_ready` seeks to (migration 0010).
+                    if after.is_some() {
+                        "AND (-priority, queued_at, run_id, task_id, map_index) > ($9, $10, $11, $12, $13)"
+                    } else {
+                        ""
+                    },
                     $claim_lock
                 );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(to_micros(req.now))
                 .bind(&req.owner)
                 .bind(to_micros(req.lease_until))
@@ -258,12 +291,28 @@ macro_rules! impl_store {
                 .bind(&req.pool)
                 .bind(&req.run_id)
                 .bind(req.limit)
-                .bind(req.pool_slots)
-                .fetch_all(&mut **tx)
-                .await?;
+                .bind(req.pool_slots);
+                if let Some(k) = after {
+                    query = query
+                        .bind(k.neg_priority)
+                        .bind(k.queued_at)
+                        .bind(&k.run_id)
+                        .bind(&k.task_id)
+                        .bind(k.map_index);
+                }
+                let rows = query.fetch_all(&mut **tx).await?;
                 let mut claims = Vec::with_capacity(rows.len());
+                let mut keys = Vec::with_capacity(rows.len());
                 let mut rescheduled = false;
                 for r in &rows {
+                    keys.push(QueueKey {
+                        neg_priority: -r.try_get::<i64, _>("priority")?,
+                        // NULL sorts last in the index, as no time can.
+                        queued_at: r.try_get::<Option<i64>, _>("queued_at")?.unwrap_or(i64::MAX),
+                        run_id: r.try_get("run_id")?,
+                        task_id: r.try_get("task_id")?,
+                        map_index: r.try_get("map_index")?,
+                    });
                     claims.push(Claim {
                         run_id: r.try_get("run_id")?,
                         task_id: r.try_get("task_id")?,
@@ -300,7 +349,7 @@ macro_rules! impl_store {
                     });
                     qb.build().execute(&mut **tx).await?;
                 }
-                Ok(claims)
+                Ok((claims, keys))
             }
 
             async fn record_in(tx: &mut sqlx::Transaction<'static, $db>, writes: &[TryWrite]) -> Result<Vec<bool>> {
@@ -1035,6 +1084,13 @@ macro_rules! impl_store {
                     }
                 }
                 tx.commit().await?;
+                // What was queued may sort before a claim cursor (a higher priority); after the commit,
+                // so that the head read it causes sees it.
+                if decisions.iter().any(|d| matches!(d, Decision::Queue { .. } | Decision::Expand { .. }))
+                    && let Ok(mut cursors) = self.cursors.lock()
+                {
+                    cursors.clear();
+                }
                 Ok(())
             }
 
@@ -1087,10 +1143,14 @@ macro_rules! impl_store {
                 if writes.is_empty() && !wanted {
                     return Ok((Vec::new(), claims.map(|c| vec![Vec::new(); c.requests.len()]).unwrap_or_default()));
                 }
+                // Read before the claims: a clear() meanwhile (something was queued) voids what
+                // they found.
+                let epoch = self.cursors.lock().map_or(0, |c| c.epoch());
                 let (_writer, mut tx) = self.begin_write().await?;
                 // The ends first: the slots they free are counted by the claims below.
                 let applied = Self::record_in(&mut tx, writes).await?;
                 let mut claimed = Vec::new();
+                let mut read = Vec::new();
                 if let Some(batch) = claims {
                     let mut left = batch.limit;
                     for req in &batch.requests {
@@ -1099,12 +1159,42 @@ macro_rules! impl_store {
                             continue;
                         }
                         let req = ClaimRequest { limit: req.limit.min(left), ..req.clone() };
-                        let got = Self::claim_in(&mut tx, &req).await?;
+                        let after = if $claim_cursor {
+                            self.cursors.lock().ok().and_then(|c| {
+                                c.start(&req.pool, req.run_id.as_deref(), std::time::Instant::now())
+                            })
+                        } else {
+                            None
+                        };
+                        let (mut got, keys) = Self::claim_in(&mut tx, &req, after.as_ref()).await?;
+                        let (from_cursor, from_head) = match after {
+                            None => (Vec::new(), Some(keys)),
+                            Some(_) if (got.len() as i64) < req.limit => {
+                                // Short: the rest may be queued before the cursor.
+                                let rest = ClaimRequest { limit: req.limit - got.len() as i64, ..req.clone() };
+                                let (more, head) = Self::claim_in(&mut tx, &rest, None).await?;
+                                got.extend(more);
+                                (keys, Some(head))
+                            }
+                            Some(_) => (keys, None),
+                        };
+                        read.push((req.pool, req.run_id, from_cursor, from_head));
                         left -= got.len() as i64;
                         claimed.push(got);
                     }
                 }
                 tx.commit().await?;
+                if let Ok(mut cursors) = self.cursors.lock() {
+                    // A requeued try goes back to its old place in the queue.
+                    if writes.iter().any(|w| matches!(w, TryWrite::End(_, end) if end.requeue)) {
+                        cursors.clear();
+                    } else if $claim_cursor {
+                        let now = std::time::Instant::now();
+                        for (pool, run, from_cursor, from_head) in &read {
+                            cursors.settle(pool, run.as_deref(), from_cursor, from_head.as_deref(), epoch, now);
+                        }
+                    }
+                }
                 Ok((applied, claimed))
             }
 
@@ -1131,7 +1221,7 @@ macro_rules! impl_store {
                 // waited for: waiting on rows locked in another order deadlocks on PostgreSQL, and
                 // the next heartbeat extends whatever is still running.
                 sqlx::query(concat!(
-                    "UPDATE task_instances SET lease_expires_at = $1 WHERE (run_id, task_id, map_index) IN (\
+                    "UPDATE task_instances SET lease_expires_at = $1 WHERE state = 'running' AND (run_id, task_id, map_index) IN (\
                        SELECT run_id, task_id, map_index FROM task_instances \
                        WHERE lease_owner = $2 AND state = 'running' ",
                     $claim_lock,
@@ -1462,11 +1552,19 @@ mod migration_files {
     }
 }
 
-impl_store!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite", "");
+impl_store!(
+    SqliteStore,
+    Sqlite,
+    sqlx::sqlite::SqliteRow,
+    "sqlite",
+    "",
+    false
+);
 impl_store!(
     PgStore,
     Postgres,
     sqlx::postgres::PgRow,
     "postgres",
-    "FOR UPDATE SKIP LOCKED"
+    "FOR UPDATE SKIP LOCKED",
+    true
 );

@@ -918,6 +918,122 @@ async fn claim_takes_highest_priority_then_oldest_within_its_pool(db: TestDb) {
     );
 }
 
+/// On PostgreSQL a claim reads on from where this store's last claim stopped (ADR 8); whatever is
+/// queued before that point still comes first: a higher priority, a requeued try, and (within
+/// a second) a try another process queued.
+async fn claims_keep_the_queue_order_as_they_read_on(db: TestDb) {
+    let s = db.store;
+    let run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("m", 0, "default"),
+            ("hi", 9, "default"),
+            ("other", 5, "default"),
+        ],
+    );
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    let items: Vec<Json> = (0..12).map(|i| json!(i)).collect();
+    s.apply(
+        "r",
+        &[Decision::Expand {
+            task_id: "m".into(),
+            items,
+        }],
+        at(1),
+    )
+    .await
+    .unwrap();
+    let one = |now| {
+        let s = s.clone();
+        async move {
+            let got = s.claim(&claim_req("w1", "default", 1, now)).await.unwrap();
+            assert_eq!(got.len(), 1, "a queued try is left to claim");
+            got.into_iter().next().unwrap()
+        }
+    };
+    let key = |c: &Claim| (c.task_id.clone(), c.map_index);
+    let m = |i: i64| ("m".to_string(), i);
+    let mut first = Vec::new();
+    for _ in 0..4 {
+        first.push(one(at(2)).await);
+    }
+    assert_eq!(
+        first.iter().map(key).collect::<Vec<_>>(),
+        [m(0), m(1), m(2), m(3)]
+    );
+
+    // Queued after the cursor moved, but of a higher priority: it goes first.
+    s.apply("r", &[queue("hi")], at(3)).await.unwrap();
+    assert_eq!(key(&one(at(3)).await), ("hi".to_string(), UNMAPPED));
+    assert_eq!(key(&one(at(3)).await), m(4));
+
+    // A requeued try keeps its place, before the cursor.
+    let requeue = TryEnd {
+        requeue: true,
+        ..ended(TaskState::Queued, at(4))
+    };
+    assert!(s.finish_try(&first[1], &requeue).await.unwrap());
+    let three = s
+        .claim(&claim_req("w1", "default", 3, at(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        three.iter().map(key).collect::<BTreeSet<_>>(),
+        BTreeSet::from([m(1), m(5), m(6)])
+    );
+
+    // Another process requeues a try (this store learns nothing of it): a claim that finds too
+    // few after the cursor reads the queue from its head.
+    let elsewhere = connect(&db.url).await.unwrap();
+    assert!(elsewhere.finish_try(&first[2], &requeue).await.unwrap());
+    let rest = s
+        .claim(&claim_req("w1", "default", 6, at(6)))
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(key).collect::<BTreeSet<_>>(),
+        BTreeSet::from([m(2), m(7), m(8), m(9), m(10), m(11)])
+    );
+
+    // Another process queues a map, then a higher priority: once the cursor has aged, the
+    // higher priority goes first.
+    let later = new_run(
+        "r2",
+        "etl",
+        RunType::Manual,
+        at(86_400),
+        &[("m", 0, "default")],
+    );
+    assert!(elsewhere.create_run(&later).await.unwrap());
+    assert!(elsewhere.start_run("r2", at(7)).await.unwrap());
+    let items: Vec<Json> = (0..3).map(|i| json!(i)).collect();
+    elsewhere
+        .apply(
+            "r2",
+            &[Decision::Expand {
+                task_id: "m".into(),
+                items,
+            }],
+            at(7),
+        )
+        .await
+        .unwrap();
+    let c = one(at(8)).await;
+    assert_eq!((c.run_id.as_str(), c.map_index), ("r2", 0));
+    elsewhere
+        .apply("r", &[queue("other")], at(9))
+        .await
+        .unwrap();
+    tokio::time::sleep(super::cursor::CURSOR_TTL).await;
+    assert_eq!(key(&one(at(10)).await), ("other".to_string(), UNMAPPED));
+    let c = one(at(10)).await;
+    assert_eq!((c.run_id.as_str(), c.map_index), ("r2", 1));
+}
+
 async fn claim_respects_limit_and_run_filter(db: TestDb) {
     let s = db.store;
     let hi: Vec<(String, i32, &str)> = (0..5).map(|i| (format!("t{i}"), 10, "default")).collect();
@@ -2392,6 +2508,7 @@ contract!(
     apply_moves_only_instances_in_the_expected_state,
     expand_replaces_the_placeholder,
     claim_takes_highest_priority_then_oldest_within_its_pool,
+    claims_keep_the_queue_order_as_they_read_on,
     claim_respects_limit_and_run_filter,
     claim_records_the_try_and_counts_tries,
     concurrent_claimers_never_share_a_try,
