@@ -30,7 +30,8 @@ static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/po
 
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
-    /// Unused: SQLite's index drops a claimed try's entry at once (see ADR 8).
+    /// Never used (`$claim_cursor` is false): SQLite's index drops a claimed try's entry at once
+    /// (ADR 8). The field lets both stores share the claim code.
     cursors: std::sync::Mutex<ClaimCursors>,
     /// SQLite has one writer at a time. Queueing this process's writers here, in order, beats
     /// letting them collide in SQLite, whose busy handler sleeps in growing steps (1, 2, 5, 10 ms
@@ -1086,7 +1087,8 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 // What was queued may sort before a claim cursor (a higher priority); after the commit,
                 // so that the head read it causes sees it.
-                if decisions.iter().any(|d| matches!(d, Decision::Queue { .. } | Decision::Expand { .. }))
+                if $claim_cursor
+                    && decisions.iter().any(|d| matches!(d, Decision::Queue { .. } | Decision::Expand { .. }))
                     && let Ok(mut cursors) = self.cursors.lock()
                 {
                     cursors.clear();
@@ -1184,11 +1186,11 @@ macro_rules! impl_store {
                     }
                 }
                 tx.commit().await?;
-                if let Ok(mut cursors) = self.cursors.lock() {
+                if $claim_cursor && let Ok(mut cursors) = self.cursors.lock() {
                     // A requeued try goes back to its old place in the queue.
                     if writes.iter().any(|w| matches!(w, TryWrite::End(_, end) if end.requeue)) {
                         cursors.clear();
-                    } else if $claim_cursor {
+                    } else {
                         let now = std::time::Instant::now();
                         for (pool, run, from_cursor, from_head) in &read {
                             cursors.settle(pool, run.as_deref(), from_cursor, from_head.as_deref(), epoch, now);

@@ -165,6 +165,14 @@ fn queue(task_id: &str) -> Decision {
     }
 }
 
+/// Maps `task_id` over the items 0, 1, ... n-1.
+fn expand(task_id: &str, n: i64) -> Decision {
+    Decision::Expand {
+        task_id: task_id.into(),
+        items: (0..n).map(|i| json!(i)).collect(),
+    }
+}
+
 /// Run "r" of DAG "etl", started, with every instance queued.
 async fn queued_run(s: &dyn Store, tasks: &[(&str, i32, &str)]) {
     let run = new_run("r", "etl", RunType::Manual, at(0), tasks);
@@ -936,17 +944,7 @@ async fn claims_keep_the_queue_order_as_they_read_on(db: TestDb) {
     );
     assert!(s.create_run(&run).await.unwrap());
     assert!(s.start_run("r", at(0)).await.unwrap());
-    let items: Vec<Json> = (0..12).map(|i| json!(i)).collect();
-    s.apply(
-        "r",
-        &[Decision::Expand {
-            task_id: "m".into(),
-            items,
-        }],
-        at(1),
-    )
-    .await
-    .unwrap();
+    s.apply("r", &[expand("m", 12)], at(1)).await.unwrap();
     let one = |now| {
         let s = s.clone();
         async move {
@@ -1010,16 +1008,8 @@ async fn claims_keep_the_queue_order_as_they_read_on(db: TestDb) {
     );
     assert!(elsewhere.create_run(&later).await.unwrap());
     assert!(elsewhere.start_run("r2", at(7)).await.unwrap());
-    let items: Vec<Json> = (0..3).map(|i| json!(i)).collect();
     elsewhere
-        .apply(
-            "r2",
-            &[Decision::Expand {
-                task_id: "m".into(),
-                items,
-            }],
-            at(7),
-        )
+        .apply("r2", &[expand("m", 3)], at(7))
         .await
         .unwrap();
     let c = one(at(8)).await;
@@ -1202,17 +1192,7 @@ async fn claim_records_the_try_and_counts_tries(db: TestDb) {
 async fn concurrent_claimers_never_share_a_try(db: TestDb) {
     let s = db.store;
     started_run(&*s, "r", &["m"]).await;
-    let items: Vec<Json> = (0..200).map(|i| json!(i)).collect();
-    s.apply(
-        "r",
-        &[Decision::Expand {
-            task_id: "m".into(),
-            items,
-        }],
-        at(1),
-    )
-    .await
-    .unwrap();
+    s.apply("r", &[expand("m", 200)], at(1)).await.unwrap();
 
     let workers: Vec<_> = ["w1", "w2"]
         .into_iter()
@@ -2437,17 +2417,7 @@ async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb
     );
     assert!(s.create_run(&run).await.unwrap());
     assert!(s.start_run("r", at(0)).await.unwrap());
-    let items: Vec<Json> = (0..10).map(|i| json!(i)).collect();
-    s.apply(
-        "r",
-        &[Decision::Expand {
-            task_id: "fan".into(),
-            items,
-        }],
-        at(1),
-    )
-    .await
-    .unwrap();
+    s.apply("r", &[expand("fan", 10)], at(1)).await.unwrap();
     // Three mapped instances run and succeed, one with an output.
     let claims = s
         .claim(&ClaimRequest {
@@ -2545,17 +2515,7 @@ async fn grid_counts_groups_each_run_task_and_state(db: TestDb) {
         assert!(s.create_run(&run).await.unwrap());
     }
     assert!(s.start_run("r1", at(0)).await.unwrap());
-    let items: Vec<Json> = (0..5).map(|i| json!(i)).collect();
-    s.apply(
-        "r1",
-        &[Decision::Expand {
-            task_id: "fan".into(),
-            items,
-        }],
-        at(1),
-    )
-    .await
-    .unwrap();
+    s.apply("r1", &[expand("fan", 5)], at(1)).await.unwrap();
     // Two mapped instances of r1 run and succeed.
     let claims = s
         .claim(&ClaimRequest {
