@@ -219,6 +219,10 @@ fn parse_json(text: Option<String>, what: &str) -> Result<Option<Json>> {
         .transpose()
 }
 
+fn same_instance(a: &Claim, b: &Claim) -> bool {
+    a.run_id == b.run_id && a.task_id == b.task_id && a.map_index == b.map_index
+}
+
 fn parse_state<T: FromStr<Err = String>>(s: &str) -> Result<T> {
     s.parse().map_err(StoreError::Corrupt)
 }
@@ -229,8 +233,11 @@ const RUN_COLUMNS: &str = "run_id, dag_id, dag_version, run_type, state, logical
 const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, item, \
      output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid, external_ref";
 
+/// One SQL text for both databases (ADR 2), with what differs given per database: the claim's row
+/// locks, whether claims read on from a cursor (ADR 8), and whether a statement may write in its
+/// WITH clause (PostgreSQL may; SQLite runs such a second write as a statement of its own).
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal, $claim_cursor:literal) => {
+    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal, $claim_cursor:literal, $writing_ctes:literal) => {
         impl $store {
             /// Claims up to `req.limit` queued tries in claim order, from the head of the queue or
             /// from after `after` (ADR 8); also returns each claimed try's place in that order.
@@ -260,22 +267,12 @@ macro_rules! impl_store {
                 // it picks: PostgreSQL without statistics (autovacuum off) took
                 // `task_instances_plan` for (run_id, task_id, map_index) and read every instance
                 // of the task, ~1 ms a claim in a 10,000-item map.
-                let sql = format!(
-                    "WITH picked AS MATERIALIZED (\
+                let pick = format!(
+                    "picked AS MATERIALIZED (\
                        SELECT run_id, task_id, map_index FROM task_instances \
                        WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) {} \
                        ORDER BY -priority, queued_at, run_id, task_id, map_index \
-                       LIMIT {limit} {}) \
-                     UPDATE task_instances SET state = 'running', \
-                     try_number = try_number + CASE WHEN reschedules > 0 THEN 0 ELSE 1 END, \
-                     started_at = CASE WHEN reschedules > 0 THEN started_at ELSE $1 END, \
-                     ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
-                     next_try_at = NULL, error = NULL \
-                     FROM picked WHERE task_instances.state = 'queued' AND task_instances.run_id = picked.run_id \
-                     AND task_instances.task_id = picked.task_id AND task_instances.map_index = picked.map_index \
-                     RETURNING task_instances.run_id AS run_id, task_instances.task_id AS task_id, \
-                     task_instances.map_index AS map_index, try_number, \
-                     try_base, item, started_at, reschedules, external_ref, priority, queued_at",
+                       LIMIT {limit} {})",
                     // A row comparison the index `task_instances_ready` seeks to (migration 0010).
                     if after.is_some() {
                         "AND (-priority, queued_at, run_id, task_id, map_index) > ($9, $10, $11, $12, $13)"
@@ -284,6 +281,35 @@ macro_rules! impl_store {
                     },
                     $claim_lock
                 );
+                let update = "UPDATE task_instances SET state = 'running', \
+                     try_number = try_number + CASE WHEN reschedules > 0 THEN 0 ELSE 1 END, \
+                     started_at = CASE WHEN reschedules > 0 THEN started_at ELSE $1 END, \
+                     ended_at = NULL, lease_owner = $2, lease_expires_at = $3, hostname = $4, pid = NULL, \
+                     next_try_at = NULL, error = NULL \
+                     FROM picked WHERE task_instances.state = 'queued' AND task_instances.run_id = picked.run_id \
+                     AND task_instances.task_id = picked.task_id AND task_instances.map_index = picked.map_index \
+                     RETURNING task_instances.run_id AS run_id, task_instances.task_id AS task_id, \
+                     task_instances.map_index AS map_index, try_number, \
+                     try_base, item, started_at, reschedules, external_ref, priority, queued_at";
+                // PostgreSQL opens the claimed tries' rows in the same statement, one round trip
+                // fewer in every group commit; SQLite has no writes in a WITH, so it runs
+                // the INSERT below. A rescheduled try's row is already there: it runs again, from
+                // its first poke.
+                let sql = if $writing_ctes {
+                    format!(
+                        "WITH {pick}, claimed AS ({update}), \
+                         fresh AS (INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) \
+                           SELECT run_id, task_id, map_index, try_number, 'running', $1, $2, $4 FROM claimed WHERE reschedules = 0 \
+                           ON CONFLICT DO NOTHING), \
+                         again AS (INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) \
+                           SELECT run_id, task_id, map_index, try_number, 'running', $1, $2, $4 FROM claimed WHERE reschedules > 0 \
+                           ON CONFLICT (run_id, task_id, map_index, try_number) DO UPDATE SET state = excluded.state, \
+                           ended_at = NULL, error = NULL, lease_owner = excluded.lease_owner, hostname = excluded.hostname) \
+                         SELECT * FROM claimed"
+                    )
+                } else {
+                    format!("WITH {pick} {update}")
+                };
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(to_micros(req.now))
                 .bind(&req.owner)
@@ -327,6 +353,9 @@ macro_rules! impl_store {
                     });
                     rescheduled |= r.try_get::<i64, _>("reschedules")? > 0;
                 }
+                if $writing_ctes {
+                    return Ok((claims, keys));
+                }
                 for chunk in claims.chunks(1000) {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) ",
@@ -341,7 +370,6 @@ macro_rules! impl_store {
                             .push_bind(req.owner.clone())
                             .push_bind(req.hostname.clone());
                     });
-                    // A rescheduled try's row is already there: it runs again, from its first poke.
                     qb.push(if rescheduled {
                         " ON CONFLICT (run_id, task_id, map_index, try_number) DO UPDATE SET state = excluded.state, \
                          ended_at = NULL, error = NULL, lease_owner = excluded.lease_owner, hostname = excluded.hostname"
@@ -355,7 +383,20 @@ macro_rules! impl_store {
 
             async fn record_in(tx: &mut sqlx::Transaction<'static, $db>, writes: &[TryWrite]) -> Result<Vec<bool>> {
                 let mut applied = Vec::with_capacity(writes.len());
+                // Ends go in batches, one statement per table for all of them rather than two per
+                // try: a group commit's round trips are the serial path every try waits on. A
+                // batch stops before another write, and before a second end of a try already in
+                // it, so that each write still sees the ones before it, as one at a time would.
+                let mut ends: Vec<(&Claim, &TryEnd)> = Vec::new();
                 for w in writes {
+                    let flush = match w {
+                        TryWrite::End(c, _) => ends.iter().any(|(e, _)| same_instance(e, c)),
+                        _ => true,
+                    };
+                    if flush {
+                        applied.extend(Self::end_in(tx, &ends).await?);
+                        ends.clear();
+                    }
                     match w {
                         TryWrite::Pid(c, pid) => {
                             let n = sqlx::query(
@@ -389,49 +430,99 @@ macro_rules! impl_store {
                             .rows_affected();
                             applied.push(n == 1);
                         }
-                        TryWrite::End(c, end) => {
-                            let now = to_micros(end.now);
-                            let n = sqlx::query(
-                                "UPDATE task_instances SET state = $1, output = $2, error = $3, ended_at = $4, next_try_at = $5, \
-                                 lease_owner = NULL, lease_expires_at = NULL, try_base = try_base + $11, \
-                                 reschedules = CASE WHEN $12 = 1 THEN reschedules + 1 ELSE 0 END, \
-                                 external_ref = CASE WHEN $11 = 1 THEN external_ref ELSE NULL END \
-                                 WHERE run_id = $6 AND task_id = $7 AND map_index = $8 AND state = 'running' \
-                                 AND try_number = $9 AND lease_owner = $10",
-                            )
-                            .bind(end.state.as_str())
-                            .bind(end.output.as_ref().map(json_text))
-                            .bind(&end.error)
-                            .bind(now)
-                            .bind(opt_us(end.next_try_at))
-                            .bind(&c.run_id)
-                            .bind(&c.task_id)
-                            .bind(c.map_index)
-                            .bind(c.try_number)
-                            .bind(&c.owner)
-                            .bind(if end.requeue { 1i64 } else { 0 })
-                            .bind(if end.reschedule { 1i64 } else { 0 })
-                            .execute(&mut **tx)
-                            .await?
-                            .rows_affected();
-                            if n == 1 {
-                                sqlx::query(
-                                    "UPDATE task_tries SET state = $1, ended_at = $2, error = $3 \
-                                     WHERE run_id = $4 AND task_id = $5 AND map_index = $6 AND try_number = $7",
-                                )
-                                .bind(if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() })
-                                .bind(now)
-                                .bind(&end.error)
-                                .bind(&c.run_id)
-                                .bind(&c.task_id)
-                                .bind(c.map_index)
-                                .bind(c.try_number)
-                                .execute(&mut **tx)
-                                .await?;
-                            }
-                            applied.push(n == 1);
+                        TryWrite::End(c, end) => ends.push((c, end)),
+                    }
+                }
+                applied.extend(Self::end_in(tx, &ends).await?);
+                Ok(applied)
+            }
+
+            /// Records the ends of tries, each fenced on its lease; per end, whether it applied.
+            /// The keys of `ends` are distinct.
+            async fn end_in(tx: &mut sqlx::Transaction<'static, $db>, ends: &[(&Claim, &TryEnd)]) -> Result<Vec<bool>> {
+                // A requeued try is closed as failed in the history; its instance goes back to
+                // `queued`.
+                let try_state =
+                    |end: &TryEnd| if end.requeue { TaskState::Failed.as_str() } else { end.state.as_str() };
+                let mut applied = vec![false; ends.len()];
+                // 13 binds a row keeps a chunk far below either database's limit on binds.
+                for (part, chunk) in ends.chunks(500).enumerate() {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "WITH w (run_id, task_id, map_index, try_number, owner, state, output, error, ended_at, \
+                         next_try_at, requeue, reschedule, try_state) AS (",
+                    );
+                    qb.push_values(chunk, |mut b, (c, end)| {
+                        b.push_bind(c.run_id.clone())
+                            .push_bind(c.task_id.clone())
+                            .push_bind(c.map_index)
+                            .push_bind(c.try_number)
+                            .push_bind(c.owner.clone())
+                            .push_bind(end.state.as_str())
+                            .push_bind(end.output.as_ref().map(json_text))
+                            .push_bind(end.error.clone())
+                            .push_bind(to_micros(end.now))
+                            .push_bind(opt_us(end.next_try_at))
+                            .push_bind(if end.requeue { 1i64 } else { 0 })
+                            .push_bind(if end.reschedule { 1i64 } else { 0 })
+                            .push_bind(try_state(end));
+                    });
+                    let update = "UPDATE task_instances SET state = w.state, output = w.output, error = w.error, \
+                         ended_at = w.ended_at, next_try_at = w.next_try_at, lease_owner = NULL, lease_expires_at = NULL, \
+                         try_base = task_instances.try_base + w.requeue, \
+                         reschedules = CASE WHEN w.reschedule = 1 THEN task_instances.reschedules + 1 ELSE 0 END, \
+                         external_ref = CASE WHEN w.requeue = 1 THEN task_instances.external_ref ELSE NULL END \
+                         FROM w WHERE task_instances.run_id = w.run_id AND task_instances.task_id = w.task_id \
+                         AND task_instances.map_index = w.map_index AND task_instances.state = 'running' \
+                         AND task_instances.try_number = w.try_number AND task_instances.lease_owner = w.owner \
+                         RETURNING task_instances.run_id AS run_id, task_instances.task_id AS task_id, \
+                         task_instances.map_index AS map_index";
+                    if $writing_ctes {
+                        // The history rows of the ends that applied, in the same statement.
+                        qb.push(format!(
+                            "), ended AS ({update}, w.try_number AS try_number, w.try_state AS try_state, \
+                             w.ended_at AS ended_at, w.error AS error), \
+                             tried AS (UPDATE task_tries SET state = ended.try_state, ended_at = ended.ended_at, \
+                             error = ended.error FROM ended WHERE task_tries.run_id = ended.run_id \
+                             AND task_tries.task_id = ended.task_id AND task_tries.map_index = ended.map_index \
+                             AND task_tries.try_number = ended.try_number) \
+                             SELECT run_id, task_id, map_index FROM ended"
+                        ));
+                    } else {
+                        qb.push(format!(") {update}"));
+                    }
+                    let rows = qb.build().fetch_all(&mut **tx).await?;
+                    let mut done = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        let (run_id, task_id, map_index): (String, String, i64) =
+                            (r.try_get("run_id")?, r.try_get("task_id")?, r.try_get("map_index")?);
+                        if let Some(i) = chunk.iter().position(|(c, _)| {
+                            c.run_id == run_id && c.task_id == task_id && c.map_index == map_index
+                        }) {
+                            applied[part * 500 + i] = true;
+                            done.push(chunk[i]);
                         }
                     }
+                    if $writing_ctes || done.is_empty() {
+                        continue;
+                    }
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "WITH w (run_id, task_id, map_index, try_number, state, ended_at, error) AS (",
+                    );
+                    qb.push_values(&done, |mut b, (c, end)| {
+                        b.push_bind(c.run_id.clone())
+                            .push_bind(c.task_id.clone())
+                            .push_bind(c.map_index)
+                            .push_bind(c.try_number)
+                            .push_bind(try_state(end))
+                            .push_bind(to_micros(end.now))
+                            .push_bind(end.error.clone());
+                    });
+                    qb.push(
+                        ") UPDATE task_tries SET state = w.state, ended_at = w.ended_at, error = w.error FROM w \
+                         WHERE task_tries.run_id = w.run_id AND task_tries.task_id = w.task_id \
+                         AND task_tries.map_index = w.map_index AND task_tries.try_number = w.try_number",
+                    );
+                    qb.build().execute(&mut **tx).await?;
                 }
                 Ok(applied)
             }
@@ -1560,6 +1651,7 @@ impl_store!(
     sqlx::sqlite::SqliteRow,
     "sqlite",
     "",
+    false,
     false
 );
 impl_store!(
@@ -1568,5 +1660,6 @@ impl_store!(
     sqlx::postgres::PgRow,
     "postgres",
     "FOR UPDATE SKIP LOCKED",
+    true,
     true
 );

@@ -1963,6 +1963,85 @@ async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
     assert_eq!(claimed, vec![Vec::<Claim>::new()]);
 }
 
+async fn ends_in_one_group_commit_are_fenced_one_by_one(db: TestDb) {
+    let s = db.store;
+    queued_run(
+        &*s,
+        &[
+            ("a", 0, "default"),
+            ("b", 0, "default"),
+            ("c", 0, "default"),
+        ],
+    )
+    .await;
+    let tries = s
+        .claim(&claim_req("w1", "default", 3, at(2)))
+        .await
+        .unwrap();
+    let by = |t: &str| tries.iter().find(|c| c.task_id == t).unwrap().clone();
+    let (a, b, c) = (by("a"), by("b"), by("c"));
+    let stranger = Claim {
+        owner: "w2".into(),
+        ..b.clone()
+    };
+    let failed = TryEnd {
+        error: Some("exit 3".into()),
+        ..ended(TaskState::Failed, at(4))
+    };
+    let requeue = TryEnd {
+        error: Some("interrupted".into()),
+        requeue: true,
+        ..ended(TaskState::Queued, at(5))
+    };
+    let writes = [
+        TryWrite::End(
+            a.clone(),
+            TryEnd {
+                output: Some(json!({"rows": 7})),
+                ..ended(TaskState::Success, at(3))
+            },
+        ),
+        TryWrite::End(stranger, ended(TaskState::Success, at(3))),
+        TryWrite::Pid(c.clone(), 4242),
+        TryWrite::End(c.clone(), failed),
+        // The same try ended twice in one commit: the second finds it ended, as it would alone.
+        TryWrite::End(c.clone(), ended(TaskState::Success, at(6))),
+        TryWrite::End(b.clone(), requeue),
+    ];
+    let (applied, _) = s.record_and_claim(&writes, None).await.unwrap();
+    assert_eq!(applied, [true, false, true, true, false, true]);
+
+    let ta = ti(&*s, "r", "a", UNMAPPED).await;
+    assert_eq!(
+        (ta.state, ta.output, ta.ended_at),
+        (TaskState::Success, Some(json!({"rows": 7})), Some(at(3)))
+    );
+    let tc = ti(&*s, "r", "c", UNMAPPED).await;
+    assert_eq!(
+        (tc.state, tc.pid, tc.error.as_deref(), tc.lease_owner),
+        (TaskState::Failed, Some(4242), Some("exit 3"), None)
+    );
+    let tb = ti(&*s, "r", "b", UNMAPPED).await;
+    assert_eq!(
+        (tb.state, tb.try_number, tb.try_base),
+        (TaskState::Queued, 1, 1)
+    );
+    let mut last = Vec::new();
+    for t in ["a", "b", "c"] {
+        last.push(s.tries("r", t, UNMAPPED).await.unwrap().pop().unwrap());
+    }
+    let [ra, rb, rc] = <[TryRow; 3]>::try_from(last).unwrap();
+    assert_eq!((ra.state, ra.ended_at), (TaskState::Success, Some(at(3))));
+    assert_eq!(
+        (rb.state, rb.ended_at, rb.error.as_deref()),
+        (TaskState::Failed, Some(at(5)), Some("interrupted"))
+    );
+    assert_eq!(
+        (rc.state, rc.ended_at, rc.error.as_deref()),
+        (TaskState::Failed, Some(at(4)), Some("exit 3"))
+    );
+}
+
 async fn paused_flags_cover_active_dags(db: TestDb) {
     let s = db.store;
     assert!(s.paused_flags().await.unwrap().is_empty());
@@ -2493,6 +2572,7 @@ contract!(
     running_by_pool_and_queued_pools,
     claim_takes_only_the_free_slots_of_a_sized_pool,
     record_and_claim_ends_first_then_claims_within_one_limit,
+    ends_in_one_group_commit_are_fenced_one_by_one,
     paused_flags_cover_active_dags,
     keyset_pages_split_runs_queued_in_the_same_instant,
     create_run_keyed_creates_once_per_key_and_dag_within_the_window,
