@@ -233,6 +233,19 @@ const RUN_COLUMNS: &str = "run_id, dag_id, dag_version, run_type, state, logical
 const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, item, \
      output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid, external_ref";
 
+/// Opens the history rows of claimed tries (`INSERT ... ` + their rows).
+const OPEN_TRIES: &str = "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) ";
+
+/// A rescheduled try's row is already there: it runs again, from its first poke.
+const REOPEN_TRY: &str = " ON CONFLICT (run_id, task_id, map_index, try_number) DO UPDATE SET state = excluded.state, \
+     ended_at = NULL, error = NULL, lease_owner = excluded.lease_owner, hostname = excluded.hostname";
+
+/// Closes the history rows of ended tries, from `e (run_id, task_id, map_index, try_number,
+/// state, ended_at, error)`.
+const CLOSE_TRIES: &str = "UPDATE task_tries SET state = e.state, ended_at = e.ended_at, error = e.error FROM e \
+     WHERE task_tries.run_id = e.run_id AND task_tries.task_id = e.task_id \
+     AND task_tries.map_index = e.map_index AND task_tries.try_number = e.try_number";
+
 /// One SQL text for both databases (ADR 2), with what differs given per database: the claim's row
 /// locks, whether claims read on from a cursor (ADR 8), and whether a statement may write in its
 /// WITH clause (PostgreSQL may; SQLite runs such a second write as a statement of its own).
@@ -293,18 +306,13 @@ macro_rules! impl_store {
                      try_base, item, started_at, reschedules, external_ref, priority, queued_at";
                 // PostgreSQL opens the claimed tries' rows in the same statement, one round trip
                 // fewer in every group commit; SQLite has no writes in a WITH, so it runs
-                // the INSERT below. A rescheduled try's row is already there: it runs again, from
-                // its first poke.
+                // the INSERT below.
                 let sql = if $writing_ctes {
+                    let row = "SELECT run_id, task_id, map_index, try_number, 'running', $1, $2, $4 FROM claimed";
                     format!(
                         "WITH {pick}, claimed AS ({update}), \
-                         fresh AS (INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) \
-                           SELECT run_id, task_id, map_index, try_number, 'running', $1, $2, $4 FROM claimed WHERE reschedules = 0 \
-                           ON CONFLICT DO NOTHING), \
-                         again AS (INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) \
-                           SELECT run_id, task_id, map_index, try_number, 'running', $1, $2, $4 FROM claimed WHERE reschedules > 0 \
-                           ON CONFLICT (run_id, task_id, map_index, try_number) DO UPDATE SET state = excluded.state, \
-                           ended_at = NULL, error = NULL, lease_owner = excluded.lease_owner, hostname = excluded.hostname) \
+                         fresh AS ({OPEN_TRIES}{row} WHERE reschedules = 0 ON CONFLICT DO NOTHING), \
+                         again AS ({OPEN_TRIES}{row} WHERE reschedules > 0{REOPEN_TRY}) \
                          SELECT * FROM claimed"
                     )
                 } else {
@@ -357,9 +365,7 @@ macro_rules! impl_store {
                     return Ok((claims, keys));
                 }
                 for chunk in claims.chunks(1000) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, lease_owner, hostname) ",
-                    );
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(OPEN_TRIES);
                     qb.push_values(chunk, |mut b, c| {
                         b.push_bind(c.run_id.clone())
                             .push_bind(c.task_id.clone())
@@ -371,8 +377,7 @@ macro_rules! impl_store {
                             .push_bind(req.hostname.clone());
                     });
                     qb.push(if rescheduled {
-                        " ON CONFLICT (run_id, task_id, map_index, try_number) DO UPDATE SET state = excluded.state, \
-                         ended_at = NULL, error = NULL, lease_owner = excluded.lease_owner, hostname = excluded.hostname"
+                        REOPEN_TRY
                     } else {
                         " ON CONFLICT DO NOTHING"
                     });
@@ -477,15 +482,13 @@ macro_rules! impl_store {
                          RETURNING task_instances.run_id AS run_id, task_instances.task_id AS task_id, \
                          task_instances.map_index AS map_index";
                     if $writing_ctes {
-                        // The history rows of the ends that applied, in the same statement.
+                        // The history rows of the ends that applied, in the same statement: `e`
+                        // is what the UPDATE returns, with the columns CLOSE_TRIES reads added.
                         qb.push(format!(
-                            "), ended AS ({update}, w.try_number AS try_number, w.try_state AS try_state, \
+                            "), e AS ({update}, w.try_number AS try_number, w.try_state AS state, \
                              w.ended_at AS ended_at, w.error AS error), \
-                             tried AS (UPDATE task_tries SET state = ended.try_state, ended_at = ended.ended_at, \
-                             error = ended.error FROM ended WHERE task_tries.run_id = ended.run_id \
-                             AND task_tries.task_id = ended.task_id AND task_tries.map_index = ended.map_index \
-                             AND task_tries.try_number = ended.try_number) \
-                             SELECT run_id, task_id, map_index FROM ended"
+                             closed AS ({CLOSE_TRIES}) \
+                             SELECT run_id, task_id, map_index FROM e"
                         ));
                     } else {
                         qb.push(format!(") {update}"));
@@ -506,7 +509,7 @@ macro_rules! impl_store {
                         continue;
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "WITH w (run_id, task_id, map_index, try_number, state, ended_at, error) AS (",
+                        "WITH e (run_id, task_id, map_index, try_number, state, ended_at, error) AS (",
                     );
                     qb.push_values(&done, |mut b, (c, end)| {
                         b.push_bind(c.run_id.clone())
@@ -517,11 +520,7 @@ macro_rules! impl_store {
                             .push_bind(to_micros(end.now))
                             .push_bind(end.error.clone());
                     });
-                    qb.push(
-                        ") UPDATE task_tries SET state = w.state, ended_at = w.ended_at, error = w.error FROM w \
-                         WHERE task_tries.run_id = w.run_id AND task_tries.task_id = w.task_id \
-                         AND task_tries.map_index = w.map_index AND task_tries.try_number = w.try_number",
-                    );
+                    qb.push(format!(") {CLOSE_TRIES}"));
                     qb.build().execute(&mut **tx).await?;
                 }
                 Ok(applied)

@@ -1965,15 +1965,8 @@ async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
 
 async fn ends_in_one_group_commit_are_fenced_one_by_one(db: TestDb) {
     let s = db.store;
-    queued_run(
-        &*s,
-        &[
-            ("a", 0, "default"),
-            ("b", 0, "default"),
-            ("c", 0, "default"),
-        ],
-    )
-    .await;
+    started_run(&*s, "r", &["a", "b", "c"]).await;
+    queue_all(&*s, "r", at(1)).await;
     let tries = s
         .claim(&claim_req("w1", "default", 3, at(2)))
         .await
