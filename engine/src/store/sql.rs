@@ -247,10 +247,11 @@ const CLOSE_TRIES: &str = "UPDATE task_tries SET state = e.state, ended_at = e.e
      AND task_tries.map_index = e.map_index AND task_tries.try_number = e.try_number";
 
 /// One SQL text for both databases (ADR 2), with what differs given per database: the claim's row
-/// locks, whether claims read on from a cursor (ADR 8), and whether a statement may write in its
-/// WITH clause (PostgreSQL may; SQLite runs such a second write as a statement of its own).
+/// locks, whether claims read on from a cursor (ADR 8), whether a statement may write in its
+/// WITH clause (PostgreSQL may; SQLite runs such a second write as a statement of its own), and
+/// the statement that makes claims of one sized pool wait for each other (SQLite has one writer).
 macro_rules! impl_store {
-    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal, $claim_cursor:literal, $writing_ctes:literal) => {
+    ($store:ty, $db:ty, $row:ty, $backend:literal, $claim_lock:literal, $claim_cursor:literal, $writing_ctes:literal, $pool_lock:expr) => {
         impl $store {
             /// Claims up to `req.limit` queued tries in claim order, from the head of the queue or
             /// from after `after` (ADR 8); also returns each claimed try's place in that order.
@@ -261,6 +262,15 @@ macro_rules! impl_store {
             ) -> Result<(Vec<Claim>, Vec<QueueKey>)> {
                 if req.limit <= 0 {
                     return Ok((Vec::new(), Vec::new()));
+                }
+                // A statement counts the running tries its snapshot sees, which leaves out what
+                // a concurrent transaction claimed and has not yet committed (another scheduler's,
+                // or another claim of this one's), so two claims could each take the last slot.
+                // The pool's lock, held to commit, orders them; the count is the next statement,
+                // whose snapshot is taken once the lock is held, so it sees the earlier claim.
+                let pool_lock: Option<&'static str> = $pool_lock;
+                if let Some(lock) = pool_lock.filter(|_| req.pool_slots.is_some()) {
+                    sqlx::query(lock).bind(&req.pool).execute(&mut **tx).await?;
                 }
                 // A sized pool counts its running tries in the same statement. An unsized one
                 // must not: on PostgreSQL that count reads every dead entry the partial index of
@@ -1673,7 +1683,8 @@ impl_store!(
     "sqlite",
     "",
     false,
-    false
+    false,
+    None
 );
 impl_store!(
     PgStore,
@@ -1682,5 +1693,6 @@ impl_store!(
     "postgres",
     "FOR UPDATE SKIP LOCKED",
     true,
-    true
+    true,
+    Some("SELECT pg_advisory_xact_lock(hashtextextended('flow pool ' || $1, 0))")
 );

@@ -1913,6 +1913,39 @@ async fn claim_takes_only_the_free_slots_of_a_sized_pool(db: TestDb) {
     );
 }
 
+async fn concurrent_claims_of_a_sized_pool_never_take_more_than_its_slots(db: TestDb) {
+    let s = db.store;
+    let tasks: Vec<String> = (0..40).map(|i| format!("t{i:02}")).collect();
+    let rows: Vec<(&str, i32, &str)> = tasks.iter().map(|t| (t.as_str(), 0, "gpu")).collect();
+    queued_run(&*s, &rows).await;
+    // Each claimer's own transaction counts what runs; uncommitted claims of the others are not
+    // in its snapshot, so without an order between them several would take the same free slots.
+    // Rounds of eight at once, each claimer asking for the whole pool of three.
+    for round in 0..5 {
+        let claims = (0..8).map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.claim(&ClaimRequest {
+                    pool_slots: Some(3 * (round + 1)),
+                    ..claim_req(&format!("w{w}"), "gpu", 3, at(2))
+                })
+                .await
+                .unwrap()
+                .len() as i64
+            })
+        });
+        let mut took = 0;
+        for c in claims.collect::<Vec<_>>() {
+            took += c.await.unwrap();
+        }
+        assert_eq!(took, 3, "round {round}: the pool grew by three slots");
+        assert_eq!(
+            s.running_by_pool().await.unwrap(),
+            BTreeMap::from([("gpu".to_string(), 3 * (round + 1))])
+        );
+    }
+}
+
 async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
     let s = db.store;
     queued_run(
@@ -2564,6 +2597,7 @@ contract!(
     timestamps_round_trip_exactly,
     running_by_pool_and_queued_pools,
     claim_takes_only_the_free_slots_of_a_sized_pool,
+    concurrent_claims_of_a_sized_pool_never_take_more_than_its_slots,
     record_and_claim_ends_first_then_claims_within_one_limit,
     ends_in_one_group_commit_are_fenced_one_by_one,
     paused_flags_cover_active_dags,
