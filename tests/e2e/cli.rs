@@ -219,3 +219,73 @@ fn dags_list_mentions_files_that_failed_to_load() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("1 DAG file(s) failed to load"), "{stderr}");
 }
+
+/// `flow bench` on its smallest workloads: every row is there with figures that parse, and the
+/// machine's own costs head the table. Times are reported, never asserted.
+#[test]
+fn bench_reports_each_workload_and_the_machine_costs() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let pg = Env::new(Db::Postgres);
+    let mut args = vec!["bench", "--only", "chain40,dags1000", "--repeats", "1"];
+    if let Some(pg) = &pg {
+        args.extend(["--postgres", pg.db_url.as_str()]);
+    }
+    let out = env
+        .command(&args)
+        .env("TMPDIR", env.path(""))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number = |text: &str| -> f64 {
+        text.trim()
+            .trim_matches('*')
+            .parse()
+            .unwrap_or_else(|e| panic!("not a number ({e}): {text:?} in\n{stdout}"))
+    };
+    let machine = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("# machine: /bin/sh -c true starts and ends in "))
+        .unwrap_or_else(|| panic!("no machine line:\n{stdout}"));
+    assert!(
+        number(machine.split(" ms").next().unwrap()) > 0.0,
+        "{machine}"
+    );
+    let mut databases = vec!["sqlite"];
+    if pg.is_some() {
+        databases.push("postgres");
+    }
+    for db in databases {
+        let cells = |workload: &str| -> Vec<String> {
+            stdout
+                .lines()
+                .map(|l| {
+                    l.split('|')
+                        .map(|c| c.trim().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .find(|c| c.len() > 3 && c[1].starts_with(workload) && c[2] == db)
+                .unwrap_or_else(|| panic!("no {workload} row for {db}:\n{stdout}"))
+        };
+        let chain = cells("chain40");
+        // "", workload, database, tasks, wall, per task, latency, CPU per task, "".
+        assert_eq!(chain.len(), 9, "{chain:?}");
+        assert_eq!(chain[3], "40");
+        let wall: Vec<f64> = chain[4].split('/').map(number).collect();
+        assert_eq!(wall.len(), 3, "{chain:?}");
+        assert!(
+            wall[0] > 0.0 && wall[0] <= wall[1] && wall[1] <= wall[2],
+            "{chain:?}"
+        );
+        let latency: Vec<f64> = chain[6].split('/').map(number).collect();
+        assert!(latency[0] >= 0.0 && latency[0] <= latency[1], "{chain:?}");
+        assert!(number(&chain[7]) > 0.0, "flow's CPU per task: {chain:?}");
+        let dags = cells("dags1000");
+        assert_eq!(dags[3], "1000 DAGs", "{dags:?}");
+        assert!(dags[6].starts_with("peak RSS "), "{dags:?}");
+    }
+}

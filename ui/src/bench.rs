@@ -74,7 +74,57 @@ struct Measured {
     backend: String,
     tasks: usize,
     wall: Vec<Duration>,
+    /// This process's CPU per run (see [`own_cpu`]).
+    cpu: Vec<Duration>,
     latency_ms: Option<(f64, f64)>,
+}
+
+/// User + system CPU this process has used, its children's not: the engine's own cost, apart
+/// from the tasks' processes and a PostgreSQL server (SQLite runs in the process, so it counts).
+/// Less sensitive than wall time to what a machine charges for starting a process.
+fn own_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = u.user_time() + u.system_time();
+            Duration::from_secs(t.tv_sec().max(0) as u64)
+                + Duration::from_micros(t.tv_usec().max(0) as u64)
+        })
+        .unwrap_or_default()
+}
+
+/// What the machine charges for the two things every task costs whatever the engine does, so
+/// that figures from different machines can be set side by side: starting and reaping
+/// `/bin/sh -c true` (median of 200, one after another), and a durable 4 KiB write (median of
+/// 50 writes + fdatasync in the scratch folder). Milliseconds.
+fn machine_costs(dir: &Path) -> Result<(f64, f64)> {
+    use std::io::Write;
+    let mut starts = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .status()
+            .context("cannot start /bin/sh")?;
+        if !status.success() {
+            bail!("/bin/sh -c true exited {status}");
+        }
+        starts.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut file = std::fs::File::create(dir.join("fsync-probe"))?;
+    let block = [7u8; 4096];
+    let mut syncs = Vec::with_capacity(50);
+    for _ in 0..50 {
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        syncs.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    std::fs::remove_file(dir.join("fsync-probe"))?;
+    starts.sort_by(f64::total_cmp);
+    syncs.sort_by(f64::total_cmp);
+    Ok((percentile(&starts, 0.5), percentile(&syncs, 0.5)))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -85,13 +135,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// One run of a workload: wall time, this process's CPU, tasks, task-to-task latencies, backend.
 async fn run_workload(
     parallelism: usize,
     dir: &Path,
     db_url: &str,
     workload: &'static str,
     yaml: &str,
-) -> Result<(Duration, usize, Vec<f64>, String)> {
+) -> Result<(Duration, Duration, usize, Vec<f64>, String)> {
     let dags = dir.join("dags");
     std::fs::create_dir_all(&dags)?;
     for entry in std::fs::read_dir(&dags)? {
@@ -122,17 +173,19 @@ async fn run_workload(
         .cloned()
         .context("the generated DAG did not load")?;
     let started = Instant::now();
+    let cpu_before = own_cpu();
     let run = trigger(store.as_ref(), &dag, &Default::default(), None).await?;
     let state = engine
         .run(Mode::Single(run.run_id.clone()), CancellationToken::new())
         .await?;
     let wall = started.elapsed();
+    let cpu = own_cpu().saturating_sub(cpu_before);
     if state != Some(RunState::Success) {
         bail!("{workload} on {backend} ended {state:?}");
     }
     let tis = store.task_instances(&run.run_id).await?;
     let latencies = edge_latencies(&dag, &tis);
-    Ok((wall, tis.len(), latencies, backend))
+    Ok((wall, cpu, tis.len(), latencies, backend))
 }
 
 /// Upstream end -> downstream start, in milliseconds, for every edge of the run.
@@ -247,10 +300,14 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
         "# flow bench: {cores} cores, parallelism {}, {} repeat(s), durable commits",
         opts.parallelism, opts.repeats
     );
+    let (start_ms, sync_ms) = machine_costs(scratch.path())?;
     println!(
-        "| workload | database | tasks | wall min / median / max (s) | per task (ms) | task-to-task median / p95 (ms) |"
+        "# machine: /bin/sh -c true starts and ends in {start_ms:.2} ms, a 4 KiB write + fdatasync takes {sync_ms:.2} ms (medians)"
     );
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| workload | database | tasks | wall min / median / max (s) | per task (ms) | task-to-task median / p95 (ms) | flow's CPU per task (ms) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (name, url) in &backends {
         for w in &opts.workloads {
             let (workload, yaml): (&'static str, String) = match w.as_str() {
@@ -260,7 +317,7 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
                 "dags1000" => {
                     let (n, secs, kib) = dags1000(scratch.path(), url).await?;
                     println!(
-                        "| dags1000 (load + validate + record) | {name} | {n} DAGs | {secs:.3} | - | peak RSS {:.1} MiB |",
+                        "| dags1000 (load + validate + record) | {name} | {n} DAGs | {secs:.3} | - | peak RSS {:.1} MiB | - |",
                         kib as f64 / 1024.0
                     );
                     continue;
@@ -275,15 +332,17 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
                 backend: name.clone(),
                 tasks: 0,
                 wall: Vec::new(),
+                cpu: Vec::new(),
                 latency_ms: None,
             };
             let mut all_lat = Vec::new();
             for _ in 0..opts.repeats {
-                let (wall, tasks, lat, backend) =
+                let (wall, cpu, tasks, lat, backend) =
                     run_workload(opts.parallelism, scratch.path(), url, workload, &yaml).await?;
                 m.backend = backend;
                 m.tasks = tasks;
                 m.wall.push(wall);
+                m.cpu.push(cpu);
                 all_lat.extend(lat);
             }
             all_lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -293,8 +352,10 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
             m.wall.sort();
             let secs: Vec<f64> = m.wall.iter().map(|d| d.as_secs_f64()).collect();
             let median = percentile(&secs, 0.5);
+            let mut cpu: Vec<f64> = m.cpu.iter().map(|d| d.as_secs_f64()).collect();
+            cpu.sort_by(f64::total_cmp);
             println!(
-                "| {} | {} | {} | {:.3} / **{:.3}** / {:.3} | {:.2} | {} |",
+                "| {} | {} | {} | {:.3} / **{:.3}** / {:.3} | {:.2} | {} | {:.2} |",
                 m.workload,
                 m.backend,
                 m.tasks,
@@ -304,7 +365,8 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
                 median * 1000.0 / m.tasks.max(1) as f64,
                 m.latency_ms
                     .map(|(p50, p95)| format!("{p50:.2} / {p95:.2}"))
-                    .unwrap_or_else(|| "-".into())
+                    .unwrap_or_else(|| "-".into()),
+                percentile(&cpu, 0.5) * 1000.0 / m.tasks.max(1) as f64
             );
         }
     }
