@@ -263,15 +263,6 @@ macro_rules! impl_store {
                 if req.limit <= 0 {
                     return Ok((Vec::new(), Vec::new()));
                 }
-                // A statement counts the running tries its snapshot sees, which leaves out what
-                // a concurrent transaction claimed and has not yet committed (another scheduler's,
-                // or another claim of this one's), so two claims could each take the last slot.
-                // The pool's lock, held to commit, orders them; the count is the next statement,
-                // whose snapshot is taken once the lock is held, so it sees the earlier claim.
-                let pool_lock: Option<&'static str> = $pool_lock;
-                if let Some(lock) = pool_lock.filter(|_| req.pool_slots.is_some()) {
-                    sqlx::query(lock).bind(&req.pool).execute(&mut **tx).await?;
-                }
                 // A sized pool counts its running tries in the same statement. An unsized one
                 // must not: on PostgreSQL that count reads every dead entry the partial index of
                 // running tries has gathered since the last vacuum (a bitmap scan marks none of
@@ -1276,6 +1267,27 @@ macro_rules! impl_store {
                 let mut claimed = Vec::new();
                 let mut read = Vec::new();
                 if let Some(batch) = claims {
+                    // A sized pool's claim counts the running tries its statement's snapshot
+                    // sees, which leaves out what a concurrent transaction claimed and has not
+                    // yet committed (another scheduler's), so two claims could each take the last
+                    // slot. The pool's lock, held to commit, orders them: the claim statements
+                    // come after it, with a snapshot that has the earlier claim. Every pool of
+                    // the batch is locked here, in name order, so that two batches asking for
+                    // the same pools in other orders never hold one each and wait for the other.
+                    let pool_lock: Option<&'static str> = $pool_lock;
+                    if let Some(lock) = pool_lock {
+                        let mut sized: Vec<&str> = batch
+                            .requests
+                            .iter()
+                            .filter(|r| r.pool_slots.is_some() && r.limit > 0)
+                            .map(|r| r.pool.as_str())
+                            .collect();
+                        sized.sort_unstable();
+                        sized.dedup();
+                        for pool in sized {
+                            sqlx::query(lock).bind(pool).execute(&mut *tx).await?;
+                        }
+                    }
                     let mut left = batch.limit;
                     for req in &batch.requests {
                         if left <= 0 {

@@ -1946,6 +1946,43 @@ async fn concurrent_claims_of_a_sized_pool_never_take_more_than_its_slots(db: Te
     }
 }
 
+async fn claims_of_several_sized_pools_at_once_never_deadlock(db: TestDb) {
+    let s = db.store;
+    let tasks: Vec<(String, &str)> = (0..40)
+        .map(|i| (format!("t{i:02}"), if i % 2 == 0 { "gpu" } else { "io" }))
+        .collect();
+    let rows: Vec<(&str, i32, &str)> = tasks.iter().map(|(t, p)| (t.as_str(), 0, *p)).collect();
+    queued_run(&*s, &rows).await;
+    // Two claimers ask for the same two sized pools in opposite orders. Had each taken a pool's
+    // lock when it came to that pool, each could hold one and wait for the other's.
+    for round in 0..10 {
+        let batch = |owner: &str, pools: [&str; 2]| ClaimBatch {
+            requests: pools
+                .iter()
+                .map(|p| ClaimRequest {
+                    pool_slots: Some(100),
+                    ..claim_req(owner, p, 1, at(2))
+                })
+                .collect(),
+            limit: 2,
+        };
+        let one = batch("w1", ["gpu", "io"]);
+        let other = batch("w2", ["io", "gpu"]);
+        let (a, b) = tokio::join!(
+            s.record_and_claim(&[], Some(&one)),
+            s.record_and_claim(&[], Some(&other))
+        );
+        for (who, got) in [("w1", a), ("w2", b)] {
+            let (_, claimed) = got.unwrap_or_else(|e| panic!("round {round}, {who}: {e}"));
+            assert_eq!(
+                claimed.iter().map(Vec::len).collect::<Vec<_>>(),
+                [1, 1],
+                "round {round}, {who}"
+            );
+        }
+    }
+}
+
 async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
     let s = db.store;
     queued_run(
@@ -2598,6 +2635,7 @@ contract!(
     running_by_pool_and_queued_pools,
     claim_takes_only_the_free_slots_of_a_sized_pool,
     concurrent_claims_of_a_sized_pool_never_take_more_than_its_slots,
+    claims_of_several_sized_pools_at_once_never_deadlock,
     record_and_claim_ends_first_then_claims_within_one_limit,
     ends_in_one_group_commit_are_fenced_one_by_one,
     paused_flags_cover_active_dags,
