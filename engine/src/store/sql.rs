@@ -1275,7 +1275,10 @@ macro_rules! impl_store {
                     // the batch is locked here, in name order, so that two batches asking for
                     // the same pools in other orders never hold one each and wait for the other.
                     let pool_lock: Option<&'static str> = $pool_lock;
-                    if let Some(lock) = pool_lock {
+                    // A batch with no room claims nothing, and must not wait for the locks.
+                    if let Some(lock) = pool_lock
+                        && batch.limit > 0
+                    {
                         let mut sized: Vec<&str> = batch
                             .requests
                             .iter()
