@@ -572,6 +572,12 @@ async fn execute(
             retryable: false,
         };
     };
+    if let Some(message) = dag.params_misfit(&run.params) {
+        return Outcome::Failed {
+            message,
+            retryable: false,
+        };
+    }
     let reads = task.output_reads.among(&dag.ancestors(&task.id));
     let read_ids: Vec<String> = reads.iter().map(|s| s.to_string()).collect();
     let outputs = if read_ids.is_empty() {

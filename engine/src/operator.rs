@@ -25,6 +25,11 @@ pub struct OperatorKeys {
     /// data, and spliced into code they could change what it does; the operator takes them as
     /// bound parameters instead, and validation says so.
     pub code: &'static [&'static str],
+    /// Keys whose text a shell runs. Their templates may emit flow's own values and typed
+    /// scalar params as they are; anything else from outside the DAG file (string, list or
+    /// object params, task outputs, map items) only through `| shell_quote` (or as `env:`).
+    /// Validation refuses the rest (see [`crate::template::shell`]).
+    pub shell: &'static [&'static str],
 }
 
 /// Names operators and their keys, for validation.

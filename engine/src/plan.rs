@@ -468,6 +468,7 @@ mod tests {
                 required: &["command"],
                 optional: &["env", "cwd"],
                 code: &[],
+                shell: &[],
             })
         }
         fn names(&self) -> Vec<&str> {

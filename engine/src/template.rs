@@ -12,6 +12,8 @@ use minijinja::value::ValueKind;
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value as Json;
 
+pub mod shell;
+
 /// The names a template may use at the top level.
 pub const CONTEXT_NAMES: &[&str] = &[
     "ds",
@@ -37,6 +39,7 @@ fn env() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.add_filter(shell::SHELL_QUOTE, shell_quote);
         env.set_formatter(|out, state, value| {
             if let Some(text) = plain_text(value) {
                 out.write_str(&text).map_err(minijinja::Error::from)
@@ -68,6 +71,19 @@ fn plain_text(value: &Value) -> Option<String> {
         ValueKind::Bool => Some(value.is_true().to_string()),
         ValueKind::Seq | ValueKind::Map => serde_json::to_string(value).ok(),
         _ => None,
+    }
+}
+
+/// `{{ value | shell_quote }}`: the value as one shell word, written as it would render; a list
+/// becomes one word per item, separated by spaces, for `for x in {{ list | shell_quote }}`.
+fn shell_quote(value: &Value) -> String {
+    let word = |v: &Value| shell::quote(&plain_text(v).unwrap_or_else(|| v.to_string()));
+    match value.kind() {
+        ValueKind::Seq | ValueKind::Iterable => match value.try_iter() {
+            Ok(items) => items.map(|v| word(&v)).collect::<Vec<_>>().join(" "),
+            Err(_) => word(value),
+        },
+        _ => word(value),
     }
 }
 

@@ -441,6 +441,7 @@ impl flow_engine::operator::Operator for DemoData {
             required: &["out"],
             optional: &["users", "events", "seed", "start", "days"],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -63,6 +63,7 @@ impl Operator for Http {
                 "request_timeout",
             ],
             code: &[],
+            shell: &[],
         }
     }
 

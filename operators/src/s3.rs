@@ -286,6 +286,7 @@ impl Operator for S3Put {
             required: &["file", "to"],
             optional: &["connection"],
             code: &[],
+            shell: &[],
         }
     }
 
@@ -353,6 +354,7 @@ impl Operator for S3Copy {
             required: &["from", "to"],
             optional: &["connection"],
             code: &[],
+            shell: &[],
         }
     }
 
@@ -434,6 +436,7 @@ impl Operator for S3Delete {
             required: &["url"],
             optional: &["connection"],
             code: &[],
+            shell: &[],
         }
     }
 
@@ -536,6 +539,7 @@ impl Operator for S3Sensor {
             required: &["url"],
             optional: &["connection", "poke_interval", "mode"],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -62,6 +62,7 @@ impl Operator for Shell {
             required: &["command"],
             optional: &["env", "cwd"],
             code: &[],
+            shell: &["command"],
         }
     }
 

@@ -168,6 +168,7 @@ impl Operator for Spark {
                 "staging",
             ],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -125,6 +125,7 @@ impl Operator for Sql {
             required: &["query"],
             optional: &["sources", "bind", "output", "memory_limit"],
             code: &["query"],
+            shell: &[],
         }
     }
 

@@ -106,6 +106,7 @@ impl Operator for Warehouse {
             required: &["connection"],
             optional: &["sql", "load"],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -80,7 +80,13 @@ impl Server {
         }
     }
 
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Json>) -> Answer {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Json>,
+    ) -> Answer {
         self.call_with(method, path, token, body, &[])
     }
 
@@ -102,12 +108,12 @@ impl Server {
         )
     }
 
-    fn get(&self, path: &str, token: &str) -> Answer {
+    pub(crate) fn get(&self, path: &str, token: &str) -> Answer {
         self.call("GET", path, Some(token), None)
     }
 
     /// Polls `GET /api/v1/runs/{id}` until `done` holds; panics after `limit`.
-    fn wait_run(
+    pub(crate) fn wait_run(
         &self,
         token: &str,
         run_id: &str,
@@ -146,14 +152,14 @@ impl Drop for Server {
 }
 
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Json,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Json,
     retry_after: Option<String>,
 }
 
 impl Answer {
-    fn ok(self) -> Json {
+    pub(crate) fn ok(self) -> Json {
         assert_eq!(self.status, 200, "{:#}", self.body);
         self.body
     }
@@ -226,7 +232,7 @@ pub(crate) fn token(env: &Env, name: &str, role: &str) -> String {
         .to_string()
 }
 
-fn trigger(server: &Server, token: &str, dag: &str, body: Json) -> Answer {
+pub(crate) fn trigger(server: &Server, token: &str, dag: &str, body: Json) -> Answer {
     server.call(
         "POST",
         &format!("/api/v1/dags/{dag}/runs"),
@@ -242,7 +248,7 @@ fn trigger_id(server: &Server, token: &str, dag: &str) -> String {
     created.body["run_id"].as_str().unwrap().to_string()
 }
 
-fn state_is<'a>(states: &'a [&'a str]) -> impl Fn(&Json) -> bool + 'a {
+pub(crate) fn state_is<'a>(states: &'a [&'a str]) -> impl Fn(&Json) -> bool + 'a {
     move |run| states.iter().any(|s| run["state"] == *s)
 }
 
@@ -821,7 +827,7 @@ fn grid_api_pages_runs_with_their_cells_counted_per_state() {
     each_db(|env, _db| {
         env.dag(
             "grid.yaml",
-            "id: grid\nparams:\n  fail: { type: boolean, default: false }\ntasks:\n  items:\n    operator: shell\n    command: echo '[1, 2, 3]' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: '{{ tasks.items.output }}'\n    command: test '{{ params.fail }}-{{ item }}' != true-2\n",
+            "id: grid\nparams:\n  fail: { type: boolean, default: false }\ntasks:\n  items:\n    operator: shell\n    command: echo '[1, 2, 3]' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: '{{ tasks.items.output }}'\n    command: test {{ params.fail }}-{{ item | shell_quote }} != true-2\n",
         );
         // Three runs, oldest first: a success, a failure (one mapped instance fails), a success.
         for fail in ["false", "true", "false"] {

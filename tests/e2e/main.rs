@@ -13,3 +13,4 @@ mod heavy;
 mod ml;
 mod pages;
 mod run;
+mod security;

@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use crate::api::{Server, token};
 use crate::harness::*;
 
-pub const DEMO_DAG: &str = "id: demo\ndescription: a demo DAG\ntags: [ml, nightly]\nparams:\n  n: { type: integer, default: 1 }\n  name: { type: string, default: world }\ntasks:\n  a: { operator: shell, command: 'echo hello {{ params.name }} {{ params.n }}' }\n  b: { operator: shell, command: 'echo b', depends_on: [a] }\n  c: { operator: shell, command: 'echo c', depends_on: [a] }\n  d: { operator: shell, command: 'echo d', depends_on: [b, c] }\n";
+pub const DEMO_DAG: &str = "id: demo\ndescription: a demo DAG\ntags: [ml, nightly]\nparams:\n  n: { type: integer, default: 1 }\n  name: { type: string, default: world }\ntasks:\n  a: { operator: shell, command: 'echo hello {{ params.name | shell_quote }} {{ params.n }}' }\n  b: { operator: shell, command: 'echo b', depends_on: [a] }\n  c: { operator: shell, command: 'echo c', depends_on: [a] }\n  d: { operator: shell, command: 'echo d', depends_on: [b, c] }\n";
 
 /// Task ids may only hold `[a-z0-9_]`, so the hostile text is in everything else an author
 /// writes: the description, a tag, a param's default and description, and the log.
@@ -18,7 +18,7 @@ tags: ["<img src=x onerror=window.__xss=1>"]
 params:
   p: { type: string, default: "<script>window.__xss=1</script>", description: "<img src=x onerror=window.__xss=1>" }
 tasks:
-  t: { operator: shell, command: "echo '<script>window.__xss=1</script>'; echo '<img src=x onerror=window.__xss=1>'; echo 'param {{ params.p }}'" }
+  t: { operator: shell, command: "echo '<script>window.__xss=1</script>'; echo '<img src=x onerror=window.__xss=1>'; echo param {{ params.p | shell_quote }}" }
 "#;
 
 /// A mapped task (one grid cell with counts) whose command uses a secret (masked on the page).
@@ -350,8 +350,9 @@ fn pages_on(env: &Env) {
         task_page.body
     );
     assert!(
-        task_page.body.contains("echo hello http 7"),
-        "rendered command"
+        task_page.body.contains("echo hello &#39;http&#39; 7"),
+        "rendered command, the string param quoted: {}",
+        task_page.body
     );
     let tail = call(
         &base,

@@ -13,7 +13,7 @@ tasks:
   produce:
     operator: shell
     command: |
-      echo "hello {{ params.name }} on {{ ds }} with token {{ secrets.API_TOKEN }}"
+      echo hello {{ params.name | shell_quote }} on "{{ ds }} with token {{ secrets.API_TOKEN }}"
       echo "env token: $TOKEN"
       echo '{"items": {{ range(params.count) | list }}, "note": "{{ secrets.API_TOKEN }}"}' > "$FLOW_OUTPUT"
     env: { TOKEN: "{{ secrets.API_TOKEN }}" }
@@ -22,12 +22,13 @@ tasks:
     depends_on: [produce]
     for_each: "{{ tasks.produce.output.items }}"
     command: |
-      echo '{"square": {{ item * item }}, "index": {{ map_index }}}' > "$FLOW_OUTPUT"
+      printf '{"square": %s, "index": %s}' {{ (item * item) | shell_quote }} {{ map_index }} > "$FLOW_OUTPUT"
   total:
     operator: shell
     depends_on: [fan]
+    env: { SUM: "{{ tasks.fan.output | sum(attribute='square') }}" }
     command: |
-      echo '{"sum": {{ tasks.fan.output | sum(attribute="square") }}}' > "$FLOW_OUTPUT"
+      echo "{\"sum\": $SUM}" > "$FLOW_OUTPUT"
 "#;
 
 #[test]
@@ -295,7 +296,7 @@ fn parallelism_holds_while_slots_are_handed_over() {
         env.dag(
             "wide.yaml",
             &format!(
-                "id: wide\ntasks:\n  items:\n    operator: shell\n    command: echo '[0,1,2,3,4,5,6,7,8,9]' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: '{{{{ tasks.items.output }}}}'\n    command: |\n      echo \"start $(date +%s%N)\" >> {s}/{{{{ item }}}}\n      sleep 0.1\n      echo \"end $(date +%s%N)\" >> {s}/{{{{ item }}}}\n"
+                "id: wide\ntasks:\n  items:\n    operator: shell\n    command: echo '[0,1,2,3,4,5,6,7,8,9]' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: '{{{{ tasks.items.output }}}}'\n    command: |\n      echo \"start $(date +%s%N)\" >> {s}/{{{{ item | shell_quote }}}}\n      sleep 0.1\n      echo \"end $(date +%s%N)\" >> {s}/{{{{ item | shell_quote }}}}\n"
             ),
         );
         let run = env.flow_json(&["run", "wide", "--json"], 0);

@@ -63,7 +63,7 @@ fn map10k() -> String {
 /// A realistic small DAG, numbered, for the 1,000-files load.
 fn generated(i: usize) -> String {
     format!(
-        "id: generated_{i:04}\ndescription: generated DAG {i}\nschedule: \"{m} {h} * * *\"\nstart_date: 2026-01-01\ntimezone: Europe/Amsterdam\nparams:\n  region: {{ type: string, default: eu }}\ndefaults:\n  retries: 2\n  retry_delay: 30s\ntasks:\n  extract:\n    operator: shell\n    command: echo extract {{{{ ds }}}} {{{{ params.region }}}}\n  transform:\n    operator: shell\n    depends_on: [extract]\n    command: echo transform {{{{ ds }}}}\n  load:\n    operator: shell\n    depends_on: [transform]\n    command: echo load\n",
+        "id: generated_{i:04}\ndescription: generated DAG {i}\nschedule: \"{m} {h} * * *\"\nstart_date: 2026-01-01\ntimezone: Europe/Amsterdam\nparams:\n  region: {{ type: string, default: eu }}\ndefaults:\n  retries: 2\n  retry_delay: 30s\ntasks:\n  extract:\n    operator: shell\n    command: echo extract {{{{ ds }}}} {{{{ params.region | shell_quote }}}}\n  transform:\n    operator: shell\n    depends_on: [extract]\n    command: echo transform {{{{ ds }}}}\n  load:\n    operator: shell\n    depends_on: [transform]\n    command: echo load\n",
         m = i % 60,
         h = i % 24
     )

@@ -6,6 +6,7 @@
 
 pub mod load;
 pub mod parse;
+mod quoting;
 #[cfg(test)]
 mod tests;
 
@@ -404,6 +405,23 @@ impl Dag {
             }
         }
         out
+    }
+
+    /// Why a run's params no longer fit this version of the DAG, if they do not: validation lets
+    /// a shell key emit a number or boolean param unquoted, so a run made when the param was a
+    /// string must not render into the new version's commands.
+    pub fn params_misfit(&self, run_params: &Json) -> Option<String> {
+        self.params.iter().find_map(|p| {
+            let v = run_params.get(&p.name)?;
+            (!p.kind.accepts(v)).then(|| {
+                format!(
+                    "param '{}' is {} {} in this version of the DAG, but the run holds {v}",
+                    p.name,
+                    article(p.kind.as_str()),
+                    p.kind.as_str()
+                )
+            })
+        })
     }
 
     /// The run's params: defaults, overridden by `given`. Every given name must be declared and of

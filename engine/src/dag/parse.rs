@@ -806,7 +806,9 @@ impl Cx {
             };
             let ancestors = dag.ancestors(&task.id);
             let mapped = task.for_each.is_some();
-            let code_keys = catalog.keys(&task.operator).map_or(&[][..], |k| k.code);
+            let keys = catalog.keys(&task.operator);
+            let code_keys = keys.map_or(&[][..], |k| k.code);
+            let shell_keys = keys.map_or(&[][..], |k| k.shell);
             let mut strings = Vec::new();
             if let Value::Map(fields) = &tnode.value {
                 for (k, v) in fields {
@@ -832,6 +834,7 @@ impl Cx {
                 };
                 let item_allowed = mapped && key != "for_each" && key != "when";
                 let top = key.split(['.', '[']).next().unwrap_or_default();
+                let before = self.problems.len();
                 if code_keys.contains(&top) {
                     for r in &refs {
                         if let Some(msg) = spliced_into_code(r) {
@@ -844,6 +847,13 @@ impl Cx {
                         check_reference(&r, &task_ids, &task.id, &params, &ancestors, item_allowed)
                     {
                         self.problem(pos, format!("in '{key}' of task '{}': {msg}", task.id));
+                    }
+                }
+                // A name already reported (unknown param, task not upstream) is not reported
+                // again as unquoted.
+                if shell_keys.contains(&top) && self.problems.len() == before {
+                    for msg in super::quoting::problems(dag, task, &key, &text) {
+                        self.problem(pos, msg);
                     }
                 }
             }

@@ -23,11 +23,13 @@ impl Catalog for TestCatalog {
                 required: &["command"],
                 optional: &["env", "cwd"],
                 code: &[],
+                shell: &["command"],
             }),
             "sql" => Some(OperatorKeys {
                 required: &["query"],
                 optional: &["sources", "bind", "output"],
                 code: &["query"],
+                shell: &[],
             }),
             _ => None,
         }
@@ -235,6 +237,37 @@ fn unknown_param_in_template() {
 }
 
 #[test]
+fn param_spliced_into_shell() {
+    // The contract's own example line: a string param spliced into a command is refused, with
+    // env: as the way out; a typed integer param and flow's own `ds` may stay.
+    let p = invalid("param_spliced_into_shell");
+    assert_eq!(p.len(), 2, "{}", render(&p));
+    has(
+        &p,
+        8,
+        14,
+        &[
+            "params.model would reach the shell unquoted",
+            "did you mean to pass it in env:?",
+            "env: { MODEL: \"{{ params.model }}\" }",
+            "{{ params.model | shell_quote }}",
+        ],
+    );
+    // A block scalar's position is its first line; the message counts from there.
+    has(
+        &p,
+        12,
+        7,
+        &[
+            "(line 2 of the command)",
+            "inside \"...\" quotes",
+            "outside the quotes",
+            "env: { MODEL: \"{{ params.model }}\" }",
+        ],
+    );
+}
+
+#[test]
 fn param_spliced_into_sql() {
     // `{{ ds }}` is flow's own value and may stay; the param must be bound.
     only(
@@ -326,6 +359,7 @@ fn every_invalid_fixture_is_checked_and_points_into_its_file() {
         "missing_id",
         "missing_operator",
         "output_not_upstream",
+        "param_spliced_into_shell",
         "param_spliced_into_sql",
         "param_wrong_type",
         "schedule_without_start_date",
@@ -458,7 +492,7 @@ fn the_contract_example_parses_into_the_documented_model() {
     assert_eq!(extract.priority, 0);
     assert_eq!(
         serde_json::Value::Object(extract.config.clone()),
-        json!({"command": "echo extracting {{ ds }} for {{ params.model }}"})
+        json!({"command": "echo extracting {{ ds }} for {{ params.model | shell_quote }}"})
     );
 
     // A task's own keys override the defaults one by one.
@@ -720,7 +754,7 @@ fn loading_the_fixture_folders() {
 
     let invalid = load_folder(Path::new(INVALID), &TestCatalog, &opts).unwrap();
     assert!(invalid.dags.is_empty());
-    assert_eq!(invalid.errors.len(), 23);
+    assert_eq!(invalid.errors.len(), 24);
 }
 
 fn inline(yaml: &str) -> Vec<Problem> {
@@ -760,7 +794,7 @@ fn template_problems_are_reported_even_with_a_cycle() {
 #[test]
 fn reading_a_broken_task_or_param_is_not_reported_as_unknown() {
     let p = inline(
-        "id: x\nparams:\n  mode: { type: strng }\ntasks:\n  a:\n    operator: teleport\n    command: echo\n  b:\n    operator: shell\n    depends_on: [a]\n    command: \"echo {{ tasks.a.output }} {{ params.mode }}\"\n",
+        "id: x\nparams:\n  mode: { type: strng }\ntasks:\n  a:\n    operator: teleport\n    command: echo\n  b:\n    operator: shell\n    depends_on: [a]\n    command: \"echo {{ tasks.a.output | shell_quote }} {{ params.mode | shell_quote }}\"\n",
     );
     assert_eq!(p.len(), 2, "{}", render(&p));
     has(&p, 3, 17, &["unknown param type 'strng'"]);

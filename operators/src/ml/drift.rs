@@ -197,6 +197,7 @@ impl Operator for Drift {
             required: &["reference", "current"],
             optional: &["features", "bins", "engine", "spark"],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -390,6 +390,7 @@ impl Operator for Experiment {
                 "spark",
             ],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -125,6 +125,7 @@ impl Operator for Predict {
             required: &["model", "input", "id_column", "output"],
             optional: &["version", "connection", "engine", "spark"],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -89,6 +89,7 @@ impl Operator for Promote {
             required: &["model", "version"],
             optional: &["metric", "min_improvement"],
             code: &[],
+            shell: &[],
         }
     }
 

@@ -403,6 +403,7 @@ impl Operator for Train {
                 "spark",
             ],
             code: &[],
+            shell: &[],
         }
     }
 

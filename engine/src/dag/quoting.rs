@@ -1,0 +1,122 @@
+//! The shell rule of DAG files: in a key a shell runs, a value from outside the file reaches the
+//! shell only through `env:` or `| shell_quote` (see [`crate::template::shell`]).
+
+use super::{Dag, ForEach, ParamType, Task};
+use crate::template::{self, shell};
+
+/// The loop attributes a template may emit as they are: numbers and booleans.
+const LOOP_VALUES: &[&str] = &[
+    "loop.index",
+    "loop.index0",
+    "loop.revindex",
+    "loop.revindex0",
+    "loop.first",
+    "loop.last",
+    "loop.length",
+    "loop.depth",
+    "loop.depth0",
+];
+
+/// True for a name whose value flow itself makes (dates, ids, the try number, secrets from the
+/// configured sources), or a param typed as a number or boolean (a trigger's value is checked
+/// against the type before the run exists, so it cannot carry shell syntax).
+fn trusted(dag: &Dag, task: &Task, name: &str) -> bool {
+    let mut parts = name.split('.');
+    let head = parts.next().unwrap_or_default();
+    match head {
+        "params" => {
+            let (Some(param), None) = (parts.next(), parts.next()) else {
+                return false;
+            };
+            dag.params.iter().any(|p| {
+                p.name == param
+                    && matches!(
+                        p.kind,
+                        ParamType::Integer | ParamType::Number | ParamType::Boolean
+                    )
+            })
+        }
+        "tasks" => false,
+        // Items written out in the DAG file are the author's own text, not outside values.
+        "item" => match &task.for_each {
+            Some(ForEach::Items(items)) => !items.iter().any(holds_template),
+            _ => false,
+        },
+        "secrets" => true,
+        "loop" => LOOP_VALUES.contains(&name),
+        _ => template::CONTEXT_NAMES.contains(&head) || template::is_builtin(head),
+    }
+}
+
+fn holds_template(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => template::is_template(s),
+        serde_json::Value::Array(items) => items.iter().any(holds_template),
+        serde_json::Value::Object(map) => map.values().any(holds_template),
+        _ => false,
+    }
+}
+
+/// One message per place where the template `text` of the shell key `key` of `task` emits an
+/// outside value unprotected.
+pub(super) fn problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<String> {
+    let task_id = task.id.as_str();
+    let found = match shell::unquoted(text, &|name| trusted(dag, task, name)) {
+        Ok(found) => found,
+        // A template that does not parse is reported by the general template check.
+        Err(_) => return Vec::new(),
+    };
+    found
+        .into_iter()
+        .map(|u| message(task_id, key, text, &u))
+        .collect()
+}
+
+fn message(task_id: &str, key: &str, text: &str, u: &shell::Unquoted) -> String {
+    let at = if text.trim_end().contains('\n') {
+        format!(" (line {} of the {key})", u.line)
+    } else {
+        String::new()
+    };
+    let head = format!("in '{key}' of task '{task_id}'");
+    if u.expr.is_empty() {
+        return format!("{head}: a shell key cannot use {}{at}", u.name);
+    }
+    let expr = &u.expr;
+    let var = u
+        .name
+        .rsplit('.')
+        .next()
+        .filter(|v| !v.is_empty())
+        .unwrap_or("value")
+        .to_ascii_uppercase();
+    // The value as env: would take it: without the quoting a shell no longer needs there.
+    let value = expr
+        .strip_suffix(shell::SHELL_QUOTE)
+        .and_then(|e| e.trim_end().strip_suffix('|'))
+        .map_or(expr.as_str(), str::trim_end);
+    let env_hint = format!(
+        "did you mean to pass it in env:? `env: {{ {var}: \"{{{{ {value} }}}}\" }}` and \"${var}\" \
+         in the {key}"
+    );
+    if u.quoted {
+        return format!(
+            "{head}: `{{{{ {expr} }}}}` is inside {}{at}, where shell_quote does not protect \
+             it; put it outside the quotes, or {env_hint}",
+            u.context.describe()
+        );
+    }
+    let (place, word) = match u.context {
+        shell::Context::Word => (String::new(), "as a word of its own"),
+        other => (
+            format!(" inside {}", other.describe()),
+            "outside the quotes",
+        ),
+    };
+    format!(
+        "{head}: {name} would reach the shell unquoted in `{{{{ {expr} }}}}`{place}{at}, and a \
+         value from outside the DAG file could run any command; {env_hint}; or quote it {word}: \
+         `{{{{ {expr} | shell_quote }}}}`",
+        name = u.name,
+    )
+}

@@ -1,0 +1,136 @@
+use super::*;
+
+/// flow's own values, and `params.n` as a typed number.
+fn trusted(name: &str) -> bool {
+    matches!(name, "ds" | "ts" | "run_id" | "params.n" | "range") || name.starts_with("loop.")
+}
+
+fn names(source: &str) -> Vec<String> {
+    unquoted(source, &trusted)
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect()
+}
+
+#[test]
+fn quoting_makes_one_literal_word() {
+    assert_eq!(quote("plain"), "'plain'");
+    assert_eq!(quote(""), "''");
+    assert_eq!(quote("it's"), r"'it'\''s'");
+    assert_eq!(
+        quote(r#"x"; id > /tmp/pwned; echo ""#),
+        r#"'x"; id > /tmp/pwned; echo "'"#
+    );
+    assert_eq!(quote("$(id) `id` \\ \n"), "'$(id) `id` \\ \n'");
+}
+
+#[test]
+fn flow_values_and_quoted_outside_values_pass() {
+    let ok = [
+        "echo {{ ds }} \"{{ ts }}\" '{{ run_id }}'",
+        "echo {{ params.model | shell_quote }}",
+        "echo --name={{ params.model | shell_quote }}.csv",
+        "echo {{ (params.a ~ '-' ~ item) | shell_quote }}",
+        "echo {{ params.n * 2 }} {{ range(params.n) | list }}",
+        "{% if params.full %}--full{% endif %} {{ ds }}",
+        "{% for r in params.regions %}{{ r | shell_quote }} {{ loop.index }}{% endfor %}",
+        "{% filter shell_quote %}{{ params.a }} and {{ item }}{% endfilter %}",
+        "echo 'it''s' \"a \\\" b\" {{ item | shell_quote }}",
+        "# don't\necho {{ item | shell_quote }}",
+        "echo $# {{ item | shell_quote }}",
+        "cat <<EOF\n{{ ds }} '\nEOF\necho {{ item | shell_quote }}",
+        "cat <<-'END' > f\n\tbody \"\n\tEND\necho {{ item | shell_quote }}",
+        "plain text, no template",
+    ];
+    for src in ok {
+        assert_eq!(names(src), Vec::<String>::new(), "{src}");
+    }
+}
+
+#[test]
+fn every_unquoted_outside_value_is_found() {
+    let cases: &[(&str, &[&str])] = &[
+        ("echo {{ params.model }}", &["params.model"]),
+        (
+            "echo {{ item }} {{ tasks.a.output.path }}",
+            &["item", "tasks.a.output.path"],
+        ),
+        ("echo {{ params.model | upper }}", &["params.model"]),
+        // Quoting must be the last word: a filter after it can undo it.
+        (
+            "echo {{ params.model | shell_quote | replace(\"'\", '') }}",
+            &["params.model"],
+        ),
+        ("echo {{ ds ~ params.model }}", &["params.model"]),
+        ("{% for r in params.regions %}{{ r }}{% endfor %}", &["r"]),
+        ("{% set m = params.model %}{{ m }}", &["m"]),
+        (
+            "{% filter replace(\"'\", '') %}{{ params.a | shell_quote }}{% endfilter %}",
+            &["params.a"],
+        ),
+        (
+            "{% macro m(x) %}{{ x }}{% endmacro %}{{ m(params.a) | shell_quote }}",
+            &["x"],
+        ),
+        ("{% include 'other' %}", &["another template"]),
+        (
+            "{% if params.full %}{{ params.a }}{% endif %}",
+            &["params.a"],
+        ),
+    ];
+    for (src, want) in cases {
+        assert_eq!(&names(src), want, "{src}");
+    }
+}
+
+#[test]
+fn quoted_values_are_refused_where_quoting_does_not_hold() {
+    let cases = [
+        ("echo '{{ item | shell_quote }}'", Context::SingleQuotes),
+        ("echo \"x {{ item | shell_quote }}\"", Context::DoubleQuotes),
+        (
+            "echo \"it's\" \"{{ item | shell_quote }}\"",
+            Context::DoubleQuotes,
+        ),
+        (
+            "cat <<EOF\n{{ item | shell_quote }}\nEOF",
+            Context::HereDocument,
+        ),
+        (
+            "cat <<'EOF'\n{{ item | shell_quote }}\nEOF",
+            Context::HereDocument,
+        ),
+        ("echo x # {{ item | shell_quote }}", Context::Comment),
+        (
+            "echo '{% filter shell_quote %}{{ item }}{% endfilter %}'",
+            Context::SingleQuotes,
+        ),
+    ];
+    for (src, want) in cases {
+        let found = unquoted(src, &trusted).unwrap();
+        assert_eq!(found.len(), 1, "{src}: {found:?}");
+        assert_eq!(found[0].context, want, "{src}");
+        assert!(found[0].quoted, "{src}");
+    }
+}
+
+#[test]
+fn lines_are_counted_within_the_template() {
+    let found = unquoted("set -eu\necho {{ ds }}\necho {{ item }}\n", &trusted).unwrap();
+    assert_eq!(
+        found,
+        vec![Unquoted {
+            line: 3,
+            expr: "item".into(),
+            name: "item".into(),
+            context: Context::Word,
+            quoted: false,
+        }]
+    );
+}
+
+#[test]
+fn a_template_that_does_not_parse_is_an_error() {
+    assert!(unquoted("echo {{ oops", &trusted).is_err());
+}

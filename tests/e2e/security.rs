@@ -1,0 +1,136 @@
+//! SECURITY.md's rules, attacked through the real binary: values from outside a DAG file never
+//! reach a shell as code, on SQLite and PostgreSQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::api::{Server, state_is, token, trigger};
+use crate::harness::*;
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dags");
+
+/// A value that runs `touch pwned` (three ways) wherever a shell reads it as code, whatever
+/// quotes the command put around it. Tasks run in the DAG folder, so that is where the mark
+/// would appear; the value has no `/`, so it can also be one file name.
+const PAYLOAD: &str = "x'\"; touch pwned; echo \"' $(touch pwned) `touch pwned`";
+
+fn copy_shipped(env: &Env, files: &[&str]) {
+    for f in files {
+        std::fs::copy(Path::new(SHIPPED).join(f), env.dags().join(f)).unwrap();
+    }
+}
+
+/// The issue's own attack: `flow run model_health_check --param 'model=x"; id > /tmp/pwned'`.
+/// The shipped DAG passes the param as env: and shell_quote, so the command runs with the
+/// value as plain text, and it reaches the task's output unchanged.
+#[test]
+fn a_param_given_on_the_command_line_never_runs_as_shell() {
+    each_db(|env, db| {
+        copy_shipped(&env, &["model_health_check.yaml"]);
+        let mark = env.dags().join("pwned");
+        let evil = PAYLOAD.to_string();
+        for auc in ["0.5", "0.9"] {
+            let run = env.flow_json(
+                &[
+                    "run",
+                    "model_health_check",
+                    "--param",
+                    &format!("model={evil}"),
+                    "--param",
+                    &format!("simulated_auc={auc}"),
+                    "--json",
+                ],
+                0,
+            );
+            assert_eq!(run["state"], "success", "{db:?} {run:#}");
+            assert!(!mark.exists(), "{db:?}: the param ran as shell code");
+            let fetched = task(&run, "fetch_metrics", None);
+            assert_eq!(fetched["output"]["model"], evil.as_str(), "{db:?}");
+            let said = if auc == "0.5" { "alert" } else { "healthy" };
+            let run_id = run["run_id"].as_str().unwrap();
+            let log = env.flow_ok(&["tasks", "logs", run_id, said], 0);
+            assert!(log.contains(&evil), "{db:?}: {log}");
+            let log = env.flow_ok(&["tasks", "logs", run_id, "record"], 0);
+            assert!(
+                log.contains(&format!("checked {evil} at ")),
+                "{db:?}: {log}"
+            );
+        }
+    });
+}
+
+/// The same through the REST API with an operator's token: the shipped DAGs that took
+/// `params.workdir` and `params.regions` (and their map items) into commands run the hostile
+/// values as names of folders and files.
+#[test]
+fn params_and_map_items_from_the_api_never_run_as_shell() {
+    each_db(|env, db| {
+        copy_shipped(
+            &env,
+            &["revenue_by_country.yaml", "events_daily_report.yaml"],
+        );
+        let operator = token(&env, "ops", "operator");
+        let server = Server::start(&env, "standalone");
+        let mark = env.dags().join("pwned");
+        let evil = PAYLOAD.to_string();
+        let workdir = env.path("work").join(&evil).display().to_string();
+        let revenue = trigger(
+            &server,
+            &operator,
+            "revenue_by_country",
+            json!({"params": {"workdir": workdir}}),
+        );
+        assert_eq!(revenue.status, 201, "{db:?} {:#}", revenue.body);
+        let events = trigger(
+            &server,
+            &operator,
+            "events_daily_report",
+            json!({"params": {"regions": ["eu", evil], "events_per_region": 10}}),
+        );
+        assert_eq!(events.status, 201, "{db:?} {:#}", events.body);
+        for created in [revenue, events] {
+            let run_id = created.body["run_id"].as_str().unwrap();
+            let run = server.wait_run(
+                &operator,
+                run_id,
+                Duration::from_secs(120),
+                state_is(&["success", "failed"]),
+            );
+            assert_eq!(run["state"], "success", "{db:?} {run:#}");
+        }
+        assert!(!mark.exists(), "{db:?}: a param or item ran as shell code");
+        // The hostile workdir is a folder like any other.
+        assert!(
+            Path::new(&workdir).join("revenue").is_dir(),
+            "{db:?}: nothing written under the hostile workdir"
+        );
+        server.stop();
+    });
+}
+
+/// A DAG that splices a string param into a command is refused with its position and the way
+/// out, by `dags validate` and by loading (a trigger of it finds no such DAG).
+#[test]
+fn a_command_splicing_a_param_is_refused_where_it_is_written() {
+    each_db(|env, db| {
+        env.dag(
+            "spliced.yaml",
+            "id: spliced\nparams:\n  model: { type: string, default: m }\ntasks:\n  a:\n    operator: shell\n    command: \"echo {{ params.model }}\"\n",
+        );
+        let out = env.flow(&["dags", "validate"]);
+        assert_eq!(out.status.code(), Some(1), "{db:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let at = format!("{}:7:14: ", env.dags().join("spliced.yaml").display());
+        assert!(stderr.contains(&at), "{db:?}: {stderr}");
+        assert!(
+            stderr.contains("did you mean to pass it in env:?")
+                && stderr.contains("{{ params.model | shell_quote }}"),
+            "{db:?}: {stderr}"
+        );
+        let out = env.flow(&["run", "spliced", "--param", "model=x; touch pwned"]);
+        assert_ne!(out.status.code(), Some(0), "{db:?}: a refused DAG ran");
+        assert!(!env.dags().join("pwned").exists());
+    });
+}
