@@ -122,8 +122,8 @@ async function main() {
     await page.waitForSelector("#log");
     const log = await page.locator("#log").innerText();
     check(log.includes("hello browser 7"), "the task page holds the try's log line");
-    check((await page.locator("#command").innerText()).includes("echo hello browser 7"),
-      "the task page shows the rendered command");
+    check((await page.locator("#command").innerText()).includes("echo hello 'browser' 7"),
+      "the task page shows the rendered command, the string param quoted");
     await shot(page, "06-task-log");
 
     // Clear task a and see it run again: a second try.
