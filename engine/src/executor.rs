@@ -642,6 +642,7 @@ async fn execute(
         output_path: output_path.clone(),
         log: log.clone(),
         secrets: env.secrets.clone(),
+        named_secrets: task.secret_reads.iter().cloned().collect(),
         masker: env.secrets.masker(),
         on_spawn: Some(pid_tx),
         external: claim.external.clone(),

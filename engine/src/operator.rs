@@ -125,6 +125,8 @@ pub struct TaskContext {
     pub output_path: PathBuf,
     pub log: LogSink,
     pub secrets: Secrets,
+    /// The secrets the task's keys name: its processes get `FLOW_SECRET_NAME` for these only.
+    pub named_secrets: Vec<String>,
     pub masker: Masker,
     /// Records a started process group, so that a scheduler that finds this try orphaned can
     /// stop it. An operator that starts processes calls it before letting them do any work.
@@ -145,7 +147,8 @@ pub type ExternalRecorder = Arc<
 >;
 
 impl TaskContext {
-    /// The `FLOW_*` variables every child process of a task sees.
+    /// The `FLOW_*` variables every child process of a task sees, and `FLOW_SECRET_NAME` for
+    /// each secret the task names.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("FLOW_DAG_ID".to_string(), self.dag_id.clone()),
@@ -160,6 +163,14 @@ impl TaskContext {
         ];
         if let Some(i) = self.map_index {
             env.push(("FLOW_MAP_INDEX".to_string(), i.to_string()));
+        }
+        for name in &self.named_secrets {
+            if let Some(value) = self.secrets.get(name) {
+                env.push((
+                    format!("{}{name}", crate::secrets::ENV_PREFIX),
+                    value.to_string(),
+                ));
+            }
         }
         env
     }

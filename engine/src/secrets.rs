@@ -2,6 +2,10 @@
 //!
 //! The only source today is the environment (`FLOW_SECRET_NAME`). Every log line, output, error
 //! message and rendered value passes through [`Masker::mask`] before it is stored or shown.
+//! Beside the secrets, the masker hides values that are not templates' to read but must never be
+//! shown either ([`Secrets::hiding`]: the database URL's password, passwords written in
+//! `flow.toml`). A secret of several lines (a PEM key, JSON credentials) is also masked line by
+//! line, since logs are written a line at a time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,9 +13,15 @@ use std::sync::Arc;
 pub const ENV_PREFIX: &str = "FLOW_SECRET_";
 pub const MASK: &str = "***";
 
+/// The shortest line of a multi-line secret masked on its own: shorter ones (`{`, `}`,
+/// `-----END`) would mask ordinary text everywhere.
+pub const MIN_LINE_MASKED: usize = 8;
+
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     values: Arc<BTreeMap<String, String>>,
+    /// Masked, but not secrets a template may read.
+    hidden: Arc<Vec<String>>,
 }
 
 impl Secrets {
@@ -26,7 +36,16 @@ impl Secrets {
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
         Secrets {
             values: Arc::new(pairs.into_iter().collect()),
+            hidden: Arc::default(),
         }
+    }
+
+    /// These values are masked wherever a secret is, and are not readable as `secrets.*`.
+    pub fn hiding(mut self, values: impl IntoIterator<Item = String>) -> Secrets {
+        let mut hidden = self.hidden.as_ref().clone();
+        hidden.extend(values.into_iter().filter(|v| !v.is_empty()));
+        self.hidden = Arc::new(hidden);
+        self
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -38,7 +57,7 @@ impl Secrets {
     }
 
     pub fn masker(&self) -> Masker {
-        Masker::new(self.values.values().cloned())
+        Masker::new(self.values.values().chain(self.hidden.iter()).cloned())
     }
 
     /// Name -> value, as templates see them under `secrets`.
@@ -59,7 +78,22 @@ pub struct Masker {
 
 impl Masker {
     pub fn new(values: impl IntoIterator<Item = String>) -> Masker {
-        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        let mut values: Vec<String> = values
+            .into_iter()
+            .flat_map(|v| {
+                let lines: Vec<String> = if v.contains('\n') {
+                    v.lines()
+                        .map(str::trim)
+                        .filter(|l| l.chars().count() >= MIN_LINE_MASKED)
+                        .map(str::to_string)
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                std::iter::once(v).chain(lines)
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
         Masker {
@@ -112,6 +146,30 @@ mod tests {
         let mut v = serde_json::json!({"k": ["x hunter2 y"], "hunter2": 1});
         m.mask_json(&mut v);
         assert_eq!(v, serde_json::json!({"k": ["x *** y"], "***": 1}));
+    }
+
+    #[test]
+    fn a_multi_line_secret_is_masked_whole_and_line_by_line() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n  abc\n}\n-----END PRIVATE KEY-----\n";
+        let m = Secrets::from_pairs([("KEY".to_string(), pem.to_string())]).masker();
+        assert_eq!(m.mask(&format!("key: {pem}")), "key: ***");
+        // A log is written a line at a time; each long line of the key is masked on its own.
+        assert_eq!(
+            m.mask("line MIIEvQIBADANBgkqhkiG9w0BAQEFAASC end"),
+            "line *** end"
+        );
+        assert_eq!(m.mask("-----END PRIVATE KEY-----"), "***");
+        // Short lines are not: they would mask ordinary text.
+        assert_eq!(m.mask("abc } x"), "abc } x");
+    }
+
+    #[test]
+    fn hidden_values_are_masked_but_not_readable() {
+        let s = Secrets::from_pairs([("A".to_string(), "alpha-1".to_string())])
+            .hiding(["db-password".to_string(), String::new()]);
+        assert_eq!(s.masker().mask("alpha-1 db-password"), "*** ***");
+        assert!(s.get("db-password").is_none());
+        assert_eq!(s.to_json().len(), 1);
     }
 
     #[test]

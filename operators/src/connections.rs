@@ -56,6 +56,26 @@ impl Connections {
         self.entries.keys().map(String::as_str)
     }
 
+    /// The secrets written in `flow.toml` itself rather than named as `{{ secrets.NAME }}`: the
+    /// keys and passwords of connections, and the password of each `url`. They are masked like
+    /// secrets wherever flow writes or shows text.
+    pub fn plain_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in self.entries.values() {
+            for (key, value) in entry {
+                let Some(text) = value.as_str().filter(|t| !template::is_template(t)) else {
+                    continue;
+                };
+                if SECRET_KEYS.contains(&key.as_str()) {
+                    out.push(text.to_string());
+                } else if key == "url" {
+                    out.extend(url_password(text));
+                }
+            }
+        }
+        out
+    }
+
     fn entry(&self, name: &str, want: &str) -> Result<&Map<String, Json>, OperatorError> {
         let entry = self.entries.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
@@ -109,6 +129,29 @@ impl Connections {
         let entry = self.entry(name, "postgres")?;
         render_key(name, entry, "url", secrets)?
             .ok_or_else(|| OperatorError::Fatal(format!("connection `{name}` has no url")))
+    }
+}
+
+/// Connection keys whose values are secrets.
+const SECRET_KEYS: &[&str] = &["secret_access_key", "session_token", "password"];
+
+/// The password of a URL (`scheme://user:PASSWORD@host/...`), as written and percent-decoded:
+/// either form may show up in a message.
+pub fn url_password(url: &str) -> Vec<String> {
+    let Some(password) = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_string))
+        .filter(|p| !p.is_empty() && !template::is_template(p))
+    else {
+        return Vec::new();
+    };
+    let decoded = percent_encoding::percent_decode_str(&password)
+        .decode_utf8_lossy()
+        .into_owned();
+    if decoded == password {
+        vec![password]
+    } else {
+        vec![password, decoded]
     }
 }
 
@@ -170,6 +213,21 @@ mod tests {
             conns().postgres_url("warehouse", &secrets).unwrap(),
             "postgres://loader:pw@h/db"
         );
+    }
+
+    #[test]
+    fn passwords_written_in_flow_toml_are_found_for_masking() {
+        let toml: BTreeMap<String, Map<String, Json>> = serde_json::from_value(serde_json::json!({
+            "lake": {"type": "aws", "access_key_id": "AK", "secret_access_key": "plain-secret"},
+            "wh": {"type": "postgres", "url": "postgres://loader:p%40ss@h/db"},
+            "named": {"type": "postgres", "url": "postgres://u:{{ secrets.WH }}@h/db"},
+        }))
+        .unwrap();
+        let mut found = Connections::new(toml).plain_secrets();
+        found.sort();
+        assert_eq!(found, vec!["p%40ss", "p@ss", "plain-secret"]);
+        assert!(url_password("sqlite:///tmp/flow.db").is_empty());
+        assert!(url_password("postgres://postgres@127.0.0.1/x").is_empty());
     }
 
     #[test]

@@ -100,6 +100,15 @@ impl Operator for Shell {
     }
 }
 
+/// The scheduler's environment less every `FLOW_*` variable: flow's own settings
+/// (`FLOW_DATABASE_URL`, `FLOW_HOME`, where the admin token is) and every `FLOW_SECRET_*` stay
+/// with the scheduler. A task gets back the contract's `FLOW_*` variables and the secrets it
+/// names through [`TaskContext::env`]; the rest (`PATH`, `HOME`, `JAVA_HOME`, AWS's own
+/// variables) it inherits as before.
+fn inherited_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os().filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"FLOW_"))
+}
+
 /// Runs `command` (shell text; `args` are its positional parameters, `$@`) behind the gate in
 /// its own process group, its output pumped into the try's log. `what` names it in errors.
 pub(crate) async fn run_gated(
@@ -125,7 +134,7 @@ pub(crate) async fn run_gated(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd.envs(env);
+    cmd.env_clear().envs(inherited_env()).envs(env);
     let mut child = cmd.spawn().map_err(|e| {
         OperatorError::Retryable(format!("cannot start /bin/sh in {}: {e}", cwd.display()))
     })?;

@@ -134,3 +134,75 @@ fn a_command_splicing_a_param_is_refused_where_it_is_written() {
         assert!(!env.dags().join("pwned").exists());
     });
 }
+
+/// What a task's process sees: flow's settings, the database URL and the secrets it does not
+/// name stay with the scheduler; the ones it names come as `FLOW_SECRET_NAME`.
+const ENV_DAG: &str = r#"
+id: clean_env
+tasks:
+  look:
+    operator: shell
+    env: { NAMED: "{{ secrets.NAMED }}" }
+    command: |
+      for v in FLOW_DATABASE_URL FLOW_HOME FLOW_DAGS_FOLDER FLOW_SECRET_OTHER FLOW_SECRET_PEM; do
+        eval "test -z \"\${$v+set}\"" || echo "leaked: $v"
+      done
+      test "$FLOW_SECRET_NAMED" = "$NAMED" || echo "named secret missing"
+      test -n "$PATH" || echo "PATH missing"
+      echo "task $FLOW_TASK_ID of $FLOW_DAG_ID"
+      echo "named $FLOW_SECRET_NAMED"
+  print_secrets:
+    operator: shell
+    env: { PEM: "{{ secrets.PEM }}" }
+    command: |
+      printf '%s\n' "$PEM"
+      # Made at run time: the DAG's own text (kept in the database) must not hold them.
+      echo "database password db-pw-$((4000 + 242)) and connection password conn-pw-$((7000 + 777))"
+"#;
+
+#[test]
+fn tasks_get_a_clean_environment_and_every_password_is_masked() {
+    each_db(|mut env, db| {
+        // PostgreSQL here trusts every local login, so a URL with a password still connects.
+        if db == Db::Postgres {
+            env.db_url = env.db_url.replacen("postgres@", "postgres:db-pw-4242@", 1);
+        }
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----";
+        env.secrets.push(("NAMED".into(), "named-value-1".into()));
+        env.secrets.push(("OTHER".into(), "other-value-2".into()));
+        env.secrets.push(("PEM".into(), pem.into()));
+        env.config(
+            "[connections.wh]\ntype = \"postgres\"\nurl = \"postgres://loader:conn-pw-7777@127.0.0.1:5432/wh\"\n",
+        );
+        env.dag("clean_env.yaml", ENV_DAG);
+        let run = env.flow_json(&["run", "clean_env", "--json"], 0);
+        assert_eq!(run["state"], "success", "{db:?} {run:#}");
+        let run_id = run["run_id"].as_str().unwrap();
+        let look = env.flow_ok(&["tasks", "logs", run_id, "look"], 0);
+        assert!(!look.contains("leaked"), "{db:?}: {look}");
+        assert!(!look.contains("missing"), "{db:?}: {look}");
+        assert!(look.contains("task look of clean_env"), "{db:?}: {look}");
+        assert!(look.contains("named ***"), "{db:?}: {look}");
+        let printed = env.flow_ok(&["tasks", "logs", run_id, "print_secrets"], 0);
+        let mut secret_texts = vec!["conn-pw-7777", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"];
+        secret_texts.push("BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj");
+        if db == Db::Postgres {
+            secret_texts.push("db-pw-4242");
+        }
+        for text in &secret_texts {
+            assert!(!printed.contains(text), "{db:?}: {text} shown in {printed}");
+            // flow.toml is where the host's operator wrote the connection's password.
+            for (path, bytes) in env.home_files() {
+                assert!(
+                    path.ends_with("flow.toml") || !contains(&bytes, text),
+                    "{db:?}: {text} written to {}",
+                    path.display()
+                );
+            }
+        }
+        assert!(
+            printed.contains("connection password ***"),
+            "{db:?}: {printed}"
+        );
+    });
+}

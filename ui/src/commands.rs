@@ -83,10 +83,11 @@ async fn open(g: &Global) -> Result<Ctx> {
                 redact_url(&settings.database_url)
             )
         })?;
+    let secrets = Secrets::from_env().hiding(settings.hidden_values());
     Ok(Ctx {
         settings,
         store,
-        secrets: Secrets::from_env(),
+        secrets,
     })
 }
 

@@ -156,6 +156,16 @@ pub fn resolve(given: &Given) -> Result<Settings> {
     })
 }
 
+impl Settings {
+    /// What is masked like a secret without being one: the database URL's password and the
+    /// secrets written plainly in `[connections]`.
+    pub fn hidden_values(&self) -> Vec<String> {
+        let mut out = flow_operators::connections::url_password(&self.database_url);
+        out.extend(self.connections.plain_secrets());
+        out
+    }
+}
+
 fn read_file_config(path: &Path) -> Result<FileConfig> {
     match std::fs::read_to_string(path) {
         Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),

@@ -241,6 +241,33 @@ pub struct Task {
     pub for_each: Option<ForEach>,
     /// Which upstream outputs the operator's keys read, so that a try reads only those.
     pub output_reads: OutputReads,
+    /// The secrets the operator's keys name (`secrets.NAME`): the task's process gets
+    /// `FLOW_SECRET_NAME` for these and for no other secret.
+    pub secret_reads: BTreeSet<String>,
+}
+
+/// The names of the secrets that the templated strings in `config` read.
+pub fn secret_reads(config: &serde_json::Map<String, Json>) -> BTreeSet<String> {
+    fn walk(v: &Json, out: &mut BTreeSet<String>) {
+        match v {
+            Json::String(text) if crate::template::is_template(text) => {
+                let refs = crate::template::references(text).unwrap_or_default();
+                out.extend(refs.iter().filter_map(|r| {
+                    let mut parts = r.split('.');
+                    (parts.next() == Some("secrets"))
+                        .then(|| parts.next())
+                        .flatten()
+                        .map(str::to_string)
+                }));
+            }
+            Json::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            Json::Object(map) => map.values().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    config.values().for_each(|v| walk(v, &mut out));
+    out
 }
 
 /// The upstream outputs a task's keys read, found by a static look at their templates.

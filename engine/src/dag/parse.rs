@@ -727,6 +727,7 @@ impl Cx {
                     id: k.name.clone(),
                     operator,
                     output_reads: super::OutputReads::of(&config),
+                    secret_reads: super::secret_reads(&config),
                     config,
                     depends_on: depends_on.into_iter().map(|(d, _)| d).collect(),
                     trigger_rule: policy.trigger_rule,
