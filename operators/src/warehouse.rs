@@ -5,14 +5,22 @@
 //! while DataFusion reads the file (parquet, csv or json; local or `s3://`), so a file of any
 //! size streams through. `replace` empties the table with DELETE rather than TRUNCATE: on
 //! Redshift TRUNCATE commits at once, which would leave the table empty if the load then failed.
+//!
+//! Values reach `sql` statements only as parameters (`bind:` -> `$name`, see [`bind`]): validation
+//! refuses a param, output or item spliced into a statement's text, as it does for `sql`.
 
+mod bind;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use sqlx::{Connection, Executor};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, SqlSafeStr, Statement, TypeInfo};
+
+use self::bind::Placeholders;
 
 use crate::connections::Connections;
 use crate::sql::{Chunk, read_as_csv};
@@ -33,6 +41,9 @@ impl Warehouse {
 struct Config {
     connection: String,
     sql: Option<Statements>,
+    /// `$name` in a statement -> its value, sent as a parameter.
+    #[serde(default)]
+    bind: BTreeMap<String, Json>,
     load: Option<Load>,
 }
 
@@ -104,8 +115,8 @@ impl Operator for Warehouse {
     fn keys(&self) -> OperatorKeys {
         OperatorKeys {
             required: &["connection"],
-            optional: &["sql", "load"],
-            code: &[],
+            optional: &["sql", "bind", "load"],
+            code: &["sql"],
             shell: &[],
         }
     }
@@ -136,13 +147,29 @@ impl Operator for Warehouse {
             Some(Statements::One(s)) => vec![s],
             Some(Statements::Many(v)) => v,
         };
-        for (i, stmt) in statements.iter().enumerate() {
+        let found = statements
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Placeholders::find(s).map_err(|e| fatal(format!("statement {}: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(unused) = cfg
+            .bind
+            .keys()
+            .find(|k| !found.iter().any(|p| p.names.contains(k)))
+        {
+            return Err(fatal(format!(
+                "`bind:` gives `{unused}`, but no statement uses ${unused}"
+            )));
+        }
+        for (i, (stmt, spots)) in statements.iter().zip(&found).enumerate() {
             ctx.log
                 .line(&format!("warehouse: statement {}", i + 1))
                 .await;
-            tx.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.clone())))
+            run_statement(&mut tx, stmt, spots, &cfg.bind)
                 .await
-                .map_err(|e| db_error(&format!("statement {}", i + 1), e))?;
+                .map_err(|e| e.context(&format!("statement {}", i + 1)))?;
         }
         let mut rows_loaded = 0u64;
         if let Some(load) = &cfg.load {
@@ -204,6 +231,59 @@ impl Operator for Warehouse {
         tx.commit().await.map_err(|e| db_error("COMMIT", e))?;
         Ok(Some(json!({ "rows_loaded": rows_loaded })))
     }
+}
+
+/// Why a statement failed, before the statement's number is put in front.
+enum StatementError {
+    Config(String),
+    Db(sqlx::Error),
+}
+
+impl StatementError {
+    fn context(self, what: &str) -> OperatorError {
+        match self {
+            StatementError::Config(m) => fatal(format!("{what}: {m}")),
+            StatementError::Db(e) => db_error(what, e),
+        }
+    }
+}
+
+/// Runs one statement: as it is when it names no parameter (it may then hold several), else
+/// prepared once to learn the types the server wants, and run with every value sent as text
+/// and cast there.
+async fn run_statement(
+    conn: &mut PgConnection,
+    sql: &str,
+    spots: &Placeholders,
+    bind: &BTreeMap<String, Json>,
+) -> Result<(), StatementError> {
+    if spots.is_empty() {
+        conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string())))
+            .await
+            .map_err(StatementError::Db)?;
+        return Ok(());
+    }
+    let values = spots.values(bind).map_err(StatementError::Config)?;
+    let numbered = spots.render(sql, |k| format!("${k}"));
+    let prepared = (&mut *conn)
+        .prepare(AssertSqlSafe(numbered).into_sql_str())
+        .await
+        .map_err(StatementError::Db)?;
+    let types: Vec<String> = match prepared.parameters() {
+        Some(sqlx::Either::Left(types)) => types.iter().map(|t| t.name().to_string()).collect(),
+        _ => vec!["TEXT".to_string(); values.len()],
+    };
+    let casts = (1..=values.len())
+        .map(|k| bind::cast(k, types.get(k - 1).map_or("TEXT", String::as_str)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StatementError::Config)?;
+    let typed = spots.render(sql, |k| casts[k - 1].clone());
+    let mut query = sqlx::query(AssertSqlSafe(typed));
+    for v in values {
+        query = query.bind(v);
+    }
+    query.execute(conn).await.map_err(StatementError::Db)?;
+    Ok(())
 }
 
 #[cfg(test)]

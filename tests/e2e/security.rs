@@ -206,3 +206,78 @@ fn tasks_get_a_clean_environment_and_every_password_is_masked() {
         );
     });
 }
+
+const WAREHOUSE_DAG: &str = r#"
+id: wh_bind
+params:
+  country: { type: string, default: DE }
+  since: { type: string, default: "2026-03-01T00:00:00Z" }
+  min: { type: number, default: 5 }
+tasks:
+  setup:
+    operator: warehouse
+    connection: wh
+    sql:
+      - "CREATE TABLE IF NOT EXISTS sales (country text, ts timestamptz, amount numeric)"
+      - "CREATE TABLE IF NOT EXISTS picked (country text, total numeric)"
+      - "DELETE FROM sales; INSERT INTO sales VALUES ('DE', '2026-03-02T00:00:00Z', 10), ('FR', '2026-03-02T00:00:00Z', 20), ('DE', '2026-02-01T00:00:00Z', 40)"
+  pick:
+    operator: warehouse
+    depends_on: [setup]
+    connection: wh
+    sql: "INSERT INTO picked SELECT $country, sum(amount) FROM sales WHERE country = $country AND ts >= $since AND amount >= $min -- not $unused"
+    bind: { country: "{{ params.country }}", since: "{{ params.since }}", min: "{{ params.min }}" }
+"#;
+
+/// `warehouse.sql` takes outside values only as bound parameters, typed by the server: a string
+/// param full of SQL is a value, and splicing one into a statement is refused.
+#[test]
+fn warehouse_statements_take_values_only_as_parameters() {
+    each_db(|env, db| {
+        // The warehouse is a PostgreSQL database of its own (made by a first flow command).
+        let Some(wh) = Env::new(Db::Postgres) else {
+            return;
+        };
+        wh.flow_ok(&["dags", "list"], 0);
+        env.config(&format!(
+            "[connections.wh]\ntype = \"postgres\"\nurl = \"{}\"\n",
+            wh.db_url
+        ));
+        env.dag("wh_bind.yaml", WAREHOUSE_DAG);
+        let run = env.flow_json(&["run", "wh_bind", "--json"], 0);
+        assert_eq!(run["state"], "success", "{db:?} {run:#}");
+        let evil = "DE'; DROP TABLE sales; --";
+        let run = env.flow_json(
+            &[
+                "run",
+                "wh_bind",
+                "--param",
+                &format!("country={evil}"),
+                "--json",
+            ],
+            0,
+        );
+        assert_eq!(run["state"], "success", "{db:?} {run:#}");
+        assert_eq!(
+            wh.psql("SELECT country || '=' || coalesce(total::text, 'none') FROM picked ORDER BY total NULLS LAST")
+                .unwrap(),
+            format!("DE=10\n{evil}=none\n"),
+            "{db:?}"
+        );
+        assert_eq!(wh.psql("SELECT count(*) FROM sales").unwrap().trim(), "3");
+
+        env.dag(
+            "wh_spliced.yaml",
+            "id: wh_spliced\nparams:\n  c: { type: string, default: DE }\ntasks:\n  t:\n    operator: warehouse\n    connection: wh\n    sql: \"DELETE FROM sales WHERE country = '{{ params.c }}'\"\n",
+        );
+        let out = env.flow(&["dags", "validate"]);
+        assert_eq!(out.status.code(), Some(1), "{db:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("wh_spliced.yaml:8:10: ")
+                && stderr.contains("bind it as a parameter")
+                && stderr.contains("$c"),
+            "{db:?}: {stderr}"
+        );
+    });
+}
