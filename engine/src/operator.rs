@@ -30,6 +30,10 @@ pub struct OperatorKeys {
     /// object params, task outputs, map items) only through `| shell_quote` (or as `env:`).
     /// Validation refuses the rest (see [`crate::template::shell`]).
     pub shell: &'static [&'static str],
+    /// Keys whose text is a URL. An outside value may fill its path or query, `| urlencode`d,
+    /// never its scheme or host, unless the task lists `allowed_hosts`, which the operator then
+    /// enforces on the rendered URL (see [`crate::template::url`]).
+    pub url: &'static [&'static str],
 }
 
 /// Names operators and their keys, for validation.

@@ -469,6 +469,7 @@ mod tests {
                 optional: &["env", "cwd"],
                 code: &[],
                 shell: &[],
+                url: &[],
             })
         }
         fn names(&self) -> Vec<&str> {

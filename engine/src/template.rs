@@ -13,6 +13,8 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value as Json;
 
 pub mod shell;
+pub mod splice;
+pub mod url;
 
 /// The names a template may use at the top level.
 pub const CONTEXT_NAMES: &[&str] = &[
@@ -40,6 +42,7 @@ fn env() -> &'static Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter(shell::SHELL_QUOTE, shell_quote);
+        env.add_filter(url::URL_QUOTE, urlencode);
         env.set_formatter(|out, state, value| {
             if let Some(text) = plain_text(value) {
                 out.write_str(&text).map_err(minijinja::Error::from)
@@ -84,6 +87,34 @@ fn shell_quote(value: &Value) -> String {
             Err(_) => word(value),
         },
         _ => word(value),
+    }
+}
+
+/// `{{ value | urlencode }}`: percent-encodes everything but RFC 3986's unreserved characters,
+/// `/` included (Jinja keeps `/`), so that a value is one path segment or one query value and
+/// cannot climb the path with `../`. A map becomes `k=v&k2=v2`.
+fn urlencode(value: &Value) -> Result<String, minijinja::Error> {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const SET: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let text = |v: &Value| plain_text(v).unwrap_or_else(|| v.to_string());
+    let enc = |s: &str| utf8_percent_encode(s, SET).to_string();
+    match value.kind() {
+        ValueKind::None | ValueKind::Undefined => Ok(String::new()),
+        ValueKind::Map => {
+            let mut pairs = Vec::new();
+            for k in value.try_iter()? {
+                let v = value.get_item(&k)?;
+                if !v.is_none() && !v.is_undefined() {
+                    pairs.push(format!("{}={}", enc(&text(&k)), enc(&text(&v))));
+                }
+            }
+            Ok(pairs.join("&"))
+        }
+        _ => Ok(enc(&text(value))),
     }
 }
 
@@ -231,6 +262,13 @@ mod tests {
             ("{{ l }}", r#"[1,"a"]"#),
             ("{{ o }}", r#"{"k":1}"#),
             ("{{ '<b>' }}", "<b>"),
+            (
+                "{{ 'a/../b c?&=#%' | urlencode }}",
+                "a%2F..%2Fb%20c%3F%26%3D%23%25",
+            ),
+            ("{{ {'q': 'x y', 'n': 2} | urlencode }}", "q=x%20y&n=2"),
+            ("{{ \"it's\" | shell_quote }}", "'it'\\''s'"),
+            ("{{ ['a b', 3] | shell_quote }}", "'a b' '3'"),
         ];
         for (src, want) in cases {
             assert_eq!(render(src, &c).unwrap(), want, "{src}");

@@ -442,6 +442,7 @@ impl flow_engine::operator::Operator for DemoData {
             optional: &["users", "events", "seed", "start", "days"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -1,4 +1,8 @@
 //! `http`: one HTTP request; a status outside `expect_status` is a failed try.
+//!
+//! Validation keeps outside values out of the URL's scheme and host (see
+//! `flow_engine::template::url`); here the rendered URL must be `http` or `https`, and a task that
+//! lists `allowed_hosts` (so that run-time values may choose the host) may reach only those.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +30,38 @@ struct Config {
     expect_status: Option<Expect>,
     /// Seconds for the whole exchange; the task's own `timeout` still applies on top.
     request_timeout: Option<u64>,
+    /// The hosts the URL may name (`api.example.com`, or `*.example.com` for its subdomains).
+    allowed_hosts: Option<Vec<String>>,
+}
+
+/// Refuses a URL that is not `http(s)`, or whose host `allowed_hosts` does not list.
+fn check_target(url: &str, allowed: Option<&[String]>) -> Result<(), OperatorError> {
+    let fatal = |m: String| OperatorError::Fatal(format!("http: {m}"));
+    let parsed = url::Url::parse(url).map_err(|e| fatal(format!("`{url}` is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(fatal(format!(
+            "`{url}`: only http and https URLs may be requested"
+        )));
+    }
+    let Some(allowed) = allowed else {
+        return Ok(());
+    };
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let listed = allowed.iter().any(|a| {
+        let a = a.to_ascii_lowercase();
+        match a.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == a,
+        }
+    });
+    if listed {
+        Ok(())
+    } else {
+        Err(fatal(format!(
+            "host `{host}` is not in allowed_hosts ({})",
+            allowed.join(", ")
+        )))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,9 +97,11 @@ impl Operator for Http {
                 "body",
                 "expect_status",
                 "request_timeout",
+                "allowed_hosts",
             ],
             code: &[],
             shell: &[],
+            url: &["url"],
         }
     }
 
@@ -74,6 +112,7 @@ impl Operator for Http {
     ) -> Result<Option<Json>, OperatorError> {
         let cfg: Config = serde_json::from_value(config.clone())
             .map_err(|e| OperatorError::Fatal(format!("http: {e}")))?;
+        check_target(&cfg.url, cfg.allowed_hosts.as_deref())?;
         if cfg.json.is_some() && cfg.body.is_some() {
             return Err(OperatorError::Fatal(
                 "http: give `json` or `body`, not both".into(),
@@ -160,4 +199,30 @@ fn send(cfg: &Config, method: &str) -> Result<(u16, Json), OperatorError> {
         _ => json!({ "status": status, "body": text }),
     };
     Ok((status, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_to_listed_hosts_are_requested() {
+        assert!(check_target("https://api.example.com/x", None).is_ok());
+        for bad in ["file:///etc/passwd", "gopher://h/", "not a url"] {
+            assert!(check_target(bad, None).is_err(), "{bad}");
+        }
+        let allowed = vec!["api.example.com".to_string(), "*.corp.example".to_string()];
+        for ok in ["https://API.example.com/v1", "http://a.corp.example:8080/"] {
+            assert!(check_target(ok, Some(&allowed)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://api.example.com.evil.test/",
+            "https://corp.example/",
+            "https://evilcorp.example/",
+            "http://169.254.169.254/latest/meta-data/",
+        ] {
+            let err = check_target(bad, Some(&allowed)).unwrap_err().to_string();
+            assert!(err.contains("not in allowed_hosts"), "{bad}: {err}");
+        }
+    }
 }

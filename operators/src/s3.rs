@@ -287,6 +287,7 @@ impl Operator for S3Put {
             optional: &["connection"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 
@@ -355,6 +356,7 @@ impl Operator for S3Copy {
             optional: &["connection"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 
@@ -437,6 +439,7 @@ impl Operator for S3Delete {
             optional: &["connection"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 
@@ -540,6 +543,7 @@ impl Operator for S3Sensor {
             optional: &["connection", "poke_interval", "mode"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -63,6 +63,7 @@ impl Operator for Shell {
             optional: &["env", "cwd"],
             code: &[],
             shell: &["command"],
+            url: &[],
         }
     }
 

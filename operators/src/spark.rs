@@ -169,6 +169,7 @@ impl Operator for Spark {
             ],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -126,6 +126,7 @@ impl Operator for Sql {
             optional: &["sources", "bind", "output", "memory_limit"],
             code: &["query"],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -118,6 +118,7 @@ impl Operator for Warehouse {
             optional: &["sql", "bind", "load"],
             code: &["sql"],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -262,10 +262,18 @@ fn the_ml_pipelines_train_promote_predict_and_watch_drift() {
 
 #[test]
 fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies() {
-    let (env, workdir) = ml_env();
+    let (mut env, workdir) = ml_env();
     let (port, received) = one_post_receiver();
-    let hook = format!("webhook=http://127.0.0.1:{port}/hook");
-    let done = run(&env, "experiment_results", &workdir, &["--param", &hook]);
+    env.secrets.push((
+        "EXPERIMENT_WEBHOOK".into(),
+        format!("http://127.0.0.1:{port}/hook"),
+    ));
+    let done = run(
+        &env,
+        "experiment_results",
+        &workdir,
+        &["--param", "notify=true"],
+    );
     let out = &task(&done, "compute", None)["output"];
     assert_eq!(out["concluded"], true, "{out:#}");
     assert_eq!(out["winner"], "treatment", "{out:#}");

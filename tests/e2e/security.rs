@@ -281,3 +281,81 @@ fn warehouse_statements_take_values_only_as_parameters() {
         );
     });
 }
+
+/// `http.url`: a param fills the path only percent-encoded; it never chooses the host unless
+/// the task lists `allowed_hosts`, which then holds at run time.
+#[test]
+fn http_urls_keep_their_host_whatever_a_param_holds() {
+    each_db(|env, db| {
+        let (port, receiver) = http_receiver(vec![(200, "application/json", "{\"ok\": true}"); 2]);
+        env.dag(
+            "calls.yaml",
+            &format!(
+                r#"
+id: calls
+params:
+  model: {{ type: string, default: m }}
+  target: {{ type: string, default: "http://127.0.0.1:{port}/ok" }}
+tasks:
+  encoded:
+    operator: http
+    url: "http://127.0.0.1:{port}/models/{{{{ params.model | urlencode }}}}?v=1"
+  chosen:
+    operator: http
+    depends_on: [encoded]
+    trigger_rule: all_done
+    url: "{{{{ params.target }}}}"
+    allowed_hosts: ["127.0.0.1"]
+"#
+            ),
+        );
+        let run = env.flow_json(
+            &[
+                "run",
+                "calls",
+                "--param",
+                "model=a/../@evil.test?x=1#y z",
+                "--json",
+            ],
+            0,
+        );
+        assert_eq!(run["state"], "success", "{db:?} {run:#}");
+        let seen = receiver.join().unwrap();
+        let first = seen[0].0.lines().next().unwrap().to_string();
+        assert_eq!(
+            first, "GET /models/a%2F..%2F%40evil.test%3Fx%3D1%23y%20z?v=1 HTTP/1.1",
+            "{db:?}"
+        );
+        assert!(seen[1].0.starts_with("GET /ok "), "{db:?} {:?}", seen[1]);
+        // A host that allowed_hosts does not list fails the try before any request.
+        let run = env.flow_json(
+            &[
+                "run",
+                "calls",
+                "--param",
+                "target=http://169.254.169.254/latest/meta-data/",
+                "--json",
+            ],
+            1,
+        );
+        let err = task(&run, "chosen", None)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(err.contains("not in allowed_hosts"), "{db:?}: {err}");
+
+        env.dag(
+            "forged.yaml",
+            "id: forged\nparams:\n  base: { type: string, default: x }\ntasks:\n  t:\n    operator: http\n    url: \"https://{{ params.base }}/v1\"\n",
+        );
+        let out = env.flow(&["dags", "validate"]);
+        assert_eq!(out.status.code(), Some(1), "{db:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains("forged.yaml:7:10: ")
+                && stderr.contains("would set the URL's scheme or host")
+                && stderr.contains("allowed_hosts"),
+            "{db:?}: {stderr}"
+        );
+    });
+}

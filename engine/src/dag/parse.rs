@@ -810,6 +810,14 @@ impl Cx {
             let keys = catalog.keys(&task.operator);
             let code_keys = keys.map_or(&[][..], |k| k.code);
             let shell_keys = keys.map_or(&[][..], |k| k.shell);
+            let url_keys = keys.map_or(&[][..], |k| k.url);
+            // A list of hosts counts only when it is the file's own text, not a template.
+            let hosts_listed = match task.config.get("allowed_hosts") {
+                Some(Json::Array(hosts)) => hosts
+                    .iter()
+                    .all(|h| h.as_str().is_some_and(|h| !template::is_template(h))),
+                _ => false,
+            };
             let mut strings = Vec::new();
             if let Value::Map(fields) = &tnode.value {
                 for (k, v) in fields {
@@ -854,6 +862,11 @@ impl Cx {
                 // again as unquoted.
                 if shell_keys.contains(&top) && self.problems.len() == before {
                     for msg in super::quoting::problems(dag, task, &key, &text) {
+                        self.problem(pos, msg);
+                    }
+                }
+                if url_keys.contains(&top) && !hosts_listed && self.problems.len() == before {
+                    for msg in super::quoting::url_problems(dag, task, &key, &text) {
                         self.problem(pos, msg);
                     }
                 }

@@ -1,5 +1,6 @@
-//! The shell rule of DAG files: in a key a shell runs, a value from outside the file reaches the
-//! shell only through `env:` or `| shell_quote` (see [`crate::template::shell`]).
+//! The splicing rules of DAG files: in a key a shell runs, a value from outside the file reaches
+//! the shell only through `env:` or `| shell_quote` (see [`crate::template::shell`]); in a URL
+//! key, only the path or query, `| urlencode`d (see [`crate::template::url`]).
 
 use super::{Dag, ForEach, ParamType, Task};
 use crate::template::{self, shell};
@@ -69,6 +70,44 @@ pub(super) fn problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<Str
     found
         .into_iter()
         .map(|u| message(task_id, key, text, &u))
+        .collect()
+}
+
+/// One message per place where the URL template `text` of `key` of `task` lets an outside value
+/// set the scheme or host, or reach the URL unencoded.
+pub(super) fn url_problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<String> {
+    let found = match crate::template::url::unsafe_spots(text, &|name| trusted(dag, task, name)) {
+        Ok(found) => found,
+        Err(_) => return Vec::new(),
+    };
+    found
+        .into_iter()
+        .map(|u| {
+            let head = format!("in '{key}' of task '{}'", task.id);
+            let expr = u
+                .expr
+                .strip_suffix(crate::template::url::URL_QUOTE)
+                .and_then(|e| e.trim_end().strip_suffix('|'))
+                .map_or(u.expr.as_str(), str::trim_end);
+            if u.expr.is_empty() {
+                format!("{head}: a URL key cannot use {}", u.name)
+            } else if u.in_authority {
+                format!(
+                    "{head}: {} would set the URL's scheme or host in `{{{{ {} }}}}`, and a value \
+                     from outside the DAG file could send the request to any machine; write the \
+                     scheme and host in the DAG and the value after them \
+                     (`https://api.example.com/path/{{{{ {expr} | urlencode }}}}`), or list the \
+                     hosts the task may reach in `allowed_hosts:`",
+                    u.name, u.expr
+                )
+            } else {
+                format!(
+                    "{head}: {} would reach the URL unencoded in `{{{{ {} }}}}`; write \
+                     `{{{{ {expr} | urlencode }}}}`",
+                    u.name, u.expr
+                )
+            }
+        })
         .collect()
 }
 

@@ -24,12 +24,14 @@ impl Catalog for TestCatalog {
                 optional: &["env", "cwd"],
                 code: &[],
                 shell: &["command"],
+                url: &[],
             }),
             "sql" => Some(OperatorKeys {
                 required: &["query"],
                 optional: &["sources", "bind", "output"],
                 code: &["query"],
                 shell: &[],
+                url: &[],
             }),
             _ => None,
         }

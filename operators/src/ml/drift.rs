@@ -198,6 +198,7 @@ impl Operator for Drift {
             optional: &["features", "bins", "engine", "spark"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -391,6 +391,7 @@ impl Operator for Experiment {
             ],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -126,6 +126,7 @@ impl Operator for Predict {
             optional: &["version", "connection", "engine", "spark"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

@@ -90,6 +90,7 @@ impl Operator for Promote {
             optional: &["metric", "min_improvement"],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 

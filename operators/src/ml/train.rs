@@ -404,6 +404,7 @@ impl Operator for Train {
             ],
             code: &[],
             shell: &[],
+            url: &[],
         }
     }
 
