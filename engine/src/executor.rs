@@ -730,17 +730,35 @@ fn external_recorder(recorder: Recorder, claim: Claim) -> crate::operator::Exter
     })
 }
 
+/// The largest `FLOW_OUTPUT` a try may publish: outputs live in the metadata database and are
+/// read by every downstream template, so a large result belongs in a file whose path is the
+/// output.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+
 /// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
 /// under `$FLOW_HOME`.
 async fn read_output(path: &Path) -> Result<Option<Json>, String> {
+    use std::io::Read;
     // Blocking calls on purpose: a missing file (most tasks) is one failed open, cheaper than a
     // trip to the blocking pool.
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read FLOW_OUTPUT: {e}")),
     };
+    // Read one byte past the limit rather than trusting the size: the file may still grow.
+    let mut bytes = Vec::new();
+    let read = file.take(MAX_OUTPUT_BYTES + 1).read_to_end(&mut bytes);
     let _ = std::fs::remove_file(path);
+    read.map_err(|e| format!("cannot read FLOW_OUTPUT: {e}"))?;
+    if bytes.len() as u64 > MAX_OUTPUT_BYTES {
+        return Err(format!(
+            "FLOW_OUTPUT holds more than {} KiB, the limit of a task's output; write a large \
+             result to a file and publish its path",
+            MAX_OUTPUT_BYTES / 1024
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| format!("FLOW_OUTPUT is not UTF-8: {e}"))?;
     if text.trim().is_empty() {
         return Ok(None);
     }

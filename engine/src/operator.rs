@@ -251,9 +251,12 @@ struct LazyFile {
 impl LazyFile {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.file.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Logs hold what tasks print: their owner's alone, like the database.
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)?;
             f.write_all(self.header.as_bytes())?;
             self.file = Some(f);

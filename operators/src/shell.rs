@@ -13,6 +13,14 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+
+/// The longest line a task's log keeps. The rest of a longer line is dropped as it arrives, so
+/// that what a task prints never piles up in the scheduler's memory (a task writing gigabytes
+/// without a newline costs this much, not gigabytes).
+pub const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// Ends a line cut at [`MAX_LOG_LINE`].
+pub const CUT_MARKER: &str = " [flow: line cut at 64 KiB; the rest of it was dropped]";
 use tokio::process::Command;
 
 pub struct Shell;
@@ -39,15 +47,42 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Copies a child's output into the try's log a line at a time, keeping at most
+/// [`MAX_LOG_LINE`] bytes of any line.
 async fn pump(reader: impl AsyncRead + Unpin, log: LogSink) {
-    let mut lines = BufReader::new(reader);
-    let mut buf = Vec::new();
+    let mut reader = BufReader::new(reader);
+    let mut line: Vec<u8> = Vec::new();
+    // True while the rest of a line already cut is being dropped.
+    let mut dropping = false;
     loop {
-        buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => log.line(&String::from_utf8_lossy(&buf)).await,
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(chunk) => chunk,
+        };
+        let newline = chunk.iter().position(|&b| b == b'\n');
+        let take = newline.map_or(chunk.len(), |i| i + 1);
+        if !dropping {
+            let room = MAX_LOG_LINE - line.len();
+            line.extend_from_slice(&chunk[..take.min(room)]);
+            if take > room || (newline.is_none() && line.len() == MAX_LOG_LINE) {
+                let mut text = String::from_utf8_lossy(&line).into_owned();
+                text.push_str(CUT_MARKER);
+                log.line(&text).await;
+                line.clear();
+                dropping = true;
+            }
         }
+        reader.consume(take);
+        if newline.is_some() {
+            if !dropping {
+                log.line(&String::from_utf8_lossy(&line)).await;
+            }
+            line.clear();
+            dropping = false;
+        }
+    }
+    if !line.is_empty() {
+        log.line(&String::from_utf8_lossy(&line)).await;
     }
 }
 
@@ -180,5 +215,48 @@ pub(crate) async fn run_gated(
             "{what} was killed by signal {}",
             status.signal().unwrap_or(0)
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_engine::secrets::Masker;
+
+    async fn pumped(input: Vec<u8>) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("try.log");
+        let log = LogSink::create(&path, "head", Masker::default())
+            .await
+            .unwrap();
+        pump(&input[..], log).await;
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lines_are_kept_whole_up_to_the_limit_and_cut_past_it() {
+        let mut input = b"short\n".to_vec();
+        input.extend(vec![b'a'; MAX_LOG_LINE]);
+        input.extend(b"\n");
+        input.extend(vec![b'b'; 3 * MAX_LOG_LINE + 17]);
+        input.extend(b"\nafter\nno newline at the end");
+        let lines = pumped(input).await;
+        assert_eq!(
+            lines.len(),
+            5,
+            "{:?}",
+            lines.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], "short");
+        assert_eq!(lines[1].len(), MAX_LOG_LINE + CUT_MARKER.len());
+        assert!(lines[2].starts_with('b') && lines[2].ends_with(CUT_MARKER));
+        assert_eq!(lines[2].len(), MAX_LOG_LINE + CUT_MARKER.len());
+        assert_eq!(lines[3], "after");
+        assert_eq!(lines[4], "no newline at the end");
     }
 }

@@ -359,3 +359,108 @@ tasks:
         );
     });
 }
+
+/// What a task prints is bounded on its way to the log: a line is cut at 64 KiB and the rest
+/// of it dropped as it comes, so the scheduler's memory stays flat however much a task writes
+/// without a newline; an output over 1 MiB fails the try with a message; a fresh home is its
+/// owner's alone.
+#[test]
+fn what_a_task_prints_is_bounded_and_flow_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    each_db(|env, db| {
+        env.dag(
+            "noisy.yaml",
+            r#"
+id: noisy
+params:
+  mib: { type: integer, default: 0 }
+tasks:
+  flood:
+    operator: shell
+    command: |
+      echo before
+      head -c {{ params.mib }}m /dev/zero | tr '\0' x
+      echo
+      touch flooded
+      sleep 1
+      echo after
+  big_output:
+    operator: shell
+    depends_on: [flood]
+    command: |
+      { printf '"'; head -c 2000000 /dev/zero | tr '\0' a; printf '"'; } > "$FLOW_OUTPUT"
+"#,
+        );
+        // A fresh home, made by flow itself.
+        let home = env.path("fresh/home");
+        let peak = |mib: &str| -> u64 {
+            let _ = std::fs::remove_file(env.dags().join("flooded"));
+            let mut child = env
+                .command(&["run", "noisy", "--param", &format!("mib={mib}")])
+                .env("FLOW_HOME", &home)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            wait_for_file(
+                &env.dags().join("flooded"),
+                Duration::from_secs(120),
+                "the flood",
+            );
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+            child.wait().unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap()
+        };
+        let quiet = peak("0");
+        let flooded = peak("256");
+        assert!(
+            flooded < quiet + 32 * 1024,
+            "{db:?}: 256 MiB on one line raised flow's peak RSS from {quiet} KiB to {flooded} KiB"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&home), 0o700, "{db:?}: FLOW_HOME");
+        if db == Db::Sqlite {
+            // The harness's SQLite database is outside this home; flow made it all the same.
+            let file = env.home().join("flow.db");
+            assert_eq!(mode(&file), 0o600, "{db:?}: the database");
+        }
+        let logs: Vec<_> = walk_files(&home.join("logs"));
+        assert!(!logs.is_empty(), "{db:?}: no logs under {}", home.display());
+        for log in &logs {
+            assert_eq!(mode(log), 0o600, "{db:?}: {}", log.display());
+        }
+        let flood_log = logs
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .find(|t| t.contains("before") && t.contains("line cut at 64 KiB"))
+            .unwrap_or_else(|| panic!("{db:?}: no log with a cut line"));
+        let longest = flood_log.lines().map(str::len).max().unwrap();
+        assert!(longest < 65 * 1024, "{db:?}: a log line of {longest} bytes");
+        assert!(flood_log.contains("after"), "{db:?}: {}", &flood_log[..200]);
+        let big = logs
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .find(|t| t.contains("task big_output"))
+            .unwrap_or_else(|| panic!("{db:?}: no log of big_output"));
+        assert!(
+            big.contains("FLOW_OUTPUT holds more than 1024 KiB"),
+            "{db:?}: {big}"
+        );
+    });
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

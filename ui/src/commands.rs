@@ -75,6 +75,7 @@ fn settings(g: &Global) -> Result<Settings> {
 
 async fn open(g: &Global) -> Result<Ctx> {
     let settings = settings(g)?;
+    ensure_home(&settings.home)?;
     let store = flow_engine::store::connect(&settings.database_url)
         .await
         .with_context(|| {
@@ -89,6 +90,20 @@ async fn open(g: &Global) -> Result<Ctx> {
         store,
         secrets,
     })
+}
+
+/// Creates the home folder, readable by its owner alone (0700): it holds the admin token, the
+/// SQLite database and every try's log. An existing folder keeps the mode its owner gave it.
+fn ensure_home(home: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if home.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .with_context(|| format!("cannot create {}", home.display()))
 }
 
 /// A database URL without its password, for messages.

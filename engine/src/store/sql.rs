@@ -79,6 +79,18 @@ pub async fn drop_database(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Makes the database and its WAL files readable by their owner alone (0600): they hold every
+/// run's params and outputs. SQLite gives files it creates later the database's own mode.
+fn owner_only(db: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.as_os_str().to_owned();
+        path.push(suffix);
+        // Best effort: a database flow does not own (a shared file) keeps its mode.
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::from_str(url)?
@@ -130,6 +142,7 @@ impl SqliteStore {
         .await;
         drop(lock);
         setup?;
+        owner_only(opts.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
