@@ -90,7 +90,7 @@ impl Server {
         self.call_with(method, path, token, body, &[])
     }
 
-    fn call_with(
+    pub(crate) fn call_with(
         &self,
         method: &str,
         path: &str,
@@ -212,8 +212,14 @@ fn request(
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
     let text = response.body_mut().read_to_string().unwrap();
-    let body = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{method} {path}: {status} answer is not JSON ({e}): {text}"));
+    // 204 No Content has no body at all.
+    let body = if status == 204 && text.is_empty() {
+        Json::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path}: {status} answer is not JSON ({e}): {text}")
+        })
+    };
     Answer {
         status,
         body,
@@ -385,7 +391,13 @@ fn api_end_to_end() {
         assert_eq!(first.status, 201, "{:#}", first.body);
         assert_eq!(first.body["state"], "queued");
         let run1 = first.body["run_id"].as_str().unwrap().to_string();
-        let again = server.call_with("POST", "/api/v1/dags/api/runs", Some(&operator), None, &key);
+        let again = server.call_with(
+            "POST",
+            "/api/v1/dags/api/runs",
+            Some(&operator),
+            Some(&json!({"params": {"n": 7}})),
+            &key,
+        );
         assert_eq!(again.status, 200, "{:#}", again.body);
         assert_eq!(again.body["run_id"], run1.as_str());
         let runs = server.get("/api/v1/runs?dag_id=api", &viewer).ok();
@@ -714,6 +726,8 @@ fn openapi_documents_every_route_and_its_answers() {
     );
     env.flow_ok(&["run", "model"], 0);
     let admin = token(&env, "root", "admin");
+    // For DELETE /api/v1/tokens/{name}.
+    token(&env, "victim", "viewer");
     let server = Server::start(&env, "server");
     let doc = server.call("GET", "/api/v1/openapi.json", None, None).ok();
     assert!(
@@ -737,6 +751,8 @@ fn openapi_documents_every_route_and_its_answers() {
         ("post", "/api/v1/runs/{run_id}/tasks/{task_id}/clear"),
         ("post", "/api/v1/runs/{run_id}/tasks/{task_id}/mark"),
         ("post", "/api/v1/tokens"),
+        ("get", "/api/v1/tokens"),
+        ("delete", "/api/v1/tokens/{name}"),
         ("get", "/api/v1/models"),
         ("get", "/api/v1/models/{model}"),
         ("post", "/api/v1/models/{model}/versions/{version}/promote"),
@@ -753,7 +769,8 @@ fn openapi_documents_every_route_and_its_answers() {
             .replace("{run_id}", &run_id)
             .replace("{task_id}", "a")
             .replace("{model}", "m")
-            .replace("{version}", "1");
+            .replace("{version}", "1")
+            .replace("{name}", "victim");
         for method in ["get", "post", "patch", "put", "delete"] {
             let upper = method.to_uppercase();
             let Some(op) = item.get(method) else {
@@ -795,7 +812,7 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 16, "every documented operation was called");
+    assert_eq!(called, 18, "every documented operation was called");
     // The registry's pages, beside its routes.
     let page = |path: &str| {
         ureq::get(format!("{}{path}", server.base))

@@ -14,3 +14,4 @@ mod ml;
 mod pages;
 mod run;
 mod security;
+mod tokens;

@@ -50,21 +50,21 @@ pub fn admin_token(env: &Env) -> String {
         .to_string()
 }
 
-struct Page {
-    status: u16,
+pub(crate) struct Page {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: String,
 }
 
 impl Page {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn cookies(&self) -> Vec<&str> {
+    pub(crate) fn cookies(&self) -> Vec<&str> {
         self.headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
@@ -73,7 +73,7 @@ impl Page {
     }
 
     /// The value of the first `name="csrf"` hidden field.
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let at = self
             .body
             .find("name=\"csrf\" value=\"")
@@ -83,13 +83,13 @@ impl Page {
     }
 }
 
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     None,
     Bearer(&'a str),
     Cookie(&'a str),
 }
 
-fn call(base: &str, method: &str, path: &str, auth: &Auth, form: Option<&str>) -> Page {
+pub(crate) fn call(base: &str, method: &str, path: &str, auth: &Auth, form: Option<&str>) -> Page {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -222,7 +222,7 @@ fn assert_secure_headers(p: &Page, what: &str) {
 }
 
 /// Logs in through the form as a browser does; returns the session's Cookie header and CSRF token.
-fn login(base: &str, token: &str) -> (String, String) {
+pub(crate) fn login(base: &str, token: &str) -> (String, String) {
     let form = call(base, "GET", "/login", &Auth::None, None);
     assert_eq!(form.status, 200);
     let login_cookie = form

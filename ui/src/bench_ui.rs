@@ -307,6 +307,7 @@ async fn measure(bed: &Bed<'_>, label: &str, runs: usize, opts: &UiBenchOptions)
             Role::Operator,
             &hash,
             Utc::now(),
+            None,
         )
         .await?;
     let server = Server::start(

@@ -38,7 +38,7 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-fn usage(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Usage(msg.into()))
 }
 
@@ -57,9 +57,9 @@ fn engine_err(e: EngineError) -> anyhow::Error {
     }
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     settings: Settings,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     secrets: Secrets,
 }
 
@@ -73,7 +73,7 @@ fn settings(g: &Global) -> Result<Settings> {
     .map_err(|e| usage(format!("{e:#}")))
 }
 
-async fn open(g: &Global) -> Result<Ctx> {
+pub(crate) async fn open(g: &Global) -> Result<Ctx> {
     let settings = settings(g)?;
     ensure_home(&settings.home)?;
     let store = flow_engine::store::connect(&settings.database_url)
@@ -191,9 +191,15 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
                 downstream,
             } => task_clear(g, &run_id, &task, downstream).await,
         },
-        Command::Tokens {
-            command: TokensCommand::Create { name, role },
-        } => create_token(g, &name, &role).await,
+        Command::Tokens { command } => match command {
+            TokensCommand::Create {
+                name,
+                role,
+                expires,
+            } => crate::tokens::create(g, &name, &role, expires.as_deref()).await,
+            TokensCommand::List { json } => crate::tokens::list(g, json).await,
+            TokensCommand::Revoke { name } => crate::tokens::revoke(g, &name).await,
+        },
         Command::Models { command } => models(g, command).await,
         Command::Scheduler => daemon(g).await,
         Command::Server => server(g, false).await,
@@ -767,26 +773,6 @@ async fn models(g: &Global, command: ModelsCommand) -> Result<u8> {
     }
 }
 
-async fn create_token(g: &Global, name: &str, role: &str) -> Result<u8> {
-    let role: flow_engine::store::Role = role.parse().map_err(usage)?;
-    if name.trim().is_empty() {
-        return Err(usage("the token name must not be empty"));
-    }
-    let ctx = open(g).await?;
-    let (token, hash) = flow_engine::store::new_token();
-    if !ctx.store.create_token(name, role, &hash, now()).await? {
-        return Err(usage(format!(
-            "a token named '{name}' exists already; choose another name"
-        )));
-    }
-    println!("{token}");
-    eprintln!(
-        "token '{name}' ({}) created; it is shown only this once",
-        role.as_str()
-    );
-    Ok(0)
-}
-
 /// A token cancelled on SIGINT or SIGTERM.
 fn shutdown_on_signals() -> CancellationToken {
     let shutdown = CancellationToken::new();
@@ -910,9 +896,17 @@ async fn ensure_admin_token(ctx: &Ctx) -> Result<()> {
     // "admin" is taken when this database already served another home, or admin.token was
     // deleted: a timestamped name keeps the earlier token valid and this one distinct.
     let mut name = "admin".to_string();
-    if !ctx.store.create_token(&name, role, &hash, now()).await? {
+    if !ctx
+        .store
+        .create_token(&name, role, &hash, now(), None)
+        .await?
+    {
         name = format!("admin-{}", now().format("%Y%m%dT%H%M%S%.6fZ"));
-        if !ctx.store.create_token(&name, role, &hash, now()).await? {
+        if !ctx
+            .store
+            .create_token(&name, role, &hash, now(), None)
+            .await?
+        {
             anyhow::bail!("cannot create an admin token: the name {name} is taken");
         }
     }

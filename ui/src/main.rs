@@ -10,6 +10,7 @@ mod config;
 mod ops;
 mod progress;
 mod render;
+mod tokens;
 mod web;
 
 use std::path::PathBuf;
@@ -242,7 +243,17 @@ pub enum TokensCommand {
         name: String,
         #[arg(long, default_value = "viewer", value_parser = ["viewer", "operator", "admin"])]
         role: String,
+        /// How long the token works (`30d`, `12h`); without it, until it is revoked
+        #[arg(long)]
+        expires: Option<String>,
     },
+    /// Every token: name, role, created, last used, expires (never the token itself)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a token: the API refuses it at once, and its page sessions end
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -451,6 +451,43 @@ pub enum Promotion {
     Unknown,
 }
 
+/// An API token as listed: never its secret, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// API tokens (migrations 0002 and 0011): only a SHA-256 hash of each is kept.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Stores a token's hash under a unique name; false if the name is taken.
+    async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        token_hash: &str,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+    /// The name and role of the token with this hash, if it exists and has not expired at
+    /// `now`.
+    async fn token_role(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, Role)>>;
+    /// Every token, by name.
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>>;
+    /// Deletes the token named `name`; false if there is none.
+    async fn revoke_token(&self, name: &str) -> Result<bool>;
+    /// Records when tokens were last used, a batch in one transaction; a time never moves back.
+    async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> Result<()>;
+}
+
 /// The model registry in the metadata database (migration 0009). Versions are 1, 2, ... per
 /// model, given out in a transaction, so concurrent registrations never share one.
 #[async_trait]
@@ -475,7 +512,7 @@ pub trait ModelRegistry: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: ModelRegistry + Send + Sync {
+pub trait Store: ModelRegistry + TokenStore + Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Records what loading the DAGs folder found: `changed` DAGs are inserted with their initial
@@ -594,17 +631,6 @@ pub trait Store: ModelRegistry + Send + Sync {
     /// and its scheduler stops it at the next heartbeat; the try is closed in the history with the
     /// marked state. Returns None when the run is unknown, else how many instances changed.
     async fn mark_task(&self, mark: &Mark) -> Result<Option<u64>>;
-
-    /// Stores a token's hash under a unique name; false if the name is taken.
-    async fn create_token(
-        &self,
-        name: &str,
-        role: Role,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool>;
-    /// The name and role of the token with this hash.
-    async fn token_role(&self, token_hash: &str) -> Result<Option<(String, Role)>>;
 
     /// Writes finished runs with their task instances and tries, in one transaction per call;
     /// a run whose id exists already is skipped. Returns how many runs were written.

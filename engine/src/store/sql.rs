@@ -24,6 +24,7 @@ use crate::state::{RunState, RunType, TaskState};
 use crate::time::{from_micros, to_micros};
 
 mod models;
+mod tokens;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -1506,32 +1507,6 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok(Some(changed))
-            }
-
-            async fn create_token(&self, name: &str, role: Role, token_hash: &str, now: DateTime<Utc>) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
-                let n = sqlx::query(
-                    "INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(name)
-                .bind(role.as_str())
-                .bind(token_hash)
-                .bind(to_micros(now))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
-
-            async fn token_role(&self, token_hash: &str) -> Result<Option<(String, Role)>> {
-                let row = sqlx::query("SELECT name, role FROM api_tokens WHERE token_hash = $1")
-                    .bind(token_hash)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.map(|r| Ok((r.try_get("name")?, parse_state::<Role>(&r.try_get::<String, _>("role")?)?)))
-                    .transpose()
             }
 
             async fn clear_tasks(&self, run_id: &str, task_ids: &[String], now: DateTime<Utc>) -> Result<bool> {

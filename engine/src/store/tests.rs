@@ -2725,3 +2725,5 @@ mod pages {
 
     contract!(grid_counts_groups_each_run_task_and_state);
 }
+
+mod tokens;

@@ -32,9 +32,11 @@ pub async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let token = bearer(&req)?;
-    let Some((name, role)) = state.store.token_role(&token_hash(token)).await? else {
+    let now = flow_engine::time::now();
+    let Some((name, role)) = state.store.token_role(&token_hash(token), now).await? else {
         return Err(ApiError::unauthorized(
-            "unknown token; create one with `flow tokens create NAME --role ROLE`",
+            "unknown token (or one that expired or was revoked); create one with `flow tokens create \
+             NAME --role ROLE`",
         ));
     };
     // Keyed by the token's name, which is unique: each token has a budget of its own, so one
@@ -43,6 +45,7 @@ pub async fn authenticate(
         let wait = not_until.wait_time_from(state.limiter.clock().now());
         return Err(ApiError::rate_limited(wait));
     }
+    state.token_use.note(&name, now);
     req.extensions_mut().insert(Caller { name, role });
     Ok(next.run(req).await)
 }

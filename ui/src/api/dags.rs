@@ -177,7 +177,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     params(
         ("dag_id" = String, Path, description = "the DAG id"),
         ("Idempotency-Key" = Option<String>, Header,
-         description = "a repeat with the same key for the same DAG within 24 h creates nothing and answers 200 with the first run"),
+         description = "a repeat with the same key, by the same token, for the same DAG within 24 h creates nothing and answers 200 with the first run; with other params or another logical date it answers 422"),
     ),
     request_body = TriggerBody,
     responses(
@@ -186,6 +186,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 400, description = "a bad or undeclared param, a bad logical date or key, a bad body", body = ErrorBody),
         (status = 403, description = "the token is a viewer's", body = ErrorBody),
         (status = 404, description = "unknown DAG", body = ErrorBody),
+        (status = 422, description = "an Idempotency-Key this token used for another request", body = ErrorBody),
     )
 )]
 pub async fn trigger(
@@ -219,11 +220,16 @@ pub async fn trigger(
             .into_response()
     };
     let not_before = run.queued_at - IDEMPOTENCY_WINDOW;
+    // Keys are the caller's own: another token's key of the same text is another key. Keys are
+    // visible ASCII and names printable, so a newline cannot make two pairs alike.
+    let scoped = key
+        .as_ref()
+        .map(|k| (format!("{}\n{k}", caller.name), not_before));
     let created = state
         .creator
         .create(RunCreate {
             run: run.clone(),
-            key: key.map(|k| (k, not_before)),
+            key: scoped,
         })
         .await
         .map_err(ApiError::internal)?;
@@ -231,6 +237,22 @@ pub async fn trigger(
         Created::Created => {}
         Created::Existing(first) => {
             let first = ops::get_run(state.store.as_ref(), &first).await?;
+            // The Stripe rule: a key names one request. The same key with other params (or
+            // another logical date) is a mistake, not a retry, and must not answer as if it
+            // had run.
+            let same_date = logical.is_none_or(|l| l == first.logical_date);
+            if first.params != run.params || !same_date {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    format!(
+                        "Idempotency-Key {} was used by this token for run {} with other params \
+                         or another logical date; use a new key for a new request",
+                        key.unwrap_or_default(),
+                        first.run_id
+                    ),
+                ));
+            }
             return Ok(answer(StatusCode::OK, first.run_id, first.state.as_str()));
         }
         Created::Duplicate => {

@@ -1,18 +1,15 @@
-//! Health, the OpenAPI document, and token management.
+//! Health and the OpenAPI document.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use flow_engine::store::{Role, new_token};
 use flow_engine::time::{now, rfc3339};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::auth::Admin;
-use super::error::{ApiError, Body, ErrorBody};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -85,75 +82,4 @@ pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
         state.openapi.clone(),
     )
         .into_response()
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    /// A unique name, for logs and `Retry-After` budgets.
-    pub name: String,
-    /// `viewer` (default), `operator` or `admin`.
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CreatedToken {
-    pub name: String,
-    pub role: String,
-    /// The token itself, shown this once: only its hash is stored.
-    pub token: String,
-}
-
-const MAX_NAME_LEN: usize = 100;
-
-#[utoipa::path(
-    post,
-    path = "/api/v1/tokens",
-    tag = "tokens",
-    security(("bearer" = [])),
-    request_body = NewToken,
-    responses(
-        (status = 201, description = "the token, shown once", body = CreatedToken),
-        (status = 400, description = "a bad name or role", body = ErrorBody),
-        (status = 403, description = "the token is not an admin's", body = ErrorBody),
-        (status = 409, description = "a token of that name exists", body = ErrorBody),
-    )
-)]
-pub async fn create_token(
-    State(state): State<Arc<AppState>>,
-    Admin(caller): Admin,
-    Body(body): Body<NewToken>,
-) -> Result<Response, ApiError> {
-    let role: Role = body
-        .role
-        .as_deref()
-        .unwrap_or("viewer")
-        .parse()
-        .map_err(ApiError::bad_request)?;
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "the token name must be 1 to {MAX_NAME_LEN} printable characters"
-        )));
-    }
-    let (token, hash) = new_token();
-    if !state.store.create_token(name, role, &hash, now()).await? {
-        return Err(ApiError::conflict(format!(
-            "a token named '{name}' exists already; choose another name"
-        )));
-    }
-    tracing::info!(
-        "token '{name}' ({}) created by token '{}'",
-        role.as_str(),
-        caller.name
-    );
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedToken {
-            name: name.to_string(),
-            role: role.as_str().to_string(),
-            token,
-        }),
-    )
-        .into_response())
 }

@@ -14,6 +14,8 @@ mod grid;
 mod meta;
 mod models;
 mod runs;
+mod tokens;
+mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +37,10 @@ use utoipa_axum::routes;
 use crate::config::RateLimit;
 use error::ErrorBody;
 
+/// Login attempts a client address may make in a minute (at once, then one every six seconds):
+/// enough for a person, far too few to guess a token, which has 256 random bits anyway.
+pub const LOGIN_ATTEMPTS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
+
 /// What every handler shares.
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -45,6 +51,8 @@ pub struct AppState {
     /// only around those lookups; the scheduler of `flow standalone` has its own engine.
     pub dags: tokio::sync::Mutex<Engine>,
     pub limiter: DefaultKeyedRateLimiter<String>,
+    /// Login attempts per client address (see [`LOGIN_ATTEMPTS_PER_MINUTE`]).
+    pub login_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
     /// A scheduler whose last heartbeat is older than this is reported dead by health.
     pub lease_timeout: Duration,
     /// The OpenAPI document, serialized once.
@@ -53,6 +61,8 @@ pub struct AppState {
     pub creator: creator::RunCreator,
     /// The web pages' login sessions.
     pub sessions: crate::web::Sessions,
+    /// When each token was last used, written in batches.
+    pub token_use: Arc<usage::TokenUse>,
     /// The names of the secrets tasks see, so that the pages render commands with `***` in
     /// their place (the values themselves stay with the scheduler).
     pub secret_names: Vec<String>,
@@ -73,9 +83,11 @@ impl AppState {
             masker,
             dags: tokio::sync::Mutex::new(dags),
             limiter: RateLimiter::keyed(quota),
+            login_limiter: RateLimiter::keyed(Quota::per_minute(LOGIN_ATTEMPTS_PER_MINUTE)),
             lease_timeout,
             openapi: openapi_json(),
             creator: creator::RunCreator::start(store.clone()),
+            token_use: usage::TokenUse::start(store.clone()),
             store,
             sessions: crate::web::Sessions::default(),
             secret_names: Vec::new(),
@@ -132,7 +144,8 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(runs::task_logs))
         .routes(routes!(runs::clear))
         .routes(routes!(runs::mark))
-        .routes(routes!(meta::create_token))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
         .routes(routes!(models::list_models))
         .routes(routes!(models::get_model))
         .routes(routes!(models::promote));
@@ -241,7 +254,9 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The peer's address reaches the login form's rate limit.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

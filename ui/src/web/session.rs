@@ -195,18 +195,23 @@ impl FromRequestParts<Arc<AppState>> for Who {
         } else {
             return Err(login_redirect(parts));
         };
-        let Some((name, role)) = state.store.token_role(&hash).await? else {
+        let now = flow_engine::time::now();
+        let Some((name, role)) = state.store.token_role(&hash, now).await? else {
             if csrf.is_some() {
-                // The session's token is gone from the database: so is the session.
+                // The session's token is gone from the database (revoked) or expired: so is
+                // the session.
                 if let Some(id) = cookie(&parts.headers, SESSION_COOKIE) {
                     state.sessions.remove(id);
                 }
                 return Err(login_redirect(parts));
             }
             return Err(PageError::Unauthorized(
-                "unknown token; create one with `flow tokens create NAME --role ROLE`".into(),
+                "unknown token (or one that expired or was revoked); create one with `flow tokens \
+                 create NAME --role ROLE`"
+                    .into(),
             ));
         };
+        state.token_use.note(&name, now);
         // Pages count against the token's budget like the API, so a script polling pages cannot
         // starve the other clients either.
         if state.limiter.check_key(&name).is_err() {
@@ -296,9 +301,14 @@ pub struct LoginForm {
 
 pub async fn login(
     State(state): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
+    if state.login_limiter.check_key(&peer.ip()).is_err() {
+        tracing::warn!("too many login attempts from {}", peer.ip());
+        return Err(PageError::TooManyRequests);
+    }
     let next = safe_next(form.next.as_deref());
     let expected = cookie(&headers, LOGIN_COOKIE);
     let fresh = match (expected, form.csrf.as_deref()) {
@@ -313,10 +323,18 @@ pub async fn login(
         ));
     }
     let hash = token_hash(form.token.trim());
-    let Some((name, _)) = state.store.token_role(&hash).await? else {
+    let Some((name, _)) = state
+        .store
+        .token_role(&hash, flow_engine::time::now())
+        .await?
+    else {
         return Ok(login_page(
             next,
-            Some("unknown token; create one with `flow tokens create NAME --role ROLE`".into()),
+            Some(
+                "unknown token (or one that expired or was revoked); create one with `flow tokens \
+                 create NAME --role ROLE`"
+                    .into(),
+            ),
         ));
     };
     let (id, _) = state.sessions.create(hash);
