@@ -464,3 +464,44 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A DAG holds at most `max_queued_runs_per_dag` queued runs: a trigger past it answers 429 (the
+/// API) or fails (the CLI) with a message, and other DAGs are not affected.
+#[test]
+fn triggers_past_the_queued_runs_cap_are_refused() {
+    each_db(|env, db| {
+        env.config("max_queued_runs_per_dag = 2\n");
+        for id in ["capped", "other"] {
+            env.dag(
+                &format!("{id}.yaml"),
+                &format!("id: {id}\ntasks:\n  t: {{ operator: shell, command: 'true' }}\n"),
+            );
+        }
+        let operator = token(&env, "ops", "operator");
+        // `flow server` runs no scheduler: triggered runs stay queued.
+        let server = Server::start(&env, "server");
+        for _ in 0..2 {
+            let created = trigger(&server, &operator, "capped", json!({}));
+            assert_eq!(created.status, 201, "{db:?} {:#}", created.body);
+        }
+        let refused = trigger(&server, &operator, "capped", json!({}));
+        assert_eq!(refused.status, 429, "{db:?} {:#}", refused.body);
+        assert_eq!(refused.body["error"]["code"], "too_many_queued_runs");
+        assert!(
+            refused.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_queued_runs_per_dag"),
+            "{db:?} {:#}",
+            refused.body
+        );
+        let out = env.flow(&["trigger", "capped"]);
+        assert_eq!(out.status.code(), Some(1), "{db:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("has 2 queued runs"), "{db:?}: {stderr}");
+        assert_eq!(trigger(&server, &operator, "other", json!({})).status, 201);
+        let queued = env.flow_json(&["runs", "list", "--dag", "capped", "--json"], 0);
+        assert_eq!(queued.as_array().unwrap().len(), 2, "{db:?}");
+        server.stop();
+    });
+}

@@ -474,6 +474,9 @@ async fn run(g: &Global, args: RunArgs) -> Result<u8> {
 
 async fn trigger(g: &Global, args: RunArgs, wait: bool) -> Result<u8> {
     let ctx = open(g).await?;
+    ops::queue_room(ctx.store.as_ref(), &args.dag, ctx.settings.max_queued_runs)
+        .await
+        .map_err(anyhow::Error::new)?;
     let (_engine, run) = create_manual_run(&ctx, &args).await?;
     if !wait {
         if args.json {
@@ -860,6 +863,7 @@ async fn server(g: &Global, standalone: bool) -> Result<u8> {
         ctx.settings.engine.lease_timeout,
     );
     state.secret_names = ctx.secrets.names().map(String::from).collect();
+    state.max_queued_runs = ctx.settings.max_queued_runs;
     let state = Arc::new(state);
     eprintln!(
         "flow {what}: listening on http://{}",

@@ -30,6 +30,8 @@ pub struct FileConfig {
     pub base_url: Option<String>,
     #[serde(default)]
     pub api: ApiFile,
+    /// Queued runs a DAG may have before a trigger is refused (default 1,000).
+    pub max_queued_runs_per_dag: Option<u32>,
 }
 
 /// `[api]` in flow.toml.
@@ -65,6 +67,8 @@ pub struct Settings {
     pub bind: String,
     pub engine: EngineConfig,
     pub rate_limit: RateLimit,
+    /// flow.toml's `max_queued_runs_per_dag`.
+    pub max_queued_runs: u32,
 }
 
 /// What the command line and environment gave (clap reads both).
@@ -137,7 +141,12 @@ pub fn resolve(given: &Given) -> Result<Settings> {
             connections.insert(name.clone(), map);
         }
     }
+    let max_queued_runs = file.max_queued_runs_per_dag.unwrap_or(1000);
+    if max_queued_runs == 0 {
+        bail!("flow.toml: max_queued_runs_per_dag must be at least 1");
+    }
     Ok(Settings {
+        max_queued_runs,
         connections: flow_operators::Connections::new(connections),
         rate_limit,
         engine: EngineConfig {

@@ -31,6 +31,23 @@ pub enum OpError {
     /// Not the caller's fault: a stored DAG version that no longer parses, an unreadable log.
     #[error("{0}")]
     Internal(String),
+    /// Too much is waiting already: a trigger past the DAG's cap on queued runs.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// Refuses a trigger when `dag_id` has `cap` queued runs already (flow.toml's
+/// `max_queued_runs_per_dag`): a client in a loop cannot pile up work without end. A cap, not an
+/// exact count: triggers in flight at the same instant may pass it by their number.
+pub async fn queue_room(store: &dyn Store, dag_id: &str, cap: u32) -> Result<(), OpError> {
+    let queued = store.queued_runs(dag_id, i64::from(cap)).await?;
+    if queued >= i64::from(cap) {
+        return Err(OpError::Busy(format!(
+            "DAG '{dag_id}' has {queued} queued runs, the most max_queued_runs_per_dag allows; \
+             wait for them to start, or raise the limit in flow.toml"
+        )));
+    }
+    Ok(())
 }
 
 impl From<EngineError> for OpError {

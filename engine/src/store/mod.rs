@@ -551,6 +551,8 @@ pub trait Store: ModelRegistry + TokenStore + Send + Sync {
     /// Queued and running runs, oldest logical date first.
     async fn active_runs(&self) -> Result<Vec<RunRow>>;
     async fn latest_logical_date(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>>;
+    /// How many of `dag_id`'s runs are queued, counting no further than `up_to`.
+    async fn queued_runs(&self, dag_id: &str, up_to: i64) -> Result<i64>;
     /// queued -> running; false if the run was not queued.
     async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool>;
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>>;

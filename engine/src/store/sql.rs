@@ -978,6 +978,17 @@ macro_rules! impl_store {
                 Ok(ts(row.try_get("m")?))
             }
 
+            async fn queued_runs(&self, dag_id: &str, up_to: i64) -> Result<i64> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM dag_runs WHERE dag_id = $1 AND state = 'queued' LIMIT $2) q",
+                )
+                .bind(dag_id)
+                .bind(up_to)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(n)
+            }
+
             async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query(

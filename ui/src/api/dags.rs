@@ -187,6 +187,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 403, description = "the token is a viewer's", body = ErrorBody),
         (status = 404, description = "unknown DAG", body = ErrorBody),
         (status = 422, description = "an Idempotency-Key this token used for another request", body = ErrorBody),
+        (status = 429, description = "the token's rate limit, or the DAG's cap on queued runs (max_queued_runs_per_dag)", body = ErrorBody),
     )
 )]
 pub async fn trigger(
@@ -198,6 +199,7 @@ pub async fn trigger(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let row = active_dag(&state, &dag_id).await?;
+    ops::queue_room(state.store.as_ref(), &dag_id, state.max_queued_runs).await?;
     let dag = parsed(&state, &row).await?;
     let logical = body
         .logical_date

@@ -63,6 +63,8 @@ pub struct AppState {
     pub sessions: crate::web::Sessions,
     /// When each token was last used, written in batches.
     pub token_use: Arc<usage::TokenUse>,
+    /// flow.toml's `max_queued_runs_per_dag`: a trigger past it answers 429.
+    pub max_queued_runs: u32,
     /// The names of the secrets tasks see, so that the pages render commands with `***` in
     /// their place (the values themselves stay with the scheduler).
     pub secret_names: Vec<String>,
@@ -88,6 +90,7 @@ impl AppState {
             openapi: openapi_json(),
             creator: creator::RunCreator::start(store.clone()),
             token_use: usage::TokenUse::start(store.clone()),
+            max_queued_runs: 1000,
             store,
             sessions: crate::web::Sessions::default(),
             secret_names: Vec::new(),

@@ -453,6 +453,15 @@ pub async fn trigger(
         before: None,
         run: None,
     };
+    if sub.error.is_none()
+        && let Err(e) =
+            crate::ops::queue_room(state.store.as_ref(), &dag_id, state.max_queued_runs).await
+    {
+        match e {
+            OpError::Busy(message) => sub.error = Some(message),
+            other => return Err(other.into()),
+        }
+    }
     if sub.error.is_some() || !sub.errors.is_empty() {
         return render(&state, &who, &dag_id, &no_query, Some(sub)).await;
     }
