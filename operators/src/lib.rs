@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod demo;
 pub mod emr;
+pub mod fuzz;
 pub mod http;
 pub mod ml;
 pub mod s3;

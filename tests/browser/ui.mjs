@@ -184,6 +184,34 @@ async function main() {
     await shot(page, "12-xss-task");
     check(await page.locator("img").count() === 0, "no <img> element was injected anywhere on the task page");
 
+    // Every payload of tests/browser/xss-payloads.txt, in a description, tags, a param, log lines
+    // and outputs: no page may run any of them (an alert() would open a dialog, caught above).
+    await page.goto(`${base}/`);
+    await noScriptRan(page, "DAG list with the payload list");
+    await page.goto(`${base}/dags/xss_list`);
+    await page.click("#trigger summary");
+    await Promise.all([page.waitForURL(/\/dags\/xss_list\?run=/), page.click("#trigger-submit")]);
+    const listRun = runIdOf(page.url());
+    await until(page, async () => (await page.locator("#grid a.head.selected.s-success").count()) === 1,
+      "the payload-list run to succeed");
+    await noScriptRan(page, "payload-list DAG page");
+    await page.goto(`${base}/runs/${encodeURIComponent(listRun)}`);
+    await noScriptRan(page, "payload-list run page");
+    const payloads = Number(process.env.FLOW_XSS_PAYLOADS);
+    check(payloads >= 20, "the payload list is there");
+    for (let i = 0; i < payloads; i++) {
+      await page.goto(`${base}/runs/${encodeURIComponent(listRun)}/tasks/each?map_index=${i}`);
+      await page.waitForSelector("#log");
+      await page.waitForTimeout(100);
+      await noScriptRan(page, `task page of payload ${i}`);
+    }
+    const injected = await page.evaluate(() => [...document.querySelectorAll("*")].filter((el) =>
+      ["IMG", "IFRAME", "OBJECT", "MATH", "META"].includes(el.tagName) && el.closest("head") === null
+      || [...el.attributes].some((a) => a.name.startsWith("on") || /^\s*javascript:/i.test(a.value))
+    ).map((el) => el.outerHTML.slice(0, 80)));
+    check(injected.length === 0, `no element of a payload was injected on the last task page (${injected})`);
+    await shot(page, "13-xss-list");
+
     check(errors.length === 0, `no page errors, dialogs or CSP violations (${errors.join("; ")})`);
   } finally {
     await browser.close();

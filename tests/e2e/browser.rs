@@ -68,6 +68,14 @@ fn pages_in_headless_chromium() {
         .env("FLOW_TOKEN", admin_token(&env))
         .env("FLOW_SCREENSHOTS", &shots)
         .env("CHROMIUM", &chromium)
+        .env(
+            "FLOW_XSS_PAYLOADS",
+            crate::pages::XSS_PAYLOADS
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count()
+                .to_string(),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -21,6 +21,26 @@ tasks:
   t: { operator: shell, command: "echo '<script>window.__xss=1</script>'; echo '<img src=x onerror=window.__xss=1>'; echo param {{ params.p | shell_quote }}" }
 "#;
 
+/// The payload list (`tests/browser/xss-payloads.txt`), one per line.
+pub const XSS_PAYLOADS: &str = include_str!("../browser/xss-payloads.txt");
+
+/// Every payload of the list in each place an author or a trigger fills: the description, the
+/// tags, a param's default and description, a task's log lines and its output (one mapped
+/// instance per payload).
+pub fn xss_list_dag() -> String {
+    let payloads: Vec<&str> = XSS_PAYLOADS.lines().filter(|l| !l.is_empty()).collect();
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let all = payloads.join(" ");
+    let list = payloads.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
+    format!(
+        "id: xss_list\ndescription: {all}\ntags: [{list}]\nparams:\n  p: {{ type: string, default: {first}, description: {all} }}\n\
+         tasks:\n  each:\n    operator: shell\n    for_each: [{list}]\n    command: |\n      echo {{{{ item | shell_quote }}}}\n      \
+         printf '{{\"payload\": %s}}' {{{{ item | tojson | shell_quote }}}} > \"$FLOW_OUTPUT\"\n",
+        all = q(&all),
+        first = q(payloads[0]),
+    )
+}
+
 /// A mapped task (one grid cell with counts) whose command uses a secret (masked on the page).
 pub const FAN_DAG: &str = "id: fan\ntasks:\n  fan: { operator: shell, for_each: [1, 2, 3], command: 'echo item {{ item }} token {{ secrets.API_TOKEN }}' }\n";
 
@@ -39,6 +59,7 @@ pub fn page_env(db: Db) -> Option<Env> {
     env.dag("slow.yaml", SLOW_DAG);
     env.dag("demo.yaml", DEMO_DAG);
     env.dag("xss.yaml", XSS_DAG);
+    env.dag("xss_list.yaml", &xss_list_dag());
     env.dag("broken.yaml", BROKEN_DAG);
     Some(env)
 }
