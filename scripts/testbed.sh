@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test bed the heavy-step tests talk to: moto's S3 server (PyPI `moto[server]`), a real
 # Spark (PyPI `pyspark`, on the machine's Java 17), in Python venvs kept outside the clone so
-# that they are installed once per machine, and our EMR emulator (tests/testbed/emr_emulator.py).
-# Sourced by test.sh: it starts the servers and exports FLOW_TEST_S3_ENDPOINT,
-# FLOW_TEST_EMR_ENDPOINT and SPARK_HOME; the caller's EXIT trap stops the servers.
+# that they are installed once per machine, and our EMR emulator (tests/testbed/emr_emulator.py);
+# schemathesis for the API fuzz test. Sourced by test.sh: it starts the servers and exports
+# FLOW_TEST_S3_ENDPOINT, FLOW_TEST_EMR_ENDPOINT, FLOW_TEST_SCHEMATHESIS and SPARK_HOME; the
+# caller's EXIT trap stops the servers.
 #
 #   FLOW_TESTBED   where the venv and logs live (default ~/.cache/flow-testbed)
 
@@ -27,6 +28,12 @@ testbed_install() {
   if ! "$testbed_dir/spark/bin/python" -c 'import numpy' 2>/dev/null; then
     "$testbed_dir/spark/bin/pip" install -q --disable-pip-version-check 'numpy==2.*'
   fi
+  # schemathesis (PyPI) fuzzes the REST API against its own OpenAPI document (tests/e2e/schemathesis.rs).
+  if [ ! -x "$testbed_dir/schemathesis/bin/st" ]; then
+    python3 -m venv "$testbed_dir/schemathesis"
+    "$testbed_dir/schemathesis/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.*'
+  fi
+  export FLOW_TEST_SCHEMATHESIS="$testbed_dir/schemathesis/bin/st"
   export PYSPARK_PYTHON="$testbed_dir/spark/bin/python"
   # spark-submit puts $SPARK_HOME/python on the driver's PYTHONPATH, so any python3 runs a job.
   SPARK_HOME="$("$testbed_dir/spark/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"

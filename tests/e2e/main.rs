@@ -13,5 +13,6 @@ mod heavy;
 mod ml;
 mod pages;
 mod run;
+mod schemathesis;
 mod security;
 mod tokens;

@@ -31,8 +31,8 @@ pub struct TaskView {
     #[schema(example = "2026-03-02T00:00:01.102Z")]
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
-    /// What the task published (its `FLOW_OUTPUT`), any JSON.
-    #[schema(value_type = Object)]
+    /// What the task published (its `FLOW_OUTPUT`): any JSON, or null for nothing.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub output: Json,
     pub error: Option<String>,
 }
@@ -95,6 +95,19 @@ pub struct TaskSpecView {
     pub mapped: bool,
 }
 
+/// A param as a DAG file declares it (for the schema of [`DagDetailView::params`]).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParamSpecView {
+    pub name: String,
+    /// string, number, integer, boolean, array or object
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Any JSON of the declared type; null when the param has no default.
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub default: Json,
+    pub description: Option<String>,
+}
+
 /// An edge of the DAG: `downstream` depends on `upstream`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EdgeView {
@@ -107,8 +120,8 @@ pub struct EdgeView {
 pub struct DagDetailView {
     #[serde(flatten)]
     pub dag: DagView,
-    /// The declared params: name -> `{type, default, description}`.
-    #[schema(value_type = Object)]
+    /// The declared params, in the file's order.
+    #[schema(value_type = Vec<ParamSpecView>)]
     pub params: Json,
     pub tasks: Vec<TaskSpecView>,
     pub edges: Vec<EdgeView>,

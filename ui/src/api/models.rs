@@ -72,6 +72,7 @@ pub struct PromoteBody {}
     request_body = PromoteBody,
     responses(
         (status = 200, description = "the version, now production; the previous one is archived", body = ModelVersionView),
+        (status = 400, description = "a version that is not a number", body = ErrorBody),
         (status = 403, description = "the token is a viewer's", body = ErrorBody),
         (status = 404, description = "unknown model or version", body = ErrorBody),
     )

@@ -148,6 +148,7 @@ pub async fn list_tokens(
         (status = 204, description = "revoked: the API and the pages refuse it from now on"),
         (status = 403, description = "the token is not an admin's", body = ErrorBody),
         (status = 404, description = "no token has that name", body = ErrorBody),
+        (status = 409, description = "a token cannot revoke itself (use another admin token or the CLI)", body = ErrorBody),
     )
 )]
 pub async fn revoke_token(
@@ -155,6 +156,13 @@ pub async fn revoke_token(
     Admin(caller): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Revoking the caller's own token would lock out the last admin by mistake; the CLI, run on
+    // the host, can still do it.
+    if name == caller.name {
+        return Err(ApiError::conflict(
+            "a token cannot revoke itself; use another admin token or `flow tokens revoke`",
+        ));
+    }
     if !state.store.revoke_token(&name).await? {
         return Err(ApiError::not_found(format!("no token is named '{name}'")));
     }
