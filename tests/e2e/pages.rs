@@ -242,11 +242,11 @@ fn assert_secure_headers(p: &Page, what: &str) {
     );
 }
 
-/// Logs in through the form as a browser does; returns the session's Cookie header and CSRF token.
-pub(crate) fn login(base: &str, token: &str) -> (String, String) {
+/// Opens the login form as a browser does: its cookie (as a Cookie header) and its CSRF token.
+pub(crate) fn login_form(base: &str) -> (String, String) {
     let form = call(base, "GET", "/login", &Auth::None, None);
     assert_eq!(form.status, 200);
-    let login_cookie = form
+    let cookie = form
         .cookies()
         .into_iter()
         .find(|c| c.starts_with("flow_login="))
@@ -255,16 +255,18 @@ pub(crate) fn login(base: &str, token: &str) -> (String, String) {
         .next()
         .unwrap()
         .to_string();
+    (cookie, form.csrf())
+}
+
+/// Logs in through the form as a browser does; returns the session's Cookie header and CSRF token.
+pub(crate) fn login(base: &str, token: &str) -> (String, String) {
+    let (login_cookie, form_csrf) = login_form(base);
     let done = call(
         base,
         "POST",
         "/login",
         &Auth::Cookie(&login_cookie),
-        Some(&format!(
-            "csrf={}&next=%2F&token={}",
-            form.csrf(),
-            enc(token)
-        )),
+        Some(&format!("csrf={form_csrf}&next=%2F&token={}", enc(token))),
     );
     assert_eq!(done.status, 303, "{}", done.body);
     assert_eq!(done.header("location"), Some("/"));

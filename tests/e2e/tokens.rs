@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::{Server, token};
 use crate::harness::*;
-use crate::pages::{Auth, call, login};
+use crate::pages::{Auth, call, login, login_form};
 
 fn status(server: &Server, method: &str, path: &str, token: &str) -> u16 {
     server.call(method, path, Some(token), None).status
@@ -171,17 +171,8 @@ fn tokens_expire_are_listed_revoked_and_logins_are_rate_limited() {
         // Login attempts from one address are limited: a guesser gets 429.
         let mut answers = Vec::new();
         for _ in 0..12 {
-            let form = call(&server.base, "GET", "/login", &Auth::None, None);
-            let cookie = form
-                .cookies()
-                .into_iter()
-                .find(|c| c.starts_with("flow_login="))
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .to_string();
-            let body = format!("csrf={}&next=%2F&token=flow_guess", form.csrf());
+            let (cookie, csrf) = login_form(&server.base);
+            let body = format!("csrf={csrf}&next=%2F&token=flow_guess");
             let answer = call(
                 &server.base,
                 "POST",
