@@ -58,16 +58,25 @@ fn pages_in_headless_chromium() {
         missing("tests/browser/node_modules/playwright-core (npm install in tests/browser)");
         return;
     }
-    let env = page_env(Db::Sqlite).unwrap();
-    let server = Server::start(&env, "standalone");
-    let shots = screenshot_dir();
+    // On both databases: the pages render what each store gives back.
+    for db in [Db::Sqlite, Db::Postgres] {
+        if let Some(env) = page_env(db) {
+            in_chromium(&env, db, &chromium, &node);
+        }
+    }
+}
+
+/// Runs `ui.mjs` against a `flow standalone` on `env`.
+fn in_chromium(env: &crate::harness::Env, db: Db, chromium: &Path, node: &Path) {
+    let server = Server::start(env, "standalone");
+    let shots = screenshot_dir().join(format!("{db:?}").to_lowercase());
     let out = Command::new(node)
         .arg(browser_dir().join("ui.mjs"))
         .current_dir(browser_dir())
         .env("FLOW_URL", &server.base)
-        .env("FLOW_TOKEN", admin_token(&env))
+        .env("FLOW_TOKEN", admin_token(env))
         .env("FLOW_SCREENSHOTS", &shots)
-        .env("CHROMIUM", &chromium)
+        .env("CHROMIUM", chromium)
         .env(
             "FLOW_XSS_PAYLOADS",
             crate::pages::XSS_PAYLOADS
@@ -88,7 +97,7 @@ fn pages_in_headless_chromium() {
     eprintln!("screenshots of the pages: {}", shots.display());
     assert!(
         out.status.success() && result["ok"] == true,
-        "the browser test failed: {:#}\nstderr: {stderr}",
+        "{db:?}: the browser test failed: {:#}\nstderr: {stderr}",
         result
     );
     assert!(
