@@ -21,6 +21,14 @@ pub fn pieces<'s>(
 ) -> Result<Vec<Piece<'s>>, String> {
     let tree = machinery::parse(source, "<template>", SyntaxConfig::default())
         .map_err(super::describe_error)?;
+    // A name the template binds itself (`{% for ds in params.dates %}`, `{% set task_id = ... %}`,
+    // a macro or its argument) is not flow's value of that name, whatever it is called.
+    let mut bound = std::collections::BTreeSet::new();
+    bind_names(&tree, &mut bound);
+    let trusted = &|name: &str| {
+        let head = name.split('.').next().unwrap_or_default();
+        !bound.contains(head) && trusted(name)
+    };
     let mut walk = Walk {
         source,
         trusted,
@@ -91,7 +99,8 @@ impl<'s> Walk<'s, '_> {
                 self.body(&c.false_body, quoting_holds);
             }
             Stmt::WithBlock(w) => self.body(&w.body, quoting_holds),
-            Stmt::AutoEscape(a) => self.body(&a.body, quoting_holds),
+            // Escaping rewrites the quoting filter's `'` (as `&#x27;`): quoting cannot hold.
+            Stmt::AutoEscape(a) => self.body(&a.body, false),
             Stmt::FilterBlock(f) => {
                 let quotes_all = matches!(&f.filter,
                     ast::Expr::Filter(flt) if flt.name == self.filter && flt.expr.is_none());
@@ -163,5 +172,59 @@ impl<'s> Walk<'s, '_> {
                 outside: Some(what.into()),
             },
         });
+    }
+}
+
+/// Every name `stmt` binds anywhere: loop, `set` and `with` targets, macros and their arguments.
+fn bind_names<'s>(stmt: &ast::Stmt<'s>, out: &mut std::collections::BTreeSet<&'s str>) {
+    use ast::Stmt;
+    let body = |stmts: &[ast::Stmt<'s>], out: &mut std::collections::BTreeSet<&'s str>| {
+        stmts.iter().for_each(|s| bind_names(s, out))
+    };
+    match stmt {
+        Stmt::Template(t) => body(&t.children, out),
+        Stmt::ForLoop(f) => {
+            target_names(&f.target, out);
+            body(&f.body, out);
+            body(&f.else_body, out);
+        }
+        Stmt::IfCond(c) => {
+            body(&c.true_body, out);
+            body(&c.false_body, out);
+        }
+        Stmt::WithBlock(w) => {
+            w.assignments.iter().for_each(|(t, _)| target_names(t, out));
+            body(&w.body, out);
+        }
+        Stmt::Set(s) => target_names(&s.target, out),
+        Stmt::SetBlock(s) => {
+            target_names(&s.target, out);
+            body(&s.body, out);
+        }
+        Stmt::AutoEscape(a) => body(&a.body, out),
+        Stmt::FilterBlock(f) => body(&f.body, out),
+        Stmt::Block(b) => body(&b.body, out),
+        Stmt::Macro(m) => {
+            out.insert(m.name);
+            m.args.iter().for_each(|a| target_names(a, out));
+            body(&m.body, out);
+        }
+        Stmt::CallBlock(c) => {
+            c.macro_decl.args.iter().for_each(|a| target_names(a, out));
+            body(&c.macro_decl.body, out);
+        }
+        _ => {}
+    }
+}
+
+fn target_names<'s>(expr: &ast::Expr<'s>, out: &mut std::collections::BTreeSet<&'s str>) {
+    match expr {
+        ast::Expr::Var(v) => {
+            out.insert(v.id);
+        }
+        ast::Expr::Tuple(t) => t.items.iter().for_each(|i| target_names(i, out)),
+        ast::Expr::List(l) => l.items.iter().for_each(|i| target_names(i, out)),
+        ast::Expr::GetAttr(g) => target_names(&g.expr, out),
+        _ => {}
     }
 }

@@ -25,14 +25,29 @@ pub struct Unsafe {
 /// Every place in `source` where an outside value is emitted into the scheme or authority, or
 /// elsewhere without `urlencode`.
 pub fn unsafe_spots(source: &str, trusted: &dyn Fn(&str) -> bool) -> Result<Vec<Unsafe>, String> {
+    // In the scheme and authority only secrets may stand: even a number chooses a host
+    // (`http://2852039166/` is 169.254.169.254) or a port.
+    let strict = splice::pieces(source, &|name| name.starts_with("secrets."), URL_QUOTE)?;
     let mut reader = Reader::default();
     let mut found = Vec::new();
-    for piece in splice::pieces(source, trusted, URL_QUOTE)? {
+    for (piece, strict) in splice::pieces(source, trusted, URL_QUOTE)?
+        .into_iter()
+        .zip(strict)
+    {
         match piece.kind {
             Kind::Raw(text) => reader.feed(text),
             Kind::Emit { quoted, outside } => {
                 let in_authority = !reader.past_authority;
                 reader.after_emit();
+                let outside = match (in_authority, strict.kind) {
+                    (
+                        true,
+                        Kind::Emit {
+                            outside: strict, ..
+                        },
+                    ) => strict,
+                    _ => outside,
+                };
                 let Some(name) = outside else { continue };
                 if quoted && !in_authority {
                     continue;
@@ -128,6 +143,9 @@ mod tests {
                 "https://api.example.com/{{ params.p }}",
                 &[("params.p", false)],
             ),
+            // A number is a host too (`http://2852039166/` is 169.254.169.254), or a port.
+            ("http://{{ params.n }}/x", &[("params.n", true)]),
+            ("http://h:{{ params.n }}/x", &[("params.n", true)]),
             (
                 "https://api.example.com/{{ params.p | urlencode | replace('%2F', '/') }}",
                 &[("params.p", false)],

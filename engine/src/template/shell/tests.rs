@@ -134,3 +134,65 @@ fn lines_are_counted_within_the_template() {
 fn a_template_that_does_not_parse_is_an_error() {
     assert!(unquoted("echo {{ oops", &trusted).is_err());
 }
+
+/// The bypasses a review found in the first version of the check: each must be refused.
+#[test]
+fn review_bypasses_are_refused() {
+    let cases: &[(&str, Context)] = &[
+        // Arithmetic expansion evaluates `$(...)` inside single quotes.
+        (
+            "sleep $(( {{ params.p | shell_quote }} * 60 ))",
+            Context::Expansion,
+        ),
+        // Double quotes nested in a command substitution inside double quotes.
+        (
+            "name=\"$(basename \"{{ params.p | shell_quote }}\")\"",
+            Context::DoubleQuotes,
+        ),
+        // A backslash right before the value escapes its first quote.
+        ("echo \\{{ params.x | shell_quote }}", Context::Expansion),
+        ("echo ${{ params.x | shell_quote }}", Context::Expansion),
+        (
+            "echo ${x:-{{ params.x | shell_quote }}}",
+            Context::Expansion,
+        ),
+        (
+            "echo `echo {{ params.p | shell_quote }}`",
+            Context::Expansion,
+        ),
+        (
+            "echo $'\\' {{ params.p | shell_quote }} '",
+            Context::Expansion,
+        ),
+        // An escaped newline keeps the word state: this `#` is a comment.
+        ("echo a \\\n#{{ params.p | shell_quote }}", Context::Comment),
+        // A backslash-newline in an unquoted here-document does not end it early.
+        (
+            "cat <<EOF\na\\\nEOF\n{{ params.p | shell_quote }}\nEOF",
+            Context::HereDocument,
+        ),
+    ];
+    for (src, want) in cases {
+        let found = unquoted(src, &trusted).unwrap();
+        assert_eq!(found.len(), 1, "{src}: {found:?}");
+        assert_eq!(found[0].context, *want, "{src}");
+    }
+    // Names the template binds itself are never flow's own, whatever they are called.
+    for src in [
+        "{% for ds in params.dates %}backfill --date {{ ds }}; {% endfor %}",
+        "{% set run_id = params.x %}{{ run_id }}",
+        "{% with ts = params.x %}{{ ts }}{% endwith %}",
+        "{% macro ds() %}{{ params.x | shell_quote }}{% endmacro %}echo \"{{ ds() }}\"",
+        "{% autoescape true %}echo {{ params.p | shell_quote }}{% endautoescape %}",
+    ] {
+        assert!(!names(src).is_empty(), "{src} passed");
+    }
+    // Quoting inside a command substitution starts afresh, at the top level or in "...".
+    for ok in [
+        "out=\"$(basename {{ params.p | shell_quote }})\"",
+        "n=$(( {{ params.n }} + 1 )); echo $(echo {{ params.p | shell_quote }}) ${HOME} `date`",
+        "x=\"${TMPDIR:-/tmp}/{{ ds }}\"; echo {{ params.p | shell_quote }}",
+    ] {
+        assert_eq!(names(ok), Vec::<String>::new(), "{ok}");
+    }
+}
