@@ -57,19 +57,23 @@ impl Connections {
     }
 
     /// The secrets written in `flow.toml` itself rather than named as `{{ secrets.NAME }}`: the
-    /// keys and passwords of connections, and the password of each `url`. They are masked like
-    /// secrets wherever flow writes or shows text.
-    pub fn plain_secrets(&self) -> Vec<String> {
+    /// keys and passwords of connections, and the password of each `url` (rendered with
+    /// `secrets` first, so that `postgres://u:plain@{{ secrets.HOST }}/db` gives `plain`). They
+    /// are masked like secrets wherever flow writes or shows text.
+    pub fn plain_secrets(&self, secrets: &Secrets) -> Vec<String> {
         let mut out = Vec::new();
-        for entry in self.entries.values() {
+        for (name, entry) in &self.entries {
             for (key, value) in entry {
-                let Some(text) = value.as_str().filter(|t| !template::is_template(t)) else {
+                let Some(text) = value.as_str() else {
                     continue;
                 };
-                if SECRET_KEYS.contains(&key.as_str()) {
+                if SECRET_KEYS.contains(&key.as_str()) && !template::is_template(text) {
                     out.push(text.to_string());
                 } else if key == "url" {
-                    out.extend(url_password(text));
+                    // A url that does not render yet (a secret missing) is reported when used.
+                    if let Ok(Some(url)) = render_key(name, entry, key, secrets) {
+                        out.extend(url_password(&url));
+                    }
                 }
             }
         }
@@ -221,11 +225,19 @@ mod tests {
             "lake": {"type": "aws", "access_key_id": "AK", "secret_access_key": "plain-secret"},
             "wh": {"type": "postgres", "url": "postgres://loader:p%40ss@h/db"},
             "named": {"type": "postgres", "url": "postgres://u:{{ secrets.WH }}@h/db"},
+            "host": {"type": "postgres", "url": "postgres://u:plainpw@{{ secrets.HOST }}/db"},
         }))
         .unwrap();
-        let mut found = Connections::new(toml).plain_secrets();
+        let secrets = Secrets::from_pairs([
+            ("WH".to_string(), "wh-secret".to_string()),
+            ("HOST".to_string(), "db.internal".to_string()),
+        ]);
+        let mut found = Connections::new(toml).plain_secrets(&secrets);
         found.sort();
-        assert_eq!(found, vec!["p%40ss", "p@ss", "plain-secret"]);
+        assert_eq!(
+            found,
+            vec!["p%40ss", "p@ss", "plain-secret", "plainpw", "wh-secret"]
+        );
         assert!(url_password("sqlite:///tmp/flow.db").is_empty());
         assert!(url_password("postgres://postgres@127.0.0.1/x").is_empty());
     }

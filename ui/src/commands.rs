@@ -84,7 +84,9 @@ pub(crate) async fn open(g: &Global) -> Result<Ctx> {
                 redact_url(&settings.database_url)
             )
         })?;
-    let secrets = Secrets::from_env().hiding(settings.hidden_values());
+    let from_env = Secrets::from_env();
+    let hidden = settings.hidden_values(&from_env);
+    let secrets = from_env.hiding(hidden);
     Ok(Ctx {
         settings,
         store,

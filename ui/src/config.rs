@@ -168,9 +168,9 @@ pub fn resolve(given: &Given) -> Result<Settings> {
 impl Settings {
     /// What is masked like a secret without being one: the database URL's password and the
     /// secrets written plainly in `[connections]`.
-    pub fn hidden_values(&self) -> Vec<String> {
+    pub fn hidden_values(&self, secrets: &flow_engine::secrets::Secrets) -> Vec<String> {
         let mut out = flow_operators::connections::url_password(&self.database_url);
-        out.extend(self.connections.plain_secrets());
+        out.extend(self.connections.plain_secrets(secrets));
         out
     }
 }
