@@ -246,27 +246,31 @@ pub struct Task {
     pub secret_reads: BTreeSet<String>,
 }
 
+/// Calls `f` with every templated string inside `value`, at any depth (object keys aside).
+pub(crate) fn each_template<'a>(value: &'a Json, f: &mut impl FnMut(&'a str)) {
+    match value {
+        Json::String(text) if crate::template::is_template(text) => f(text),
+        Json::Array(items) => items.iter().for_each(|i| each_template(i, f)),
+        Json::Object(map) => map.values().for_each(|i| each_template(i, f)),
+        _ => {}
+    }
+}
+
 /// The names of the secrets that the templated strings in `config` read.
 pub fn secret_reads(config: &serde_json::Map<String, Json>) -> BTreeSet<String> {
-    fn walk(v: &Json, out: &mut BTreeSet<String>) {
-        match v {
-            Json::String(text) if crate::template::is_template(text) => {
-                let refs = crate::template::references(text).unwrap_or_default();
-                out.extend(refs.iter().filter_map(|r| {
-                    let mut parts = r.split('.');
-                    (parts.next() == Some("secrets"))
-                        .then(|| parts.next())
-                        .flatten()
-                        .map(str::to_string)
-                }));
-            }
-            Json::Array(items) => items.iter().for_each(|i| walk(i, out)),
-            Json::Object(map) => map.values().for_each(|i| walk(i, out)),
-            _ => {}
-        }
-    }
     let mut out = BTreeSet::new();
-    config.values().for_each(|v| walk(v, &mut out));
+    for v in config.values() {
+        each_template(v, &mut |text| {
+            let refs = crate::template::references(text).unwrap_or_default();
+            out.extend(refs.iter().filter_map(|r| {
+                let mut parts = r.split('.');
+                (parts.next() == Some("secrets"))
+                    .then(|| parts.next())
+                    .flatten()
+                    .map(str::to_string)
+            }));
+        });
+    }
     out
 }
 
@@ -285,38 +289,29 @@ pub enum OutputReads {
 impl OutputReads {
     /// What the templated strings in `config` read.
     pub fn of(config: &serde_json::Map<String, Json>) -> OutputReads {
-        fn walk(v: &Json, out: &mut OutputReads) {
-            match v {
-                Json::String(text) if crate::template::is_template(text) => {
-                    let Ok(refs) = crate::template::references(text) else {
-                        *out = OutputReads::AllUpstream;
-                        return;
-                    };
-                    for r in refs {
-                        let mut parts = r.split('.');
-                        if parts.next() != Some("tasks") {
-                            continue;
-                        }
-                        match (parts.next(), &mut *out) {
-                            (_, OutputReads::AllUpstream) => {}
-                            (None, o) => *o = OutputReads::AllUpstream,
-                            (Some(name), OutputReads::Tasks(set)) => {
-                                set.insert(name.to_string());
-                            }
-                            (Some(name), o) => {
-                                *o = OutputReads::Tasks(BTreeSet::from([name.to_string()]))
-                            }
-                        }
-                    }
-                }
-                Json::Array(items) => items.iter().for_each(|i| walk(i, out)),
-                Json::Object(map) => map.values().for_each(|i| walk(i, out)),
-                _ => {}
-            }
-        }
         let mut out = OutputReads::Nothing;
+        let mut read = |text: &str| {
+            let Ok(refs) = crate::template::references(text) else {
+                out = OutputReads::AllUpstream;
+                return;
+            };
+            for r in refs {
+                let mut parts = r.split('.');
+                if parts.next() != Some("tasks") {
+                    continue;
+                }
+                match (parts.next(), &mut out) {
+                    (_, OutputReads::AllUpstream) => {}
+                    (None, o) => *o = OutputReads::AllUpstream,
+                    (Some(name), OutputReads::Tasks(set)) => {
+                        set.insert(name.to_string());
+                    }
+                    (Some(name), o) => *o = OutputReads::Tasks(BTreeSet::from([name.to_string()])),
+                }
+            }
+        };
         for v in config.values() {
-            walk(v, &mut out);
+            each_template(v, &mut read);
         }
         out
     }

@@ -53,12 +53,17 @@ fn trusted(dag: &Dag, task: &Task, name: &str) -> bool {
 }
 
 fn holds_template(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => template::is_template(s),
-        serde_json::Value::Array(items) => items.iter().any(holds_template),
-        serde_json::Value::Object(map) => map.values().any(holds_template),
-        _ => false,
-    }
+    let mut found = false;
+    super::each_template(v, &mut |_| found = true);
+    found
+}
+
+/// `expr` without a trailing `| FILTER`: the value as `env:` would take it, or as a message
+/// shows it with the right filter put back.
+fn without_filter<'e>(expr: &'e str, filter: &str) -> &'e str {
+    expr.strip_suffix(filter)
+        .and_then(|e| e.trim_end().strip_suffix('|'))
+        .map_or(expr, str::trim_end)
 }
 
 /// One message per place where the template `text` of the shell key `key` of `task` emits an
@@ -87,11 +92,7 @@ pub(super) fn url_problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec
         .into_iter()
         .map(|u| {
             let head = format!("in '{key}' of task '{}'", task.id);
-            let expr = u
-                .expr
-                .strip_suffix(crate::template::url::URL_QUOTE)
-                .and_then(|e| e.trim_end().strip_suffix('|'))
-                .map_or(u.expr.as_str(), str::trim_end);
+            let expr = without_filter(&u.expr, crate::template::url::URL_QUOTE);
             if u.expr.is_empty() {
                 format!("{head}: a URL key cannot use {}", u.name)
             } else if u.in_authority {
@@ -133,10 +134,7 @@ fn message(task_id: &str, key: &str, text: &str, u: &shell::Unquoted) -> String 
         .unwrap_or("value")
         .to_ascii_uppercase();
     // The value as env: would take it: without the quoting a shell no longer needs there.
-    let value = expr
-        .strip_suffix(shell::SHELL_QUOTE)
-        .and_then(|e| e.trim_end().strip_suffix('|'))
-        .map_or(expr.as_str(), str::trim_end);
+    let value = without_filter(expr, shell::SHELL_QUOTE);
     let env_hint = format!(
         "did you mean to pass it in env:? `env: {{ {var}: \"{{{{ {value} }}}}\" }}` and \"${var}\" \
          in the {key}"
