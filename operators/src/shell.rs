@@ -141,8 +141,16 @@ impl Operator for Shell {
 /// with the scheduler. A task gets back the contract's `FLOW_*` variables and the secrets it
 /// names through [`TaskContext::env`]; the rest (`PATH`, `HOME`, `JAVA_HOME`, AWS's own
 /// variables) it inherits as before.
-fn inherited_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
-    std::env::vars_os().filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"FLOW_"))
+/// Read once: flow never changes its own environment, and every try of a 10,000-item map starts
+/// a process.
+fn inherited_env() -> &'static [(std::ffi::OsString, std::ffi::OsString)] {
+    static ENV: std::sync::OnceLock<Vec<(std::ffi::OsString, std::ffi::OsString)>> =
+        std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter(|(k, _)| !k.as_encoded_bytes().starts_with(b"FLOW_"))
+            .collect()
+    })
 }
 
 /// Runs `command` (shell text; `args` are its positional parameters, `$@`) behind the gate in
@@ -170,7 +178,9 @@ pub(crate) async fn run_gated(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    cmd.env_clear().envs(inherited_env()).envs(env);
+    cmd.env_clear()
+        .envs(inherited_env().iter().map(|(k, v)| (k, v)))
+        .envs(env);
     let mut child = cmd.spawn().map_err(|e| {
         OperatorError::Retryable(format!("cannot start /bin/sh in {}: {e}", cwd.display()))
     })?;
