@@ -603,7 +603,7 @@ async fn execute(
         },
         &env.secrets,
     );
-    let config = match template::render_json(&Json::Object(task.config.clone()), &ctx_value) {
+    let config = match template::render_task_config(&task.config, &ctx_value, op.keys().shell) {
         Ok(c) => c,
         Err(e) => {
             return Outcome::Failed {

@@ -128,6 +128,35 @@ pub fn render(source: &str, ctx: &Value) -> Result<String, String> {
     env().render_str(source, ctx).map_err(describe_error)
 }
 
+/// Renders a task's keys. A shell key's text is also checked as rendered, where every value is
+/// known (see [`shell::verify`]).
+pub fn render_task_config(
+    config: &serde_json::Map<String, Json>,
+    ctx: &Value,
+    shell_keys: &[&str],
+) -> Result<Json, String> {
+    let mut out = serde_json::Map::with_capacity(config.len());
+    for (key, value) in config {
+        let rendered = match value {
+            Json::String(s) if shell_keys.contains(&key.as_str()) && is_template(s) => {
+                Json::String(render_shell(s, ctx).map_err(|e| format!("in '{key}': {e}"))?)
+            }
+            other => render_json(other, ctx)?,
+        };
+        out.insert(key.clone(), rendered);
+    }
+    Ok(Json::Object(out))
+}
+
+/// Renders the text of a shell key and checks that every value `shell_quote` made stands as
+/// a word of its own, read on the text as it came out.
+pub fn render_shell(source: &str, ctx: &Value) -> Result<String, String> {
+    let tmpl = env().template_from_str(source).map_err(describe_error)?;
+    let (out, spans) = tmpl.render_with_spans(ctx).map_err(describe_error)?;
+    shell::verify(source, &out, &spans)?;
+    Ok(out)
+}
+
 /// Renders every string inside a JSON value (keys are left alone).
 pub fn render_json(value: &Json, ctx: &Value) -> Result<Json, String> {
     Ok(match value {

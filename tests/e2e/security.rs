@@ -135,6 +135,31 @@ fn a_command_splicing_a_param_is_refused_where_it_is_written() {
     });
 }
 
+/// What the template check cannot know before a run, a secret's value, is read in the text as
+/// rendered: a secret holding a quote would put the quoted param inside quotes, so the try
+/// fails before anything runs, and says why.
+#[test]
+fn a_secret_holding_a_quote_cannot_open_a_command_to_a_param() {
+    each_db(|mut env, db| {
+        env.secrets.push(("QUOTE".into(), "it's".into()));
+        env.dag(
+            "quoted_secret.yaml",
+            "id: quoted_secret\nparams:\n  model: { type: string, default: m }\ntasks:\n  a:\n    operator: shell\n    command: echo {{ secrets.QUOTE }} {{ params.model | shell_quote }}\n",
+        );
+        env.flow_ok(&["dags", "validate"], 0);
+        let param = format!("model={PAYLOAD}");
+        let run = env.flow_json(&["run", "quoted_secret", "--param", &param, "--json"], 1);
+        assert_eq!(run["state"], "failed", "{db:?} {run:#}");
+        let run_id = run["run_id"].as_str().unwrap();
+        let log = env.flow_ok(&["tasks", "logs", run_id, "a"], 0);
+        assert!(
+            log.contains("would stand inside '...' quotes") && log.contains("nothing ran"),
+            "{db:?}: {log}"
+        );
+        assert!(!env.dags().join("pwned").exists(), "{db:?}: the param ran");
+    });
+}
+
 /// What a task's process sees: flow's settings, the database URL and the secrets it does not
 /// name stay with the scheduler; the ones it names come as `FLOW_SECRET_NAME`.
 const ENV_DAG: &str = r#"

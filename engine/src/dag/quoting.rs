@@ -38,12 +38,15 @@ fn trusted(dag: &Dag, task: &Task, name: &str) -> bool {
             })
         }
         "tasks" => false,
-        // Items written out in the DAG file are the author's own text, not outside values.
+        // Items written out in the DAG file are the author's own text, not outside values; as
+        // they stand, only when each is one plain word (a quote in one would shift the
+        // quoting of the text around it).
         "item" => match &task.for_each {
-            Some(ForEach::Items(items)) => !items.iter().any(holds_template),
+            Some(ForEach::Items(items)) => items.iter().all(plain_word),
             _ => false,
         },
-        "secrets" => true,
+        // One secret at a time (`{{ secrets }}` would print them all).
+        "secrets" => parts.next().is_some() && parts.next().is_none(),
         "loop" => LOOP_VALUES.contains(&name),
         // Of the template language's own functions only `range` makes nothing but numbers
         // (`debug()` prints the whole context, every param and secret with it).
@@ -52,10 +55,40 @@ fn trusted(dag: &Dag, task: &Task, name: &str) -> bool {
     }
 }
 
-fn holds_template(v: &serde_json::Value) -> bool {
-    let mut found = false;
-    super::each_template(v, &mut |_| found = true);
-    found
+/// A number, a boolean, or a string of letters, digits and `-_./:=,+@%^` that is no template:
+/// text that the shell reads as part of one word, whatever surrounds it.
+fn plain_word(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => true,
+        serde_json::Value::String(s) => {
+            !s.is_empty()
+                && !template::is_template(s)
+                && s.chars()
+                    .all(|c| c.is_alphanumeric() || "-_./:=,+@%^".contains(c))
+        }
+        _ => false,
+    }
+}
+
+/// True for a name whose value is never a list, so that a quoted value glued to other text
+/// (`--name={{ params.model | shell_quote }}`) stays one word.
+fn scalar(dag: &Dag, task: &Task, name: &str) -> bool {
+    let mut parts = name.split('.');
+    match parts.next().unwrap_or_default() {
+        "params" => {
+            let (Some(param), None) = (parts.next(), parts.next()) else {
+                return false;
+            };
+            dag.params
+                .iter()
+                .any(|p| p.name == param && !matches!(p.kind, ParamType::Array | ParamType::Object))
+        }
+        "item" => match &task.for_each {
+            Some(ForEach::Items(items)) => items.iter().all(|i| !i.is_array() && !i.is_object()),
+            _ => false,
+        },
+        _ => trusted(dag, task, name),
+    }
 }
 
 /// `expr` without a trailing `| FILTER`: the value as `env:` would take it, or as a message
@@ -70,7 +103,9 @@ fn without_filter<'e>(expr: &'e str, filter: &str) -> &'e str {
 /// outside value unprotected.
 pub(super) fn problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<String> {
     let task_id = task.id.as_str();
-    let found = match shell::unquoted(text, &|name| trusted(dag, task, name)) {
+    let found = match shell::unquoted(text, &|name| trusted(dag, task, name), &|name| {
+        scalar(dag, task, name)
+    }) {
         Ok(found) => found,
         // A template that does not parse is reported by the general template check.
         Err(_) => return Vec::new(),
@@ -139,6 +174,14 @@ fn message(task_id: &str, key: &str, text: &str, u: &shell::Unquoted) -> String 
         "did you mean to pass it in env:? `env: {{ {var}: \"{{{{ {value} }}}}\" }}` and \"${var}\" \
          in the {key}"
     );
+    if u.glued {
+        return format!(
+            "{head}: `{{{{ {expr} }}}}` is glued to other text in one word{at}, and if {name} is \
+             a list its items after the first become words of their own; put it as a word of \
+             its own, or make it one string first (`{{{{ {value} | join(',') | shell_quote }}}}`)",
+            name = u.name,
+        );
+    }
     if u.quoted {
         return format!(
             "{head}: `{{{{ {expr} }}}}` is inside {}{at}, where shell_quote does not protect \

@@ -270,6 +270,27 @@ fn param_spliced_into_shell() {
 }
 
 #[test]
+fn shell_paths_and_items() {
+    // A written item that is not one plain word, a branch that leaves a quote open before a
+    // quoted value, and a list glued to other text: each refused where it is written.
+    let p = invalid("shell_paths_and_items");
+    assert_eq!(p.len(), 3, "{}", render(&p));
+    has(&p, 10, 14, &["item would reach the shell unquoted"]);
+    has(
+        &p,
+        13,
+        14,
+        &["inside '...' quotes", "shell_quote does not protect"],
+    );
+    has(
+        &p,
+        16,
+        14,
+        &["glued to other text", "params.files is a list", "join(',')"],
+    );
+}
+
+#[test]
 fn param_spliced_into_sql() {
     // `{{ ds }}` is flow's own value and may stay; the param must be bound.
     only(

@@ -7,7 +7,7 @@
 //! flow's own values (`{{ secrets.BASE_URL }}/v1/...`). A task that must reach hosts chosen at
 //! run time lists them in `allowed_hosts:`, which the operator enforces on the rendered URL.
 
-use super::splice::{self, Kind};
+use super::splice::{self, Emit, Piece};
 
 /// The filter that makes a value safe in a URL's path or query.
 pub const URL_QUOTE: &str = "urlencode";
@@ -23,49 +23,70 @@ pub struct Unsafe {
 }
 
 /// Every place in `source` where an outside value is emitted into the scheme or authority, or
-/// elsewhere without `urlencode`.
+/// elsewhere without `urlencode`, on any path through the template.
 pub fn unsafe_spots(source: &str, trusted: &dyn Fn(&str) -> bool) -> Result<Vec<Unsafe>, String> {
-    // In the scheme and authority only secrets may stand: even a number chooses a host
-    // (`http://2852039166/` is 169.254.169.254) or a port.
-    let strict = splice::pieces(source, &|name| name.starts_with("secrets."), URL_QUOTE)?;
-    let mut reader = Reader::default();
-    let mut found = Vec::new();
-    for (piece, strict) in splice::pieces(source, trusted, URL_QUOTE)?
-        .into_iter()
-        .zip(strict)
-    {
-        match piece.kind {
-            Kind::Raw(text) => reader.feed(text),
-            Kind::Emit { quoted, outside } => {
-                let in_authority = !reader.past_authority;
-                reader.after_emit();
-                let outside = match (in_authority, strict.kind) {
-                    (
-                        true,
-                        Kind::Emit {
-                            outside: strict, ..
-                        },
-                    ) => strict,
-                    _ => outside,
-                };
-                let Some(name) = outside else { continue };
-                if quoted && !in_authority {
-                    continue;
-                }
-                found.push(Unsafe {
-                    line: piece.line,
-                    expr: piece.expr,
-                    name,
-                    in_authority,
-                });
-            }
+    let nodes = splice::tree(source, URL_QUOTE)?;
+    let mut check = UrlCheck {
+        trusted,
+        found: Vec::new(),
+    };
+    splice::follow(&mut check, &nodes, Reader::default());
+    check.found.sort_by_key(|u| u.line);
+    Ok(check.found)
+}
+
+struct UrlCheck<'t> {
+    trusted: &'t dyn Fn(&str) -> bool,
+    found: Vec<Unsafe>,
+}
+
+impl splice::Check for UrlCheck<'_> {
+    type State = Reader;
+
+    fn raw(&mut self, reader: &mut Reader, text: &str) {
+        reader.feed(text);
+    }
+
+    fn emit(&mut self, reader: &mut Reader, piece: &Piece<'_>, emit: &Emit) {
+        let in_authority = !reader.past_authority;
+        match &emit.constant {
+            Some(text) => reader.feed(text),
+            None => reader.after_emit(),
+        }
+        // In the scheme and authority only secrets may stand: even a number chooses a host
+        // (`http://2852039166/` is 169.254.169.254) or a port.
+        let outside = if in_authority {
+            emit.outside(&|name| name.starts_with("secrets."))
+        } else {
+            emit.outside(self.trusted)
+        };
+        let Some(name) = outside else { return };
+        if emit.quoted && !in_authority {
+            return;
+        }
+        let u = Unsafe {
+            line: piece.line,
+            expr: piece.expr.clone(),
+            name,
+            in_authority,
+        };
+        if !self.found.contains(&u) {
+            self.found.push(u);
         }
     }
-    Ok(found)
+
+    fn lost(&mut self, line: usize) {
+        self.found.push(Unsafe {
+            line,
+            expr: String::new(),
+            name: "branches or a loop that leave the URL's parts unknown".into(),
+            in_authority: true,
+        });
+    }
 }
 
 /// Follows the raw text far enough to know when the authority has ended.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Reader {
     past_authority: bool,
     /// The last two characters, to tell `scheme://` from a path's `/`.
@@ -81,6 +102,9 @@ impl Reader {
             let in_separator = c == '/' && (self.last[1] == ':' || self.last == [':', '/']);
             if !in_separator && matches!(c, '/' | '?' | '#') {
                 self.past_authority = true;
+                // Nothing after this point changes what the reader knows.
+                self.last = ['\0', '\0'];
+                return;
             }
             self.last = [self.last[1], c];
         }
@@ -117,6 +141,9 @@ mod tests {
             "{{ secrets.BASE }}/models/{{ params.model | urlencode }}",
             "https://{{ secrets.BASE }}/x/{{ params.n }}/{{ tasks.a.output.id | urlencode }}",
             "https://api.example.com/{{ params.n }}",
+            // A constant is the file's own text.
+            "https://api.example.com{{ '/' }}{{ params.p | urlencode }}",
+            "https://api.example.com/{% if params.n %}a/{% endif %}{{ params.p | urlencode }}",
         ] {
             assert_eq!(spots(ok), vec![], "{ok}");
         }
@@ -149,6 +176,15 @@ mod tests {
             (
                 "https://api.example.com/{{ params.p | urlencode | replace('%2F', '/') }}",
                 &[("params.p", false)],
+            ),
+            // On the path where the branch is not taken, the value ends the host name.
+            (
+                "https://{% if params.n %}api.example.com/{% endif %}{{ params.p | urlencode }}",
+                &[("params.p", true)],
+            ),
+            (
+                "https://api.example.com{% for i in range(params.n) %}/{% endfor %}{{ item | urlencode }}",
+                &[("item", true)],
             ),
         ];
         for (src, want) in cases {

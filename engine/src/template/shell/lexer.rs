@@ -67,18 +67,21 @@ enum Frame {
         word: String,
         started: bool,
     },
-    /// In a here-document's body, `line` so far.
+    /// In a here-document's body: `line` so far, while it can still become the delimiter
+    /// (kept no longer, so that a loop in a body does not make endless states), and whether
+    /// a backslash waits to see if a newline follows.
     Heredoc {
         delimiter: String,
         strip_tabs: bool,
         quoted: bool,
-        line: String,
+        line: Option<String>,
+        backslash: bool,
     },
 }
 
 /// Fed the template's text piece by piece, in order; [`Lexer::context`] tells where a value
 /// spliced in between would land.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Lexer {
     stack: Vec<Frame>,
     /// A backslash was just read where it escapes the next character.
@@ -127,6 +130,11 @@ impl Lexer {
             Frame::Comment => Context::Comment,
             Frame::Heredoc { .. } => Context::HereDocument,
         }
+    }
+
+    /// True when the next character starts a new word.
+    pub fn at_word_start(&self) -> bool {
+        self.at_word_start && !self.escaped && !self.dollar
     }
 
     pub fn feed(&mut self, text: &str) {
@@ -309,29 +317,53 @@ impl Lexer {
             strip_tabs,
             quoted,
             line,
+            backslash,
         }) = self.stack.last_mut()
         else {
             return;
         };
-        if c != '\n' {
-            line.push(c);
+        let escaped = std::mem::take(backslash);
+        if c == '\n' {
+            // In an unquoted body, a backslash-newline continues the line.
+            if escaped {
+                return;
+            }
+            let is_end = line.as_deref().is_some_and(|l| {
+                let l = if *strip_tabs {
+                    l.trim_start_matches('\t')
+                } else {
+                    l
+                };
+                l == delimiter.as_str()
+            });
+            if is_end {
+                self.pop();
+                self.newline();
+            } else {
+                *line = Some(String::new());
+            }
             return;
         }
-        // In an unquoted body, a backslash-newline continues the line.
-        if !*quoted && line.ends_with('\\') {
-            line.pop();
-            return;
-        }
-        let text = if *strip_tabs {
-            line.trim_start_matches('\t')
-        } else {
-            line.as_str()
+        let mut push = |ch: char| {
+            if let Some(l) = line {
+                l.push(ch);
+                let t = if *strip_tabs {
+                    l.trim_start_matches('\t')
+                } else {
+                    l
+                };
+                if !delimiter.starts_with(t) {
+                    *line = None;
+                }
+            }
         };
-        if text == delimiter.as_str() {
-            self.pop();
-            self.newline();
+        if escaped {
+            push('\\');
+        }
+        if c == '\\' && !*quoted {
+            *backslash = true;
         } else {
-            line.clear();
+            push(c);
         }
     }
 
@@ -344,7 +376,8 @@ impl Lexer {
                 delimiter,
                 strip_tabs,
                 quoted,
-                line: String::new(),
+                line: Some(String::new()),
+                backslash: false,
             });
         }
     }

@@ -5,8 +5,13 @@ fn trusted(name: &str) -> bool {
     matches!(name, "ds" | "ts" | "run_id" | "params.n" | "range") || name.starts_with("loop.")
 }
 
+/// String params are single values; `params.regions`, task outputs and items may be lists.
+fn scalar(name: &str) -> bool {
+    matches!(name, "params.model" | "params.a" | "params.p" | "params.x") || trusted(name)
+}
+
 fn names(source: &str) -> Vec<String> {
-    unquoted(source, &trusted)
+    unquoted(source, &trusted, &scalar)
         .unwrap()
         .into_iter()
         .map(|u| u.name)
@@ -34,7 +39,7 @@ fn flow_values_and_quoted_outside_values_pass() {
         "echo {{ (params.a ~ '-' ~ item) | shell_quote }}",
         "echo {{ params.n * 2 }} {{ range(params.n) | list }}",
         "{% if params.full %}--full{% endif %} {{ ds }}",
-        "{% for r in params.regions %}{{ r | shell_quote }} {{ loop.index }}{% endfor %}",
+        "{% for r in params.regions %}{{ r | shell_quote }} {{ loop.index }} {% endfor %}",
         "{% filter shell_quote %}{{ params.a }} and {{ item }}{% endfilter %}",
         "echo 'it''s' \"a \\\" b\" {{ item | shell_quote }}",
         "# don't\necho {{ item | shell_quote }}",
@@ -65,13 +70,19 @@ fn every_unquoted_outside_value_is_found() {
         ("echo {{ ds ~ params.model }}", &["params.model"]),
         ("{% for r in params.regions %}{{ r }}{% endfor %}", &["r"]),
         ("{% set m = params.model %}{{ m }}", &["m"]),
+        // Another filter rewrites the quoting, and the block's own text with it.
         (
             "{% filter replace(\"'\", '') %}{{ params.a | shell_quote }}{% endfilter %}",
-            &["params.a"],
+            &["params.a", "a filter block"],
         ),
         (
-            "{% macro m(x) %}{{ x }}{% endmacro %}{{ m(params.a) | shell_quote }}",
-            &["x"],
+            "{% filter upper %}echo hi{% endfilter %}",
+            &["a filter block"],
+        ),
+        // A macro's output is untraced where it is emitted.
+        (
+            "{% macro m(x) %}{{ x }}{% endmacro %}{{ m(params.a) }}",
+            &["m"],
         ),
         ("{% include 'other' %}", &["another template"]),
         (
@@ -108,7 +119,7 @@ fn quoted_values_are_refused_where_quoting_does_not_hold() {
         ),
     ];
     for (src, want) in cases {
-        let found = unquoted(src, &trusted).unwrap();
+        let found = unquoted(src, &trusted, &scalar).unwrap();
         assert_eq!(found.len(), 1, "{src}: {found:?}");
         assert_eq!(found[0].context, want, "{src}");
         assert!(found[0].quoted, "{src}");
@@ -117,7 +128,12 @@ fn quoted_values_are_refused_where_quoting_does_not_hold() {
 
 #[test]
 fn lines_are_counted_within_the_template() {
-    let found = unquoted("set -eu\necho {{ ds }}\necho {{ item }}\n", &trusted).unwrap();
+    let found = unquoted(
+        "set -eu\necho {{ ds }}\necho {{ item }}\n",
+        &trusted,
+        &scalar,
+    )
+    .unwrap();
     assert_eq!(
         found,
         vec![Unquoted {
@@ -126,13 +142,14 @@ fn lines_are_counted_within_the_template() {
             name: "item".into(),
             context: Context::Word,
             quoted: false,
+            glued: false,
         }]
     );
 }
 
 #[test]
 fn a_template_that_does_not_parse_is_an_error() {
-    assert!(unquoted("echo {{ oops", &trusted).is_err());
+    assert!(unquoted("echo {{ oops", &trusted, &scalar).is_err());
 }
 
 /// The bypasses a review found in the first version of the check: each must be refused.
@@ -173,7 +190,7 @@ fn review_bypasses_are_refused() {
         ),
     ];
     for (src, want) in cases {
-        let found = unquoted(src, &trusted).unwrap();
+        let found = unquoted(src, &trusted, &scalar).unwrap();
         assert_eq!(found.len(), 1, "{src}: {found:?}");
         assert_eq!(found[0].context, *want, "{src}");
     }
@@ -195,4 +212,138 @@ fn review_bypasses_are_refused() {
     ] {
         assert_eq!(names(ok), Vec::<String>::new(), "{ok}");
     }
+}
+
+/// Every path through the template counts: a branch or a loop that leaves the quoting
+/// different puts a value in quotes on some runs, whatever the source order shows.
+#[test]
+fn every_path_is_followed() {
+    let cases: &[(&str, Context)] = &[
+        (
+            "echo {% if params.n %}'{% endif %}{{ params.p | shell_quote }}'",
+            Context::SingleQuotes,
+        ),
+        (
+            "echo {% if params.n %}x{% else %}\"{% endif %} {{ item | shell_quote }}",
+            Context::DoubleQuotes,
+        ),
+        (
+            "echo {% for i in range(params.n) %}\"{% endfor %} {{ item | shell_quote }}",
+            Context::DoubleQuotes,
+        ),
+        (
+            "echo {% for i in range(params.n) %}{% else %}'{% endfor %} {{ item | shell_quote }}",
+            Context::SingleQuotes,
+        ),
+        // A constant is the file's own text and is read as such.
+        (
+            "echo {{ '\"' }}{{ item | shell_quote }}{{ '\"' }}",
+            Context::DoubleQuotes,
+        ),
+        (
+            "echo {{ \"'\" ~ \"x\" }} {{ item | shell_quote }}'",
+            Context::SingleQuotes,
+        ),
+        // Quoting flow's own value inside quotes puts the quotes into the text.
+        ("echo \"{{ ds | shell_quote }}\"", Context::DoubleQuotes),
+    ];
+    for (src, want) in cases {
+        let found = unquoted(src, &trusted, &scalar).unwrap();
+        assert_eq!(found.len(), 1, "{src}: {found:?}");
+        assert_eq!(found[0].context, *want, "{src}");
+    }
+    for ok in [
+        "{% for r in params.regions %}{{ r | shell_quote }} {% endfor %}",
+        "echo {% if params.n %}'a'{% else %}\"b\"{% endif %} {{ item | shell_quote }}",
+        "echo {{ '\"x\"' }} {{ item | shell_quote }}",
+        "cat <<EOF\n{% for i in range(3) %}{{ loop.index }},{% endfor %}\nEOF\necho {{ item | shell_quote }}",
+        // A macro is read where it is called: its whole output is quoted here.
+        "{% macro m(x) %}'{{ x }}'{% endmacro %}echo {{ m(params.a) | shell_quote }}",
+    ] {
+        assert_eq!(names(ok), Vec::<String>::new(), "{ok}");
+    }
+    // A loop that changes the quoting on every round cannot be followed to an end.
+    let lost = names("echo $({% for i in range(params.n) %}({% endfor %}{{ ds }})");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert!(lost[0].contains("loop"), "{lost:?}");
+}
+
+/// A quoted list is one word per item: glued to other text, the items after the first would
+/// be words of their own.
+#[test]
+fn quoted_lists_stand_alone() {
+    let glued = |src: &str| -> Vec<String> {
+        unquoted(src, &trusted, &scalar)
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.glued)
+            .map(|u| u.name)
+            .collect()
+    };
+    for (src, want) in [
+        (
+            "cp --files={{ params.regions | shell_quote }} x",
+            "params.regions",
+        ),
+        ("echo {{ item | shell_quote }}.csv", "item"),
+        (
+            "echo {{ tasks.a.output | shell_quote }}\"x\"",
+            "tasks.a.output",
+        ),
+        (
+            "echo {{ item | shell_quote }}{{ params.model | shell_quote }}",
+            "item",
+        ),
+        // A backslash-newline joins the lines into one word.
+        ("echo x\\\n{{ item | shell_quote }}", "item"),
+        (
+            "{% for r in params.regions %}{{ r | shell_quote }} {{ loop.index }}{% endfor %}",
+            "r",
+        ),
+    ] {
+        assert_eq!(glued(src), vec![want.to_string()], "{src}");
+    }
+    for ok in [
+        "for r in {{ params.regions | shell_quote }}; do echo \"$r\"; done",
+        "echo --name={{ params.model | shell_quote }}.csv",
+        "echo --regions={{ params.regions | join(',') | shell_quote }}",
+        "echo $(cat {{ item | shell_quote }})",
+    ] {
+        assert_eq!(names(ok), Vec::<String>::new(), "{ok}");
+    }
+}
+
+/// The check of the text as rendered: what the template check cannot know (a secret's value)
+/// is read there.
+#[test]
+fn the_rendered_text_is_checked_again() {
+    let ctx = minijinja::context!(
+        secrets => minijinja::context!(Q => "it's", PLAIN => "s3cr3t"),
+        params => minijinja::context!(p => "x; id", list => vec!["a", "b"]),
+    );
+    let render = |src: &str| crate::template::render_shell(src, &ctx);
+    assert_eq!(
+        render("echo {{ secrets.PLAIN }} {{ params.p | shell_quote }}").unwrap(),
+        "echo s3cr3t 'x; id'"
+    );
+    let err = render("echo {{ secrets.Q }} {{ params.p | shell_quote }}").unwrap_err();
+    assert!(
+        err.contains("'...' quotes") && err.contains("nothing ran"),
+        "{err}"
+    );
+    assert_eq!(
+        render("for x in {{ params.list | shell_quote }}; do :; done").unwrap(),
+        "for x in 'a' 'b'; do :; done"
+    );
+    let err = render("cp --from={{ params.list | shell_quote }} .").unwrap_err();
+    assert!(err.contains("glued"), "{err}");
+    let err = render("cp {{ params.list | shell_quote }}.bak").unwrap_err();
+    assert!(err.contains("glued"), "{err}");
+    // A string glued to text stays one word.
+    assert_eq!(
+        render("cp --to={{ params.p | shell_quote }}.bak").unwrap(),
+        "cp --to='x; id'.bak"
+    );
+    let err = render("echo \"{% filter shell_quote %}{{ params.p }}{% endfilter %}\"").unwrap_err();
+    assert!(err.contains("\"...\" quotes"), "{err}");
 }
