@@ -108,6 +108,8 @@ pub(crate) enum Auth<'a> {
     None,
     Bearer(&'a str),
     Cookie(&'a str),
+    /// A cookie, sent as if through a load balancer for this client address.
+    CookieVia(&'a str, &'a str),
 }
 
 pub(crate) fn call(base: &str, method: &str, path: &str, auth: &Auth, form: Option<&str>) -> Page {
@@ -123,6 +125,9 @@ pub(crate) fn call(base: &str, method: &str, path: &str, auth: &Auth, form: Opti
         Auth::None => {}
         Auth::Bearer(t) => req = req.header("Authorization", format!("Bearer {t}")),
         Auth::Cookie(c) => req = req.header("Cookie", *c),
+        Auth::CookieVia(c, client) => {
+            req = req.header("Cookie", *c).header("X-Forwarded-For", *client)
+        }
     }
     let mut res = match form {
         Some(body) => agent

@@ -505,10 +505,28 @@ fn triggers_past_the_queued_runs_cap_are_refused() {
         let operator = token(&env, "ops", "operator");
         // `flow server` runs no scheduler: triggered runs stay queued.
         let server = Server::start(&env, "server");
-        for _ in 0..2 {
-            let created = trigger(&server, &operator, "capped", json!({}));
-            assert_eq!(created.status, 201, "{db:?} {:#}", created.body);
-        }
+        let keyed = |key: &str| {
+            server.call_with(
+                "POST",
+                "/api/v1/dags/capped/runs",
+                Some(&operator),
+                Some(&json!({})),
+                &[("Idempotency-Key", key)],
+            )
+        };
+        let created = trigger(&server, &operator, "capped", json!({}));
+        assert_eq!(created.status, 201, "{db:?} {:#}", created.body);
+        let first = keyed("k1");
+        assert_eq!(first.status, 201, "{db:?} {:#}", first.body);
+        // A retry of a trigger that went through is answered as one, full queue or not.
+        let retry = keyed("k1");
+        assert_eq!(
+            (retry.status, &retry.body["run_id"]),
+            (200, &first.body["run_id"]),
+            "{db:?} {:#}",
+            retry.body
+        );
+        assert_eq!(keyed("k2").status, 429, "{db:?}");
         let refused = trigger(&server, &operator, "capped", json!({}));
         assert_eq!(refused.status, 429, "{db:?} {:#}", refused.body);
         assert_eq!(refused.body["error"]["code"], "too_many_queued_runs");

@@ -18,6 +18,8 @@ fn tokens_expire_are_listed_revoked_and_logins_are_rate_limited() {
             "idem.yaml",
             "id: idem\nparams:\n  n: { type: integer, default: 0 }\ntasks:\n  t: { operator: shell, command: 'true' }\n",
         );
+        // The test's requests come from 127.0.0.1, standing in for a load balancer.
+        env.config("[api]\ntrusted_proxies = [\"127.0.0.1\"]\n");
         let ops = token(&env, "ops", "operator");
         let short = env
             .flow_ok(
@@ -152,6 +154,15 @@ fn tokens_expire_are_listed_revoked_and_logins_are_rate_limited() {
             "{db:?}"
         );
         assert_eq!(status(&server, "GET", "/api/v1/dags", &ops), 401, "{db:?}");
+        // A new token given the revoked one's name has keys of its own.
+        let ops2 = token(&env, "ops", "operator");
+        let fresh = post(&ops2, serde_json::json!({"params": {"n": 3}}));
+        assert_eq!(
+            fresh.status, 201,
+            "{db:?}: a reused name shares keys {:#}",
+            fresh.body
+        );
+        env.flow_ok(&["tokens", "revoke", "ops"], 0);
         let page = call(&server.base, "GET", "/", &Auth::Cookie(&cookie), None);
         assert_eq!(
             page.status, 303,
@@ -169,20 +180,25 @@ fn tokens_expire_are_listed_revoked_and_logins_are_rate_limited() {
         assert_eq!(left.as_array().unwrap().len(), 1, "{db:?}: {left:#}");
 
         // Login attempts from one address are limited: a guesser gets 429.
-        let mut answers = Vec::new();
-        for _ in 0..12 {
-            let (cookie, csrf) = login_form(&server.base);
-            let body = format!("csrf={csrf}&next=%2F&token=flow_guess");
-            let answer = call(
-                &server.base,
-                "POST",
-                "/login",
-                &Auth::Cookie(&cookie),
-                Some(&body),
-            );
-            answers.push(answer.status);
-        }
-        assert!(answers.contains(&429), "{db:?}: {answers:?}");
+        let attempts = |via: Option<&str>| -> Vec<u16> {
+            (0..12)
+                .map(|_| {
+                    let (cookie, csrf) = login_form(&server.base);
+                    let body = format!("csrf={csrf}&next=%2F&token=flow_guess");
+                    let auth = match via {
+                        Some(client) => Auth::CookieVia(&cookie, client),
+                        None => Auth::Cookie(&cookie),
+                    };
+                    call(&server.base, "POST", "/login", &auth, Some(&body)).status
+                })
+                .collect()
+        };
+        let direct = attempts(None);
+        assert!(direct.contains(&429), "{db:?}: {direct:?}");
+        // Behind a trusted balancer each forwarded client has a budget of its own.
+        let forwarded = attempts(Some("203.0.113.9"));
+        assert_ne!(forwarded[0], 429, "{db:?}: {forwarded:?}");
+        assert!(forwarded.contains(&429), "{db:?}: {forwarded:?}");
         server.stop();
     });
 }

@@ -42,6 +42,9 @@ pub struct ApiFile {
     pub rate_limit_per_minute: Option<u32>,
     /// Requests a token may make at once before the average applies (default 100).
     pub rate_limit_burst: Option<u32>,
+    /// Load balancers whose `X-Forwarded-For` names the client (addresses or networks).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The API's per-token request budget.
@@ -69,6 +72,8 @@ pub struct Settings {
     pub rate_limit: RateLimit,
     /// flow.toml's `max_queued_runs_per_dag`.
     pub max_queued_runs: u32,
+    /// `[api] trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// What the command line and environment gave (clap reads both).
@@ -145,7 +150,10 @@ pub fn resolve(given: &Given) -> Result<Settings> {
     if max_queued_runs == 0 {
         bail!("flow.toml: max_queued_runs_per_dag must be at least 1");
     }
+    let trusted_proxies = crate::api::client::parse_proxies(&file.api.trusted_proxies)
+        .map_err(|e| anyhow::anyhow!("flow.toml: [api] trusted_proxies: {e}"))?;
     Ok(Settings {
+        trusted_proxies,
         max_queued_runs,
         connections: flow_operators::Connections::new(connections),
         rate_limit,

@@ -553,6 +553,14 @@ pub trait Store: ModelRegistry + TokenStore + Send + Sync {
     async fn latest_logical_date(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>>;
     /// How many of `dag_id`'s runs are queued, counting no further than `up_to`.
     async fn queued_runs(&self, dag_id: &str, up_to: i64) -> Result<i64>;
+    /// The run an idempotency key of `dag_id` made since `not_before`, if any: a retry of a
+    /// trigger that went through is answered with it even when the DAG's queue is full.
+    async fn keyed_run(
+        &self,
+        dag_id: &str,
+        key: &str,
+        not_before: DateTime<Utc>,
+    ) -> Result<Option<String>>;
     /// queued -> running; false if the run was not queued.
     async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool>;
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>>;

@@ -989,6 +989,18 @@ macro_rules! impl_store {
                 Ok(n)
             }
 
+            async fn keyed_run(&self, dag_id: &str, key: &str, not_before: DateTime<Utc>) -> Result<Option<String>> {
+                let row = sqlx::query(
+                    "SELECT run_id FROM idempotency_keys WHERE dag_id = $1 AND idem_key = $2 AND created_at >= $3",
+                )
+                .bind(dag_id)
+                .bind(key)
+                .bind(to_micros(not_before))
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| r.try_get("run_id")).transpose().map_err(Into::into)
+            }
+
             async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let n = sqlx::query(

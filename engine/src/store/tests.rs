@@ -2726,4 +2726,5 @@ mod pages {
     contract!(grid_counts_groups_each_run_task_and_state);
 }
 
+mod keys;
 mod tokens;

@@ -24,6 +24,9 @@ use super::error::ApiError;
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The token's hash: what its idempotency keys are scoped by, so that a new token given a
+    /// revoked one's name does not share its keys.
+    pub hash: String,
 }
 
 pub async fn authenticate(
@@ -33,7 +36,8 @@ pub async fn authenticate(
 ) -> Result<Response, ApiError> {
     let token = bearer(&req)?;
     let now = flow_engine::time::now();
-    let Some((name, role)) = state.store.token_role(&token_hash(token), now).await? else {
+    let hash = token_hash(token);
+    let Some((name, role)) = state.store.token_role(&hash, now).await? else {
         return Err(ApiError::unauthorized(
             "unknown token (or one that expired or was revoked); create one with `flow tokens create \
              NAME --role ROLE`",
@@ -46,7 +50,7 @@ pub async fn authenticate(
         return Err(ApiError::rate_limited(wait));
     }
     state.token_use.note(&name, now);
-    req.extensions_mut().insert(Caller { name, role });
+    req.extensions_mut().insert(Caller { name, role, hash });
     Ok(next.run(req).await)
 }
 

@@ -199,7 +199,6 @@ pub async fn trigger(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let row = active_dag(&state, &dag_id).await?;
-    ops::queue_room(state.store.as_ref(), &dag_id, state.max_queued_runs).await?;
     let dag = parsed(&state, &row).await?;
     let logical = body
         .logical_date
@@ -211,22 +210,28 @@ pub async fn trigger(
         .transpose()?;
     let run = scheduler::manual_run(&dag, &body.params.unwrap_or_default(), logical)
         .map_err(OpError::from)?;
-    let answer = |status: StatusCode, run_id: String, run_state: &str| {
-        (
-            status,
-            axum::Json(TriggerAnswer {
-                run_id,
-                state: run_state.to_string(),
-            }),
-        )
-            .into_response()
-    };
     let not_before = run.queued_at - IDEMPOTENCY_WINDOW;
     // Keys are the caller's own: another token's key of the same text is another key. Keys are
-    // visible ASCII and names printable, so a newline cannot make two pairs alike.
+    // visible ASCII and hashes hex, so a newline cannot make two pairs alike.
     let scoped = key
         .as_ref()
-        .map(|k| (format!("{}\n{k}", caller.name), not_before));
+        .map(|k| (format!("{}\n{k}", caller.hash), not_before));
+    let repeat = Repeat {
+        run: &run,
+        logical,
+        key: key.as_deref().unwrap_or_default(),
+    };
+    if let Err(full) = ops::queue_room(state.store.as_ref(), &dag_id, state.max_queued_runs).await {
+        // A retry of a request that went through is answered as one, full queue or not.
+        let first = match &scoped {
+            Some((k, since)) => state.store.keyed_run(&dag_id, k, *since).await?,
+            None => None,
+        };
+        return match first {
+            Some(first) => repeat.answer(&state, &first).await,
+            None => Err(full.into()),
+        };
+    }
     let created = state
         .creator
         .create(RunCreate {
@@ -237,26 +242,7 @@ pub async fn trigger(
         .map_err(ApiError::internal)?;
     match created {
         Created::Created => {}
-        Created::Existing(first) => {
-            let first = ops::get_run(state.store.as_ref(), &first).await?;
-            // The Stripe rule: a key names one request. The same key with other params (or
-            // another logical date) is a mistake, not a retry, and must not answer as if it
-            // had run.
-            let same_date = logical.is_none_or(|l| l == first.logical_date);
-            if first.params != run.params || !same_date {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    format!(
-                        "Idempotency-Key {} was used by this token for run {} with other params \
-                         or another logical date; use a new key for a new request",
-                        key.unwrap_or_default(),
-                        first.run_id
-                    ),
-                ));
-            }
-            return Ok(answer(StatusCode::OK, first.run_id, first.state.as_str()));
-        }
+        Created::Existing(first) => return repeat.answer(&state, &first).await,
         Created::Duplicate => {
             return Err(ApiError::internal(format!(
                 "run {} exists already",
@@ -265,5 +251,49 @@ pub async fn trigger(
         }
     }
     tracing::info!("run {} triggered by token '{}'", run.run_id, caller.name);
-    Ok(answer(StatusCode::CREATED, run.run_id, "queued"))
+    Ok(trigger_answer(StatusCode::CREATED, run.run_id, "queued"))
+}
+
+fn trigger_answer(status: StatusCode, run_id: String, run_state: &str) -> Response {
+    (
+        status,
+        axum::Json(TriggerAnswer {
+            run_id,
+            state: run_state.to_string(),
+        }),
+    )
+        .into_response()
+}
+
+/// A trigger whose Idempotency-Key made a run before.
+struct Repeat<'a> {
+    run: &'a flow_engine::store::NewRun,
+    logical: Option<chrono::DateTime<chrono::Utc>>,
+    key: &'a str,
+}
+
+impl Repeat<'_> {
+    /// The first run as it is now; or 422 when the request is not the same one.
+    async fn answer(&self, state: &AppState, first: &str) -> Result<Response, ApiError> {
+        let first = ops::get_run(state.store.as_ref(), first).await?;
+        // The Stripe rule: a key names one request. The same key with other params (or another
+        // logical date) is a mistake, not a retry, and must not answer as if it had run.
+        let same_date = self.logical.is_none_or(|l| l == first.logical_date);
+        if first.params != self.run.params || !same_date {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                format!(
+                    "Idempotency-Key {} was used by this token for run {} with other params or \
+                     another logical date; use a new key for a new request",
+                    self.key, first.run_id
+                ),
+            ));
+        }
+        Ok(trigger_answer(
+            StatusCode::OK,
+            first.run_id,
+            first.state.as_str(),
+        ))
+    }
 }

@@ -6,6 +6,7 @@
 //! calls every documented operation and checks the answer is one it declares).
 
 mod auth;
+pub(crate) mod client;
 mod creator;
 mod dags;
 mod error;
@@ -50,9 +51,13 @@ pub struct AppState {
     /// Parses and caches the DAG versions the database names (details, clears, marks). Locked
     /// only around those lookups; the scheduler of `flow standalone` has its own engine.
     pub dags: tokio::sync::Mutex<Engine>,
-    pub limiter: DefaultKeyedRateLimiter<String>,
-    /// Login attempts per client address (see [`LOGIN_ATTEMPTS_PER_MINUTE`]).
-    pub login_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Login attempts per client address (see [`LOGIN_ATTEMPTS_PER_MINUTE`] and
+    /// [`client::client_addr`]).
+    pub login_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    /// flow.toml's `[api] trusted_proxies`: the balancers whose `X-Forwarded-For` names the
+    /// client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A scheduler whose last heartbeat is older than this is reported dead by health.
     pub lease_timeout: Duration,
     /// The OpenAPI document, serialized once.
@@ -80,12 +85,18 @@ impl AppState {
         lease_timeout: Duration,
     ) -> AppState {
         let quota = Quota::per_minute(rate_limit.per_minute).allow_burst(rate_limit.burst);
+        let limiter = Arc::new(RateLimiter::keyed(quota));
+        let login_limiter = Arc::new(RateLimiter::keyed(Quota::per_minute(
+            LOGIN_ATTEMPTS_PER_MINUTE,
+        )));
+        prune_limiters(Arc::downgrade(&limiter), Arc::downgrade(&login_limiter));
         AppState {
             home,
             masker,
             dags: tokio::sync::Mutex::new(dags),
-            limiter: RateLimiter::keyed(quota),
-            login_limiter: RateLimiter::keyed(Quota::per_minute(LOGIN_ATTEMPTS_PER_MINUTE)),
+            limiter,
+            login_limiter,
+            trusted_proxies: Vec::new(),
             lease_timeout,
             openapi: openapi_json(),
             creator: creator::RunCreator::start(store.clone()),
@@ -105,6 +116,28 @@ impl AppState {
             .await
             .map_err(crate::ops::OpError::from)?)
     }
+}
+
+/// Every minute, forgets the keys whose budget is full again: a limiter keyed by client address
+/// would otherwise keep one entry for every address that ever called. Stops with the state.
+fn prune_limiters(
+    tokens: std::sync::Weak<DefaultKeyedRateLimiter<String>>,
+    logins: std::sync::Weak<DefaultKeyedRateLimiter<std::net::IpAddr>>,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let (Some(tokens), Some(logins)) = (tokens.upgrade(), logins.upgrade()) else {
+                return;
+            };
+            tokens.retain_recent();
+            logins.retain_recent();
+            tokens.shrink_to_fit();
+            logins.shrink_to_fit();
+        }
+    });
 }
 
 #[derive(OpenApi)]

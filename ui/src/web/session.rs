@@ -305,8 +305,9 @@ pub async fn login(
     headers: HeaderMap,
     PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
-    if state.login_limiter.check_key(&peer.ip()).is_err() {
-        tracing::warn!("too many login attempts from {}", peer.ip());
+    let client = crate::api::client::client_addr(peer.ip(), &headers, &state.trusted_proxies);
+    if state.login_limiter.check_key(&client).is_err() {
+        tracing::warn!("too many login attempts from {client}");
         return Err(PageError::TooManyRequests);
     }
     let next = safe_next(form.next.as_deref());
