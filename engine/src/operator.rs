@@ -34,6 +34,11 @@ pub struct OperatorKeys {
     /// never its scheme or host, unless the task lists `allowed_hosts`, which the operator then
     /// enforces on the rendered URL (see [`crate::template::url`]).
     pub url: &'static [&'static str],
+    /// Keys that choose the program a task runs (a Spark script, spark-submit's options, which
+    /// can load code of their own): only the DAG file's text and flow's own values may fill
+    /// them, never a param, an output or an item, whatever filter it goes through. Values for
+    /// the program go in its arguments.
+    pub program: &'static [&'static str],
 }
 
 /// Names operators and their keys, for validation.

@@ -470,6 +470,7 @@ mod tests {
                 code: &[],
                 shell: &[],
                 url: &[],
+                program: &[],
             })
         }
         fn names(&self) -> Vec<&str> {

@@ -443,6 +443,7 @@ impl flow_engine::operator::Operator for DemoData {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -102,6 +102,7 @@ impl Operator for Http {
             code: &[],
             shell: &[],
             url: &["url"],
+            program: &[],
         }
     }
 

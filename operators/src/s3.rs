@@ -288,6 +288,7 @@ impl Operator for S3Put {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 
@@ -357,6 +358,7 @@ impl Operator for S3Copy {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 
@@ -440,6 +442,7 @@ impl Operator for S3Delete {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 
@@ -544,6 +547,7 @@ impl Operator for S3Sensor {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -99,6 +99,7 @@ impl Operator for Shell {
             code: &[],
             shell: &["command"],
             url: &[],
+            program: &[],
         }
     }
 

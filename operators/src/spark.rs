@@ -170,6 +170,7 @@ impl Operator for Spark {
             code: &[],
             shell: &[],
             url: &[],
+            program: &["script", "spark_args"],
         }
     }
 
@@ -275,4 +276,57 @@ async fn local(
     let _ = std::fs::remove_dir_all(&scratch);
     result?;
     Ok(Some(json!({ "exit_code": 0 })))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use flow_engine::dag::parse::{ParseOptions, parse_dag};
+
+    fn problems(script: &str, spark_args: &str) -> Vec<String> {
+        let text = format!(
+            "id: s\nparams:\n  job: {{ type: string, default: a }}\n  n: {{ type: integer, default: 1 }}\n\
+             tasks:\n  t:\n    operator: spark\n    script: \"{script}\"\n    spark_args: [{spark_args}]\n    \
+             args: [\"{{{{ params.job }}}}\", \"{{{{ ds }}}}\"]\n"
+        );
+        let registry = crate::registry(crate::Connections::default());
+        match parse_dag(
+            Path::new("s.yaml"),
+            &text,
+            &registry,
+            &ParseOptions::default(),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(found) => found.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// A trigger chooses values, never the program: the script and spark-submit's options (which
+    /// can load code: `--py-files`, `--conf spark.driver.extraJavaOptions`) take no outside value.
+    #[test]
+    fn outside_values_never_choose_the_spark_program() {
+        assert_eq!(
+            problems("jobs/a.py", "\"--conf\", \"x={{ ds }}\""),
+            Vec::<String>::new()
+        );
+        assert_eq!(problems("jobs/{{ params.n }}.py", ""), Vec::<String>::new());
+        let found = problems("jobs/{{ params.job }}.py", "");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("s.yaml:8:13")
+                && found[0].contains("params.job would choose the program")
+                && found[0].contains("args:"),
+            "{found:?}"
+        );
+        let found = problems(
+            "jobs/a.py",
+            "\"--py-files\", \"{{ params.job | shell_quote }}\"",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("in 'spark_args' of task 't': params.job"),
+            "{found:?}"
+        );
+    }
 }

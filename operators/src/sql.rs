@@ -127,6 +127,7 @@ impl Operator for Sql {
             code: &["query"],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

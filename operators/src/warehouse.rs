@@ -119,6 +119,7 @@ impl Operator for Warehouse {
             code: &["sql"],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -811,6 +811,7 @@ impl Cx {
             let code_keys = keys.map_or(&[][..], |k| k.code);
             let shell_keys = keys.map_or(&[][..], |k| k.shell);
             let url_keys = keys.map_or(&[][..], |k| k.url);
+            let program_keys = keys.map_or(&[][..], |k| k.program);
             // A list of hosts counts only when it is the file's own text, not a template.
             let hosts_listed = match task.config.get("allowed_hosts") {
                 Some(Json::Array(hosts)) => hosts
@@ -851,9 +852,9 @@ impl Cx {
                         }
                     }
                 }
-                for r in refs {
+                for r in &refs {
                     if let Some(msg) =
-                        check_reference(&r, &task_ids, &task.id, &params, &ancestors, item_allowed)
+                        check_reference(r, &task_ids, &task.id, &params, &ancestors, item_allowed)
                     {
                         self.problem(pos, format!("in '{key}' of task '{}': {msg}", task.id));
                     }
@@ -862,6 +863,11 @@ impl Cx {
                 // again as unquoted.
                 if shell_keys.contains(&top) && self.problems.len() == before {
                     for msg in super::quoting::problems(dag, task, &key, &text) {
+                        self.problem(pos, msg);
+                    }
+                }
+                if program_keys.contains(&top) && self.problems.len() == before {
+                    for msg in super::quoting::program_problems(dag, task, &key, &refs) {
                         self.problem(pos, msg);
                     }
                 }

@@ -116,6 +116,28 @@ pub(super) fn problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<Str
         .collect()
 }
 
+/// One message per outside value that a key choosing the program (`spark.script`) reads: there
+/// no filter makes it safe.
+pub(super) fn program_problems(
+    dag: &Dag,
+    task: &Task,
+    key: &str,
+    refs: &std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    refs.iter()
+        .filter(|name| !trusted(dag, task, name))
+        .map(|name| {
+            format!(
+                "in '{key}' of task '{}': {name} would choose the program the task runs, and a \
+                 value from outside the DAG file could run any code; write it in the DAG file \
+                 (flow's own values such as {{{{ ds }}}} may stay) and pass values to the \
+                 program in `args:`",
+                task.id
+            )
+        })
+        .collect()
+}
+
 /// One message per place where the URL template `text` of `key` of `task` lets an outside value
 /// set the scheme or host, or reach the URL unencoded.
 pub(super) fn url_problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<String> {

@@ -25,6 +25,7 @@ impl Catalog for TestCatalog {
                 code: &[],
                 shell: &["command"],
                 url: &[],
+                program: &[],
             }),
             "sql" => Some(OperatorKeys {
                 required: &["query"],
@@ -32,6 +33,7 @@ impl Catalog for TestCatalog {
                 code: &["query"],
                 shell: &[],
                 url: &[],
+                program: &[],
             }),
             _ => None,
         }

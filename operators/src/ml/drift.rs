@@ -199,6 +199,7 @@ impl Operator for Drift {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -392,6 +392,7 @@ impl Operator for Experiment {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -127,6 +127,7 @@ impl Operator for Predict {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -91,6 +91,7 @@ impl Operator for Promote {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 

@@ -405,6 +405,7 @@ impl Operator for Train {
             code: &[],
             shell: &[],
             url: &[],
+            program: &[],
         }
     }
 
