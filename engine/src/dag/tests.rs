@@ -389,6 +389,7 @@ fn every_invalid_fixture_is_checked_and_points_into_its_file() {
         "param_wrong_type",
         "schedule_without_start_date",
         "several_problems",
+        "shell_paths_and_items",
         "template_syntax",
         "unknown_dependency",
         "unknown_key",
@@ -779,7 +780,7 @@ fn loading_the_fixture_folders() {
 
     let invalid = load_folder(Path::new(INVALID), &TestCatalog, &opts).unwrap();
     assert!(invalid.dags.is_empty());
-    assert_eq!(invalid.errors.len(), 24);
+    assert_eq!(invalid.errors.len(), 25);
 }
 
 fn inline(yaml: &str) -> Vec<Problem> {

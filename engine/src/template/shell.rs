@@ -225,4 +225,6 @@ fn ends_word(c: char) -> bool {
 }
 
 #[cfg(test)]
+mod against_sh;
+#[cfg(test)]
 mod tests;

@@ -21,6 +21,10 @@ pub enum Context {
     HereDocument,
     /// In a comment: a newline in the value ends it, and what follows runs.
     Comment,
+    /// Anywhere after a `$'...'` that holds a backslash: bash reads it as one string with
+    /// escapes, dash (Debian's `/bin/sh`) as `$` and a single-quoted string that ends at the
+    /// first `'`, so from there on the shells disagree about what is quoted.
+    ShellsDiffer,
 }
 
 impl Context {
@@ -35,6 +39,9 @@ impl Context {
             }
             Context::HereDocument => "a here-document",
             Context::Comment => "a comment",
+            Context::ShellsDiffer => {
+                "text after a $'...' with a backslash, which dash and bash quote differently"
+            }
         }
     }
 }
@@ -96,6 +103,8 @@ pub struct Lexer {
     pending: Vec<(String, bool, bool)>,
     /// `<` was just read in code.
     after_lt: bool,
+    /// A `$'...'` held a backslash (see [`Context::ShellsDiffer`]).
+    diverged: bool,
 }
 
 impl Default for Lexer {
@@ -111,12 +120,16 @@ impl Default for Lexer {
             at_word_start: true,
             pending: Vec::new(),
             after_lt: false,
+            diverged: false,
         }
     }
 }
 
 impl Lexer {
     pub fn context(&self) -> Context {
+        if self.diverged {
+            return Context::ShellsDiffer;
+        }
         if self.escaped || self.dollar {
             return Context::Expansion;
         }
@@ -208,7 +221,10 @@ impl Lexer {
                 _ => {}
             },
             Some(Frame::AnsiC) => match c {
-                '\\' => self.escaped = true,
+                '\\' => {
+                    self.escaped = true;
+                    self.diverged = true;
+                }
                 '\'' => self.pop(),
                 _ => {}
             },
