@@ -70,25 +70,17 @@ fn plain_word(v: &serde_json::Value) -> bool {
     }
 }
 
-/// True for a name whose value is never a list, so that a quoted value glued to other text
-/// (`--name={{ params.model | shell_quote }}`) stays one word.
-fn scalar(dag: &Dag, task: &Task, name: &str) -> bool {
+/// True for a name known to be a list: an array param. Glued to other text under
+/// `shell_quote` (`--files={{ params.files | shell_quote }}`) its items after the first would be
+/// words of their own.
+fn list(dag: &Dag, name: &str) -> bool {
     let mut parts = name.split('.');
-    match parts.next().unwrap_or_default() {
-        "params" => {
-            let (Some(param), None) = (parts.next(), parts.next()) else {
-                return false;
-            };
-            dag.params
-                .iter()
-                .any(|p| p.name == param && !matches!(p.kind, ParamType::Array | ParamType::Object))
-        }
-        "item" => match &task.for_each {
-            Some(ForEach::Items(items)) => items.iter().all(|i| !i.is_array() && !i.is_object()),
-            _ => false,
-        },
-        _ => trusted(dag, task, name),
-    }
+    let (Some("params"), Some(param), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    dag.params
+        .iter()
+        .any(|p| p.name == param && matches!(p.kind, ParamType::Array))
 }
 
 /// `expr` without a trailing `| FILTER`: the value as `env:` would take it, or as a message
@@ -104,7 +96,7 @@ fn without_filter<'e>(expr: &'e str, filter: &str) -> &'e str {
 pub(super) fn problems(dag: &Dag, task: &Task, key: &str, text: &str) -> Vec<String> {
     let task_id = task.id.as_str();
     let found = match shell::unquoted(text, &|name| trusted(dag, task, name), &|name| {
-        scalar(dag, task, name)
+        list(dag, name)
     }) {
         Ok(found) => found,
         // A template that does not parse is reported by the general template check.

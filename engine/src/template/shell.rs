@@ -57,16 +57,18 @@ pub fn quote(text: &str) -> String {
 /// Every place in `source` that emits an outside value other than as `shell_quote`d at an
 /// unquoted word, on any path through the template. `trusted` says whether a dotted name a
 /// template reads (`ds`, `params.count`) is one of flow's own values, or a typed scalar that
-/// cannot carry shell syntax; `scalar` whether it is never a list (a string param).
+/// cannot carry shell syntax; `list` whether it is known to be a list (an array param): glued
+/// to other text, its items after the first would be words of their own. A value that only
+/// may be one (an output, an item) is checked where it renders ([`verify`]).
 pub fn unquoted(
     source: &str,
     trusted: &dyn Fn(&str) -> bool,
-    scalar: &dyn Fn(&str) -> bool,
+    list: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<Unquoted>, String> {
     let nodes = splice::tree(source, SHELL_QUOTE)?;
     let mut check = ShellCheck {
         trusted,
-        scalar,
+        list,
         found: Vec::new(),
     };
     splice::follow(&mut check, &nodes, State::default());
@@ -142,7 +144,7 @@ struct State {
 
 struct ShellCheck<'t> {
     trusted: &'t dyn Fn(&str) -> bool,
-    scalar: &'t dyn Fn(&str) -> bool,
+    list: &'t dyn Fn(&str) -> bool,
     found: Vec<Unquoted>,
 }
 
@@ -191,7 +193,7 @@ impl splice::Check for ShellCheck<'_> {
             };
             if !emit.quoted || context != Context::Word {
                 self.report(u);
-            } else if !emit.stringy && !outside.as_deref().is_none_or(self.scalar) {
+            } else if !emit.stringy && outside.as_deref().is_some_and(self.list) {
                 u.glued = true;
                 if state.lexer.at_word_start() {
                     state.open_list = Some(u);

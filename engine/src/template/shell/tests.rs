@@ -5,13 +5,14 @@ fn trusted(name: &str) -> bool {
     matches!(name, "ds" | "ts" | "run_id" | "params.n" | "range") || name.starts_with("loop.")
 }
 
-/// String params are single values; `params.regions`, task outputs and items may be lists.
-fn scalar(name: &str) -> bool {
-    matches!(name, "params.model" | "params.a" | "params.p" | "params.x") || trusted(name)
+/// `params.regions` is an array param; outputs and items may be lists, which only their
+/// rendering tells.
+fn list(name: &str) -> bool {
+    name == "params.regions"
 }
 
 fn names(source: &str) -> Vec<String> {
-    unquoted(source, &trusted, &scalar)
+    unquoted(source, &trusted, &list)
         .unwrap()
         .into_iter()
         .map(|u| u.name)
@@ -119,7 +120,7 @@ fn quoted_values_are_refused_where_quoting_does_not_hold() {
         ),
     ];
     for (src, want) in cases {
-        let found = unquoted(src, &trusted, &scalar).unwrap();
+        let found = unquoted(src, &trusted, &list).unwrap();
         assert_eq!(found.len(), 1, "{src}: {found:?}");
         assert_eq!(found[0].context, want, "{src}");
         assert!(found[0].quoted, "{src}");
@@ -128,12 +129,7 @@ fn quoted_values_are_refused_where_quoting_does_not_hold() {
 
 #[test]
 fn lines_are_counted_within_the_template() {
-    let found = unquoted(
-        "set -eu\necho {{ ds }}\necho {{ item }}\n",
-        &trusted,
-        &scalar,
-    )
-    .unwrap();
+    let found = unquoted("set -eu\necho {{ ds }}\necho {{ item }}\n", &trusted, &list).unwrap();
     assert_eq!(
         found,
         vec![Unquoted {
@@ -149,7 +145,7 @@ fn lines_are_counted_within_the_template() {
 
 #[test]
 fn a_template_that_does_not_parse_is_an_error() {
-    assert!(unquoted("echo {{ oops", &trusted, &scalar).is_err());
+    assert!(unquoted("echo {{ oops", &trusted, &list).is_err());
 }
 
 /// The bypasses a review found in the first version of the check: each must be refused.
@@ -196,7 +192,7 @@ fn review_bypasses_are_refused() {
         ),
     ];
     for (src, want) in cases {
-        let found = unquoted(src, &trusted, &scalar).unwrap();
+        let found = unquoted(src, &trusted, &list).unwrap();
         assert_eq!(found.len(), 1, "{src}: {found:?}");
         assert_eq!(found[0].context, *want, "{src}");
     }
@@ -254,7 +250,7 @@ fn every_path_is_followed() {
         ("echo \"{{ ds | shell_quote }}\"", Context::DoubleQuotes),
     ];
     for (src, want) in cases {
-        let found = unquoted(src, &trusted, &scalar).unwrap();
+        let found = unquoted(src, &trusted, &list).unwrap();
         assert_eq!(found.len(), 1, "{src}: {found:?}");
         assert_eq!(found[0].context, *want, "{src}");
     }
@@ -279,7 +275,7 @@ fn every_path_is_followed() {
 #[test]
 fn quoted_lists_stand_alone() {
     let glued = |src: &str| -> Vec<String> {
-        unquoted(src, &trusted, &scalar)
+        unquoted(src, &trusted, &list)
             .unwrap()
             .into_iter()
             .filter(|u| u.glued)
@@ -291,20 +287,18 @@ fn quoted_lists_stand_alone() {
             "cp --files={{ params.regions | shell_quote }} x",
             "params.regions",
         ),
-        ("echo {{ item | shell_quote }}.csv", "item"),
         (
-            "echo {{ tasks.a.output | shell_quote }}\"x\"",
-            "tasks.a.output",
+            "echo {{ params.regions | shell_quote }}.csv",
+            "params.regions",
         ),
         (
-            "echo {{ item | shell_quote }}{{ params.model | shell_quote }}",
-            "item",
+            "echo {{ params.regions | shell_quote }}{{ params.model | shell_quote }}",
+            "params.regions",
         ),
         // A backslash-newline joins the lines into one word.
-        ("echo x\\\n{{ item | shell_quote }}", "item"),
         (
-            "{% for r in params.regions %}{{ r | shell_quote }} {{ loop.index }}{% endfor %}",
-            "r",
+            "echo x\\\n{{ params.regions | shell_quote }}",
+            "params.regions",
         ),
     ] {
         assert_eq!(glued(src), vec![want.to_string()], "{src}");
@@ -314,6 +308,8 @@ fn quoted_lists_stand_alone() {
         "echo --name={{ params.model | shell_quote }}.csv",
         "echo --regions={{ params.regions | join(',') | shell_quote }}",
         "echo $(cat {{ item | shell_quote }})",
+        // Whether an output or an item is a list only its rendering tells: checked there.
+        "echo /data/{{ item | shell_quote }}.csv {{ tasks.a.output | shell_quote }}\"x\"",
     ] {
         assert_eq!(names(ok), Vec::<String>::new(), "{ok}");
     }
