@@ -10,6 +10,7 @@
 
 pub mod dag;
 pub mod executor;
+pub mod log;
 pub mod notify;
 pub mod operator;
 pub mod plan;

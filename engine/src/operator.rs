@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value as Json;
-use std::io::Write;
 
+use crate::log::LogSink;
 use crate::secrets::{Masker, Secrets};
 
 /// The keys an operator takes beside the common task keys.
@@ -211,110 +211,5 @@ impl TaskContext {
             Some(record) => record(reference).await,
             None => true,
         }
-    }
-}
-
-/// The first line of every try's log. The readers of logs build it again from the try's
-/// record when a try left no file (see [`LogSink`]), so both must come from here.
-pub fn log_header(
-    task_id: &str,
-    try_number: i64,
-    run_id: &str,
-    started_at: chrono::DateTime<chrono::Utc>,
-) -> String {
-    format!(
-        "flow: task {task_id} try {try_number} of run {run_id} started at {}",
-        crate::time::rfc3339(started_at)
-    )
-}
-
-/// The last line of the log of a try that succeeded.
-pub const LOG_SUCCEEDED: &str = "flow: try succeeded";
-
-/// A try's log file. Every line is masked before it is written, so a secret never reaches disk.
-///
-/// The file is created with the first line the task writes, headed by [`log_header`]: a try that
-/// prints nothing and succeeds leaves no file, and its log (header and [`LOG_SUCCEEDED`]) is
-/// told from its record. Creating a file is by far the dearest part of a short try's log on
-/// ext4 (an inode, a directory entry), and a 10,000-item map of quiet tasks made 10,000 of them.
-///
-/// Writes are plain blocking appends: they land in the page cache in microseconds, while handing
-/// each one to tokio's blocking pool (as `tokio::fs` does) cost more than the write, several times
-/// per try.
-#[derive(Clone)]
-pub struct LogSink {
-    file: Arc<std::sync::Mutex<LazyFile>>,
-    masker: Masker,
-}
-
-struct LazyFile {
-    path: PathBuf,
-    header: String,
-    file: Option<std::fs::File>,
-}
-
-impl LazyFile {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.file.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
-            // Logs hold what tasks print: their owner's alone, like the database.
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(&self.path)?;
-            f.write_all(self.header.as_bytes())?;
-            self.file = Some(f);
-        }
-        match self.file.as_mut() {
-            Some(f) => f.write_all(bytes),
-            None => Ok(()),
-        }
-    }
-}
-
-impl LogSink {
-    /// Makes the log's folder (so that an unwritable home fails the try before it starts) but
-    /// not its file.
-    pub async fn create(
-        path: &std::path::Path,
-        header: &str,
-        masker: Masker,
-    ) -> std::io::Result<LogSink> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut header = masker.mask(header);
-        header.push('\n');
-        Ok(LogSink {
-            file: Arc::new(std::sync::Mutex::new(LazyFile {
-                path: path.to_path_buf(),
-                header,
-                file: None,
-            })),
-            masker,
-        })
-    }
-
-    /// Writes one line (a trailing newline is added when missing). The file is unbuffered, so
-    /// the line is in the file when this returns.
-    pub async fn line(&self, text: &str) {
-        let mut masked = self.masker.mask(text);
-        if !masked.ends_with('\n') {
-            masked.push('\n');
-        }
-        // A log that cannot be written must not fail the task; the error goes to our own log.
-        let result = match self.file.lock() {
-            Ok(mut f) => f.write(masked.as_bytes()),
-            Err(_) => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("cannot write task log: {e}");
-        }
-    }
-
-    /// Whether the file exists: something was written.
-    pub fn written(&self) -> bool {
-        self.file.lock().map(|f| f.file.is_some()).unwrap_or(true)
     }
 }

@@ -20,15 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dag::load::{Loaded, load_folder};
 use crate::dag::{DEFAULT_POOL, Dag, ParseOptions, parse_dag};
-use crate::executor::{
-    Claimed, Handover, RunningTries, TryEnv, TryKey, orphan_end, run_try, try_key,
-};
+use crate::executor::{RunningTries, TryEnv, TryKey, orphan_end, run_try, try_key};
 use crate::notify::{self, RunEnded};
 use crate::operator::Registry;
 use crate::plan::{Decision, plan};
 use crate::schedule::{DataInterval, NextRun};
 use crate::secrets::Secrets;
 use crate::state::{RunState, RunType, TaskState};
+use crate::store::group_commit::{Claimed, Handover};
 use crate::store::{
     Claim, ClaimBatch, ClaimRequest, DagRecord, NewRun, NewTaskInstance, RunRow, Store, StoreError,
 };
@@ -447,7 +446,7 @@ impl Engine {
             shutdown: try_cancel.clone(),
             running: running_tries.clone(),
             pids: pids.clone(),
-            recorder: crate::executor::Recorder::start(self.store.clone()),
+            recorder: crate::store::group_commit::Recorder::start(self.store.clone()),
             store: self.store.clone(),
             registry: self.registry.clone(),
             secrets: self.secrets.clone(),

@@ -159,7 +159,7 @@ pub async fn run(
                     guard.cancel_now().await;
                     Err(OperatorError::Retryable(format!(
                         "timed out after {}",
-                        flow_engine::executor::human(limit)
+                        flow_engine::time::as_written(limit)
                     )))
                 }
             }

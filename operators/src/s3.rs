@@ -592,7 +592,7 @@ impl Operator for S3Sensor {
             if now >= deadline {
                 return Err(fatal(format!(
                     "s3_sensor: timed out after {} waiting for {url}",
-                    flow_engine::executor::human(timeout)
+                    flow_engine::time::as_written(timeout)
                 )));
             }
             let next = (now + chrono::Duration::from_std(poke).unwrap_or(chrono::Duration::MAX))

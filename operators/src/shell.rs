@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use flow_engine::operator::{LogSink, Operator, OperatorError, OperatorKeys, TaskContext};
+use flow_engine::log::LogSink;
+use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value as Json;

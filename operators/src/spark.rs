@@ -232,7 +232,7 @@ pub(crate) async fn submit(
                 .unwrap_or_else(|_| {
                     Err(OperatorError::Retryable(format!(
                         "timed out after {}",
-                        flow_engine::executor::human(limit)
+                        flow_engine::time::as_written(limit)
                     )))
                 })
         }

@@ -25,7 +25,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
-use flow_engine::operator::{LogSink, Operator, OperatorError, OperatorKeys, TaskContext};
+use flow_engine::log::LogSink;
+use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};

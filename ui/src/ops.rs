@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
-use flow_engine::executor::log_path;
-use flow_engine::operator::{LOG_SUCCEEDED, log_header};
+use flow_engine::log::{self, log_path};
 use flow_engine::plan::UNMAPPED;
 use flow_engine::scheduler::{self, Engine, EngineError};
 use flow_engine::secrets::Masker;
@@ -229,12 +228,14 @@ pub async fn read_log(
                     }
                 }
                 Some(t) => {
-                    let mut text = log_header(&ti.task_id, t.try_number, &ti.run_id, t.started_at);
-                    text.push('\n');
-                    if ended && t.state == TaskState::Success {
-                        text.push_str(LOG_SUCCEEDED);
-                        text.push('\n');
-                    }
+                    let succeeded = ended && t.state == TaskState::Success;
+                    let text = log::from_record(
+                        &ti.task_id,
+                        t.try_number,
+                        &ti.run_id,
+                        t.started_at,
+                        succeeded,
+                    );
                     text.get(offset as usize..).unwrap_or_default().to_string()
                 }
                 None => String::new(),

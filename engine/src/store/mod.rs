@@ -7,6 +7,7 @@
 //! and the caller backs off.
 
 mod cursor;
+pub mod group_commit;
 mod sql;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ use serde_json::Value as Json;
 
 use super::svg::{self, Durations, Graph, GraphTask};
 use super::{
-    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, dominant, fmt_secs, fmt_time,
+    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, dominant, elapsed, fmt_time,
     html, run_href, seconds_between, task_href, urlenc,
 };
 use crate::api::AppState;
@@ -345,7 +345,7 @@ async fn render(
                 (
                     secs,
                     format!("bar s-{}", r.state.as_str()),
-                    format!("{} — {} — {}", r.run_id, r.state.as_str(), fmt_secs(secs)),
+                    format!("{} — {} — {}", r.run_id, r.state.as_str(), elapsed(secs)),
                     run_href(&r.run_id),
                 )
             })

@@ -316,20 +316,7 @@ pub fn fmt_time(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
-/// A duration for people: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 01 min`.
-pub fn fmt_secs(secs: f64) -> String {
-    if secs < 1.0 {
-        format!("{} ms", (secs * 1000.0).round() as i64)
-    } else if secs < 60.0 {
-        format!("{secs:.1} s")
-    } else if secs < 3600.0 {
-        let s = secs.round() as i64;
-        format!("{} min {:02} s", s / 60, s % 60)
-    } else {
-        let m = (secs / 60.0).round() as i64;
-        format!("{} h {:02} min", m / 60, m % 60)
-    }
-}
+pub use flow_engine::time::elapsed;
 
 pub fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
@@ -373,14 +360,6 @@ mod tests {
             "manual__2026-01-01T00%3A00%3A00%2B00%3A00"
         );
         assert_eq!(urlenc("a b/<c>"), "a%20b%2F%3Cc%3E");
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(fmt_secs(0.25), "250 ms");
-        assert_eq!(fmt_secs(12.34), "12.3 s");
-        assert_eq!(fmt_secs(245.0), "4 min 05 s");
-        assert_eq!(fmt_secs(7260.0), "2 h 01 min");
     }
 
     #[test]

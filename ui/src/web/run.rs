@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::svg::{self, Gantt, GanttInput, Span};
 use super::{
-    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, fmt_secs, fmt_time, html,
+    Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, elapsed, fmt_time, html,
     run_href, seconds_between, task_href, urlenc,
 };
 use crate::api::AppState;
@@ -111,7 +111,7 @@ pub async fn page(
                     seconds_between(origin, t.started_at),
                     format!(
                         "waited {} before try {}",
-                        fmt_secs(seconds_between(prev, t.started_at)),
+                        elapsed(seconds_between(prev, t.started_at)),
                         t.try_number
                     ),
                 ));
@@ -126,7 +126,7 @@ pub async fn page(
                     label(ti),
                     t.try_number,
                     t.state.as_str(),
-                    fmt_secs(seconds_between(t.started_at, stop))
+                    elapsed(seconds_between(t.started_at, stop))
                 ),
                 href: Some(task_href(
                     &ti.run_id,
@@ -148,7 +148,7 @@ pub async fn page(
                 waits.push((
                     seconds_between(origin, q),
                     seconds_between(origin, u),
-                    format!("queued for {}", fmt_secs(seconds_between(q, u))),
+                    format!("queued for {}", elapsed(seconds_between(q, u))),
                 ));
             }
         }
@@ -175,7 +175,7 @@ pub async fn page(
             started: fmt_time(ti.started_at),
             ended: fmt_time(ti.ended_at),
             duration: match ti.started_at {
-                Some(s) => fmt_secs(seconds_between(s, ti.ended_at.unwrap_or(at))),
+                Some(s) => elapsed(seconds_between(s, ti.ended_at.unwrap_or(at))),
                 None => "-".into(),
             },
             clear_href: format!(

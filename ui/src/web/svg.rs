@@ -229,7 +229,7 @@ pub fn gantt(rows: Vec<GanttInput>, total: f64) -> Gantt {
     let ticks = (0..=4)
         .map(|k| {
             let s = total * k as f64 / 4.0;
-            (x_of(s), super::fmt_secs(s))
+            (x_of(s), super::elapsed(s))
         })
         .collect();
     Gantt {
@@ -276,7 +276,7 @@ pub fn durations(runs: Vec<(f64, String, String, String)>) -> Durations {
         width: 60.0 + bars.len().max(1) as f64 * (DUR_BAR_W + DUR_GAP),
         height: DUR_H + 20.0,
         bars,
-        max_label: super::fmt_secs(max),
+        max_label: super::elapsed(max),
     }
 }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use super::{
-    Base, PageError, PagePath, PageResult, Who, dag_href, fmt_secs, fmt_time, html, run_href,
+    Base, PageError, PagePath, PageResult, Who, dag_href, elapsed, fmt_time, html, run_href,
     seconds_between, task_href, urlenc,
 };
 use crate::api::AppState;
@@ -103,7 +103,7 @@ pub async fn page(
             state: t.state.as_str().to_string(),
             started: fmt_time(Some(t.started_at)),
             ended: fmt_time(t.ended_at),
-            duration: fmt_secs(seconds_between(t.started_at, t.ended_at.unwrap_or(at))),
+            duration: elapsed(seconds_between(t.started_at, t.ended_at.unwrap_or(at))),
             error: t
                 .error
                 .as_deref()

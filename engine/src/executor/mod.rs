@@ -1,0 +1,436 @@
+//! Running one claimed try: render its keys, call its operator under a timeout, capture its
+//! output, and record the end as a fenced write.
+//!
+//! One concern a file: [`running`] (the tries this process runs and their stop tokens),
+//! [`pids`] (the journal of process groups, for orphan recovery), [`snapshot`] (the run views
+//! the planner and templates read). The group commit the ends go through is the store's
+//! ([`crate::store::group_commit`]); the log a try writes is [`crate::log`].
+
+mod pids;
+mod running;
+mod snapshot;
+
+pub use pids::PidJournal;
+pub use running::{RunningTries, TryKey, try_key};
+pub use snapshot::{outputs_snapshot, plan_snapshot};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
+
+use crate::dag::{Dag, Task};
+use crate::log::{LOG_SUCCEEDED, LogSink, log_header, log_path};
+use crate::operator::{OperatorError, Registry, TaskContext};
+use crate::plan::{Failure, UNMAPPED, after_failure};
+use crate::secrets::Secrets;
+use crate::state::TaskState;
+use crate::store::group_commit::{Handover, Recorder};
+use crate::store::{Claim, RunRow, Store, TiRow, TryEnd, TryWrite};
+use crate::template::{self, TaskPart};
+use crate::time::{now, rfc3339};
+
+pub struct TryEnv {
+    /// Fires when the scheduler shuts down cleanly: its tries are requeued, not cancelled.
+    pub shutdown: CancellationToken,
+    pub recorder: Recorder,
+    pub pids: Arc<PidJournal>,
+    pub running: Arc<RunningTries>,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub secrets: Secrets,
+    pub home: PathBuf,
+}
+
+enum Outcome {
+    Success(Option<Json>),
+    Failed { message: String, retryable: bool },
+    Rescheduled(chrono::DateTime<chrono::Utc>),
+}
+
+/// Runs one claimed try to its end and records it. Returns the state recorded (None when the
+/// lease was lost), and whether its slot was handed over (`handover`): then the slot is the
+/// successor's, and the caller must not free it.
+pub async fn run_try(
+    env: &TryEnv,
+    claim: &Claim,
+    dag: &Dag,
+    run: &RunRow,
+    handover: Option<Handover>,
+) -> (Option<TaskState>, bool) {
+    let masker = env.secrets.masker();
+    let Some(task) = dag.task(&claim.task_id) else {
+        // The run's DAG version always has its tasks; reaching this is a bug.
+        return finish(
+            env,
+            claim,
+            None,
+            handover,
+            Outcome::Failed {
+                message: format!(
+                    "internal error: task '{}' is not in DAG version {}",
+                    claim.task_id, dag.version
+                ),
+                retryable: false,
+            },
+        )
+        .await;
+    };
+    let path = log_path(
+        &env.home,
+        &dag.id,
+        &run.run_id,
+        &task.id,
+        claim.map_index,
+        claim.try_number,
+    );
+    let header = log_header(&task.id, claim.try_number, &run.run_id, claim.started_at);
+    let log = match LogSink::create(&path, &header, masker.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            return finish(
+                env,
+                claim,
+                Some(task),
+                handover,
+                Outcome::Failed {
+                    message: format!("cannot create the log folder of {}: {e}", path.display()),
+                    retryable: true,
+                },
+            )
+            .await;
+        }
+    };
+    let outcome = execute(env, claim, dag, task, run, &log).await;
+    match &outcome {
+        // A quiet success leaves no file; its readers tell the same two lines from the record.
+        Outcome::Success(_) if log.written() => log.line(LOG_SUCCEEDED).await,
+        Outcome::Success(_) => {}
+        Outcome::Failed { message, .. } => log.line(&format!("flow: try failed: {message}")).await,
+        Outcome::Rescheduled(at) => {
+            log.line(&format!(
+                "flow: rescheduled: the slot is free until {}",
+                crate::time::rfc3339(*at)
+            ))
+            .await
+        }
+    }
+    finish(env, claim, Some(task), handover, outcome).await
+}
+
+async fn execute(
+    env: &TryEnv,
+    claim: &Claim,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    log: &LogSink,
+) -> Outcome {
+    let Some(op) = env.registry.get(&task.operator).cloned() else {
+        return Outcome::Failed {
+            message: format!("unknown operator '{}'", task.operator),
+            retryable: false,
+        };
+    };
+    if let Some(message) = dag.params_misfit(&run.params) {
+        return Outcome::Failed {
+            message,
+            retryable: false,
+        };
+    }
+    let reads = task.output_reads.among(&dag.ancestors(&task.id));
+    let read_ids: Vec<String> = reads.iter().map(|s| s.to_string()).collect();
+    let outputs = if read_ids.is_empty() {
+        Vec::new()
+    } else {
+        match env.store.outputs(&run.run_id, &read_ids).await {
+            Ok(o) => o,
+            Err(e) => {
+                return Outcome::Failed {
+                    message: format!("cannot read the run's upstream outputs: {e}"),
+                    retryable: true,
+                };
+            }
+        }
+    };
+    let snap = outputs_snapshot(run, outputs);
+    let ctx_value = snap.context(reads.iter().copied()).to_value(
+        &TaskPart {
+            task_id: &task.id,
+            try_number: claim.try_number,
+            item: claim.item.as_ref(),
+            map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
+        },
+        &env.secrets,
+    );
+    let config = match template::render_task_config(&task.config, &ctx_value, op.keys().shell) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed {
+                message: format!("template error: {e}"),
+                retryable: false,
+            };
+        }
+    };
+    let output_path = env.home.join("tmp").join(format!(
+        "output-{}-{}.json",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    if let Err(e) = std::fs::create_dir_all(env.home.join("tmp")) {
+        return Outcome::Failed {
+            message: format!("cannot create {}: {e}", env.home.join("tmp").display()),
+            retryable: true,
+        };
+    }
+    let (pid_tx, mut pid_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(u32, tokio::sync::oneshot::Sender<bool>)>();
+    let ctx = TaskContext {
+        dag_id: dag.id.clone(),
+        run_id: run.run_id.clone(),
+        task_id: task.id.clone(),
+        map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
+        try_number: claim.try_number,
+        first_started_at: claim.started_at,
+        timeout: task.timeout,
+        logical_date: rfc3339(run.logical_date),
+        data_interval_start: run.data_interval_start,
+        data_interval_end: run.data_interval_end,
+        dag_version: run.dag_version.clone(),
+        models: Some(env.store.clone() as Arc<dyn crate::store::ModelRegistry>),
+        dag_folder: dag.folder(),
+        output_path: output_path.clone(),
+        log: log.clone(),
+        secrets: env.secrets.clone(),
+        named_secrets: task.secret_reads.iter().cloned().collect(),
+        masker: env.secrets.masker(),
+        on_spawn: Some(pid_tx),
+        external: claim.external.clone(),
+        on_external: Some(external_recorder(env.recorder.clone(), claim.clone())),
+        shutdown: env.shutdown.clone(),
+    };
+    // The process group is noted before the task's command may start its work, so that a
+    // scheduler that finds this try orphaned can always stop it (see `PidJournal`).
+    let recorder = env.recorder.clone();
+    let pids = env.pids.clone();
+    let pid_claim = claim.clone();
+    let pid_writer = tokio::spawn(async move {
+        // The database gets the pid only once the try has run for a second: a short try ends
+        // before anyone could look, and its write would only compete with the ends for
+        // commits. The journal has it from the start.
+        let mut pending: Option<u32> = None;
+        loop {
+            tokio::select! {
+                msg = pid_rx.recv() => {
+                    let Some((pid, reply)) = msg else { break };
+                    let ok = match pids.note(pid, &pid_claim) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!("cannot note pid {pid} in {}: {e}", pids.path.display());
+                            false
+                        }
+                    };
+                    let _ = reply.send(ok);
+                    if ok && let Some(earlier) = pending.replace(pid) {
+                        recorder.write_detached(TryWrite::Pid(pid_claim.clone(), earlier as i64));
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)), if pending.is_some() => {
+                    if let Some(pid) = pending.take() {
+                        recorder.write_detached(TryWrite::Pid(pid_claim.clone(), pid as i64));
+                    }
+                }
+            }
+        }
+    });
+    let fut = op.execute(&config, &ctx);
+    let result = match task.timeout.filter(|_| !op.own_timeout()) {
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(OperatorError::Retryable(format!(
+                "timed out after {}",
+                crate::time::as_written(limit)
+            ))),
+        },
+        None => fut.await,
+    };
+    // Closing the channel ends the writer; aborting it mid-write could cut a statement in half.
+    drop(ctx);
+    let _ = pid_writer.await;
+    let file_output = read_output(&output_path).await;
+    match (result, file_output) {
+        (Err(OperatorError::Retryable(m)), _) => Outcome::Failed {
+            message: m,
+            retryable: true,
+        },
+        (Err(OperatorError::Fatal(m)), _) => Outcome::Failed {
+            message: m,
+            retryable: false,
+        },
+        (Err(OperatorError::Reschedule(at)), _) => Outcome::Rescheduled(at),
+        (Ok(_), Err(m)) => Outcome::Failed {
+            message: m,
+            retryable: false,
+        },
+        (Ok(out), Ok(file)) => Outcome::Success(out.or(file)),
+    }
+}
+
+/// Commits what a try started elsewhere through the group commit, fenced on the try's lease.
+fn external_recorder(recorder: Recorder, claim: Claim) -> crate::operator::ExternalRecorder {
+    Arc::new(move |reference| {
+        let recorder = recorder.clone();
+        let claim = claim.clone();
+        Box::pin(async move {
+            matches!(
+                recorder.write(TryWrite::External(claim, reference)).await,
+                Ok(true)
+            )
+        })
+    })
+}
+
+/// The largest `FLOW_OUTPUT` a try may publish: outputs live in the metadata database and are
+/// read by every downstream template, so a large result belongs in a file whose path is the
+/// output.
+pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
+/// under `$FLOW_HOME`.
+async fn read_output(path: &Path) -> Result<Option<Json>, String> {
+    use std::io::Read;
+    // Blocking calls on purpose: a missing file (most tasks) is one failed open, cheaper than a
+    // trip to the blocking pool.
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read FLOW_OUTPUT: {e}")),
+    };
+    // Read one byte past the limit rather than trusting the size: the file may still grow.
+    let mut bytes = Vec::new();
+    let read = file.take(MAX_OUTPUT_BYTES + 1).read_to_end(&mut bytes);
+    let _ = std::fs::remove_file(path);
+    read.map_err(|e| format!("cannot read FLOW_OUTPUT: {e}"))?;
+    if bytes.len() as u64 > MAX_OUTPUT_BYTES {
+        return Err(format!(
+            "FLOW_OUTPUT holds more than {} KiB, the limit of a task's output; write a large \
+             result to a file and publish its path",
+            MAX_OUTPUT_BYTES / 1024
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| format!("FLOW_OUTPUT is not UTF-8: {e}"))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("FLOW_OUTPUT does not hold JSON: {e}"))
+}
+
+async fn finish(
+    env: &TryEnv,
+    claim: &Claim,
+    task: Option<&Task>,
+    handover: Option<Handover>,
+    outcome: Outcome,
+) -> (Option<TaskState>, bool) {
+    let masker = env.secrets.masker();
+    let now = now();
+    let end = match outcome {
+        Outcome::Success(mut output) => {
+            if let Some(o) = output.as_mut() {
+                masker.mask_json(o);
+            }
+            TryEnd {
+                state: TaskState::Success,
+                output,
+                error: None,
+                next_try_at: None,
+                now,
+                requeue: false,
+                reschedule: false,
+            }
+        }
+        Outcome::Rescheduled(at) => TryEnd {
+            state: TaskState::UpForRetry,
+            output: None,
+            error: None,
+            next_try_at: Some(at),
+            now,
+            requeue: false,
+            reschedule: true,
+        },
+        Outcome::Failed { message, retryable } => {
+            let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
+            let f = after_failure(&policy, claim.try_number - claim.try_base, retryable, now);
+            TryEnd {
+                state: f.state(),
+                output: None,
+                error: Some(masker.mask(&message)),
+                next_try_at: f.retry_at(),
+                now,
+                requeue: false,
+                reschedule: false,
+            }
+        }
+    };
+    let state = end.state;
+    env.running.ending(&try_key(claim));
+    let handover = handover.filter(|h| !h.stop.is_cancelled()).map(|mut h| {
+        h.request.now = now;
+        h.request.lease_until = now + chrono::Duration::from_std(h.lease).unwrap_or_default();
+        h
+    });
+    let handed_over = handover.is_some();
+    let write = TryWrite::End(claim.clone(), end);
+    let written = match handover {
+        Some(h) => env.recorder.end_and_hand_over(write, h).await,
+        None => env.recorder.write(write).await,
+    };
+    let state = match written {
+        Ok(true) => Some(state),
+        Ok(false) => {
+            tracing::warn!(
+                "try {} of {}/{}[{}] lost its lease; its result is dropped",
+                claim.try_number,
+                claim.run_id,
+                claim.task_id,
+                claim.map_index
+            );
+            None
+        }
+        Err(e) => {
+            // The lease will expire and another pass retries the try per its policy.
+            tracing::error!("cannot record the end of a try: {e}");
+            None
+        }
+    };
+    // A failed transaction still answers the handover (with the error), which frees the slot.
+    (state, handed_over)
+}
+
+/// Outcome of a try whose scheduler died: another try if the policy allows.
+pub fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
+    let now = now();
+    if ti.external_ref.is_some() {
+        // Its work goes on elsewhere (an EMR step): the next try re-attaches to it, so losing
+        // the scheduler that watched it costs no try.
+        return TryEnd::requeued(
+            "the scheduler watching this try stopped; the next try re-attaches to its external work",
+            now,
+        );
+    }
+    let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
+    let f: Failure = after_failure(&policy, ti.try_number - ti.try_base, true, now);
+    TryEnd {
+        state: f.state(),
+        output: None,
+        error: Some("the scheduler running this try stopped (its lease expired)".to_string()),
+        next_try_at: f.retry_at(),
+        now,
+        requeue: false,
+        reschedule: false,
+    }
+}

@@ -1,0 +1,220 @@
+//! Group commit for the writes tries make (their pid, their end) and the scheduler's claims:
+//! what arrives while one transaction commits goes together into the next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio_util::sync::CancellationToken;
+
+use super::{Claim, ClaimBatch, ClaimRequest, Store, TryWrite};
+
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
+
+/// A claim's answer for the scheduler loop: what it asked (pools, sizes, the slots it held) and
+/// the tries it got.
+pub struct Claimed {
+    pub asked: ClaimBatch,
+    pub result: Result<Vec<Vec<Claim>>, String>,
+    /// The slots were a finished try's, handed over in the transaction that recorded its end
+    /// (see [`Handover`]), not reserved by the loop.
+    pub handover: bool,
+}
+
+impl Claimed {
+    pub fn reserved(&self) -> usize {
+        self.asked.limit as usize
+    }
+}
+
+/// A finished try's slot, given to the next queued try of its pool in the same transaction
+/// that records the end, so that a short try's successor waits for one commit instead of two
+/// (the end's, then the loop's claim). The answer goes to the scheduler loop like its own
+/// claims'.
+pub struct Handover {
+    /// Limit 1; its times are set when the end is written.
+    pub request: ClaimRequest,
+    pub lease: Duration,
+    pub answer: tokio::sync::mpsc::UnboundedSender<Claimed>,
+    /// Once cancelled (shutdown), the ending try does not hand its slot on.
+    pub stop: CancellationToken,
+}
+
+enum Job {
+    Write(Box<TryWrite>, Reply<bool>, Option<Handover>),
+    Claim(ClaimBatch, Reply<Vec<Vec<Claim>>>),
+}
+
+/// Group commit for the writes tries make (their pid, their end) and the scheduler's claims:
+/// what arrives while one transaction commits goes together into the next, so many tasks ending
+/// at once, and the claims of the tries that replace them, cost one commit.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
+}
+
+impl Recorder {
+    /// Starts the writer task; it ends when the last `Recorder` is dropped.
+    pub fn start(store: Arc<dyn Store>) -> Recorder {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            // A second claim that arrives in one batch waits for the next: a batch claims once.
+            let mut held: Option<Job> = None;
+            loop {
+                let first = match held.take() {
+                    Some(j) => j,
+                    None => match rx.recv().await {
+                        Some(j) => j,
+                        None => return,
+                    },
+                };
+                let mut writes = Vec::new();
+                let mut replies = Vec::new();
+                let mut handovers: Vec<Handover> = Vec::new();
+                let mut claim: Option<(ClaimBatch, Reply<Vec<Vec<Claim>>>)> = None;
+                let mut next = Some(first);
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Write(w, r, h) => {
+                            writes.push(*w);
+                            replies.push(r);
+                            handovers.extend(h);
+                        }
+                        Job::Claim(c, r) if claim.is_none() => claim = Some((c, r)),
+                        other => {
+                            held = Some(other);
+                            break;
+                        }
+                    }
+                    if writes.len() < 512 {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                // One claim batch for the transaction: the loop's requests first, then one per
+                // pool for the handed-over slots; each side gets its own part of the answer.
+                let own = claim.as_ref().map_or(0, |(c, _)| c.requests.len());
+                let mut merged = claim
+                    .as_ref()
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or(ClaimBatch {
+                        requests: Vec::new(),
+                        limit: 0,
+                    });
+                let mut groups: Vec<(ClaimRequest, tokio::sync::mpsc::UnboundedSender<Claimed>)> =
+                    Vec::new();
+                // Every handover that reached here is claimed and answered, shutdown or not: its
+                // try has already kept its slot for the answer, and the loop's drain requeues
+                // what it can no longer start.
+                for h in handovers {
+                    merged.limit += 1;
+                    match groups
+                        .iter_mut()
+                        .find(|(r, _)| r.pool == h.request.pool && r.run_id == h.request.run_id)
+                    {
+                        Some((r, _)) => r.limit += 1,
+                        None => groups.push((h.request, h.answer)),
+                    }
+                }
+                merged
+                    .requests
+                    .extend(groups.iter().map(|(r, _)| r.clone()));
+                let batch = (!merged.requests.is_empty()).then_some(&merged);
+                tracing::trace!(
+                    writes = writes.len(),
+                    claim = claim.is_some(),
+                    handovers = groups.len(),
+                    "group commit"
+                );
+                // A deadlock or serialization failure (PostgreSQL aborts one of two transactions
+                // that wait on each other) is worth another go: the batch is all-or-nothing.
+                let attempt = || async { store.record_and_claim(&writes, batch).await };
+                let result = attempt
+                    .retry(
+                        ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(5))
+                            .with_max_times(5),
+                    )
+                    .when(|e| e.is_transient())
+                    .await;
+                let (applied, mut claimed) = match result {
+                    Ok((applied, claimed)) => (Ok(applied), Ok(claimed)),
+                    Err(e) => (Err(e.to_string()), Err(e.to_string())),
+                };
+                // The handed-over claims reach the loop before the ends are answered, so a try
+                // that has ended has its successor's answer in the loop's channel already.
+                for (i, (req, answer)) in groups.into_iter().enumerate() {
+                    let result = match &mut claimed {
+                        Ok(c) => Ok(vec![std::mem::take(&mut c[own + i])]),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = answer.send(Claimed {
+                        asked: ClaimBatch {
+                            limit: req.limit,
+                            requests: vec![req],
+                        },
+                        result,
+                        handover: true,
+                    });
+                }
+                match applied {
+                    Ok(applied) => {
+                        for (reply, ok) in replies.into_iter().zip(applied) {
+                            let _ = reply.send(Ok(ok));
+                        }
+                    }
+                    Err(msg) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(msg.clone()));
+                        }
+                    }
+                }
+                if let Some((_, reply)) = claim {
+                    let _ = reply.send(claimed.map(|mut c| {
+                        c.truncate(own);
+                        c
+                    }));
+                }
+            }
+        });
+        Recorder { tx }
+    }
+
+    pub async fn write(&self, w: TryWrite) -> Result<bool, String> {
+        self.send_write(w, None).await
+    }
+
+    /// Writes a try's end and, in the same transaction, claims a successor for its slot.
+    pub async fn end_and_hand_over(&self, w: TryWrite, handover: Handover) -> Result<bool, String> {
+        self.send_write(w, Some(handover)).await
+    }
+
+    async fn send_write(&self, w: TryWrite, handover: Option<Handover>) -> Result<bool, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job::Write(Box::new(w), reply, handover))
+            .map_err(|_| "the try recorder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the try recorder has stopped".to_string())?
+    }
+
+    /// Queues a write for the next group commit without waiting for it. Its writes are fenced
+    /// like the others, so one that arrives after the try's end changes nothing.
+    pub fn write_detached(&self, w: TryWrite) {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if self.tx.send(Job::Write(Box::new(w), reply, None)).is_err() {
+            tracing::warn!("the try recorder has stopped");
+        }
+    }
+
+    /// Claims with the next group commit; per request, the tries it claimed.
+    pub async fn claim(&self, batch: ClaimBatch) -> Result<Vec<Vec<Claim>>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job::Claim(batch, reply))
+            .map_err(|_| "the try recorder has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the try recorder has stopped".to_string())?
+    }
+}
