@@ -9,6 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Claim, ClaimBatch, ClaimRequest, Store, TryWrite};
 
+/// How a batch that failed for a transient reason (a deadlock, a serialization failure: the
+/// database aborted the whole transaction) is tried again: five more times, from 5 ms.
+pub fn transient_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(5))
+        .with_max_times(5)
+}
+
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, String>>;
 
 /// A claim's answer for the scheduler loop: what it asked (pools, sizes, the slots it held) and
@@ -129,11 +137,7 @@ impl Recorder {
                 // that wait on each other) is worth another go: the batch is all-or-nothing.
                 let attempt = || async { store.record_and_claim(&writes, batch).await };
                 let result = attempt
-                    .retry(
-                        ExponentialBuilder::default()
-                            .with_min_delay(Duration::from_millis(5))
-                            .with_max_times(5),
-                    )
+                    .retry(transient_backoff())
                     .when(|e| e.is_transient())
                     .await;
                 let (applied, mut claimed) = match result {

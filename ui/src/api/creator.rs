@@ -4,9 +4,9 @@
 //! for fifty commits.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
+use flow_engine::store::group_commit::transient_backoff;
 use flow_engine::store::{Created, RunCreate, Store};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,11 +38,7 @@ impl RunCreator {
                 // A deadlock or serialization failure aborts the whole batch, which is then
                 // safe to apply again.
                 let result = (|| async { store.create_runs(&batch).await })
-                    .retry(
-                        ExponentialBuilder::default()
-                            .with_min_delay(Duration::from_millis(5))
-                            .with_max_times(5),
-                    )
+                    .retry(transient_backoff())
                     .when(|e| e.is_transient())
                     .await;
                 match result {
