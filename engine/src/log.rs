@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::plan::UNMAPPED;
 use crate::secrets::Masker;
+use crate::state::UNMAPPED;
 
 /// Where the log of one try lives under `$FLOW_HOME`.
 pub fn log_path(

@@ -16,8 +16,7 @@ use crate::secrets::Secrets;
 use crate::state::{RunState, TaskState};
 use crate::template::{self, RunContext, TaskPart};
 
-/// `map_index` of a task instance that is not mapped (the JSON shows `null`).
-pub const UNMAPPED: i64 = -1;
+pub use crate::state::UNMAPPED;
 
 /// Mapping more items than this is a failed try rather than a run that swamps the database.
 pub const MAX_MAP_ITEMS: usize = 100_000;

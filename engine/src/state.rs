@@ -3,6 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// `map_index` of a task instance that is not mapped (the JSON shows `null`).
+pub const UNMAPPED: i64 = -1;
+
 /// The state of one task instance (one map index of one task in one run).
 ///
 /// `scheduled` means "part of the run, waiting for its upstreams"; `queued` means "ready,

@@ -1,4 +1,4 @@
-//! `flow demo-data`: synthetic data with a known signal, so that the example pipelines run end to
+//! `flow-bench demo-data` and the `demo_data` operator: synthetic data with a known signal, so that the example pipelines run end to
 //! end on a fresh machine and the heavy-step benchmark has its input.
 //!
 //! Deterministic: the same options write the same rows (ChaCha8, whose stream is fixed by its

@@ -220,7 +220,7 @@ fn dags_list_mentions_files_that_failed_to_load() {
     assert!(stderr.contains("1 DAG file(s) failed to load"), "{stderr}");
 }
 
-/// `flow bench` on its smallest workloads: every row is there with figures that parse, and the
+/// `flow-bench bench` on its smallest workloads: every row is there with figures that parse, and the
 /// machine's own costs head the table. Times are reported, never asserted.
 #[test]
 fn bench_reports_each_workload_and_the_machine_costs() {
@@ -231,7 +231,7 @@ fn bench_reports_each_workload_and_the_machine_costs() {
         args.extend(["--postgres", pg.db_url.as_str()]);
     }
     let out = env
-        .command(&args)
+        .command_of(FLOW_BENCH, &args)
         .env("TMPDIR", env.path(""))
         .output()
         .unwrap();
@@ -287,5 +287,54 @@ fn bench_reports_each_workload_and_the_machine_costs() {
         let dags = cells("dags1000");
         assert_eq!(dags[3], "1000 DAGs", "{dags:?}");
         assert!(dags[6].starts_with("peak RSS "), "{dags:?}");
+    }
+}
+
+/// `flow --help` lists the product's commands and nothing else: the benchmarks and the demo-data
+/// generator are `flow-bench`'s.
+#[test]
+fn flow_help_lists_only_product_commands() {
+    let out = std::process::Command::new(FLOW)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("Options:").next())
+        .unwrap_or_else(|| panic!("no command list in:\n{help}"))
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "dags",
+            "run",
+            "trigger",
+            "backfill",
+            "runs",
+            "tasks",
+            "tokens",
+            "models",
+            "scheduler",
+            "server",
+            "standalone",
+            "help"
+        ],
+        "{help}"
+    );
+    let bench = std::process::Command::new(FLOW_BENCH)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let bench_help = String::from_utf8_lossy(&bench.stdout);
+    for c in ["bench", "bench-ui", "bench-heavy", "bench-ml", "demo-data"] {
+        assert!(
+            bench_help.contains(c),
+            "flow-bench has no {c}:\n{bench_help}"
+        );
     }
 }

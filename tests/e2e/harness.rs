@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 pub const FLOW: &str = env!("CARGO_BIN_EXE_flow");
+pub const FLOW_BENCH: &str = env!("CARGO_BIN_EXE_flow-bench");
 const PG_ADDR: &str = "127.0.0.1:5432";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,7 +254,13 @@ impl Env {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(FLOW);
+        self.command_of(FLOW, args)
+    }
+
+    /// A command of `exe` (`flow` or `flow-bench`) with this environment's home, DAGs and
+    /// database.
+    pub fn command_of(&self, exe: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(exe);
         cmd.args(args)
             .current_dir(self.dir.path())
             .env_remove("FLOW_BIND")

@@ -5,6 +5,7 @@
 mod harness;
 
 mod api;
+mod architecture;
 mod browser;
 mod cli;
 mod daemon;

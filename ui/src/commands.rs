@@ -10,21 +10,21 @@ use flow_engine::dag::load::{dag_files, load_files};
 use flow_engine::dag::parse::ParseOptions;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::schedule::parse_date;
-use flow_engine::scheduler::{self, Engine, EngineError, Mode};
+use flow_engine::scheduler::{self, DagCatalog, Engine, EngineError, Mode};
 use flow_engine::secrets::Secrets;
 use flow_engine::state::RunState;
 use flow_engine::store::{RunFilter, Store};
 use flow_engine::time::{now, rfc3339};
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::{
+    Cli, Command, DagsCommand, Global, ModelsCommand, RunArgs, RunsCommand, TasksCommand,
+    TokensCommand,
+};
 use crate::config::{Given, Settings, resolve};
 use crate::ops;
 use crate::progress::follow;
 use crate::render::{dag_json, model_json, model_version_json, run_json, short_ts, table};
-use crate::{
-    Cli, Command, DagsCommand, Global, ModelsCommand, RunArgs, RunsCommand, TasksCommand,
-    TokensCommand,
-};
 
 /// An input or usage error: exit code 2, one line.
 #[derive(Debug)]
@@ -50,17 +50,18 @@ fn op_err(e: ops::OpError) -> anyhow::Error {
     }
 }
 
-fn engine_err(e: EngineError) -> anyhow::Error {
-    match e {
-        EngineError::Input(m) => usage(m),
-        other => anyhow::Error::new(other),
+pub(crate) fn engine_err(e: EngineError) -> anyhow::Error {
+    if e.is_input() {
+        usage(e.to_string())
+    } else {
+        anyhow::Error::new(e)
     }
 }
 
 pub(crate) struct Ctx {
-    settings: Settings,
+    pub(crate) settings: Settings,
     pub(crate) store: Arc<dyn Store>,
-    secrets: Secrets,
+    pub(crate) secrets: Secrets,
 }
 
 fn settings(g: &Global) -> Result<Settings> {
@@ -109,7 +110,7 @@ fn ensure_home(home: &std::path::Path) -> Result<()> {
 }
 
 /// A database URL without its password, for messages.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -123,7 +124,7 @@ fn redact_url(url: &str) -> String {
 }
 
 /// An engine with the DAGs folder loaded and recorded.
-async fn engine(ctx: &Ctx) -> Result<Engine> {
+pub(crate) async fn engine(ctx: &Ctx) -> Result<Engine> {
     let mut engine = Engine::new(
         ctx.store.clone(),
         Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
@@ -203,104 +204,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             TokensCommand::Revoke { name } => crate::tokens::revoke(g, &name).await,
         },
         Command::Models { command } => models(g, command).await,
-        Command::Scheduler => daemon(g).await,
-        Command::Server => server(g, false).await,
-        Command::Standalone => server(g, true).await,
-        Command::Bench {
-            postgres,
-            only,
-            repeats,
-            parallelism,
-        } => {
-            crate::bench::bench(crate::bench::BenchOptions {
-                parallelism: parallelism
-                    .unwrap_or_else(flow_engine::scheduler::default_parallelism)
-                    .max(1),
-                postgres_url: postgres,
-                workloads: if only.is_empty() {
-                    crate::bench::WORKLOADS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect()
-                } else {
-                    only
-                },
-                repeats: repeats.max(1),
-            })
-            .await
-        }
-        Command::BenchHeavy {
-            data,
-            users,
-            events,
-            memory_limit,
-        } => {
-            crate::bench_heavy::bench_heavy(crate::bench_heavy::HeavyOptions {
-                data,
-                users,
-                events,
-                memory_limit,
-            })
-            .await
-        }
-        Command::BenchMl {
-            data,
-            train_rows,
-            score_rows,
-            features,
-            algorithm,
-            budget,
-        } => {
-            crate::bench_ml::bench_ml(crate::bench_ml::MlOptions {
-                data,
-                train_rows: train_rows.max(10),
-                score_rows: score_rows.max(1),
-                features: features.max(1),
-                algorithm,
-                budget,
-            })
-            .await
-        }
-        Command::DemoData {
-            out,
-            users,
-            events,
-            seed,
-            start,
-            days,
-        } => {
-            let opts = flow_operators::demo::DemoOptions {
-                out,
-                users,
-                events,
-                seed,
-                start,
-                days,
-            };
-            let summary =
-                tokio::task::spawn_blocking(move || flow_operators::demo::generate(&opts))
-                    .await
-                    .context("the generator stopped")??;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
-            Ok(0)
-        }
-        Command::BenchUi {
-            postgres,
-            runs,
-            seconds,
-            connections,
-        } => {
-            crate::bench_ui::bench_ui(crate::bench_ui::UiBenchOptions {
-                postgres_url: postgres,
-                runs: runs.max(1),
-                seconds: seconds.max(1),
-                connections: connections.max(1),
-            })
-            .await
-        }
-        Command::BenchLoad { dags, database_url } => {
-            crate::bench::load_only(dags, database_url).await
-        }
+        Command::Scheduler => crate::daemons::scheduler(g).await,
+        Command::Server => crate::daemons::server(g, false).await,
+        Command::Standalone => crate::daemons::server(g, true).await,
     }
 }
 
@@ -525,9 +431,10 @@ async fn backfill(g: &Global, dag_id: &str, from: &str, to: &str, wait: bool) ->
     if to < from {
         return Err(usage("--to is before --from"));
     }
-    let (created, existing) = scheduler::backfill(ctx.store.as_ref(), &dag, from, to)
-        .await
-        .map_err(engine_err)?;
+    let scheduler::Backfilled { created, existing } =
+        scheduler::backfill(ctx.store.as_ref(), &dag, from, to)
+            .await
+            .map_err(engine_err)?;
     eprintln!(
         "backfill of {dag_id}: {} run(s) created, {existing} already existed",
         created.len()
@@ -681,13 +588,11 @@ async fn task_logs(
 
 async fn task_clear(g: &Global, run_id: &str, task: &str, downstream: bool) -> Result<u8> {
     let ctx = open(g).await?;
-    let mut engine = Engine::new(
+    let catalog = DagCatalog::new(
         ctx.store.clone(),
         Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
-        ctx.settings.engine.clone(),
-        ctx.secrets.clone(),
     );
-    let ids = ops::clear(&mut engine, run_id, task, downstream)
+    let ids = ops::clear(&catalog, run_id, task, downstream)
         .await
         .map_err(op_err)?;
     eprintln!(
@@ -776,172 +681,4 @@ async fn models(g: &Global, command: ModelsCommand) -> Result<u8> {
             Ok(0)
         }
     }
-}
-
-/// A token cancelled on SIGINT or SIGTERM.
-fn shutdown_on_signals() -> CancellationToken {
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        stop.cancel();
-    });
-    shutdown
-}
-
-/// The first line a long-running command prints: what it loaded and where its database is.
-fn announce(what: &str, ctx: &Ctx, engine: &Engine) {
-    eprintln!(
-        "flow {what}: {} DAG(s) from {}, database {} ({})",
-        engine.dags().count(),
-        ctx.settings.dags_folder.display(),
-        redact_url(&ctx.settings.database_url),
-        ctx.store.backend()
-    );
-}
-
-async fn daemon(g: &Global) -> Result<u8> {
-    let ctx = open(g).await?;
-    let engine = engine(&ctx).await?;
-    announce("scheduler", &ctx, &engine);
-    let shutdown = shutdown_on_signals();
-    engine
-        .run(Mode::Daemon, shutdown)
-        .await
-        .map_err(engine_err)?;
-    eprintln!("flow scheduler: stopped");
-    Ok(0)
-}
-
-/// `flow server` (the API alone) and `flow standalone` (the scheduler beside it). Either answers
-/// HTTP only once the DAGs folder has been loaded and, for standalone, `admin.token` written:
-/// the listener is bound after both.
-async fn server(g: &Global, standalone: bool) -> Result<u8> {
-    let what = if standalone { "standalone" } else { "server" };
-    let ctx = open(g).await?;
-    let shutdown = shutdown_on_signals();
-    let loaded = engine(&ctx).await?;
-    announce(what, &ctx, &loaded);
-    // The API looks DAGs up by the version the database names, which the scheduler keeps current
-    // as files change; `flow server` alone serves the folder as it was loaded at start.
-    let (scheduler, catalog) = if standalone {
-        ensure_admin_token(&ctx).await?;
-        let catalog = Engine::new(
-            ctx.store.clone(),
-            Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
-            ctx.settings.engine.clone(),
-            ctx.secrets.clone(),
-        );
-        (Some(loaded), catalog)
-    } else {
-        (None, loaded)
-    };
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&ctx.settings.bind)
-        .await
-        .map_err(|e| {
-            usage(format!(
-                "--bind {}: {e}; give HOST:PORT, such as 127.0.0.1:8080",
-                ctx.settings.bind
-            ))
-        })?
-        .collect();
-    let listener = tokio::net::TcpListener::bind(addrs.as_slice())
-        .await
-        .with_context(|| format!("cannot listen on {}", ctx.settings.bind))?;
-    let mut state = crate::api::AppState::new(
-        ctx.store.clone(),
-        ctx.settings.home.clone(),
-        ctx.secrets.masker(),
-        catalog,
-        ctx.settings.rate_limit,
-        ctx.settings.engine.lease_timeout,
-    );
-    state.secret_names = ctx.secrets.names().map(String::from).collect();
-    state.max_queued_runs = ctx.settings.max_queued_runs;
-    state.trusted_proxies = ctx.settings.trusted_proxies.clone();
-    let state = Arc::new(state);
-    eprintln!(
-        "flow {what}: listening on http://{}",
-        listener.local_addr()?
-    );
-    let api = tokio::spawn(crate::api::serve(listener, state, shutdown.clone()));
-    let scheduled = match scheduler {
-        Some(engine) => {
-            let result = engine.run(Mode::Daemon, shutdown.clone()).await;
-            // The scheduler stopped, by a signal or an error: the server stops with it.
-            shutdown.cancel();
-            result.map(|_| ()).map_err(engine_err)
-        }
-        None => Ok(()),
-    };
-    let served = api.await.context("the web server task failed")?;
-    scheduled?;
-    served.context("the web server failed")?;
-    eprintln!("flow {what}: stopped");
-    Ok(0)
-}
-
-/// On a fresh home (no `admin.token`), creates an admin token, writes it to `admin.token` (mode
-/// 0600) and prints it once on stdout.
-async fn ensure_admin_token(ctx: &Ctx) -> Result<()> {
-    let path = ctx.settings.home.join("admin.token");
-    if path.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&ctx.settings.home)
-        .with_context(|| format!("cannot create {}", ctx.settings.home.display()))?;
-    let role = flow_engine::store::Role::Admin;
-    let (token, hash) = flow_engine::store::new_token();
-    // "admin" is taken when this database already served another home, or admin.token was
-    // deleted: a timestamped name keeps the earlier token valid and this one distinct.
-    let mut name = "admin".to_string();
-    if !ctx
-        .store
-        .create_token(&name, role, &hash, now(), None)
-        .await?
-    {
-        name = format!("admin-{}", now().format("%Y%m%dT%H%M%S%.6fZ"));
-        if !ctx
-            .store
-            .create_token(&name, role, &hash, now(), None)
-            .await?
-        {
-            anyhow::bail!("cannot create an admin token: the name {name} is taken");
-        }
-    }
-    write_private(&path, &format!("{token}\n"))?;
-    println!("{token}");
-    eprintln!(
-        "flow standalone: created the admin token '{name}' (printed once above, kept in {}, mode 0600)",
-        path.display()
-    );
-    Ok(())
-}
-
-/// Writes a file only its owner can read, whole or not at all: a temporary file, created 0600,
-/// synced, then renamed into place.
-fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("token.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(text.as_bytes())
-        .and_then(|_| file.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

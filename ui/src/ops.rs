@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
 use flow_engine::log::{self, log_path};
 use flow_engine::plan::UNMAPPED;
-use flow_engine::scheduler::{self, Engine, EngineError};
+use flow_engine::scheduler::{self, DagCatalog, EngineError};
 use flow_engine::secrets::Masker;
 use flow_engine::state::TaskState;
 use flow_engine::store::{DagRow, Mark, RunRow, Store, StoreError, TiRow};
@@ -52,7 +52,7 @@ pub async fn queue_room(store: &dyn Store, dag_id: &str, cap: u32) -> Result<(),
 impl From<EngineError> for OpError {
     fn from(e: EngineError) -> OpError {
         match e {
-            EngineError::Input(m) => OpError::Invalid(m),
+            e if e.is_input() => OpError::Invalid(e.to_string()),
             EngineError::Store(s) => OpError::Store(s),
             other => OpError::Internal(other.to_string()),
         }
@@ -98,9 +98,9 @@ pub async fn get_run(store: &dyn Store, run_id: &str) -> Result<RunRow, OpError>
 }
 
 /// The DAG version a run started on.
-async fn run_dag(engine: &mut Engine, run: &RunRow) -> Result<std::sync::Arc<Dag>, OpError> {
-    engine
-        .dag_version(&run.dag_id, &run.dag_version)
+async fn run_dag(catalog: &DagCatalog, run: &RunRow) -> Result<std::sync::Arc<Dag>, OpError> {
+    catalog
+        .version(&run.dag_id, &run.dag_version)
         .await?
         .ok_or_else(|| {
             OpError::Internal(format!(
@@ -290,13 +290,13 @@ pub async fn read_log(
 /// Resets `task` (and with `downstream` every task after it) and sets the run back to `queued`,
 /// in one transaction. Returns the task ids cleared.
 pub async fn clear(
-    engine: &mut Engine,
+    catalog: &DagCatalog,
     run_id: &str,
     task: &str,
     downstream: bool,
 ) -> Result<Vec<String>, OpError> {
-    let run = get_run(engine.store.as_ref(), run_id).await?;
-    let dag = run_dag(engine, &run).await?;
+    let run = get_run(catalog.store().as_ref(), run_id).await?;
+    let dag = run_dag(catalog, &run).await?;
     if dag.task(task).is_none() {
         return Err(OpError::NotFound(format!(
             "run {run_id} has no task '{task}'"
@@ -307,7 +307,7 @@ pub async fn clear(
         ids.extend(dag.all_downstream(task).into_iter().map(String::from));
     }
     let ids: Vec<String> = ids.into_iter().collect();
-    if !engine.store.clear_tasks(run_id, &ids, now()).await? {
+    if !catalog.store().clear_tasks(run_id, &ids, now()).await? {
         return Err(OpError::NotFound(format!("unknown run '{run_id}'")));
     }
     Ok(ids)
@@ -316,7 +316,7 @@ pub async fn clear(
 /// Marks a task's instances (one map index, or all) `success` or `failed`; see
 /// [`Store::mark_task`] for how a running try is fenced off. Returns how many instances changed.
 pub async fn mark(
-    engine: &mut Engine,
+    catalog: &DagCatalog,
     run_id: &str,
     task: &str,
     map_index: Option<i64>,
@@ -328,16 +328,16 @@ pub async fn mark(
             "a task can be marked success or failed, not {state}"
         )));
     }
-    let run = get_run(engine.store.as_ref(), run_id).await?;
-    let dag = run_dag(engine, &run).await?;
+    let run = get_run(catalog.store().as_ref(), run_id).await?;
+    let dag = run_dag(catalog, &run).await?;
     if dag.task(task).is_none() {
         return Err(OpError::NotFound(format!(
             "run {run_id} has no task '{task}'"
         )));
     }
     if let Some(i) = map_index {
-        let exists = engine
-            .store
+        let exists = catalog
+            .store()
             .task_instances(run_id)
             .await?
             .iter()
@@ -348,8 +348,8 @@ pub async fn mark(
             )));
         }
     }
-    let changed = engine
-        .store
+    let changed = catalog
+        .store()
         .mark_task(&Mark {
             run_id: run_id.to_string(),
             task_id: task.to_string(),

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::secrets::Masker;
+use flow_engine::state::TaskState;
 use flow_engine::store::{DagRow, RunRow, TiRow};
 use flow_engine::time::rfc3339;
 use serde::Serialize;
@@ -306,4 +307,33 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 pub fn short_ts(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".to_string())
+}
+
+/// Of several instances' states, the one a summary cell shows: what needs attention first.
+pub fn dominant(states: impl IntoIterator<Item = TaskState>) -> Option<TaskState> {
+    let rank = |s: TaskState| match s {
+        TaskState::Failed => 0,
+        TaskState::Running => 1,
+        TaskState::UpForRetry => 2,
+        TaskState::UpstreamFailed => 3,
+        TaskState::Queued => 4,
+        TaskState::Scheduled => 5,
+        TaskState::Skipped => 6,
+        TaskState::Success => 7,
+    };
+    states.into_iter().min_by_key(|s| rank(*s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_dominates_a_summary() {
+        assert_eq!(
+            dominant([TaskState::Success, TaskState::Failed, TaskState::Running]),
+            Some(TaskState::Failed)
+        );
+        assert_eq!(dominant([]), None);
+    }
 }

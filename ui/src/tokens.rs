@@ -7,7 +7,7 @@ use flow_engine::store::{Role, TokenInfo, new_token};
 use flow_engine::time::{now, rfc3339};
 use serde_json::{Value as Json, json};
 
-use crate::Global;
+use crate::cli::Global;
 use crate::commands::{open, usage};
 use crate::render::{short_ts, table};
 

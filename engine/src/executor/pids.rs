@@ -73,7 +73,10 @@ impl PidJournal {
     /// The process group `owner` noted for a try, from its journal in `home`.
     pub fn find(home: &Path, owner: &str, key: &TryKey) -> Option<i64> {
         let text = std::fs::read_to_string(Self::path(home, owner)).ok()?;
-        let wanted = format!("{}\t{}\t{}\t{}", key.0, key.1, key.2, key.3);
+        let wanted = format!(
+            "{}\t{}\t{}\t{}",
+            key.run_id, key.task_id, key.map_index, key.try_number
+        );
         text.lines()
             .rev()
             .find_map(|l| l.split_once('\t').filter(|(_, rest)| *rest == wanted))

@@ -6,16 +6,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::Claim;
 
-/// (run, task, map index, try number) of a try.
-pub type TryKey = (String, String, i64, i64);
+/// Which try: what the heartbeat compares with the database's view of this process's leases.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TryKey {
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+    pub try_number: i64,
+}
+
+impl std::fmt::Display for TryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "try {} of {}/{}[{}]",
+            self.try_number, self.run_id, self.task_id, self.map_index
+        )
+    }
+}
 
 pub fn try_key(claim: &Claim) -> TryKey {
-    (
-        claim.run_id.clone(),
-        claim.task_id.clone(),
-        claim.map_index,
-        claim.try_number,
-    )
+    TryKey {
+        run_id: claim.run_id.clone(),
+        task_id: claim.task_id.clone(),
+        map_index: claim.map_index,
+        try_number: claim.try_number,
+    }
 }
 
 /// The tries this process runs, each with the token that stops it.

@@ -16,8 +16,8 @@ use axum::response::Response;
 use flow_engine::store::{Role, token_hash};
 use governor::clock::Clock;
 
-use super::AppState;
 use super::error::ApiError;
+use crate::state::AppState;
 
 /// Who is calling: the token's name and role.
 #[derive(Debug, Clone)]

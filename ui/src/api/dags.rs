@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::auth::{Operator, Viewer};
 use super::error::{ApiError, Body, ErrorBody, Path};
 use crate::ops::{self, OpError};
 use crate::render::{DagDetailView, DagView, dag_detail_json, dag_json};
+use crate::state::AppState;
 
 /// How long an `Idempotency-Key` is remembered for a DAG.
 const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);

@@ -11,9 +11,9 @@ use flow_engine::time::rfc3339;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::auth::Viewer;
 use super::error::{ApiError, ErrorBody, Path, Query};
+use crate::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 25;
 const MAX_LIMIT: i64 = 100;
@@ -149,7 +149,7 @@ pub async fn grid(
 }
 
 fn cell(groups: &[TiCount]) -> GridCell {
-    let state = crate::web::dominant(groups.iter().map(|g| g.state))
+    let state = crate::render::dominant(groups.iter().map(|g| g.state))
         .map(|s| s.as_str().to_string())
         .unwrap_or_default();
     GridCell {

@@ -9,7 +9,7 @@ use flow_engine::time::{now, rfc3339};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -76,10 +76,10 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     tag = "meta",
     responses((status = 200, description = "this document (OpenAPI 3)", content_type = "application/json"))
 )]
-pub async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+pub async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        state.openapi.clone(),
+        super::openapi_json(),
     )
         .into_response()
 }

@@ -6,8 +6,6 @@
 //! calls every documented operation and checks the answer is one it declares).
 
 mod auth;
-pub(crate) mod client;
-mod creator;
 mod dags;
 mod error;
 pub use error::ApiError;
@@ -16,129 +14,18 @@ mod meta;
 mod models;
 mod runs;
 mod tokens;
-mod usage;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::{Method, Uri};
-use flow_engine::dag::Dag;
-use flow_engine::scheduler::Engine;
-use flow_engine::secrets::Masker;
-use flow_engine::store::{DagRow, Store};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::RateLimit;
+use crate::state::AppState;
 use error::ErrorBody;
-
-/// Login attempts a client address may make in a minute (at once, then one every six seconds):
-/// enough for a person, far too few to guess a token, which has 256 random bits anyway.
-pub const LOGIN_ATTEMPTS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
-
-/// What every handler shares.
-pub struct AppState {
-    pub store: Arc<dyn Store>,
-    /// `$FLOW_HOME`, where the tries' logs are.
-    pub home: PathBuf,
-    pub masker: Masker,
-    /// Parses and caches the DAG versions the database names (details, clears, marks). Locked
-    /// only around those lookups; the scheduler of `flow standalone` has its own engine.
-    pub dags: tokio::sync::Mutex<Engine>,
-    pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
-    /// Login attempts per client address (see [`LOGIN_ATTEMPTS_PER_MINUTE`] and
-    /// [`client::client_addr`]).
-    pub login_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
-    /// flow.toml's `[api] trusted_proxies`: the balancers whose `X-Forwarded-For` names the
-    /// client.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// A scheduler whose last heartbeat is older than this is reported dead by health.
-    pub lease_timeout: Duration,
-    /// The OpenAPI document, serialized once.
-    pub openapi: String,
-    /// Triggers' group commit.
-    pub creator: creator::RunCreator,
-    /// The web pages' login sessions.
-    pub sessions: crate::web::Sessions,
-    /// When each token was last used, written in batches.
-    pub token_use: Arc<usage::TokenUse>,
-    /// flow.toml's `max_queued_runs_per_dag`: a trigger past it answers 429.
-    pub max_queued_runs: u32,
-    /// The names of the secrets tasks see, so that the pages render commands with `***` in
-    /// their place (the values themselves stay with the scheduler).
-    pub secret_names: Vec<String>,
-}
-
-impl AppState {
-    pub fn new(
-        store: Arc<dyn Store>,
-        home: PathBuf,
-        masker: Masker,
-        dags: Engine,
-        rate_limit: RateLimit,
-        lease_timeout: Duration,
-    ) -> AppState {
-        let quota = Quota::per_minute(rate_limit.per_minute).allow_burst(rate_limit.burst);
-        let limiter = Arc::new(RateLimiter::keyed(quota));
-        let login_limiter = Arc::new(RateLimiter::keyed(Quota::per_minute(
-            LOGIN_ATTEMPTS_PER_MINUTE,
-        )));
-        prune_limiters(Arc::downgrade(&limiter), Arc::downgrade(&login_limiter));
-        AppState {
-            home,
-            masker,
-            dags: tokio::sync::Mutex::new(dags),
-            limiter,
-            login_limiter,
-            trusted_proxies: Vec::new(),
-            lease_timeout,
-            openapi: openapi_json(),
-            creator: creator::RunCreator::start(store.clone()),
-            token_use: usage::TokenUse::start(store.clone()),
-            max_queued_runs: 1000,
-            store,
-            sessions: crate::web::Sessions::default(),
-            secret_names: Vec::new(),
-        }
-    }
-
-    /// The parsed DAG of a database row, at the version the row names.
-    pub(crate) async fn dag_of(&self, row: &DagRow) -> Result<Option<Arc<Dag>>, ApiError> {
-        let mut engine = self.dags.lock().await;
-        Ok(engine
-            .dag_version(&row.dag_id, &row.version)
-            .await
-            .map_err(crate::ops::OpError::from)?)
-    }
-}
-
-/// Every minute, forgets the keys whose budget is full again: a limiter keyed by client address
-/// would otherwise keep one entry for every address that ever called. Stops with the state.
-fn prune_limiters(
-    tokens: std::sync::Weak<DefaultKeyedRateLimiter<String>>,
-    logins: std::sync::Weak<DefaultKeyedRateLimiter<std::net::IpAddr>>,
-) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        every.tick().await;
-        loop {
-            every.tick().await;
-            let (Some(tokens), Some(logins)) = (tokens.upgrade(), logins.upgrade()) else {
-                return;
-            };
-            tokens.retain_recent();
-            logins.retain_recent();
-            tokens.shrink_to_fit();
-            logins.shrink_to_fit();
-        }
-    });
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -188,6 +75,13 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
     (public, protected)
 }
 
+/// The OpenAPI document as served, serialized once.
+pub(crate) fn openapi_json() -> &'static str {
+    static JSON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    // A document built from our own types always serializes.
+    JSON.get_or_init(|| serde_json::to_string(&openapi_doc()).unwrap_or_else(|_| "{}".to_string()))
+}
+
 /// The OpenAPI document. Every operation that needs a token also answers 401 and 429; they are
 /// added here rather than repeated on each handler.
 pub fn openapi_doc() -> utoipa::openapi::OpenApi {
@@ -233,45 +127,28 @@ pub fn openapi_doc() -> utoipa::openapi::OpenApi {
     doc
 }
 
-fn openapi_json() -> String {
-    // A document built from our own types always serializes.
-    serde_json::to_string(&openapi_doc()).unwrap_or_else(|_| "{}".to_string())
-}
-
-/// The whole application: the API, JSON 404 and 405 answers, and the state.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The API's routes, with authentication on the protected ones; `crate::server` adds the pages
+/// and the fallbacks.
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     let (public, protected) = routes();
     let protected = protected.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
+        state,
         auth::authenticate,
     ));
     let (router, _) = public.merge(protected).split_for_parts();
     router
-        .merge(crate::web::routes())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(crate::web::security_headers))
-        .with_state(state)
 }
 
-/// The API's JSON 404 under `/api`, the pages' HTML 404 elsewhere.
-async fn not_found(method: Method, uri: Uri) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if !crate::web::is_api(&uri) {
-        return crate::web::not_found(uri).await.into_response();
-    }
+/// The API's JSON 404, for a path under `/api` no route answers.
+pub fn not_found(method: &Method, uri: &Uri) -> ApiError {
     ApiError::not_found(format!(
         "no endpoint {method} {}; /api/v1/openapi.json lists them",
         uri.path()
     ))
-    .into_response()
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if !crate::web::is_api(&uri) {
-        return crate::web::method_not_allowed(uri).await.into_response();
-    }
+/// The API's JSON 405.
+pub fn method_not_allowed(method: &Method, uri: &Uri) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -280,19 +157,4 @@ async fn method_not_allowed(method: Method, uri: Uri) -> axum::response::Respons
             uri.path()
         ),
     )
-    .into_response()
-}
-
-/// Serves the API on `listener` until `shutdown` is cancelled, then lets the requests in flight
-/// finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    // The peer's address reaches the login form's rate limit.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
 }

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::auth::{Operator, Viewer};
 use super::error::{ApiError, Body, ErrorBody, Path};
 use crate::render::{ModelVersionView, ModelView, model_json, model_version_json};
+use crate::state::AppState;
 
 #[utoipa::path(
     get,

@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::auth::{Operator, Viewer};
 use super::error::{ApiError, Body, ErrorBody, Path, Query};
 use crate::ops::{self, LogChunk};
 use crate::render::{RunView, run_json};
+use crate::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -194,10 +194,7 @@ pub async fn clear(
     Path((run_id, task_id)): Path<(String, String)>,
     Body(body): Body<ClearBody>,
 ) -> Result<axum::Json<ClearAnswer>, ApiError> {
-    let cleared = {
-        let mut engine = state.dags.lock().await;
-        ops::clear(&mut engine, &run_id, &task_id, body.downstream).await?
-    };
+    let cleared = { ops::clear(&state.dags, &run_id, &task_id, body.downstream).await? };
     tracing::info!(
         "cleared {} in run {run_id} by token '{}'",
         cleared.join(", "),
@@ -266,9 +263,8 @@ pub async fn mark(
         caller.name
     );
     let changed = {
-        let mut engine = state.dags.lock().await;
         ops::mark(
-            &mut engine,
+            &state.dags,
             &run_id,
             &task_id,
             body.map_index,

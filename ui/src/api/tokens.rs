@@ -10,9 +10,9 @@ use flow_engine::time::{now, rfc3339};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::auth::Admin;
 use super::error::{ApiError, Body, ErrorBody};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

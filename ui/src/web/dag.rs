@@ -23,8 +23,8 @@ use super::{
     Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, dominant, elapsed, fmt_time,
     html, run_href, seconds_between, task_href, urlenc,
 };
-use crate::api::AppState;
 use crate::ops::{self, OpError};
+use crate::state::AppState;
 
 /// Runs per grid page: each costs one bounded query of its task instances.
 const PAGE: i64 = 25;

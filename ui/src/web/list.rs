@@ -14,8 +14,8 @@ use super::{
     Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, fmt_time, html, run_href,
     urlenc,
 };
-use crate::api::AppState;
 use crate::ops;
+use crate::state::AppState;
 
 /// How many of a DAG's latest runs the list shows as marks.
 const LAST_RUNS: i64 = 10;

@@ -30,19 +30,19 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use flow_engine::state::TaskState;
 use flow_engine::store::StoreError;
 
-use crate::api::AppState;
 use crate::ops::OpError;
+use crate::state::AppState;
 
-pub use session::{Sessions, Who};
+pub use crate::render::dominant;
+pub use session::Who;
 
 /// No inline script or style, no plugins, no framing, forms only to this server.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// The page routes; merged into the API's router by `crate::api::router`.
+/// The page routes; merged with the API's by `crate::server::router`.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(list::page))
@@ -165,17 +165,6 @@ impl From<OpError> for PageError {
             OpError::Internal(m) => PageError::Internal(m),
             // Shown to the person with its reason; a page has no Retry-After to honour.
             OpError::Busy(m) => PageError::BadRequest(m),
-        }
-    }
-}
-
-impl From<crate::api::ApiError> for PageError {
-    fn from(e: crate::api::ApiError) -> PageError {
-        match e.status.as_u16() {
-            400 => PageError::BadRequest(e.message),
-            404 => PageError::NotFound(e.message),
-            503 => PageError::Unavailable,
-            _ => PageError::Internal(e.message),
         }
     }
 }
@@ -322,21 +311,6 @@ pub fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
 
-/// Of several instances' states, the one a summary cell shows: what needs attention first.
-pub fn dominant(states: impl IntoIterator<Item = TaskState>) -> Option<TaskState> {
-    let rank = |s: TaskState| match s {
-        TaskState::Failed => 0,
-        TaskState::Running => 1,
-        TaskState::UpForRetry => 2,
-        TaskState::UpstreamFailed => 3,
-        TaskState::Queued => 4,
-        TaskState::Scheduled => 5,
-        TaskState::Skipped => 6,
-        TaskState::Success => 7,
-    };
-    states.into_iter().min_by_key(|s| rank(*s))
-}
-
 /// An HTML 404 for a path no page answers (the API's own paths get the API's JSON 404).
 pub async fn not_found(uri: Uri) -> PageError {
     PageError::NotFound(format!("there is no page at {}", uri.path()))
@@ -360,14 +334,5 @@ mod tests {
             "manual__2026-01-01T00%3A00%3A00%2B00%3A00"
         );
         assert_eq!(urlenc("a b/<c>"), "a%20b%2F%3Cc%3E");
-    }
-
-    #[test]
-    fn a_failure_dominates_a_summary() {
-        assert_eq!(
-            dominant([TaskState::Success, TaskState::Failed, TaskState::Running]),
-            Some(TaskState::Failed)
-        );
-        assert_eq!(dominant([]), None);
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use super::{
     Base, PageError, PagePath, PageResult, Who, dag_href, fmt_time, html, run_href, urlenc,
 };
-use crate::api::AppState;
+use crate::state::AppState;
 
 pub struct ModelItem {
     pub name: String,

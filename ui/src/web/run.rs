@@ -17,8 +17,8 @@ use super::{
     Base, PageError, PageForm, PagePath, PageResult, Who, dag_href, elapsed, fmt_time, html,
     run_href, seconds_between, task_href, urlenc,
 };
-use crate::api::AppState;
 use crate::ops;
+use crate::state::AppState;
 
 /// The instances drawn in the Gantt chart and listed (a map of thousands is cut here; its counts
 /// are in the grid).
@@ -241,10 +241,7 @@ pub async fn clear(
 ) -> PageResult {
     who.check_csrf(form.csrf.as_deref())?;
     who.require_operator()?;
-    let cleared = {
-        let mut engine = state.dags.lock().await;
-        ops::clear(&mut engine, &run_id, &task_id, form.downstream.is_some()).await?
-    };
+    let cleared = { ops::clear(&state.dags, &run_id, &task_id, form.downstream.is_some()).await? };
     tracing::info!(
         "cleared {} in run {run_id} through the web pages by token '{}'",
         cleared.join(", "),
@@ -287,10 +284,7 @@ pub async fn mark(
         "marked {task_state} through the web pages by token '{}'",
         who.name
     );
-    let changed = {
-        let mut engine = state.dags.lock().await;
-        ops::mark(&mut engine, &run_id, &task_id, map_index, task_state, note).await?
-    };
+    let changed = { ops::mark(&state.dags, &run_id, &task_id, map_index, task_state, note).await? };
     tracing::info!(
         "{changed} instance(s) of {task_id} in run {run_id} marked {task_state} through the web \
          pages by token '{}'",

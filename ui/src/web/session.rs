@@ -3,17 +3,14 @@
 //! A session is an opaque random id in an HttpOnly, SameSite=Strict cookie; the server keeps, in
 //! memory, the hash of the token that logged in and the session's CSRF token. The token itself is
 //! never stored in the browser, and each request looks the token's role up again, so a session
-//! has exactly its token's rights. Sessions end on logout, after [`IDLE`] without a request, or
+//! has exactly its token's rights. Sessions end on logout, after `IDLE` without a request, or
 //! when the server restarts (people log in again; scripts use a bearer header).
 //!
 //! CSRF: every form of a session carries the session's synchronizer token, compared on every POST
 //! in constant time. Requests with an `Authorization: Bearer` header need none: a browser never
 //! adds that header on its own, so a forged cross-site request cannot carry it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{FromRequestParts, Query, State};
@@ -25,34 +22,12 @@ use flow_engine::store::{Role, token_hash};
 use serde::Deserialize;
 
 use super::{Base, PageError, PageForm, PageResult, html};
-use crate::api::AppState;
+use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "flow_session";
 /// The login form's own CSRF token (double submit: cookie and form field must match), so that
 /// another site cannot log a browser in under its own token.
 const LOGIN_COOKIE: &str = "flow_login";
-/// A session unused this long is forgotten.
-const IDLE: Duration = Duration::from_secs(12 * 3600);
-/// More live sessions than this and the least recently used goes: memory stays bounded whatever
-/// a client does with the login form.
-const MAX_SESSIONS: usize = 10_000;
-
-struct Session {
-    token_hash: String,
-    csrf: String,
-    last_seen: Instant,
-}
-
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-fn random_hex() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Compares secrets without an early exit, so the time taken says nothing about the prefix.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -60,57 +35,6 @@ fn same(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        // A panic while holding the lock leaves the map consistent (each operation is one
-        // insert or remove), so a poisoned lock is used as it is.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A new session for a token; returns (session id, CSRF token).
-    fn create(&self, token_hash: String) -> (String, String) {
-        let id = random_hex();
-        let csrf = random_hex();
-        let mut map = self.lock();
-        let now = Instant::now();
-        map.retain(|_, s| now.duration_since(s.last_seen) < IDLE);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                token_hash,
-                csrf: csrf.clone(),
-                last_seen: now,
-            },
-        );
-        (id, csrf)
-    }
-
-    /// The token hash and CSRF token of a live session, which counts as used now.
-    fn touch(&self, id: &str) -> Option<(String, String)> {
-        let mut map = self.lock();
-        let now = Instant::now();
-        let s = map.get_mut(id)?;
-        if now.duration_since(s.last_seen) >= IDLE {
-            map.remove(id);
-            return None;
-        }
-        s.last_seen = now;
-        Some((s.token_hash.clone(), s.csrf.clone()))
-    }
-
-    fn remove(&self, id: &str) {
-        self.lock().remove(id);
-    }
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -188,10 +112,10 @@ impl FromRequestParts<Arc<AppState>> for Who {
                 }
             };
             (token_hash(token), None)
-        } else if let Some((hash, csrf)) =
+        } else if let Some(live) =
             cookie(&parts.headers, SESSION_COOKIE).and_then(|id| state.sessions.touch(id))
         {
-            (hash, Some(csrf))
+            (live.token_hash, Some(live.csrf))
         } else {
             return Err(login_redirect(parts));
         };
@@ -265,7 +189,7 @@ pub struct NextQuery {
 }
 
 fn login_page(next: String, error: Option<String>) -> Response {
-    let csrf = random_hex();
+    let csrf = crate::state::sessions::random_hex();
     let mut res = html(&LoginPage {
         base: Base::anonymous("Log in"),
         csrf: csrf.clone(),
@@ -305,7 +229,7 @@ pub async fn login(
     headers: HeaderMap,
     PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
-    let client = crate::api::client::client_addr(peer.ip(), &headers, &state.trusted_proxies);
+    let client = crate::state::client::client_addr(peer.ip(), &headers, &state.trusted_proxies);
     if state.login_limiter.check_key(&client).is_err() {
         tracing::warn!("too many login attempts from {client}");
         return Err(PageError::TooManyRequests);
@@ -338,7 +262,7 @@ pub async fn login(
             ),
         ));
     };
-    let (id, _) = state.sessions.create(hash);
+    let id = state.sessions.create(hash);
     tracing::info!("token '{name}' logged in to the web pages");
     let mut res = Redirect::to(&next).into_response();
     set_cookie(&mut res, &format!("{SESSION_COOKIE}={id}"));
@@ -379,16 +303,6 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/login")), "/");
         assert_eq!(safe_next(None), "/");
-    }
-
-    #[test]
-    fn sessions_hold_their_csrf_and_forget_on_remove() {
-        let s = Sessions::default();
-        let (id, csrf) = s.create("h".into());
-        assert_eq!(s.touch(&id), Some(("h".to_string(), csrf)));
-        s.remove(&id);
-        assert_eq!(s.touch(&id), None);
-        assert_eq!(s.touch("made-up"), None);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use super::{
     Base, PageError, PagePath, PageResult, Who, dag_href, elapsed, fmt_time, html, run_href,
     seconds_between, task_href, urlenc,
 };
-use crate::api::AppState;
 use crate::ops::{self, LogTarget};
+use crate::state::AppState;
 
 /// The most log bytes put in the page; the tail script reads the rest.
 const LOG_IN_PAGE: u64 = 1 << 20;
@@ -174,13 +174,11 @@ async fn rendered(
     run: &flow_engine::store::RunRow,
     target: &LogTarget,
 ) -> Result<Option<Json>, String> {
-    let dag = {
-        let mut engine = state.dags.lock().await;
-        engine
-            .dag_version(&run.dag_id, &run.dag_version)
-            .await
-            .map_err(|e| e.to_string())?
-    };
+    let dag = state
+        .dags
+        .version(&run.dag_id, &run.dag_version)
+        .await
+        .map_err(|e| e.to_string())?;
     let Some(dag) = dag else {
         return Ok(None);
     };

@@ -1,6 +1,6 @@
-//! `flow bench-ml`: the `train` operator on 1,000,000 rows x 20 features (wall time, peak RSS)
+//! `flow-bench bench-ml`: the `train` operator on 1,000,000 rows x 20 features (wall time, peak RSS)
 //! and the `predict` operator on 10,000,000 rows (rows per second, peak RSS), as two tasks of one
-//! run, measured like `flow bench-heavy` (a `flow run` child process, /proc sampled every 50 ms).
+//! run, measured like `flow-bench bench-heavy` (a `flow run` child process, /proc sampled every 50 ms).
 //!
 //! The data: 20 standard-normal features; the label is drawn with P = sigmoid(sum of w_i x_i)
 //! for fixed weights, so a good model reaches a known AUC. Deterministic (ChaCha8, seed 7).

@@ -1,4 +1,4 @@
-//! `flow bench`: scheduling overhead on the workloads Airflow was measured on
+//! `flow-bench bench`: scheduling overhead on the workloads Airflow was measured on
 //! (`../shared/bench/airflow`), on SQLite and PostgreSQL, with durable commits.
 //!
 //! Each workload runs in-process through the same engine as `flow run` (claims, leases, logs,
@@ -297,7 +297,7 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "# flow bench: {cores} cores, parallelism {}, {} repeat(s), durable commits",
+        "# flow-bench bench: {cores} cores, parallelism {}, {} repeat(s), durable commits",
         opts.parallelism, opts.repeats
     );
     let (start_ms, sync_ms) = machine_costs(scratch.path())?;

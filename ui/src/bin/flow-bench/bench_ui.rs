@@ -1,4 +1,4 @@
-//! `flow bench-ui`: the web server on years of history. Seeds one DAG with 100 runs, measures,
+//! `flow-bench bench-ui`: the web server on years of history. Seeds one DAG with 100 runs, measures,
 //! seeds it up to `--runs` (default 100,000) runs of 10 tasks, measures again, on SQLite and on
 //! PostgreSQL. The load comes from `wrk` (Debian's package; `scripts/bench-setup.sh` installs
 //! it) against a real `flow server` process, so the figures include HTTP, auth, the rate
@@ -148,7 +148,7 @@ impl Drop for Server {
 
 impl Server {
     fn start(home: &Path, dags: &Path, db_url: &str, log: &Path) -> Result<Server> {
-        let exe = std::env::current_exe()?;
+        let exe = crate::flow_exe()?;
         let child = Command::new(exe)
             .args(["server", "--bind", "127.0.0.1:0"])
             .env("FLOW_HOME", home)
@@ -415,7 +415,7 @@ pub async fn bench_ui(opts: UiBenchOptions) -> Result<u8> {
         backends.push(("postgres".into(), scratch_postgres(pg)));
     }
     println!(
-        "# flow bench-ui: {} cores, wrk -t2 for {} s per target",
+        "# flow-bench bench-ui: {} cores, wrk -t2 for {} s per target",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         opts.seconds
     );

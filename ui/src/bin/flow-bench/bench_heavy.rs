@@ -1,7 +1,7 @@
-//! `flow bench-heavy`: the same training-set query (join, filter on a time window, aggregate per
+//! `flow-bench bench-heavy`: the same training-set query (join, filter on a time window, aggregate per
 //! user) on the `sql` operator (DataFusion, in the flow process) and on the `spark` operator in
 //! local mode (spark-submit, in child processes), in one run of one DAG, on the same parquet files
-//! written by `flow demo-data`.
+//! written by `flow-bench demo-data`.
 //!
 //! The run is a real `flow run` child process. A sampler reads the RSS of that process and of all
 //! its descendants from /proc every 50 ms; each task's peak is the largest sample within its
@@ -202,7 +202,7 @@ impl Measured {
 /// sampler reads the RSS of it and its descendants every 50 ms (see the module's note).
 pub async fn run_measured(work: &Path, dags: &Path, dag: &str) -> Result<Measured> {
     let home = work.join("home");
-    let exe = std::env::current_exe()?;
+    let exe = crate::flow_exe()?;
     let mut child = std::process::Command::new(&exe)
         .args(["run", dag, "--json"])
         .env("FLOW_HOME", &home)

@@ -1,0 +1,254 @@
+//! The `flow` command line: its arguments (the product's commands only; the benchmarks are the
+//! `flow-bench` binary) and the process around a command (logging, runtime, exit codes).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "flow",
+    version,
+    about = "Workflow orchestration for ML data teams",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Home folder (embedded database, logs)
+    #[arg(long, env = "FLOW_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// DAGs folder
+    #[arg(long, env = "FLOW_DAGS_FOLDER", global = true)]
+    pub dags: Option<PathBuf>,
+    /// Metadata database (sqlite://PATH or postgres://USER@HOST:PORT/DB)
+    #[arg(long, env = "FLOW_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Web server address
+    #[arg(long, env = "FLOW_BIND", global = true)]
+    pub bind: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate, list, pause and unpause DAGs
+    Dags {
+        #[command(subcommand)]
+        command: DagsCommand,
+    },
+    /// Run one DAG run in this process, to the end (no daemon needed)
+    Run(RunArgs),
+    /// Create a queued run for the scheduler daemon
+    Trigger {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Follow the run until it ends
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Create the scheduled runs whose logical dates fall in [FROM, TO]
+    Backfill {
+        dag: String,
+        /// First day (YYYY-MM-DD in the DAG's timezone, or RFC 3339)
+        #[arg(long)]
+        from: String,
+        /// Last day, inclusive
+        #[arg(long)]
+        to: String,
+        /// Follow the runs until they end
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List and show runs
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Task logs and clears
+    Tasks {
+        #[command(subcommand)]
+        command: TasksCommand,
+    },
+    /// API tokens
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// The model registry: trained versions, their metrics and stages
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
+    Scheduler,
+    /// The REST API (and, later, the web UI) on --bind, against the same database
+    Server,
+    /// Scheduler and web server in one process, on the embedded default database
+    Standalone,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The DAG id
+    pub dag: String,
+    /// A param value, NAME=VALUE (repeatable)
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// The run's logical date (RFC 3339 or YYYY-MM-DD); default: now
+    #[arg(long)]
+    pub logical_date: Option<String>,
+    /// Print the run as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DagsCommand {
+    /// Validate DAG files (default: the DAGs folder); one PATH:LINE:COL: message per problem
+    Validate { paths: Vec<PathBuf> },
+    /// The DAGs with schedule, pause flag and last run
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a DAG: no new scheduled runs, queued runs wait
+    Pause { dag: String },
+    /// Unpause a DAG
+    Unpause { dag: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCommand {
+    /// Runs, newest first
+    List {
+        #[arg(long)]
+        dag: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One run and each of its task instances
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokensCommand {
+    /// Create an API token and print it, once; only its hash is stored
+    Create {
+        name: String,
+        #[arg(long, default_value = "viewer", value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// How long the token works (`30d`, `12h`); without it, until it is revoked
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Every token: name, role, created, last used, expires (never the token itself)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a token: the API refuses it at once, and its page sessions end
+    Revoke { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelsCommand {
+    /// Every model: its versions, the latest one and the production one
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A model's versions, newest first, with their metrics, stage and origin
+    Show {
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a version the production one by hand (a rollback, say); the previous one is archived
+    Promote {
+        model: String,
+        #[arg(value_name = "VERSION")]
+        number: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCommand {
+    /// The log of one try (the latest by default), secrets masked
+    Logs {
+        run_id: String,
+        task: String,
+        #[arg(long = "try")]
+        try_number: Option<i64>,
+        #[arg(long)]
+        map_index: Option<i64>,
+    },
+    /// Reset a task (and with --downstream every task after it) so the scheduler runs it again
+    Clear {
+        run_id: String,
+        task: String,
+        #[arg(long)]
+        downstream: bool,
+    },
+}
+
+/// The `flow` binary's whole life: parse, run the command, map its error to an exit code (2 for
+/// a usage error, 1 for any other).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flow: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(crate::commands::dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            if let Some(u) = e.downcast_ref::<crate::commands::Usage>() {
+                eprintln!("flow: {}", u.0);
+                ExitCode::from(2)
+            } else {
+                eprintln!("flow: {e:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command's definition only when it is parsed; this checks every subcommand
+    /// (two arguments with one name panic at parse time, not at build time).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

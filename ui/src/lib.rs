@@ -1,0 +1,21 @@
+//! flow's delivery layer: the `flow` command line, the HTTP server (REST API and web pages) and
+//! the shapes they print, over the engine (`flow_engine`) and the operators (`flow_operators`).
+//!
+//! The server is a library so that tests and other binaries can start it in-process:
+//! [`state::AppState`] is what every handler shares, [`server::router`] joins the API
+//! ([`api`], JSON, documented by OpenAPI) and the pages ([`web`], HTML), and [`server::serve`]
+//! runs it. `api` and `web` both build on `state`, `ops` (the operations both offer) and
+//! `render` (the JSON shapes), never on each other. See docs/ARCHITECTURE.md.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod config;
+mod daemons;
+pub mod ops;
+mod progress;
+pub mod render;
+pub mod server;
+pub mod state;
+mod tokens;
+pub mod web;
