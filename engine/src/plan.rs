@@ -229,220 +229,257 @@ pub struct Plan {
 
 /// Decides what changes in `run` now.
 pub fn plan(dag: &Dag, run: &RunSnapshot, secrets: &Secrets, now: DateTime<Utc>) -> Plan {
-    let mut out = Plan::default();
     if run.state != RunState::Running {
-        return out;
+        return Plan::default();
     }
-    // Working copy of states: a decision made for one task is seen by its downstream tasks in
-    // the same call, so an upstream failure cascades through the whole DAG at once.
-    let mut states: HashMap<&str, Vec<(i64, TaskState)>> = HashMap::new();
-    // Counted instances never change in a plan: they are neither scheduled nor up for retry.
-    let mut counted: HashMap<&str, Vec<(TaskState, usize)>> = HashMap::new();
-    for (task_id, state, n) in &run.counts {
-        counted
-            .entry(task_id.as_str())
-            .or_default()
-            .push((*state, *n));
+    Planner {
+        dag,
+        run,
+        secrets,
+        now,
+        out: Plan::default(),
     }
-    let mut by_key: HashMap<(&str, i64), &TiSnapshot> = HashMap::new();
-    for ti in &run.tis {
-        states
-            .entry(ti.task_id.as_str())
-            .or_default()
-            .push((ti.map_index, ti.state));
-        by_key.insert((ti.task_id.as_str(), ti.map_index), ti);
-    }
-
-    for task in &dag.tasks {
-        let mine = states.get(task.id.as_str()).cloned().unwrap_or_default();
-        let mut upstream = Upstream::default();
-        for d in &task.depends_on {
-            for (_, s) in states.get(d.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
-                upstream.add(*s, 1);
-            }
-            for (s, n) in counted.get(d.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
-                upstream.add(*s, *n);
-            }
-        }
-        let mut updated = Vec::with_capacity(mine.len());
-        for (map_index, state) in mine {
-            let ti = by_key[&(task.id.as_str(), map_index)];
-            let replacement = match state {
-                TaskState::Scheduled => {
-                    decide_scheduled(dag, task, ti, run, upstream, secrets, now, &mut out)
-                }
-                TaskState::UpForRetry => match ti.next_try_at {
-                    Some(at) if at > now => {
-                        out.wake_at = Some(out.wake_at.map_or(at, |w| w.min(at)));
-                        None
-                    }
-                    _ => {
-                        out.decisions.push(Decision::Queue {
-                            task_id: task.id.clone(),
-                            map_index,
-                        });
-                        Some(vec![(map_index, TaskState::Queued)])
-                    }
-                },
-                _ => None,
-            };
-            updated.extend(replacement.unwrap_or_else(|| vec![(map_index, state)]));
-        }
-        states.insert(task.id.as_str(), updated);
-    }
-
-    let all: Vec<TaskState> = states
-        .values()
-        .flatten()
-        .map(|(_, s)| *s)
-        .chain(
-            counted
-                .values()
-                .flatten()
-                .filter(|(_, n)| *n > 0)
-                .map(|(s, _)| *s),
-        )
-        .collect();
-    if !all.is_empty() && all.iter().all(|s| s.is_terminal()) {
-        let failed = all.iter().any(|s| s.is_failure());
-        out.decisions.push(Decision::FinishRun(if failed {
-            RunState::Failed
-        } else {
-            RunState::Success
-        }));
-    }
-    out
+    .plan()
 }
 
-/// A `scheduled` instance: wait (None), or move on. Returns the instances that replace it in the
-/// working copy: itself in its new state, or the mapped instances it expands into.
-#[allow(clippy::too_many_arguments)]
-fn decide_scheduled(
-    dag: &Dag,
-    task: &Task,
-    ti: &TiSnapshot,
-    run: &RunSnapshot,
-    upstream: Upstream,
-    secrets: &Secrets,
+/// (map index, state) of a task's instances in the planner's working copy.
+type Instances = Vec<(i64, TaskState)>;
+
+/// One planning call: its inputs, and the decisions made so far.
+struct Planner<'a> {
+    dag: &'a Dag,
+    run: &'a RunSnapshot,
+    secrets: &'a Secrets,
     now: DateTime<Utc>,
-    out: &mut Plan,
-) -> Option<Vec<(i64, TaskState)>> {
-    let id = || task.id.clone();
-    let map_index = ti.map_index;
-    match evaluate(task.trigger_rule, upstream) {
-        Readiness::Wait => None,
-        Readiness::Skip => {
-            out.decisions.push(Decision::Skip {
-                task_id: id(),
-                map_index,
-            });
-            Some(vec![(map_index, TaskState::Skipped)])
+    out: Plan,
+}
+
+impl<'a> Planner<'a> {
+    fn plan(mut self) -> Plan {
+        // Working copy of states: a decision made for one task is seen by its downstream tasks
+        // in the same call, so an upstream failure cascades through the whole DAG at once.
+        let mut states: HashMap<&str, Instances> = HashMap::new();
+        // Counted instances never change in a plan: they are neither scheduled nor up for retry.
+        let mut counted: HashMap<&str, Vec<(TaskState, usize)>> = HashMap::new();
+        for (task_id, state, n) in &self.run.counts {
+            counted
+                .entry(task_id.as_str())
+                .or_default()
+                .push((*state, *n));
         }
-        Readiness::UpstreamFailed => {
-            out.decisions.push(Decision::UpstreamFailed {
-                task_id: id(),
-                map_index,
-            });
-            Some(vec![(map_index, TaskState::UpstreamFailed)])
+        let mut by_key: HashMap<(&str, i64), &TiSnapshot> = HashMap::new();
+        for ti in &self.run.tis {
+            states
+                .entry(ti.task_id.as_str())
+                .or_default()
+                .push((ti.map_index, ti.state));
+            by_key.insert((ti.task_id.as_str(), ti.map_index), ti);
         }
-        Readiness::Run => {
-            let fail = |message: String, out: &mut Plan| {
-                let outcome =
-                    after_failure(&task.retry, ti.try_number + 1 - ti.try_base, true, now);
-                if let Some(at) = outcome.retry_at() {
-                    out.wake_at = Some(out.wake_at.map_or(at, |w| w.min(at)));
+        for task in &self.dag.tasks {
+            let mut upstream = Upstream::default();
+            for d in &task.depends_on {
+                for (_, s) in states.get(d.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+                    upstream.add(*s, 1);
                 }
-                out.decisions.push(Decision::FailTry {
+                for (s, n) in counted.get(d.as_str()).map(Vec::as_slice).unwrap_or(&[]) {
+                    upstream.add(*s, *n);
+                }
+            }
+            let mine = states.get(task.id.as_str()).cloned().unwrap_or_default();
+            let mut updated = Vec::with_capacity(mine.len());
+            for (map_index, state) in mine {
+                let ti = by_key[&(task.id.as_str(), map_index)];
+                let replacement = self.decide(task, ti, state, upstream);
+                updated.extend(replacement.unwrap_or_else(|| vec![(map_index, state)]));
+            }
+            states.insert(task.id.as_str(), updated);
+        }
+        self.finish_run(&states, &counted);
+        self.out
+    }
+
+    /// One instance: None when it stays as it is, else what replaces it in the working copy.
+    fn decide(
+        &mut self,
+        task: &Task,
+        ti: &TiSnapshot,
+        state: TaskState,
+        upstream: Upstream,
+    ) -> Option<Instances> {
+        match state {
+            TaskState::Scheduled => self.decide_scheduled(task, ti, upstream),
+            TaskState::UpForRetry => match ti.next_try_at {
+                Some(at) if at > self.now => {
+                    self.wake(at);
+                    None
+                }
+                _ => Some(self.queue(task, ti.map_index)),
+            },
+            _ => None,
+        }
+    }
+
+    /// The run ends when every instance is final: failed if any failed.
+    fn finish_run(
+        &mut self,
+        states: &HashMap<&str, Instances>,
+        counted: &HashMap<&str, Vec<(TaskState, usize)>>,
+    ) {
+        let all: Vec<TaskState> = states
+            .values()
+            .flatten()
+            .map(|(_, s)| *s)
+            .chain(
+                counted
+                    .values()
+                    .flatten()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(s, _)| *s),
+            )
+            .collect();
+        if !all.is_empty() && all.iter().all(|s| s.is_terminal()) {
+            let failed = all.iter().any(|s| s.is_failure());
+            self.out.decisions.push(Decision::FinishRun(if failed {
+                RunState::Failed
+            } else {
+                RunState::Success
+            }));
+        }
+    }
+
+    fn wake(&mut self, at: DateTime<Utc>) {
+        self.out.wake_at = Some(self.out.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    fn queue(&mut self, task: &Task, map_index: i64) -> Instances {
+        self.out.decisions.push(Decision::Queue {
+            task_id: task.id.clone(),
+            map_index,
+        });
+        vec![(map_index, TaskState::Queued)]
+    }
+
+    fn skip(&mut self, task: &Task, map_index: i64) -> Instances {
+        self.out.decisions.push(Decision::Skip {
+            task_id: task.id.clone(),
+            map_index,
+        });
+        vec![(map_index, TaskState::Skipped)]
+    }
+
+    /// A try that fails before it starts (its `when` or `for_each` cannot be used); it counts
+    /// as a try, retried per the task's policy.
+    fn fail(&mut self, task: &Task, ti: &TiSnapshot, message: String) -> Instances {
+        let outcome = after_failure(&task.retry, ti.try_number + 1 - ti.try_base, true, self.now);
+        if let Some(at) = outcome.retry_at() {
+            self.wake(at);
+        }
+        self.out.decisions.push(Decision::FailTry {
+            task_id: task.id.clone(),
+            map_index: ti.map_index,
+            message,
+            outcome,
+        });
+        vec![(ti.map_index, outcome.state())]
+    }
+
+    /// A `scheduled` instance: wait (None), or move on. Returns the instances that replace it in
+    /// the working copy: itself in its new state, or the mapped instances it expands into.
+    fn decide_scheduled(
+        &mut self,
+        task: &Task,
+        ti: &TiSnapshot,
+        upstream: Upstream,
+    ) -> Option<Instances> {
+        let map_index = ti.map_index;
+        match evaluate(task.trigger_rule, upstream) {
+            Readiness::Wait => None,
+            Readiness::Skip => Some(self.skip(task, map_index)),
+            Readiness::UpstreamFailed => {
+                self.out.decisions.push(Decision::UpstreamFailed {
                     task_id: task.id.clone(),
                     map_index,
-                    message,
-                    outcome,
                 });
-                Some(vec![(map_index, outcome.state())])
-            };
-            let ancestors = dag.ancestors(&task.id);
-            let ctx = || {
-                run.context(ancestors.iter().copied()).to_value(
-                    &TaskPart {
-                        task_id: &task.id,
-                        try_number: ti.try_number + 1,
-                        item: None,
-                        map_index: None,
-                    },
-                    secrets,
-                )
-            };
-            // Expanded instances passed `when` before they were created.
-            if map_index == UNMAPPED
-                && let Some(when) = &task.when
-            {
-                match template::render(when, &ctx()) {
-                    Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-                        "true" => {}
-                        "false" => {
-                            out.decisions.push(Decision::Skip {
-                                task_id: id(),
-                                map_index,
-                            });
-                            return Some(vec![(map_index, TaskState::Skipped)]);
-                        }
-                        other => {
-                            return fail(
-                                format!("'when' rendered to '{other}', expected true or false"),
-                                out,
-                            );
-                        }
-                    },
-                    Err(e) => return fail(format!("'when' did not render: {e}"), out),
-                }
+                Some(vec![(map_index, TaskState::UpstreamFailed)])
             }
-            if map_index == UNMAPPED
-                && let Some(for_each) = &task.for_each
-            {
-                let items = match for_each {
-                    ForEach::Items(items) => Ok(items.clone()),
-                    ForEach::Template(src) => template::render(src, &ctx())
-                        .map_err(|e| format!("'for_each' did not render: {e}"))
-                        .and_then(|text| match serde_json::from_str::<Json>(&text) {
-                            Ok(Json::Array(items)) => Ok(items),
-                            _ => Err(format!(
-                                "'for_each' must render to a JSON list, got '{}'",
-                                text.chars().take(200).collect::<String>()
-                            )),
-                        }),
-                };
-                return match items {
-                    Ok(items) if items.len() > MAX_MAP_ITEMS => fail(
-                        format!(
-                            "'for_each' has {} items; the limit is {MAX_MAP_ITEMS}",
-                            items.len()
-                        ),
-                        out,
-                    ),
-                    Ok(items) => {
-                        // Mapping over nothing skips the task, as in Airflow.
-                        let replacement = if items.is_empty() {
-                            vec![(UNMAPPED, TaskState::Skipped)]
-                        } else {
-                            (0..items.len() as i64)
-                                .map(|i| (i, TaskState::Queued))
-                                .collect()
-                        };
-                        out.decisions.push(Decision::Expand {
-                            task_id: id(),
-                            items,
-                        });
-                        Some(replacement)
-                    }
-                    Err(msg) => fail(msg, out),
-                };
-            }
-            out.decisions.push(Decision::Queue {
-                task_id: id(),
-                map_index,
-            });
-            Some(vec![(map_index, TaskState::Queued)])
+            // Expanded instances passed `when` and were mapped before they were created.
+            Readiness::Run if map_index != UNMAPPED => Some(self.queue(task, map_index)),
+            Readiness::Run => Some(self.ready(task, ti)),
         }
+    }
+
+    /// An unmapped instance whose upstreams allow it to run: its `when` decides whether it
+    /// runs, its `for_each` whether it runs as mapped instances.
+    fn ready(&mut self, task: &Task, ti: &TiSnapshot) -> Instances {
+        let ancestors = self.dag.ancestors(&task.id);
+        let ctx = || {
+            self.run.context(ancestors.iter().copied()).to_value(
+                &TaskPart {
+                    task_id: &task.id,
+                    try_number: ti.try_number + 1,
+                    item: None,
+                    map_index: None,
+                },
+                self.secrets,
+            )
+        };
+        if let Some(when) = &task.when {
+            match template::render(when, &ctx()) {
+                Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                    "true" => {}
+                    "false" => return self.skip(task, ti.map_index),
+                    other => {
+                        let msg = format!("'when' rendered to '{other}', expected true or false");
+                        return self.fail(task, ti, msg);
+                    }
+                },
+                Err(e) => return self.fail(task, ti, format!("'when' did not render: {e}")),
+            }
+        }
+        let Some(for_each) = &task.for_each else {
+            return self.queue(task, ti.map_index);
+        };
+        let items = match for_each {
+            ForEach::Items(items) => Ok(items.clone()),
+            ForEach::Template(src) => rendered_items(src, &ctx()),
+        };
+        match items {
+            Ok(items) if items.len() > MAX_MAP_ITEMS => {
+                let msg = format!(
+                    "'for_each' has {} items; the limit is {MAX_MAP_ITEMS}",
+                    items.len()
+                );
+                self.fail(task, ti, msg)
+            }
+            Ok(items) => {
+                // Mapping over nothing skips the task, as in Airflow.
+                let replacement = if items.is_empty() {
+                    vec![(UNMAPPED, TaskState::Skipped)]
+                } else {
+                    (0..items.len() as i64)
+                        .map(|i| (i, TaskState::Queued))
+                        .collect()
+                };
+                self.out.decisions.push(Decision::Expand {
+                    task_id: task.id.clone(),
+                    items,
+                });
+                replacement
+            }
+            Err(msg) => self.fail(task, ti, msg),
+        }
+    }
+}
+
+/// The items of a templated `for_each`: it must render to a JSON list.
+fn rendered_items(src: &str, ctx: &minijinja::Value) -> Result<Vec<Json>, String> {
+    let text = template::render(src, ctx).map_err(|e| format!("'for_each' did not render: {e}"))?;
+    match serde_json::from_str::<Json>(&text) {
+        Ok(Json::Array(items)) => Ok(items),
+        _ => Err(format!(
+            "'for_each' must render to a JSON list, got '{}'",
+            text.chars().take(200).collect::<String>()
+        )),
     }
 }
 

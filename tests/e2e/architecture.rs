@@ -373,10 +373,7 @@ fn walk(name: &'static str, src_dir: &str) -> Crate {
 }
 
 fn crates() -> Vec<Crate> {
-    CRATES
-        .iter()
-        .map(|(name, src)| walk(name, src))
-        .collect()
+    CRATES.iter().map(|(name, src)| walk(name, src)).collect()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! serde, because serde stops at the first error and loses positions for semantic checks; the
 //! contract asks for every problem, each at its line and column.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +13,16 @@ use chrono_tz::Tz;
 use serde_json::Value as Json;
 
 use super::{
-    Backoff, DEFAULT_MAX_ACTIVE_RUNS, DEFAULT_POOL, Dag, ForEach, Notification, Param, ParamType,
-    Problem, RetryPolicy, Task, TriggerRule,
+    Backoff, DEFAULT_MAX_ACTIVE_RUNS, DEFAULT_POOL, Dag, Notification, Param, ParamType, Problem,
+    RetryPolicy, Task, TriggerRule,
 };
 use crate::operator::Catalog;
 use crate::schedule::{Schedule, parse_date, parse_duration};
 use crate::template;
 use crate::yaml::{self, Key, Limits, Node, Pos, Value};
+
+mod checks;
+mod tasks;
 
 const DAG_KEYS: &[&str] = &[
     "id",
@@ -93,6 +96,23 @@ pub fn parse_dag(
             Err(cx.problems)
         }
     }
+}
+
+/// The `schedule` key: the parsed schedule and its text as written.
+struct ScheduleKey {
+    schedule: Option<Schedule>,
+    text: Option<String>,
+}
+
+struct Dates {
+    start: Option<chrono::DateTime<chrono::Utc>>,
+    end: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+struct DagTasks {
+    tasks: Vec<Task>,
+    /// False when the tasks form a cycle: `tasks` is then in file order.
+    ordered: bool,
 }
 
 struct Cx {
@@ -252,89 +272,12 @@ impl Cx {
         let entries = self.map(root, "a DAG file")?;
         self.unknown_keys(entries, &[DAG_KEYS], "the DAG");
         let get = |k: &str| root.get(k);
-
-        let id = match get("id") {
-            None => {
-                self.problem(root.pos, "missing required key 'id'");
-                None
-            }
-            Some(n) => self.string(n, "id").and_then(|s| {
-                if is_id(&s) {
-                    Some(s)
-                } else {
-                    self.problem(
-                        n.pos,
-                        format!("DAG id '{s}' may only hold lowercase letters, digits and '_'"),
-                    );
-                    None
-                }
-            }),
-        };
+        let id = self.dag_id(root);
         let description = get("description").and_then(|n| self.string(n, "description"));
-
-        let timezone = match get("timezone") {
-            None => Some(Tz::UTC),
-            Some(n) => self.string(n, "timezone").and_then(|s| match s.parse::<Tz>() {
-                Ok(tz) => Some(tz),
-                Err(_) => {
-                    let hint = did_you_mean(&s, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
-                    self.problem(
-                        n.pos,
-                        format!("unknown timezone '{s}'{hint}: use an IANA name such as Europe/Amsterdam"),
-                    );
-                    None
-                }
-            }),
-        };
+        let timezone = self.timezone(root);
         let tz = timezone.unwrap_or(Tz::UTC);
-
-        let (schedule, schedule_text) = match get("schedule") {
-            None => (None, None),
-            Some(n) if matches!(n.value, Value::Null) => (None, None),
-            Some(n) => match self.string(n, "schedule") {
-                Some(s) => match Schedule::parse(&s) {
-                    Ok(sch) => (Some(sch), Some(s)),
-                    Err(e) => {
-                        self.problem(n.pos, e.to_string());
-                        (None, None)
-                    }
-                },
-                None => (None, None),
-            },
-        };
-
-        let date = |cx: &mut Self, key: &str| -> Option<chrono::DateTime<chrono::Utc>> {
-            let n = get(key)?;
-            let text = match &n.value {
-                Value::Str(s) => s.clone(),
-                _ => {
-                    cx.problem(
-                        n.pos,
-                        format!("'{key}' must be a date (2026-01-01) or an RFC 3339 timestamp, found {}", describe_value(n)),
-                    );
-                    return None;
-                }
-            };
-            match parse_date(&text, tz) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    cx.problem(n.pos, e);
-                    None
-                }
-            }
-        };
-        let start_date = date(self, "start_date");
-        let end_date = date(self, "end_date");
-        if schedule_text.is_some() && get("start_date").is_none() {
-            let pos = get("schedule").map(|n| n.pos).unwrap_or(root.pos);
-            self.problem(pos, "a DAG with a schedule needs a 'start_date'");
-        }
-        if let (Some(s), Some(e), Some(n)) = (start_date, end_date, get("end_date"))
-            && e < s
-        {
-            self.problem(n.pos, "'end_date' is before 'start_date'");
-        }
-
+        let schedule = self.schedule(root);
+        let dates = self.dates(root, tz, schedule.text.is_some());
         let catchup = get("catchup")
             .and_then(|n| self.boolean(n, "catchup"))
             .unwrap_or(false);
@@ -356,45 +299,19 @@ impl Cx {
         let params = get("params").map(|n| self.params(n)).unwrap_or_default();
         let on_failure = get("on_failure").and_then(|n| self.notification(n, "on_failure"));
         let on_success = get("on_success").and_then(|n| self.notification(n, "on_success"));
-
-        let defaults = match get("defaults") {
-            Some(n) => {
-                if let Some(entries) = self.map(n, "'defaults'") {
-                    self.unknown_keys(entries, &[POLICY_KEYS], "'defaults'");
-                }
-                self.policy(n, &Policy::default())
-            }
-            None => Policy::default(),
-        };
-
-        let tasks = match get("tasks") {
-            None => {
-                self.problem(root.pos, "missing required key 'tasks'");
-                Vec::new()
-            }
-            Some(n) => self.tasks(n, catalog, &defaults),
-        };
-        let tasks_pos: HashMap<String, Pos> = match get("tasks").map(|n| &n.value) {
-            Some(Value::Map(entries)) => entries
-                .iter()
-                .map(|(k, _)| (k.name.clone(), k.pos))
-                .collect(),
-            _ => HashMap::new(),
-        };
-        // Kept so that templates are still checked when the tasks form a cycle.
-        let unordered: Vec<Task> = tasks.iter().map(|(t, _)| t.clone()).collect();
-        let ordered = self.order(tasks, &tasks_pos);
+        let defaults = self.defaults(root);
+        let tasks = self.dag_tasks(root, catalog, &defaults);
         // A missing id or a cycle must not hide the problems in templates.
-        let complete = id.is_some() && ordered.is_some();
+        let complete = id.is_some() && tasks.ordered;
         let mut dag = Dag {
             id: id.unwrap_or_default(),
             id_pos: get("id").map(|n| n.pos).unwrap_or_default(),
             description,
-            schedule,
-            schedule_text,
+            schedule: schedule.schedule,
+            schedule_text: schedule.text,
             timezone: tz,
-            start_date,
-            end_date,
+            start_date: dates.start,
+            end_date: dates.end,
             catchup,
             max_active_runs,
             paused,
@@ -403,7 +320,7 @@ impl Cx {
             on_failure,
             on_success,
             index: HashMap::new(),
-            tasks: ordered.unwrap_or(unordered),
+            tasks: tasks.tasks,
             path: path.to_path_buf(),
             version: version_of(source),
             source: Arc::from(source),
@@ -417,6 +334,148 @@ impl Cx {
         self.check_templates(&dag, root, catalog);
         timezone?;
         complete.then_some(dag)
+    }
+
+    fn dag_id(&mut self, root: &Node) -> Option<String> {
+        let Some(n) = root.get("id") else {
+            self.problem(root.pos, "missing required key 'id'");
+            return None;
+        };
+        let s = self.string(n, "id")?;
+        if is_id(&s) {
+            return Some(s);
+        }
+        self.problem(
+            n.pos,
+            format!("DAG id '{s}' may only hold lowercase letters, digits and '_'"),
+        );
+        None
+    }
+
+    /// The DAG's timezone (UTC when absent); None after a problem.
+    fn timezone(&mut self, root: &Node) -> Option<Tz> {
+        let Some(n) = root.get("timezone") else {
+            return Some(Tz::UTC);
+        };
+        let s = self.string(n, "timezone")?;
+        match s.parse::<Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                let hint = did_you_mean(&s, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+                self.problem(
+                    n.pos,
+                    format!(
+                        "unknown timezone '{s}'{hint}: use an IANA name such as Europe/Amsterdam"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn schedule(&mut self, root: &Node) -> ScheduleKey {
+        let none = ScheduleKey {
+            schedule: None,
+            text: None,
+        };
+        let Some(n) = root.get("schedule") else {
+            return none;
+        };
+        if matches!(n.value, Value::Null) {
+            return none;
+        }
+        let Some(s) = self.string(n, "schedule") else {
+            return none;
+        };
+        match Schedule::parse(&s) {
+            Ok(sch) => ScheduleKey {
+                schedule: Some(sch),
+                text: Some(s),
+            },
+            Err(e) => {
+                self.problem(n.pos, e.to_string());
+                none
+            }
+        }
+    }
+
+    /// `start_date` and `end_date`, read in the DAG's timezone and checked against each other
+    /// and the schedule.
+    fn dates(&mut self, root: &Node, tz: Tz, scheduled: bool) -> Dates {
+        let start = self.date(root, "start_date", tz);
+        let end = self.date(root, "end_date", tz);
+        if scheduled && root.get("start_date").is_none() {
+            let pos = root.get("schedule").map(|n| n.pos).unwrap_or(root.pos);
+            self.problem(pos, "a DAG with a schedule needs a 'start_date'");
+        }
+        if let (Some(s), Some(e), Some(n)) = (start, end, root.get("end_date"))
+            && e < s
+        {
+            self.problem(n.pos, "'end_date' is before 'start_date'");
+        }
+        Dates { start, end }
+    }
+
+    fn date(&mut self, root: &Node, key: &str, tz: Tz) -> Option<chrono::DateTime<chrono::Utc>> {
+        let n = root.get(key)?;
+        let Value::Str(text) = &n.value else {
+            self.problem(
+                n.pos,
+                format!(
+                    "'{key}' must be a date (2026-01-01) or an RFC 3339 timestamp, found {}",
+                    describe_value(n)
+                ),
+            );
+            return None;
+        };
+        match parse_date(text, tz) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(n.pos, e);
+                None
+            }
+        }
+    }
+
+    /// The policy every task starts from.
+    fn defaults(&mut self, root: &Node) -> Policy {
+        let Some(n) = root.get("defaults") else {
+            return Policy::default();
+        };
+        if let Some(entries) = self.map(n, "'defaults'") {
+            self.unknown_keys(entries, &[POLICY_KEYS], "'defaults'");
+        }
+        self.policy(n, &Policy::default())
+    }
+
+    /// The tasks in dependency order, or as written when they form a cycle (so that their
+    /// templates are still checked).
+    fn dag_tasks(&mut self, root: &Node, catalog: &dyn Catalog, defaults: &Policy) -> DagTasks {
+        let tasks = match root.get("tasks") {
+            None => {
+                self.problem(root.pos, "missing required key 'tasks'");
+                Vec::new()
+            }
+            Some(n) => self.tasks(n, catalog, defaults),
+        };
+        let tasks_pos: HashMap<String, Pos> = match root.get("tasks").map(|n| &n.value) {
+            Some(Value::Map(entries)) => entries
+                .iter()
+                .map(|(k, _)| (k.name.clone(), k.pos))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        let unordered: Vec<Task> = tasks.iter().map(|(t, _)| t.clone()).collect();
+        match self.order(tasks, &tasks_pos) {
+            Some(tasks) => DagTasks {
+                tasks,
+                ordered: true,
+            },
+            None => DagTasks {
+                tasks: unordered,
+                ordered: false,
+            },
+        }
     }
 
     fn notification(&mut self, node: &Node, key: &str) -> Option<Notification> {
@@ -608,382 +667,6 @@ impl Cx {
                 }
             }
             _ => {}
-        }
-    }
-
-    fn tasks(&mut self, node: &Node, catalog: &dyn Catalog, defaults: &Policy) -> Vec<(Task, Pos)> {
-        let Some(entries) = self.map(node, "'tasks'") else {
-            return Vec::new();
-        };
-        if entries.is_empty() {
-            self.problem(node.pos, "'tasks' is empty: a DAG needs at least one task");
-        }
-        let mut out = Vec::new();
-        for (k, n) in entries {
-            if !is_id(&k.name) {
-                self.problem(
-                    k.pos,
-                    format!(
-                        "task id '{}' may only hold lowercase letters, digits and '_'",
-                        k.name
-                    ),
-                );
-            }
-            let Some(fields) = self.map(n, &format!("task '{}'", k.name)) else {
-                continue;
-            };
-            let operator = match n.get("operator") {
-                None => {
-                    self.problem(
-                        k.pos,
-                        format!("task '{}' is missing required key 'operator'", k.name),
-                    );
-                    None
-                }
-                Some(o) => self.string(o, "operator").and_then(|name| {
-                    if catalog.keys(&name).is_some() {
-                        Some(name)
-                    } else {
-                        let hint = did_you_mean(&name, catalog.names());
-                        self.problem(o.pos, format!("unknown operator '{name}'{hint}"));
-                        None
-                    }
-                }),
-            };
-            let op_keys = operator.as_deref().and_then(|o| catalog.keys(o));
-            let mut config = serde_json::Map::new();
-            if let Some(keys) = &op_keys {
-                self.unknown_keys(
-                    fields,
-                    &[TASK_KEYS, POLICY_KEYS, keys.required, keys.optional],
-                    &format!("task '{}'", k.name),
-                );
-                for req in keys.required {
-                    if n.get(req).is_none() {
-                        self.problem(
-                            k.pos,
-                            format!(
-                                "task '{}' (operator {}) is missing required key '{req}'",
-                                k.name,
-                                operator.as_deref().unwrap_or("")
-                            ),
-                        );
-                    }
-                }
-                for (fk, fv) in fields {
-                    if keys.required.contains(&fk.name.as_str())
-                        || keys.optional.contains(&fk.name.as_str())
-                    {
-                        config.insert(fk.name.clone(), fv.to_json());
-                        self.check_connections(&fk.name, fv);
-                    }
-                }
-            }
-            let policy = self.policy(n, defaults);
-            let depends_on: Vec<(String, Pos)> = n
-                .get("depends_on")
-                .map(|d| self.string_list(d, "depends_on"))
-                .unwrap_or_default();
-            let when = n.get("when").and_then(|w| match &w.value {
-                // `when: false` written plainly is as clear as the template form.
-                Value::Bool(b) => Some(b.to_string()),
-                _ => self.string(w, "when"),
-            });
-            let for_each = n.get("for_each").and_then(|f| match &f.value {
-                Value::Seq(_) => match f.to_json() {
-                    Json::Array(items) => Some(ForEach::Items(items)),
-                    _ => None,
-                },
-                Value::Str(s) => Some(ForEach::Template(s.clone())),
-                _ => {
-                    self.problem(
-                        f.pos,
-                        format!("'for_each' must be a list or a template that renders to a JSON list, found {}", f.type_name()),
-                    );
-                    None
-                }
-            });
-            let mut seen = BTreeSet::new();
-            for (d, pos) in &depends_on {
-                if !seen.insert(d.clone()) {
-                    self.problem(
-                        *pos,
-                        format!("task '{}' lists '{d}' twice in depends_on", k.name),
-                    );
-                }
-                if d == &k.name {
-                    self.problem(*pos, format!("task '{}' depends on itself", k.name));
-                } else if !entries.iter().any(|(other, _)| &other.name == d) {
-                    let hint = did_you_mean(d, entries.iter().map(|(o, _)| o.name.as_str()));
-                    self.problem(
-                        *pos,
-                        format!("task '{}' depends on unknown task '{d}'{hint}", k.name),
-                    );
-                }
-            }
-            let Some(operator) = operator else { continue };
-            out.push((
-                Task {
-                    id: k.name.clone(),
-                    operator,
-                    output_reads: super::OutputReads::of(&config),
-                    secret_reads: super::secret_reads(&config),
-                    config,
-                    depends_on: depends_on.into_iter().map(|(d, _)| d).collect(),
-                    trigger_rule: policy.trigger_rule,
-                    when,
-                    retry: policy.retry,
-                    timeout: policy.timeout,
-                    pool: policy.pool,
-                    priority: policy.priority,
-                    for_each,
-                },
-                k.pos,
-            ));
-        }
-        out
-    }
-
-    /// Orders tasks so that upstreams come first; reports each cycle in full.
-    fn order(
-        &mut self,
-        tasks: Vec<(Task, Pos)>,
-        positions: &HashMap<String, Pos>,
-    ) -> Option<Vec<Task>> {
-        use petgraph::graphmap::DiGraphMap;
-        let ids: Vec<&str> = tasks.iter().map(|(t, _)| t.id.as_str()).collect();
-        let mut g: DiGraphMap<&str, ()> = DiGraphMap::new();
-        for id in &ids {
-            g.add_node(id);
-        }
-        for (t, _) in &tasks {
-            for d in &t.depends_on {
-                if ids.contains(&d.as_str()) {
-                    g.add_edge(d.as_str(), t.id.as_str(), ());
-                }
-            }
-        }
-        match petgraph::algo::toposort(&g, None) {
-            Ok(order) => {
-                let mut by_id: BTreeMap<String, Task> = tasks
-                    .iter()
-                    .map(|(t, _)| (t.id.clone(), t.clone()))
-                    .collect();
-                Some(order.iter().filter_map(|id| by_id.remove(*id)).collect())
-            }
-            Err(_) => {
-                for scc in petgraph::algo::kosaraju_scc(&g) {
-                    if scc.len() < 2 {
-                        continue;
-                    }
-                    let cycle = cycle_path(&g, &scc);
-                    let pos = positions.get(cycle[0]).copied().unwrap_or_default();
-                    self.problem(pos, format!("dependency cycle: {}", cycle.join(" -> ")));
-                }
-                None
-            }
-        }
-    }
-
-    fn check_templates(&mut self, dag: &Dag, root: &Node, catalog: &dyn Catalog) {
-        let Some(tasks_node) = root.get("tasks") else {
-            return;
-        };
-        // Every name the file declares, valid or not: a broken task or param is reported where
-        // it is written, not again as "unknown" wherever it is read.
-        let declared = |node: Option<&Node>| -> BTreeSet<String> {
-            match node.map(|n| &n.value) {
-                Some(Value::Map(entries)) => entries.iter().map(|(k, _)| k.name.clone()).collect(),
-                _ => BTreeSet::new(),
-            }
-        };
-        let params = declared(root.get("params"));
-        let params: BTreeSet<&str> = params.iter().map(String::as_str).collect();
-        let task_ids = declared(Some(tasks_node));
-        let task_ids: BTreeSet<&str> = task_ids.iter().map(String::as_str).collect();
-        for task in &dag.tasks {
-            let Some(tnode) = tasks_node.get(&task.id) else {
-                continue;
-            };
-            let ancestors = dag.ancestors(&task.id);
-            let mapped = task.for_each.is_some();
-            let keys = catalog.keys(&task.operator);
-            let code_keys = keys.map_or(&[][..], |k| k.code);
-            let shell_keys = keys.map_or(&[][..], |k| k.shell);
-            let url_keys = keys.map_or(&[][..], |k| k.url);
-            let program_keys = keys.map_or(&[][..], |k| k.program);
-            // A list of hosts counts only when it is the file's own text, not a template.
-            let hosts_listed = match task.config.get("allowed_hosts") {
-                Some(Json::Array(hosts)) => hosts
-                    .iter()
-                    .all(|h| h.as_str().is_some_and(|h| !template::is_template(h))),
-                _ => false,
-            };
-            let mut strings = Vec::new();
-            if let Value::Map(fields) = &tnode.value {
-                for (k, v) in fields {
-                    let is_config = task.config.contains_key(&k.name);
-                    if is_config || k.name == "when" || k.name == "for_each" {
-                        collect_strings(v, &k.name, &mut strings);
-                    }
-                }
-            }
-            for (key, text, pos) in strings {
-                if !template::is_template(&text) {
-                    continue;
-                }
-                let refs = match template::references(&text) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.problem(
-                            pos,
-                            format!("template error in '{key}' of task '{}': {e}", task.id),
-                        );
-                        continue;
-                    }
-                };
-                let item_allowed = mapped && key != "for_each" && key != "when";
-                let top = key.split(['.', '[']).next().unwrap_or_default();
-                let before = self.problems.len();
-                if code_keys.contains(&top) {
-                    for r in &refs {
-                        if let Some(msg) = spliced_into_code(r) {
-                            self.problem(pos, format!("in '{key}' of task '{}': {msg}", task.id));
-                        }
-                    }
-                }
-                for r in &refs {
-                    if let Some(msg) =
-                        check_reference(r, &task_ids, &task.id, &params, &ancestors, item_allowed)
-                    {
-                        self.problem(pos, format!("in '{key}' of task '{}': {msg}", task.id));
-                    }
-                }
-                // A name already reported (unknown param, task not upstream) is not reported
-                // again as unquoted.
-                if shell_keys.contains(&top) && self.problems.len() == before {
-                    for msg in super::quoting::problems(dag, task, &key, &text) {
-                        self.problem(pos, msg);
-                    }
-                }
-                if program_keys.contains(&top) && self.problems.len() == before {
-                    for msg in super::quoting::program_problems(dag, task, &key, &refs) {
-                        self.problem(pos, msg);
-                    }
-                }
-                if url_keys.contains(&top) && !hosts_listed && self.problems.len() == before {
-                    for msg in super::quoting::url_problems(dag, task, &key, &text) {
-                        self.problem(pos, msg);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Why a name may not be spliced into a code key (see [`crate::operator::OperatorKeys::code`]), if it may not.
-fn spliced_into_code(r: &str) -> Option<String> {
-    let head = r.split('.').next().unwrap_or_default();
-    let bind_name = match head {
-        "params" | "tasks" => r.rsplit('.').next().unwrap_or(head),
-        "item" | "map_index" => head,
-        _ => return None,
-    };
-    Some(format!(
-        "'{r}' would be spliced into the query's text; bind it as a parameter instead: \
-         `bind: {{ {bind_name}: \"{{{{ {r} }}}}\" }}` and write ${bind_name} in the query"
-    ))
-}
-
-/// Why a name a template reads cannot be there, if it cannot.
-fn check_reference(
-    r: &str,
-    task_ids: &BTreeSet<&str>,
-    task_id: &str,
-    params: &BTreeSet<&str>,
-    ancestors: &BTreeSet<&str>,
-    item_allowed: bool,
-) -> Option<String> {
-    let mut parts = r.split('.');
-    let head = parts.next().unwrap_or_default();
-    match head {
-        "params" => {
-            let name = parts.next()?;
-            (!params.contains(name)).then(|| {
-                let hint = did_you_mean(name, params.iter().copied());
-                format!("unknown param '{name}'{hint}")
-            })
-        }
-        "tasks" => {
-            let other = parts.next()?;
-            if !task_ids.contains(other) {
-                let hint = did_you_mean(other, task_ids.iter().copied());
-                return Some(format!("unknown task '{other}'{hint}"));
-            }
-            if !ancestors.contains(other) {
-                return Some(format!(
-                    "reads the output of task '{other}', which is not upstream of '{task_id}' (add it to depends_on)"
-                ));
-            }
-            match parts.next() {
-                None | Some("output") => None,
-                Some(attr) => Some(format!(
-                    "'tasks.{other}.{attr}': a task exposes only 'output'"
-                )),
-            }
-        }
-        "item" | "map_index" if !item_allowed => Some(format!(
-            "'{head}' is only defined in the keys of a task with 'for_each'"
-        )),
-        _ if template::CONTEXT_NAMES.contains(&head) || template::is_builtin(head) => None,
-        // Names bound inside the template (loop variables, `set`) are not reported by minijinja,
-        // so anything else is truly unknown.
-        _ => {
-            let hint = did_you_mean(head, template::CONTEXT_NAMES.iter().copied());
-            Some(format!("unknown name '{head}'{hint}"))
-        }
-    }
-}
-
-fn collect_strings(node: &Node, key: &str, out: &mut Vec<(String, String, Pos)>) {
-    match &node.value {
-        Value::Str(s) => out.push((key.to_string(), s.clone(), node.pos)),
-        Value::Seq(items) => items.iter().for_each(|n| collect_strings(n, key, out)),
-        Value::Map(entries) => entries
-            .iter()
-            .for_each(|(_, n)| collect_strings(n, key, out)),
-        _ => {}
-    }
-}
-
-fn cycle_path<'a>(
-    g: &petgraph::graphmap::DiGraphMap<&'a str, ()>,
-    scc: &[&'a str],
-) -> Vec<&'a str> {
-    // Walk from the alphabetically first member along edges that stay inside the component;
-    // every node in a strongly connected component lies on a cycle, so the walk closes.
-    let members: BTreeSet<&str> = scc.iter().copied().collect();
-    let start = *members.iter().next().unwrap_or(&scc[0]);
-    let mut path = vec![start];
-    let mut seen: BTreeSet<&str> = BTreeSet::from([start]);
-    let mut cur = start;
-    loop {
-        let mut next: Vec<&str> = g.neighbors(cur).filter(|n| members.contains(n)).collect();
-        next.sort();
-        if next.contains(&start) && path.len() > 1 {
-            path.push(start);
-            return path;
-        }
-        match next.into_iter().find(|n| !seen.contains(n)) {
-            Some(n) => {
-                seen.insert(n);
-                path.push(n);
-                cur = n;
-            }
-            None => {
-                path.push(start);
-                return path;
-            }
         }
     }
 }

@@ -120,6 +120,12 @@ pub async fn run_try(
     finish(env, claim, Some(task), handover, outcome).await
 }
 
+/// An operator ready to run: its keys rendered for this try.
+struct Prepared {
+    op: Arc<dyn crate::operator::Operator>,
+    config: Json,
+}
+
 async fn execute(
     env: &TryEnv,
     claim: &Claim,
@@ -128,51 +134,9 @@ async fn execute(
     run: &RunRow,
     log: &LogSink,
 ) -> Outcome {
-    let Some(op) = env.registry.get(&task.operator).cloned() else {
-        return Outcome::Failed {
-            message: format!("unknown operator '{}'", task.operator),
-            retryable: false,
-        };
-    };
-    if let Some(message) = dag.params_misfit(&run.params) {
-        return Outcome::Failed {
-            message,
-            retryable: false,
-        };
-    }
-    let reads = task.output_reads.among(&dag.ancestors(&task.id));
-    let read_ids: Vec<String> = reads.iter().map(|s| s.to_string()).collect();
-    let outputs = if read_ids.is_empty() {
-        Vec::new()
-    } else {
-        match env.store.outputs(&run.run_id, &read_ids).await {
-            Ok(o) => o,
-            Err(e) => {
-                return Outcome::Failed {
-                    message: format!("cannot read the run's upstream outputs: {e}"),
-                    retryable: true,
-                };
-            }
-        }
-    };
-    let snap = outputs_snapshot(run, outputs);
-    let ctx_value = snap.context(reads.iter().copied()).to_value(
-        &TaskPart {
-            task_id: &task.id,
-            try_number: claim.try_number,
-            item: claim.item.as_ref(),
-            map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
-        },
-        &env.secrets,
-    );
-    let config = match template::render_task_config(&task.config, &ctx_value, op.keys().shell) {
-        Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed {
-                message: format!("template error: {e}"),
-                retryable: false,
-            };
-        }
+    let Prepared { op, config } = match prepare(env, claim, dag, task, run).await {
+        Ok(p) => p,
+        Err(failed) => return failed,
     };
     let output_path = env.home.join("tmp").join(format!(
         "output-{}-{}.json",
@@ -185,8 +149,7 @@ async fn execute(
             retryable: true,
         };
     }
-    let (pid_tx, mut pid_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(u32, tokio::sync::oneshot::Sender<bool>)>();
+    let (pid_tx, pid_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = TaskContext {
         dag_id: dag.id.clone(),
         run_id: run.run_id.clone(),
@@ -213,49 +176,13 @@ async fn execute(
     };
     // The process group is noted before the task's command may start its work, so that a
     // scheduler that finds this try orphaned can always stop it (see `PidJournal`).
-    let recorder = env.recorder.clone();
-    let pids = env.pids.clone();
-    let pid_claim = claim.clone();
-    let pid_writer = tokio::spawn(async move {
-        // The database gets the pid only once the try has run for a second: a short try ends
-        // before anyone could look, and its write would only compete with the ends for
-        // commits. The journal has it from the start.
-        let mut pending: Option<u32> = None;
-        loop {
-            tokio::select! {
-                msg = pid_rx.recv() => {
-                    let Some((pid, reply)) = msg else { break };
-                    let ok = match pids.note(pid, &pid_claim) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!("cannot note pid {pid} in {}: {e}", pids.path.display());
-                            false
-                        }
-                    };
-                    let _ = reply.send(ok);
-                    if ok && let Some(earlier) = pending.replace(pid) {
-                        recorder.write_detached(TryWrite::Pid(pid_claim.clone(), earlier as i64));
-                    }
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)), if pending.is_some() => {
-                    if let Some(pid) = pending.take() {
-                        recorder.write_detached(TryWrite::Pid(pid_claim.clone(), pid as i64));
-                    }
-                }
-            }
-        }
-    });
-    let fut = op.execute(&config, &ctx);
-    let result = match task.timeout.filter(|_| !op.own_timeout()) {
-        Some(limit) => match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(OperatorError::Retryable(format!(
-                "timed out after {}",
-                crate::time::as_written(limit)
-            ))),
-        },
-        None => fut.await,
-    };
+    let pid_writer = pids::spawn_writer(
+        env.pids.clone(),
+        env.recorder.clone(),
+        claim.clone(),
+        pid_rx,
+    );
+    let result = call(op.as_ref(), &config, &ctx, task.timeout).await;
     // Closing the channel ends the writer; aborting it mid-write could cut a statement in half.
     drop(ctx);
     let _ = pid_writer.await;
@@ -275,6 +202,73 @@ async fn execute(
             retryable: false,
         },
         (Ok(out), Ok(file)) => Outcome::Success(out.or(file)),
+    }
+}
+
+/// Finds the operator and renders the task's keys against the run, its params and the
+/// upstream outputs the task reads. A failure here is the try's end.
+async fn prepare(
+    env: &TryEnv,
+    claim: &Claim,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+) -> Result<Prepared, Outcome> {
+    let fatal = |message: String| Outcome::Failed {
+        message,
+        retryable: false,
+    };
+    let Some(op) = env.registry.get(&task.operator).cloned() else {
+        return Err(fatal(format!("unknown operator '{}'", task.operator)));
+    };
+    if let Some(message) = dag.params_misfit(&run.params) {
+        return Err(fatal(message));
+    }
+    let reads = task.output_reads.among(&dag.ancestors(&task.id));
+    let read_ids: Vec<String> = reads.iter().map(|s| s.to_string()).collect();
+    let outputs = if read_ids.is_empty() {
+        Vec::new()
+    } else {
+        env.store
+            .outputs(&run.run_id, &read_ids)
+            .await
+            .map_err(|e| Outcome::Failed {
+                message: format!("cannot read the run's upstream outputs: {e}"),
+                retryable: true,
+            })?
+    };
+    let snap = outputs_snapshot(run, outputs);
+    let ctx_value = snap.context(reads.iter().copied()).to_value(
+        &TaskPart {
+            task_id: &task.id,
+            try_number: claim.try_number,
+            item: claim.item.as_ref(),
+            map_index: (claim.map_index != UNMAPPED).then_some(claim.map_index),
+        },
+        &env.secrets,
+    );
+    let config = template::render_task_config(&task.config, &ctx_value, op.keys().shell)
+        .map_err(|e| fatal(format!("template error: {e}")))?;
+    Ok(Prepared { op, config })
+}
+
+/// Calls the operator, under the task's timeout unless the operator keeps its own.
+async fn call(
+    op: &dyn crate::operator::Operator,
+    config: &Json,
+    ctx: &TaskContext,
+    timeout: Option<Duration>,
+) -> Result<Option<Json>, OperatorError> {
+    let fut = op.execute(config, ctx);
+    match timeout.filter(|_| !op.own_timeout()) {
+        Some(limit) => match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(OperatorError::Retryable(format!(
+                "timed out after {}",
+                crate::time::as_written(limit)
+            ))),
+        },
+        None => fut.await,
     }
 }
 
@@ -329,16 +323,12 @@ async fn read_output(path: &Path) -> Result<Option<Json>, String> {
         .map_err(|e| format!("FLOW_OUTPUT does not hold JSON: {e}"))
 }
 
-async fn finish(
-    env: &TryEnv,
-    claim: &Claim,
-    task: Option<&Task>,
-    handover: Option<Handover>,
-    outcome: Outcome,
-) -> (Option<TaskState>, bool) {
+/// The end a try's outcome records: outputs and errors masked, a failure retried or not per
+/// the task's policy.
+fn try_end(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -> TryEnd {
     let masker = env.secrets.masker();
     let now = now();
-    let end = match outcome {
+    match outcome {
         Outcome::Success(mut output) => {
             if let Some(o) = output.as_mut() {
                 masker.mask_json(o);
@@ -375,8 +365,21 @@ async fn finish(
                 reschedule: false,
             }
         }
-    };
-    let state = end.state;
+    }
+}
+
+/// Records the end, fenced on the lease, handing the slot to the next queued try in the same
+/// transaction when the loop offered it. Returns the state recorded (None when the lease was
+/// lost or the write failed) and whether the slot was handed over.
+async fn finish(
+    env: &TryEnv,
+    claim: &Claim,
+    task: Option<&Task>,
+    handover: Option<Handover>,
+    outcome: Outcome,
+) -> (Option<TaskState>, bool) {
+    let end = try_end(env, claim, task, outcome);
+    let (state, now) = (end.state, end.now);
     env.running.ending(&try_key(claim));
     let handover = handover.filter(|h| !h.stop.is_cancelled()).map(|mut h| {
         h.request.now = now;
@@ -392,13 +395,7 @@ async fn finish(
     let state = match written {
         Ok(true) => Some(state),
         Ok(false) => {
-            tracing::warn!(
-                "try {} of {}/{}[{}] lost its lease; its result is dropped",
-                claim.try_number,
-                claim.run_id,
-                claim.task_id,
-                claim.map_index
-            );
+            tracing::warn!("{} lost its lease; its result is dropped", try_key(claim));
             None
         }
         Err(e) => {

@@ -1,9 +1,12 @@
 //! The pid journal: the process groups a scheduler started, noted before they may do any work.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::running::{RunningTries, TryKey};
-use crate::store::Claim;
+use crate::store::group_commit::Recorder;
+use crate::store::{Claim, TryWrite};
 
 /// Where a scheduler notes each process group it starts, before the command may do any work:
 /// one line `PID RUN TASK MAP_INDEX TRY` per spawn, appended to `$FLOW_HOME/run/pids-OWNER.log`.
@@ -104,6 +107,47 @@ impl PidJournal {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// What an operator sends when it starts a process group: the pid, and where to answer
+/// whether it was noted (an operator does not start work it could not have stopped).
+pub(super) type PidNote = (u32, tokio::sync::oneshot::Sender<bool>);
+
+/// Notes each pid a try's operator sends in the journal at once, and in the database once the
+/// try has run for a second: a short try ends before anyone could look, and its write would only
+/// compete with the ends for commits. Ends when the operator's sender is dropped.
+pub(super) fn spawn_writer(
+    pids: Arc<PidJournal>,
+    recorder: Recorder,
+    claim: Claim,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PidNote>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pending: Option<u32> = None;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some((pid, reply)) = msg else { break };
+                    let ok = match pids.note(pid, &claim) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!("cannot note pid {pid} in {}: {e}", pids.path.display());
+                            false
+                        }
+                    };
+                    let _ = reply.send(ok);
+                    if ok && let Some(earlier) = pending.replace(pid) {
+                        recorder.write_detached(TryWrite::Pid(claim.clone(), earlier as i64));
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)), if pending.is_some() => {
+                    if let Some(pid) = pending.take() {
+                        recorder.write_detached(TryWrite::Pid(claim.clone(), pid as i64));
+                    }
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]
