@@ -155,3 +155,74 @@ pub fn from_record(
     }
     text
 }
+
+/// Raw bytes of a log file, read from an offset (see [`read_chunk`]).
+#[derive(Debug)]
+pub struct Chunk {
+    pub bytes: Vec<u8>,
+    /// The offset after `bytes`.
+    pub next_offset: u64,
+    /// The file's length when it was read.
+    pub len: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("offset {offset} is past the end of the log ({len} bytes so far)")]
+    PastEnd { offset: u64, len: u64 },
+}
+
+/// Reads up to `limit` bytes of the log at `path` from `offset`; None when there is no file
+/// (yet). Unless the try has `ended` and the read reaches the end, the chunk stops after the
+/// last whole line, so that a line still being written is read whole next time; a single line
+/// longer than `limit` comes in pieces rather than never.
+pub async fn read_chunk(
+    path: &Path,
+    offset: u64,
+    limit: u64,
+    ended: bool,
+) -> Result<Option<Chunk>, ReadError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let io = |source: std::io::Error| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().await.map_err(io)?.len();
+    if offset > len {
+        return Err(ReadError::PastEnd { offset, len });
+    }
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(io)?;
+    let want = (len - offset).min(limit);
+    let mut bytes = Vec::with_capacity(want as usize);
+    (&mut file)
+        .take(want)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(io)?;
+    let at_end = offset + bytes.len() as u64 >= len;
+    if !(ended && at_end) {
+        match bytes.iter().rposition(|&b| b == b'\n') {
+            Some(i) => bytes.truncate(i + 1),
+            None if bytes.len() as u64 == limit => {}
+            None => bytes.clear(),
+        }
+    }
+    Ok(Some(Chunk {
+        next_offset: offset + bytes.len() as u64,
+        bytes,
+        len,
+    }))
+}

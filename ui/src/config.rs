@@ -85,6 +85,45 @@ pub struct Given {
     pub bind: Option<String>,
 }
 
+fn lease_timeout(file: &FileConfig) -> Result<Duration> {
+    let lease_timeout = match &file.lease_timeout {
+        Some(s) => flow_engine::schedule::parse_duration(s)
+            .map_err(|e| anyhow::anyhow!("flow.toml: lease_timeout: {e}"))?,
+        None => Duration::from_secs(30),
+    };
+    if lease_timeout < Duration::from_millis(500) {
+        bail!("flow.toml: lease_timeout must be at least 500ms");
+    }
+    Ok(lease_timeout)
+}
+
+fn rate_limit(file: &FileConfig) -> Result<RateLimit> {
+    let nonzero = |v: Option<u32>, default: u32, key: &str| {
+        NonZeroU32::new(v.unwrap_or(default))
+            .ok_or_else(|| anyhow::anyhow!("flow.toml: [api] {key} must be at least 1"))
+    };
+    Ok(RateLimit {
+        per_minute: nonzero(
+            file.api.rate_limit_per_minute,
+            1200,
+            "rate_limit_per_minute",
+        )?,
+        burst: nonzero(file.api.rate_limit_burst, 100, "rate_limit_burst")?,
+    })
+}
+
+fn connections(file: &FileConfig) -> Result<flow_operators::Connections> {
+    let mut connections = std::collections::BTreeMap::new();
+    for (name, table) in &file.connections {
+        let value = serde_json::to_value(table)
+            .with_context(|| format!("flow.toml: [connections.{name}]"))?;
+        if let serde_json::Value::Object(map) = value {
+            connections.insert(name.clone(), map);
+        }
+    }
+    Ok(flow_operators::Connections::new(connections))
+}
+
 pub fn resolve(given: &Given) -> Result<Settings> {
     let home = absolute(
         given
@@ -114,38 +153,13 @@ pub fn resolve(given: &Given) -> Result<Settings> {
     if parallelism == 0 {
         bail!("flow.toml: parallelism must be at least 1");
     }
-    let lease_timeout = match &file.lease_timeout {
-        Some(s) => flow_engine::schedule::parse_duration(s)
-            .map_err(|e| anyhow::anyhow!("flow.toml: lease_timeout: {e}"))?,
-        None => Duration::from_secs(30),
-    };
-    if lease_timeout < Duration::from_millis(500) {
-        bail!("flow.toml: lease_timeout must be at least 500ms");
-    }
+    let lease_timeout = lease_timeout(&file)?;
     let base_url = file
         .base_url
         .clone()
         .unwrap_or_else(|| format!("http://{bind}"));
-    let nonzero = |v: Option<u32>, default: u32, key: &str| {
-        NonZeroU32::new(v.unwrap_or(default))
-            .ok_or_else(|| anyhow::anyhow!("flow.toml: [api] {key} must be at least 1"))
-    };
-    let rate_limit = RateLimit {
-        per_minute: nonzero(
-            file.api.rate_limit_per_minute,
-            1200,
-            "rate_limit_per_minute",
-        )?,
-        burst: nonzero(file.api.rate_limit_burst, 100, "rate_limit_burst")?,
-    };
-    let mut connections = std::collections::BTreeMap::new();
-    for (name, table) in &file.connections {
-        let value = serde_json::to_value(table)
-            .with_context(|| format!("flow.toml: [connections.{name}]"))?;
-        if let serde_json::Value::Object(map) = value {
-            connections.insert(name.clone(), map);
-        }
-    }
+    let rate_limit = rate_limit(&file)?;
+    let connections = connections(&file)?;
     let max_queued_runs = file.max_queued_runs_per_dag.unwrap_or(1000);
     if max_queued_runs == 0 {
         bail!("flow.toml: max_queued_runs_per_dag must be at least 1");
@@ -155,7 +169,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
     Ok(Settings {
         trusted_proxies,
         max_queued_runs,
-        connections: flow_operators::Connections::new(connections),
+        connections,
         rate_limit,
         engine: EngineConfig {
             home: home.clone(),

@@ -3,7 +3,6 @@
 //! command line maps it to exit code 2 and the API to 400 or 404, from one place each.
 
 use std::collections::BTreeSet;
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -13,9 +12,8 @@ use flow_engine::plan::UNMAPPED;
 use flow_engine::scheduler::{self, DagCatalog, EngineError};
 use flow_engine::secrets::Masker;
 use flow_engine::state::TaskState;
-use flow_engine::store::{DagRow, Mark, RunRow, Store, StoreError, TiRow};
+use flow_engine::store::{DagRow, Mark, RunRow, Store, StoreError, TiRow, TryRow};
 use flow_engine::time::now;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -211,80 +209,67 @@ pub async fn read_log(
         Some(t) => t.ended_at.is_some(),
         None => target.try_number == 0 && ti.state.is_terminal(),
     };
-    let mut file = match tokio::fs::File::open(&target.path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // The executor makes the file with the task's first line, headed by the same
-            // header as below: until then (and for good, when the try prints nothing and
-            // succeeds) the log is told from the try's record, at the same offsets the file
-            // will have. A try that failed before its command started (a template error, say)
-            // has no file either; its error is its log, as `flow tasks logs` prints it.
-            let content = match &tries {
-                Some(t) if t.state == TaskState::Failed && ended => {
-                    if offset == 0 {
-                        t.error.clone().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                }
-                Some(t) => {
-                    let succeeded = ended && t.state == TaskState::Success;
-                    let text = log::from_record(
-                        &ti.task_id,
-                        t.try_number,
-                        &ti.run_id,
-                        t.started_at,
-                        succeeded,
-                    );
-                    text.get(offset as usize..).unwrap_or_default().to_string()
-                }
-                None => String::new(),
-            };
-            return Ok(LogChunk {
-                next_offset: offset + content.len() as u64,
-                content: masker.mask(&content),
-                complete: ended,
-            });
-        }
-        Err(e) => {
-            return Err(OpError::Internal(format!(
-                "cannot read {}: {e}",
-                target.path.display()
-            )));
-        }
-    };
-    let io = |e: std::io::Error| {
-        OpError::Internal(format!("cannot read {}: {e}", target.path.display()))
-    };
-    let len = file.metadata().await.map_err(io)?.len();
-    if offset > len {
-        return Err(OpError::Invalid(format!(
-            "offset {offset} is past the end of the log ({len} bytes so far)"
-        )));
-    }
-    file.seek(SeekFrom::Start(offset)).await.map_err(io)?;
-    let want = (len - offset).min(limit);
-    let mut bytes = Vec::with_capacity(want as usize);
-    (&mut file)
-        .take(want)
-        .read_to_end(&mut bytes)
+    let read = log::read_chunk(&target.path, offset, limit, ended)
         .await
-        .map_err(io)?;
-    let at_end = offset + bytes.len() as u64 >= len;
-    if !(ended && at_end) {
-        match bytes.iter().rposition(|&b| b == b'\n') {
-            Some(i) => bytes.truncate(i + 1),
-            // A single line longer than the limit is returned in pieces rather than never.
-            None if bytes.len() as u64 == limit => {}
-            None => bytes.clear(),
-        }
-    }
-    let next_offset = offset + bytes.len() as u64;
+        .map_err(|e| match e {
+            log::ReadError::PastEnd { .. } => OpError::Invalid(e.to_string()),
+            log::ReadError::Io { .. } => OpError::Internal(e.to_string()),
+        })?;
+    let Some(chunk) = read else {
+        return Ok(told_from_record(
+            tries.as_ref(),
+            target,
+            masker,
+            offset,
+            ended,
+        ));
+    };
     Ok(LogChunk {
-        content: masker.mask(&String::from_utf8_lossy(&bytes)),
-        next_offset,
-        complete: ended && next_offset >= len,
+        content: masker.mask(&String::from_utf8_lossy(&chunk.bytes)),
+        next_offset: chunk.next_offset,
+        complete: ended && chunk.next_offset >= chunk.len,
     })
+}
+
+/// The executor makes the file with the task's first line, headed by the same header as
+/// `flow_engine::log::from_record`: until then (and for good, when the try prints nothing and
+/// succeeds) the log is told from the try's record, at the same offsets the file will have. A
+/// try that failed before its command started (a template error, say) has no file either; its
+/// error is its log, as `flow tasks logs` prints it.
+fn told_from_record(
+    tried: Option<&TryRow>,
+    target: &LogTarget,
+    masker: &Masker,
+    offset: u64,
+    ended: bool,
+) -> LogChunk {
+    let ti = &target.ti;
+    let content = match tried {
+        Some(t) if t.state == TaskState::Failed && ended => {
+            if offset == 0 {
+                t.error.clone().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        }
+        Some(t) => {
+            let succeeded = ended && t.state == TaskState::Success;
+            let text = log::from_record(
+                &ti.task_id,
+                t.try_number,
+                &ti.run_id,
+                t.started_at,
+                succeeded,
+            );
+            text.get(offset as usize..).unwrap_or_default().to_string()
+        }
+        None => String::new(),
+    };
+    LogChunk {
+        next_offset: offset + content.len() as u64,
+        content: masker.mask(&content),
+        complete: ended,
+    }
 }
 
 /// Resets `task` (and with `downstream` every task after it) and sets the run back to `queued`,

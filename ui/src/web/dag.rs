@@ -221,137 +221,18 @@ async fn render(
     submitted: Option<Submitted>,
 ) -> PageResult {
     let (row, dag) = active(state, dag_id).await?;
-    let cursor = ops::dag_cursor(state.store.as_ref(), &row.dag_id, q.before.as_deref()).await?;
-    // One more than a page, to know whether there is an older page.
-    let mut runs = state
-        .store
-        .list_runs(&RunFilter {
-            dag_id: Some(row.dag_id.clone()),
-            state: None,
-            limit: PAGE + 1,
-            before: cursor.as_ref().map(|r| r.queued_at),
-            before_run_id: cursor.as_ref().map(|r| r.run_id.clone()),
-        })
-        .await?;
-    let more = runs.len() as i64 > PAGE;
-    runs.truncate(PAGE as usize);
-    let older_href = more.then(|| {
-        runs.last()
-            .map(|r| format!("{}?before={}", dag_href(dag_id), urlenc(&r.run_id)))
-            .unwrap_or_default()
-    });
-    let newest_href = cursor.is_some().then(|| dag_href(dag_id));
-    // Oldest at the left, as time reads.
-    runs.reverse();
-
+    let page = runs_page(state, &row, q).await?;
+    let runs = &page.runs;
+    let selected = selected_run(state, &row, q, runs).await?;
     // The whole grid in one grouped query, however many mapped instances the runs have.
     let mut ids: Vec<String> = runs.iter().map(|r| r.run_id.clone()).collect();
-    let selected: Option<RunRow> = match &q.run {
-        Some(id) => {
-            let run = ops::get_run(state.store.as_ref(), id).await?;
-            if run.dag_id != row.dag_id {
-                return Err(PageError::BadRequest(format!(
-                    "run: '{id}' is not a run of DAG '{dag_id}'"
-                )));
-            }
-            if !ids.contains(&run.run_id) {
-                ids.push(run.run_id.clone());
-            }
-            Some(run)
-        }
-        None => runs.last().cloned(),
-    };
+    if let Some(s) = &selected
+        && !ids.contains(&s.run_id)
+    {
+        ids.push(s.run_id.clone());
+    }
     let counts = state.store.grid_counts(&ids).await?;
-    let groups = |run_id: &str, task_id: &str| -> Vec<&TiCount> {
-        counts
-            .iter()
-            .filter(|c| c.run_id == run_id && c.task_id == task_id)
-            .collect()
-    };
-
-    let heads = runs
-        .iter()
-        .map(|r| {
-            let mut select = format!("{}?run={}", dag_href(dag_id), urlenc(&r.run_id));
-            if let Some(b) = &q.before {
-                select.push_str(&format!("&before={}", urlenc(b)));
-            }
-            RunHead {
-                href: run_href(&r.run_id),
-                select_href: select,
-                class: format!("head s-{}", r.state.as_str()),
-                title: format!(
-                    "{} — {} ({})",
-                    r.run_id,
-                    r.state.as_str(),
-                    fmt_time(Some(r.logical_date))
-                ),
-                selected: selected.as_ref().is_some_and(|s| s.run_id == r.run_id),
-            }
-        })
-        .collect();
-
-    let grid = dag
-        .tasks
-        .iter()
-        .map(|t| GridRow {
-            task_id: t.id.clone(),
-            cells: runs
-                .iter()
-                .map(|r| cell(r, &t.id, &groups(&r.run_id, &t.id)))
-                .collect(),
-        })
-        .collect();
-
-    let graph = {
-        let state_of = |task: &str| -> (Option<String>, Option<String>) {
-            let Some(run) = &selected else {
-                return (None, None);
-            };
-            let mine = groups(&run.run_id, task);
-            let st = dominant(mine.iter().map(|g| g.state)).map(|s| s.as_str().to_string());
-            let href = match mine.as_slice() {
-                [g] if g.count == 1 && g.max_map_index == UNMAPPED => {
-                    task_href(&run.run_id, task, UNMAPPED, None)
-                }
-                _ => format!("{}#task-{}", run_href(&run.run_id), urlenc(task)),
-            };
-            (st, Some(href))
-        };
-        let tasks: Vec<GraphTask> = dag
-            .tasks
-            .iter()
-            .map(|t| {
-                let (st, href) = state_of(&t.id);
-                GraphTask {
-                    id: &t.id,
-                    depends_on: &t.depends_on,
-                    state: st,
-                    href,
-                }
-            })
-            .collect();
-        svg::graph(&tasks)
-    };
-
     let at = now();
-    let durations = svg::durations(
-        runs.iter()
-            .map(|r| {
-                let secs = match r.started_at {
-                    Some(s) => seconds_between(s, r.ended_at.unwrap_or(at)),
-                    None => 0.0,
-                };
-                (
-                    secs,
-                    format!("bar s-{}", r.state.as_str()),
-                    format!("{} — {} — {}", r.run_id, r.state.as_str(), elapsed(secs)),
-                    run_href(&r.run_id),
-                )
-            })
-            .collect(),
-    );
-
     let next = ops::next_run_at(state.store.as_ref(), &row, Some(&dag), at).await?;
     let failed = submitted.is_some();
     let live = runs.iter().any(|r| !r.state.is_terminal());
@@ -372,14 +253,14 @@ async fn render(
         paused: row.paused,
         tags: row.tags.clone(),
         fileloc: row.fileloc.clone(),
-        heads,
-        grid,
-        older_href,
-        newest_href,
-        graph,
+        heads: heads(dag_id, q, runs, selected.as_ref()),
+        grid: grid(&dag, runs, &counts),
+        older_href: page.older_href,
+        newest_href: page.newest_href,
+        graph: graph(&dag, selected.as_ref(), &counts),
         selected_href: selected.as_ref().map(|r| run_href(&r.run_id)),
         selected: selected.map(|r| r.run_id),
-        durations,
+        durations: durations(runs, at),
         fields: fields(&dag, submitted.as_ref()),
         logical_date: submitted
             .as_ref()
@@ -394,6 +275,209 @@ async fn render(
         *res.status_mut() = StatusCode::BAD_REQUEST;
     }
     Ok(res)
+}
+
+/// One page of the grid's runs, oldest at the left as time reads, with the links to the older
+/// page and back to the newest.
+struct RunsPage {
+    runs: Vec<RunRow>,
+    older_href: Option<String>,
+    newest_href: Option<String>,
+}
+
+async fn runs_page(state: &AppState, row: &DagRow, q: &DagQuery) -> PageResult<RunsPage> {
+    let dag_id = row.dag_id.as_str();
+    let cursor = ops::dag_cursor(state.store.as_ref(), dag_id, q.before.as_deref()).await?;
+    // One more than a page, to know whether there is an older page.
+    let mut runs = state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(dag_id.to_string()),
+            state: None,
+            limit: PAGE + 1,
+            before: cursor.as_ref().map(|r| r.queued_at),
+            before_run_id: cursor.as_ref().map(|r| r.run_id.clone()),
+        })
+        .await?;
+    let more = runs.len() as i64 > PAGE;
+    runs.truncate(PAGE as usize);
+    let older_href = more.then(|| {
+        runs.last()
+            .map(|r| format!("{}?before={}", dag_href(dag_id), urlenc(&r.run_id)))
+            .unwrap_or_default()
+    });
+    runs.reverse();
+    Ok(RunsPage {
+        runs,
+        older_href,
+        newest_href: cursor.is_some().then(|| dag_href(dag_id)),
+    })
+}
+
+/// The run the graph shows: the one asked for (which must be this DAG's), else the newest.
+async fn selected_run(
+    state: &AppState,
+    row: &DagRow,
+    q: &DagQuery,
+    runs: &[RunRow],
+) -> PageResult<Option<RunRow>> {
+    let Some(id) = &q.run else {
+        return Ok(runs.last().cloned());
+    };
+    let run = ops::get_run(state.store.as_ref(), id).await?;
+    if run.dag_id != row.dag_id {
+        return Err(PageError::BadRequest(format!(
+            "run: '{id}' is not a run of DAG '{}'",
+            row.dag_id
+        )));
+    }
+    Ok(Some(run))
+}
+
+/// The grid's counts of one task in one run.
+fn groups<'c>(counts: &'c [TiCount], run_id: &str, task_id: &str) -> Vec<&'c TiCount> {
+    counts
+        .iter()
+        .filter(|c| c.run_id == run_id && c.task_id == task_id)
+        .collect()
+}
+
+fn heads(dag_id: &str, q: &DagQuery, runs: &[RunRow], selected: Option<&RunRow>) -> Vec<RunHead> {
+    runs.iter()
+        .map(|r| {
+            let mut select = format!("{}?run={}", dag_href(dag_id), urlenc(&r.run_id));
+            if let Some(b) = &q.before {
+                select.push_str(&format!("&before={}", urlenc(b)));
+            }
+            RunHead {
+                href: run_href(&r.run_id),
+                select_href: select,
+                class: format!("head s-{}", r.state.as_str()),
+                title: format!(
+                    "{} — {} ({})",
+                    r.run_id,
+                    r.state.as_str(),
+                    fmt_time(Some(r.logical_date))
+                ),
+                selected: selected.is_some_and(|s| s.run_id == r.run_id),
+            }
+        })
+        .collect()
+}
+
+fn grid(dag: &Dag, runs: &[RunRow], counts: &[TiCount]) -> Vec<GridRow> {
+    dag.tasks
+        .iter()
+        .map(|t| GridRow {
+            task_id: t.id.clone(),
+            cells: runs
+                .iter()
+                .map(|r| cell(r, &t.id, &groups(counts, &r.run_id, &t.id)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The DAG's graph, each task coloured by its state in the selected run and linked to it.
+fn graph(dag: &Dag, selected: Option<&RunRow>, counts: &[TiCount]) -> Graph {
+    let state_of = |task: &str| -> (Option<String>, Option<String>) {
+        let Some(run) = selected else {
+            return (None, None);
+        };
+        let mine = groups(counts, &run.run_id, task);
+        let st = dominant(mine.iter().map(|g| g.state)).map(|s| s.as_str().to_string());
+        let href = match mine.as_slice() {
+            [g] if g.count == 1 && g.max_map_index == UNMAPPED => {
+                task_href(&run.run_id, task, UNMAPPED, None)
+            }
+            _ => format!("{}#task-{}", run_href(&run.run_id), urlenc(task)),
+        };
+        (st, Some(href))
+    };
+    let tasks: Vec<GraphTask> = dag
+        .tasks
+        .iter()
+        .map(|t| {
+            let (st, href) = state_of(&t.id);
+            GraphTask {
+                id: &t.id,
+                depends_on: &t.depends_on,
+                state: st,
+                href,
+            }
+        })
+        .collect();
+    svg::graph(&tasks)
+}
+
+fn durations(runs: &[RunRow], at: chrono::DateTime<chrono::Utc>) -> Durations {
+    svg::durations(
+        runs.iter()
+            .map(|r| {
+                let secs = match r.started_at {
+                    Some(s) => seconds_between(s, r.ended_at.unwrap_or(at)),
+                    None => 0.0,
+                };
+                (
+                    secs,
+                    format!("bar s-{}", r.state.as_str()),
+                    format!("{} — {} — {}", r.run_id, r.state.as_str(), elapsed(secs)),
+                    run_href(&r.run_id),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The form's values: what was submitted (to show again) and the params read with their
+/// types. Each `p_NAME` is read as `--param` reads it; an emptied field means the default.
+fn read_form(dag: &Dag, form: &[(String, String)]) -> (Submitted, serde_json::Map<String, Json>) {
+    let mut sub = Submitted::default();
+    let mut given = serde_json::Map::new();
+    for (k, v) in form {
+        if k == "logical_date" {
+            sub.logical_date = v.clone();
+            continue;
+        }
+        let Some(name) = k.strip_prefix("p_") else {
+            continue;
+        };
+        sub.values.insert(name.to_string(), v.clone());
+        let Some(p) = dag.params.iter().find(|p| p.name == name) else {
+            sub.error = Some(format!("DAG '{}' declares no param '{name}'", dag.id));
+            continue;
+        };
+        // Only a string can be meant empty.
+        if v.trim().is_empty() && p.kind != ParamType::String {
+            continue;
+        }
+        match p.kind.parse_cli(v) {
+            Ok(value) => {
+                given.insert(name.to_string(), value);
+            }
+            Err(e) => {
+                sub.errors.insert(name.to_string(), e);
+            }
+        }
+    }
+    (sub, given)
+}
+
+impl Submitted {
+    /// The engine refused the run: its message goes by the field of the param it names, else
+    /// above the form.
+    fn refused(&mut self, dag: &Dag, message: String) {
+        match dag
+            .params
+            .iter()
+            .find(|p| message.contains(&format!("param '{}'", p.name)))
+        {
+            Some(p) => {
+                self.errors.insert(p.name.clone(), message);
+            }
+            None => self.error = Some(message),
+        }
+    }
 }
 
 /// The trigger form: `p_NAME` per param (read with the param's type, as `--param` is), an
@@ -411,34 +495,7 @@ pub async fn trigger(
     who.check_csrf(csrf)?;
     who.require_operator()?;
     let (_, dag) = active(&state, &dag_id).await?;
-    let mut sub = Submitted::default();
-    let mut given = serde_json::Map::new();
-    for (k, v) in &form {
-        if k == "logical_date" {
-            sub.logical_date = v.clone();
-            continue;
-        }
-        let Some(name) = k.strip_prefix("p_") else {
-            continue;
-        };
-        sub.values.insert(name.to_string(), v.clone());
-        let Some(p) = dag.params.iter().find(|p| p.name == name) else {
-            sub.error = Some(format!("DAG '{dag_id}' declares no param '{name}'"));
-            continue;
-        };
-        // An emptied field means "the default"; only a string can be meant empty.
-        if v.trim().is_empty() && p.kind != ParamType::String {
-            continue;
-        }
-        match p.kind.parse_cli(v) {
-            Ok(value) => {
-                given.insert(name.to_string(), value);
-            }
-            Err(e) => {
-                sub.errors.insert(name.to_string(), e);
-            }
-        }
-    }
+    let (mut sub, given) = read_form(&dag, &form);
     let logical = match sub.logical_date.trim() {
         "" => None,
         text => match parse_date(text, dag.timezone) {
@@ -468,17 +525,7 @@ pub async fn trigger(
     let run = match scheduler::manual_run(&dag, &given, logical).map_err(OpError::from) {
         Ok(run) => run,
         Err(OpError::Invalid(message)) => {
-            // The engine names the param its message is about; show it by that field.
-            match dag
-                .params
-                .iter()
-                .find(|p| message.contains(&format!("param '{}'", p.name)))
-            {
-                Some(p) => {
-                    sub.errors.insert(p.name.clone(), message);
-                }
-                None => sub.error = Some(message),
-            }
+            sub.refused(&dag, message);
             return render(&state, &who, &dag_id, &no_query, Some(sub)).await;
         }
         Err(e) => return Err(e.into()),

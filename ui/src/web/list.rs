@@ -6,7 +6,8 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Redirect};
-use flow_engine::store::RunFilter;
+use chrono::{DateTime, Utc};
+use flow_engine::store::{DagRow, RunFilter};
 use flow_engine::time::now;
 use serde::Deserialize;
 
@@ -87,67 +88,89 @@ pub async fn page(
     let at = now();
     let mut dags = Vec::new();
     for row in rows {
-        if !tag.is_empty() && !row.tags.iter().any(|t| t == &tag) {
-            continue;
+        if shown(&row, &tag, &needle) {
+            dags.push(item(&state, row, at).await?);
         }
-        if !needle.is_empty()
-            && !row.dag_id.to_lowercase().contains(&needle)
-            && !row
-                .description
-                .as_deref()
-                .unwrap_or("")
-                .to_lowercase()
-                .contains(&needle)
-        {
-            continue;
-        }
-        let dag = state.dag_of(&row).await?;
-        let next = ops::next_run_at(state.store.as_ref(), &row, dag.as_deref(), at).await?;
-        let runs = state
-            .store
-            .list_runs(&RunFilter {
-                dag_id: Some(row.dag_id.clone()),
-                limit: LAST_RUNS,
-                ..RunFilter::default()
-            })
-            .await?;
-        let marks = runs
-            .iter()
-            .rev()
-            .map(|r| Mark {
-                href: run_href(&r.run_id),
-                class: format!("mark s-{}", r.state.as_str()),
-                title: format!("{} — {}", r.run_id, r.state.as_str()),
-            })
-            .collect();
-        dags.push(DagItem {
-            href: dag_href(&row.dag_id),
-            pause_href: format!("{}/pause", dag_href(&row.dag_id)),
-            description: row.description.clone().unwrap_or_default(),
-            schedule_words: dag
-                .as_ref()
-                .and_then(|d| d.schedule.as_ref().map(|s| s.describe())),
-            schedule: row.schedule.clone(),
-            timezone: row.timezone.clone(),
-            next_run: if row.paused && next.is_some() {
-                format!("{} (paused)", fmt_time(next))
-            } else {
-                fmt_time(next)
-            },
-            paused: row.paused,
-            tags: row
-                .tags
-                .iter()
-                .map(|t| Tag {
-                    name: t.clone(),
-                    href: format!("/?tag={}", urlenc(t)),
-                })
-                .collect(),
-            marks,
-            dag_id: row.dag_id,
-        });
     }
-    let errors = state
+    let errors = import_errors(&state).await?;
+    Ok(html(&ListPage {
+        base: Base::new("DAGs", &who),
+        can_operate: who.can_operate(),
+        dags,
+        errors,
+        tag,
+        q: search,
+        all_tags: all_tags.iter().map(|t| tag_link(t)).collect(),
+        total,
+    }))
+}
+
+/// Whether a DAG passes the tag filter and the search (its id or description).
+fn shown(row: &DagRow, tag: &str, needle: &str) -> bool {
+    if !tag.is_empty() && !row.tags.iter().any(|t| t == tag) {
+        return false;
+    }
+    needle.is_empty()
+        || row.dag_id.to_lowercase().contains(needle)
+        || row
+            .description
+            .as_deref()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains(needle)
+}
+
+fn tag_link(t: &str) -> Tag {
+    Tag {
+        name: t.to_string(),
+        href: format!("/?tag={}", urlenc(t)),
+    }
+}
+
+/// One DAG's line: schedule, next run and the marks of its last runs.
+async fn item(state: &AppState, row: DagRow, at: DateTime<Utc>) -> PageResult<DagItem> {
+    let dag = state.dag_of(&row).await?;
+    let next = ops::next_run_at(state.store.as_ref(), &row, dag.as_deref(), at).await?;
+    let runs = state
+        .store
+        .list_runs(&RunFilter {
+            dag_id: Some(row.dag_id.clone()),
+            limit: LAST_RUNS,
+            ..RunFilter::default()
+        })
+        .await?;
+    let marks = runs
+        .iter()
+        .rev()
+        .map(|r| Mark {
+            href: run_href(&r.run_id),
+            class: format!("mark s-{}", r.state.as_str()),
+            title: format!("{} — {}", r.run_id, r.state.as_str()),
+        })
+        .collect();
+    Ok(DagItem {
+        href: dag_href(&row.dag_id),
+        pause_href: format!("{}/pause", dag_href(&row.dag_id)),
+        description: row.description.clone().unwrap_or_default(),
+        schedule_words: dag
+            .as_ref()
+            .and_then(|d| d.schedule.as_ref().map(|s| s.describe())),
+        schedule: row.schedule.clone(),
+        timezone: row.timezone.clone(),
+        next_run: if row.paused && next.is_some() {
+            format!("{} (paused)", fmt_time(next))
+        } else {
+            fmt_time(next)
+        },
+        paused: row.paused,
+        tags: row.tags.iter().map(|t| tag_link(t)).collect(),
+        marks,
+        dag_id: row.dag_id,
+    })
+}
+
+async fn import_errors(state: &AppState) -> PageResult<Vec<ImportError>> {
+    Ok(state
         .store
         .import_errors()
         .await?
@@ -166,23 +189,7 @@ pub async fn page(
                 .collect(),
             file,
         })
-        .collect();
-    Ok(html(&ListPage {
-        base: Base::new("DAGs", &who),
-        can_operate: who.can_operate(),
-        dags,
-        errors,
-        tag,
-        q: search,
-        all_tags: all_tags
-            .into_iter()
-            .map(|t| Tag {
-                href: format!("/?tag={}", urlenc(&t)),
-                name: t,
-            })
-            .collect(),
-        total,
-    }))
+        .collect())
 }
 
 #[derive(Deserialize)]

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use askama::Template;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect};
+use chrono::{DateTime, Utc};
 use flow_engine::plan::UNMAPPED;
 use flow_engine::state::TaskState;
-use flow_engine::store::TiRow;
+use flow_engine::store::{TiRow, TryRow};
 use flow_engine::time::now;
 use serde::Deserialize;
 
@@ -87,109 +88,24 @@ pub async fn page(
     }
     let cut = tis.len().saturating_sub(MAX_ROWS);
     tis.truncate(MAX_ROWS);
-
     let at = now();
     let origin = run.queued_at;
     let mut end = run.ended_at.unwrap_or(at);
     let mut rows = Vec::with_capacity(tis.len());
     let mut lines = Vec::with_capacity(tis.len());
-    let mut prev_task: Option<String> = None;
+    let mut prev_task: Option<&str> = None;
     for ti in &tis {
         let tries = state
             .store
             .tries(&ti.run_id, &ti.task_id, ti.map_index)
             .await?;
-        let mut spans = Vec::new();
-        let mut waits = Vec::new();
-        let mut last_end: Option<chrono::DateTime<chrono::Utc>> = None;
-        for t in &tries {
-            let stop = t.ended_at.unwrap_or(at);
-            end = end.max(stop);
-            if let Some(prev) = last_end {
-                waits.push((
-                    seconds_between(origin, prev),
-                    seconds_between(origin, t.started_at),
-                    format!(
-                        "waited {} before try {}",
-                        elapsed(seconds_between(prev, t.started_at)),
-                        t.try_number
-                    ),
-                ));
-            }
-            last_end = Some(stop);
-            spans.push(Span {
-                start: seconds_between(origin, t.started_at),
-                end: seconds_between(origin, stop),
-                class: format!("bar s-{}", t.state.as_str()),
-                title: format!(
-                    "{} try {}: {} — {}",
-                    label(ti),
-                    t.try_number,
-                    t.state.as_str(),
-                    elapsed(seconds_between(t.started_at, stop))
-                ),
-                href: Some(task_href(
-                    &ti.run_id,
-                    &ti.task_id,
-                    ti.map_index,
-                    Some(t.try_number),
-                )),
-            });
+        if let Some(last) = tries.iter().map(|t| t.ended_at.unwrap_or(at)).max() {
+            end = end.max(last);
         }
-        // The wait in the queue before the first try (or, while queued, until now).
-        if let Some(q) = ti.queued_at {
-            let first_start = tries.first().map(|t| t.started_at);
-            let until = match (first_start, ti.state) {
-                (Some(s), _) if s >= q => Some(s),
-                (None, TaskState::Queued) => Some(at),
-                _ => None,
-            };
-            if let Some(u) = until {
-                waits.push((
-                    seconds_between(origin, q),
-                    seconds_between(origin, u),
-                    format!("queued for {}", elapsed(seconds_between(q, u))),
-                ));
-            }
-        }
-        rows.push(GanttInput {
-            label: label(ti),
-            tries: spans,
-            waits,
-        });
-        let first = prev_task.as_deref() != Some(ti.task_id.as_str());
-        prev_task = Some(ti.task_id.clone());
-        lines.push(TaskLine {
-            anchor: format!("task-{}", urlenc(&ti.task_id)),
-            task_id: ti.task_id.clone(),
-            map_index: (ti.map_index != UNMAPPED).then_some(ti.map_index),
-            href: task_href(&ti.run_id, &ti.task_id, ti.map_index, None),
-            state: ti.state.as_str().to_string(),
-            class: format!("state s-{}", ti.state.as_str()),
-            tries: (1..=ti.try_number)
-                .map(|n| TryLink {
-                    n,
-                    href: task_href(&ti.run_id, &ti.task_id, ti.map_index, Some(n)),
-                })
-                .collect(),
-            started: fmt_time(ti.started_at),
-            ended: fmt_time(ti.ended_at),
-            duration: match ti.started_at {
-                Some(s) => elapsed(seconds_between(s, ti.ended_at.unwrap_or(at))),
-                None => "-".into(),
-            },
-            clear_href: format!(
-                "{}/tasks/{}/clear",
-                run_href(&ti.run_id),
-                urlenc(&ti.task_id)
-            ),
-            mark_href: format!(
-                "{}/tasks/{}/mark",
-                run_href(&ti.run_id),
-                urlenc(&ti.task_id)
-            ),
-            first,
-        });
+        rows.push(gantt_row(ti, &tries, origin, at));
+        let first = prev_task != Some(ti.task_id.as_str());
+        prev_task = Some(ti.task_id.as_str());
+        lines.push(task_line(ti, first, at));
     }
     let gantt = svg::gantt(rows, seconds_between(origin, end));
     let mut params = run.params.clone();
@@ -216,6 +132,102 @@ pub async fn page(
         cut,
         run_id: run.run_id,
     }))
+}
+
+/// One instance's row of the Gantt chart: a bar per try, and the waits before and between them.
+fn gantt_row(ti: &TiRow, tries: &[TryRow], origin: DateTime<Utc>, at: DateTime<Utc>) -> GanttInput {
+    let mut spans = Vec::new();
+    let mut waits = Vec::new();
+    let mut last_end: Option<DateTime<Utc>> = None;
+    for t in tries {
+        let stop = t.ended_at.unwrap_or(at);
+        if let Some(prev) = last_end {
+            waits.push((
+                seconds_between(origin, prev),
+                seconds_between(origin, t.started_at),
+                format!(
+                    "waited {} before try {}",
+                    elapsed(seconds_between(prev, t.started_at)),
+                    t.try_number
+                ),
+            ));
+        }
+        last_end = Some(stop);
+        spans.push(Span {
+            start: seconds_between(origin, t.started_at),
+            end: seconds_between(origin, stop),
+            class: format!("bar s-{}", t.state.as_str()),
+            title: format!(
+                "{} try {}: {} — {}",
+                label(ti),
+                t.try_number,
+                t.state.as_str(),
+                elapsed(seconds_between(t.started_at, stop))
+            ),
+            href: Some(task_href(
+                &ti.run_id,
+                &ti.task_id,
+                ti.map_index,
+                Some(t.try_number),
+            )),
+        });
+    }
+    // The wait in the queue before the first try (or, while queued, until now).
+    if let Some(q) = ti.queued_at {
+        let first_start = tries.first().map(|t| t.started_at);
+        let until = match (first_start, ti.state) {
+            (Some(s), _) if s >= q => Some(s),
+            (None, TaskState::Queued) => Some(at),
+            _ => None,
+        };
+        if let Some(u) = until {
+            waits.push((
+                seconds_between(origin, q),
+                seconds_between(origin, u),
+                format!("queued for {}", elapsed(seconds_between(q, u))),
+            ));
+        }
+    }
+    GanttInput {
+        label: label(ti),
+        tries: spans,
+        waits,
+    }
+}
+
+/// One instance's line in the task list; `first` when it is its task's first instance.
+fn task_line(ti: &TiRow, first: bool, at: DateTime<Utc>) -> TaskLine {
+    TaskLine {
+        anchor: format!("task-{}", urlenc(&ti.task_id)),
+        task_id: ti.task_id.clone(),
+        map_index: (ti.map_index != UNMAPPED).then_some(ti.map_index),
+        href: task_href(&ti.run_id, &ti.task_id, ti.map_index, None),
+        state: ti.state.as_str().to_string(),
+        class: format!("state s-{}", ti.state.as_str()),
+        tries: (1..=ti.try_number)
+            .map(|n| TryLink {
+                n,
+                href: task_href(&ti.run_id, &ti.task_id, ti.map_index, Some(n)),
+            })
+            .collect(),
+        started: fmt_time(ti.started_at),
+        ended: fmt_time(ti.ended_at),
+        duration: match ti.started_at {
+            Some(s) => elapsed(seconds_between(s, ti.ended_at.unwrap_or(at))),
+            None => "-".into(),
+        },
+        clear_href: format!(
+            "{}/tasks/{}/clear",
+            run_href(&ti.run_id),
+            urlenc(&ti.task_id)
+        ),
+        mark_href: format!(
+            "{}/tasks/{}/mark",
+            run_href(&ti.run_id),
+            urlenc(&ti.task_id)
+        ),
+        first,
+    }
 }
 
 fn label(ti: &TiRow) -> String {

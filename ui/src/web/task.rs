@@ -9,6 +9,7 @@ use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::secrets::Secrets;
+use flow_engine::store::TryRow;
 use flow_engine::template::{self, TaskPart};
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -92,41 +93,13 @@ pub async fn page(
     let chunk = ops::read_log(state.store.as_ref(), &target, &state.masker, 0, LOG_IN_PAGE).await?;
     let ti = &target.ti;
     let tries = state.store.tries(&run_id, &task_id, ti.map_index).await?;
-    let at = flow_engine::time::now();
-    let items = tries
-        .iter()
-        .map(|t| TryItem {
-            n: t.try_number,
-            href: task_href(&run_id, &task_id, ti.map_index, Some(t.try_number)),
-            current: t.try_number == target.try_number,
-            class: format!("state s-{}", t.state.as_str()),
-            state: t.state.as_str().to_string(),
-            started: fmt_time(Some(t.started_at)),
-            ended: fmt_time(t.ended_at),
-            duration: elapsed(seconds_between(t.started_at, t.ended_at.unwrap_or(at))),
-            error: t
-                .error
-                .as_deref()
-                .map(|e| state.masker.mask(e))
-                .unwrap_or_default(),
-        })
-        .collect();
+    let items = try_items(&state, &target, &tries);
     let output = ti.output.as_ref().map(|o| {
         let mut o = o.clone();
         state.masker.mask_json(&mut o);
         serde_json::to_string_pretty(&o).unwrap_or_default()
     });
-    let (command, config, render_error) = match rendered(&state, &run, &target).await {
-        Ok(Some(cfg)) => (
-            cfg.get("command")
-                .and_then(Json::as_str)
-                .map(str::to_string),
-            Some(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
-            None,
-        ),
-        Ok(None) => (None, None, None),
-        Err(e) => (None, None, Some(state.masker.mask(&e))),
-    };
+    let shown = Rendered::of(&state, rendered(&state, &run, &target).await);
     let mut log_src = format!(
         "/runs/{}/tasks/{}/log?try={}",
         urlenc(&run_id),
@@ -159,12 +132,69 @@ pub async fn page(
         log_offset: chunk.next_offset,
         log_complete: !tailing,
         output,
-        command,
-        config,
-        render_error,
+        command: shown.command,
+        config: shown.config,
+        render_error: shown.error,
         run_id,
         task_id,
     }))
+}
+
+/// The try list: every try of the instance, the one shown marked.
+fn try_items(state: &AppState, target: &LogTarget, tries: &[TryRow]) -> Vec<TryItem> {
+    let at = flow_engine::time::now();
+    let ti = &target.ti;
+    tries
+        .iter()
+        .map(|t| TryItem {
+            n: t.try_number,
+            href: task_href(&ti.run_id, &ti.task_id, ti.map_index, Some(t.try_number)),
+            current: t.try_number == target.try_number,
+            class: format!("state s-{}", t.state.as_str()),
+            state: t.state.as_str().to_string(),
+            started: fmt_time(Some(t.started_at)),
+            ended: fmt_time(t.ended_at),
+            duration: elapsed(seconds_between(t.started_at, t.ended_at.unwrap_or(at))),
+            error: t
+                .error
+                .as_deref()
+                .map(|e| state.masker.mask(e))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// What the page shows of the rendered keys: the command alone, all keys, or why they did not
+/// render.
+struct Rendered {
+    command: Option<String>,
+    config: Option<String>,
+    error: Option<String>,
+}
+
+impl Rendered {
+    fn of(state: &AppState, rendered: Result<Option<Json>, String>) -> Rendered {
+        match rendered {
+            Ok(Some(cfg)) => Rendered {
+                command: cfg
+                    .get("command")
+                    .and_then(Json::as_str)
+                    .map(str::to_string),
+                config: Some(serde_json::to_string_pretty(&cfg).unwrap_or_default()),
+                error: None,
+            },
+            Ok(None) => Rendered {
+                command: None,
+                config: None,
+                error: None,
+            },
+            Err(e) => Rendered {
+                command: None,
+                config: None,
+                error: Some(state.masker.mask(&e)),
+            },
+        }
+    }
 }
 
 /// The task's keys rendered for this try as the executor renders them, except that every secret

@@ -327,48 +327,67 @@ pub async fn bench(opts: BenchOptions) -> Result<u8> {
                     WORKLOADS.join(", ")
                 ),
             };
-            let mut m = Measured {
-                workload,
-                backend: name.clone(),
-                tasks: 0,
-                wall: Vec::new(),
-                cpu: Vec::new(),
-                latency_ms: None,
-            };
-            let mut all_lat = Vec::new();
-            for _ in 0..opts.repeats {
-                let (wall, cpu, tasks, lat, backend) =
-                    run_workload(opts.parallelism, scratch.path(), url, workload, &yaml).await?;
-                m.backend = backend;
-                m.tasks = tasks;
-                m.wall.push(wall);
-                m.cpu.push(cpu);
-                all_lat.extend(lat);
-            }
-            all_lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            if !all_lat.is_empty() {
-                m.latency_ms = Some((percentile(&all_lat, 0.5), percentile(&all_lat, 0.95)));
-            }
-            m.wall.sort();
-            let secs: Vec<f64> = m.wall.iter().map(|d| d.as_secs_f64()).collect();
-            let median = percentile(&secs, 0.5);
-            let mut cpu: Vec<f64> = m.cpu.iter().map(|d| d.as_secs_f64()).collect();
-            cpu.sort_by(f64::total_cmp);
-            println!(
-                "| {} | {} | {} | {:.3} / **{:.3}** / {:.3} | {:.2} | {} | {:.2} |",
-                m.workload,
-                m.backend,
-                m.tasks,
-                secs[0],
-                median,
-                secs[secs.len() - 1],
-                median * 1000.0 / m.tasks.max(1) as f64,
-                m.latency_ms
-                    .map(|(p50, p95)| format!("{p50:.2} / {p95:.2}"))
-                    .unwrap_or_else(|| "-".into()),
-                percentile(&cpu, 0.5) * 1000.0 / m.tasks.max(1) as f64
-            );
+            let m = repeat(&opts, scratch.path(), url, workload, &yaml).await?;
+            m.print();
         }
     }
     Ok(0)
+}
+
+/// Runs one workload `opts.repeats` times on one database.
+async fn repeat(
+    opts: &BenchOptions,
+    scratch: &Path,
+    url: &str,
+    workload: &'static str,
+    yaml: &str,
+) -> Result<Measured> {
+    let mut m = Measured {
+        workload,
+        backend: String::new(),
+        tasks: 0,
+        wall: Vec::new(),
+        cpu: Vec::new(),
+        latency_ms: None,
+    };
+    let mut all_lat = Vec::new();
+    for _ in 0..opts.repeats {
+        let (wall, cpu, tasks, lat, backend) =
+            run_workload(opts.parallelism, scratch, url, workload, yaml).await?;
+        m.backend = backend;
+        m.tasks = tasks;
+        m.wall.push(wall);
+        m.cpu.push(cpu);
+        all_lat.extend(lat);
+    }
+    all_lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if !all_lat.is_empty() {
+        m.latency_ms = Some((percentile(&all_lat, 0.5), percentile(&all_lat, 0.95)));
+    }
+    m.wall.sort();
+    Ok(m)
+}
+
+impl Measured {
+    /// The workload's row of the table.
+    fn print(&self) {
+        let secs: Vec<f64> = self.wall.iter().map(|d| d.as_secs_f64()).collect();
+        let median = percentile(&secs, 0.5);
+        let mut cpu: Vec<f64> = self.cpu.iter().map(|d| d.as_secs_f64()).collect();
+        cpu.sort_by(f64::total_cmp);
+        println!(
+            "| {} | {} | {} | {:.3} / **{:.3}** / {:.3} | {:.2} | {} | {:.2} |",
+            self.workload,
+            self.backend,
+            self.tasks,
+            secs[0],
+            median,
+            secs[secs.len() - 1],
+            median * 1000.0 / self.tasks.max(1) as f64,
+            self.latency_ms
+                .map(|(p50, p95)| format!("{p50:.2} / {p95:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            percentile(&cpu, 0.5) * 1000.0 / self.tasks.max(1) as f64
+        );
+    }
 }

@@ -78,70 +78,11 @@ fn write_set(dir: &Path, rows: usize, features: usize, label: bool, seed: u64) -
 }
 
 pub async fn bench_ml(opts: MlOptions) -> Result<u8> {
-    let marker = opts.data.join(format!(
-        "bench-{}-{}-{}.done",
-        opts.train_rows, opts.score_rows, opts.features
-    ));
-    if !marker.is_file() {
-        eprintln!(
-            "generating {} training rows and {} rows to score ({} features) into {} ...",
-            opts.train_rows,
-            opts.score_rows,
-            opts.features,
-            opts.data.display()
-        );
-        let (data, train, score, features) = (
-            opts.data.clone(),
-            opts.train_rows,
-            opts.score_rows,
-            opts.features,
-        );
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let _ = std::fs::remove_dir_all(data.join("train"));
-            let _ = std::fs::remove_dir_all(data.join("score"));
-            write_set(&data.join("train"), train, features, true, 7)?;
-            write_set(&data.join("score"), score, features, false, 8)?;
-            Ok(())
-        })
-        .await??;
-        eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
-        std::fs::write(&marker, "")?;
-    }
+    generate(&opts).await?;
     let work = tempfile::tempdir()?;
     let dags = work.path().join("dags");
     std::fs::create_dir_all(&dags)?;
-    let (d, w) = (opts.data.display(), work.path().display());
-    std::fs::write(
-        dags.join("ml_bench.yaml"),
-        format!(
-            r#"id: ml_bench
-tasks:
-  train:
-    operator: train
-    training_set: {{ path: "{d}/train/", format: parquet }}
-    label: label
-    id_column: id
-    algorithm: {algorithm}{budget}
-    validation_split: 0.2
-    model: bench_model
-    artifacts: "{w}/models/"
-  predict:
-    operator: predict
-    depends_on: [train]
-    model: bench_model
-    version: "{{{{ tasks.train.output.version }}}}"
-    input: {{ path: "{d}/score/", format: parquet }}
-    id_column: id
-    output: {{ path: "{w}/predictions/", format: parquet }}
-"#,
-            algorithm = opts.algorithm,
-            budget = opts
-                .budget
-                .map(|b| format!("\n    budget: {b}"))
-                .unwrap_or_default(),
-        ),
-    )?;
+    std::fs::write(dags.join("ml_bench.yaml"), dag_yaml(&opts, work.path()))?;
     let measured = crate::bench_heavy::run_measured(work.path(), &dags, "ml_bench").await?;
     let (train_s, train_mib) = measured.task("train", true)?;
     let (predict_s, predict_mib) = measured.task("predict", true)?;
@@ -173,4 +114,71 @@ tasks:
     );
     println!("held-out metrics: {}", train_out["metrics"]);
     Ok(0)
+}
+
+/// Writes the training and scoring sets once per shape (a marker file tells they are whole).
+async fn generate(opts: &MlOptions) -> Result<()> {
+    let marker = opts.data.join(format!(
+        "bench-{}-{}-{}.done",
+        opts.train_rows, opts.score_rows, opts.features
+    ));
+    if !marker.is_file() {
+        eprintln!(
+            "generating {} training rows and {} rows to score ({} features) into {} ...",
+            opts.train_rows,
+            opts.score_rows,
+            opts.features,
+            opts.data.display()
+        );
+        let (data, train, score, features) = (
+            opts.data.clone(),
+            opts.train_rows,
+            opts.score_rows,
+            opts.features,
+        );
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let _ = std::fs::remove_dir_all(data.join("train"));
+            let _ = std::fs::remove_dir_all(data.join("score"));
+            write_set(&data.join("train"), train, features, true, 7)?;
+            write_set(&data.join("score"), score, features, false, 8)?;
+            Ok(())
+        })
+        .await??;
+        eprintln!("  done in {:.1} s", started.elapsed().as_secs_f64());
+        std::fs::write(&marker, "")?;
+    }
+    Ok(())
+}
+
+/// The benchmark's DAG: train, then predict with the version it trained.
+fn dag_yaml(opts: &MlOptions, work: &Path) -> String {
+    let (d, w) = (opts.data.display(), work.display());
+    format!(
+        r#"id: ml_bench
+tasks:
+  train:
+    operator: train
+    training_set: {{ path: "{d}/train/", format: parquet }}
+    label: label
+    id_column: id
+    algorithm: {algorithm}{budget}
+    validation_split: 0.2
+    model: bench_model
+    artifacts: "{w}/models/"
+  predict:
+    operator: predict
+    depends_on: [train]
+    model: bench_model
+    version: "{{{{ tasks.train.output.version }}}}"
+    input: {{ path: "{d}/score/", format: parquet }}
+    id_column: id
+    output: {{ path: "{w}/predictions/", format: parquet }}
+"#,
+        algorithm = opts.algorithm,
+        budget = opts
+            .budget
+            .map(|b| format!("\n    budget: {b}"))
+            .unwrap_or_default(),
+    )
 }

@@ -299,6 +299,61 @@ struct Bed<'a> {
     store: Arc<dyn Store>,
 }
 
+/// One URL under load.
+struct Target {
+    name: String,
+    path: String,
+    method: &'static str,
+    body: Option<&'static str>,
+    /// Concurrent clients.
+    conns: usize,
+}
+
+/// What is measured: the pages and API reads of the newest runs and, when the history has a
+/// middle, of 25 runs from it; then the DAG API and the trigger API.
+fn targets(before: Option<&str>, connections: usize) -> Vec<Target> {
+    let get = |name: &str, path: String| Target {
+        name: name.to_string(),
+        path,
+        method: "GET",
+        body: None,
+        conns: connections.min(8),
+    };
+    let mut targets = vec![
+        get("DAG page", format!("/dags/{DAG_ID}")),
+        get("grid API, newest 25", format!("/api/v1/dags/{DAG_ID}/grid")),
+        get(
+            "runs API, newest 25",
+            format!("/api/v1/runs?dag_id={DAG_ID}&limit=25"),
+        ),
+    ];
+    if let Some(before) = before {
+        let cursor =
+            percent_encoding::utf8_percent_encode(before, percent_encoding::NON_ALPHANUMERIC);
+        targets.push(get(
+            "DAG page, 25 from the middle",
+            format!("/dags/{DAG_ID}?before={cursor}"),
+        ));
+        targets.push(get(
+            "grid API, 25 from the middle",
+            format!("/api/v1/dags/{DAG_ID}/grid?before={cursor}"),
+        ));
+        targets.push(get(
+            "runs API, 25 from the middle",
+            format!("/api/v1/runs?dag_id={DAG_ID}&limit=25&before={cursor}"),
+        ));
+    }
+    targets.push(get("DAG API", format!("/api/v1/dags/{DAG_ID}")));
+    targets.push(Target {
+        name: "trigger API".into(),
+        path: format!("/api/v1/dags/{DAG_ID}/runs"),
+        method: "POST",
+        body: Some("{\"params\":{\"region\":\"us\"}}"),
+        conns: connections,
+    });
+    targets
+}
+
 async fn measure(bed: &Bed<'_>, label: &str, runs: usize, opts: &UiBenchOptions) -> Result<()> {
     let (token, hash) = flow_engine::store::new_token();
     bed.store
@@ -317,69 +372,14 @@ async fn measure(bed: &Bed<'_>, label: &str, runs: usize, opts: &UiBenchOptions)
         &bed.scratch.join(format!("server-{label}.log")),
     )?;
     let before = middle_run(&*bed.store, runs).await?;
-    let mut targets: Vec<(String, String, &str, Option<&str>, usize)> = vec![
-        (
-            "DAG page".into(),
-            format!("/dags/{DAG_ID}"),
-            "GET",
-            None,
-            opts.connections.min(8),
-        ),
-        (
-            "grid API, newest 25".into(),
-            format!("/api/v1/dags/{DAG_ID}/grid"),
-            "GET",
-            None,
-            opts.connections.min(8),
-        ),
-        (
-            "runs API, newest 25".into(),
-            format!("/api/v1/runs?dag_id={DAG_ID}&limit=25"),
-            "GET",
-            None,
-            opts.connections.min(8),
-        ),
-    ];
-    if let Some(before) = &before {
-        let cursor =
-            percent_encoding::utf8_percent_encode(before, percent_encoding::NON_ALPHANUMERIC);
-        targets.push((
-            "DAG page, 25 from the middle".into(),
-            format!("/dags/{DAG_ID}?before={cursor}"),
-            "GET",
-            None,
-            opts.connections.min(8),
-        ));
-        targets.push((
-            "grid API, 25 from the middle".into(),
-            format!("/api/v1/dags/{DAG_ID}/grid?before={cursor}"),
-            "GET",
-            None,
-            opts.connections.min(8),
-        ));
-        targets.push((
-            "runs API, 25 from the middle".into(),
-            format!("/api/v1/runs?dag_id={DAG_ID}&limit=25&before={cursor}"),
-            "GET",
-            None,
-            opts.connections.min(8),
-        ));
-    }
-    targets.push((
-        "DAG API".into(),
-        format!("/api/v1/dags/{DAG_ID}"),
-        "GET",
-        None,
-        opts.connections.min(8),
-    ));
-    targets.push((
-        "trigger API".into(),
-        format!("/api/v1/dags/{DAG_ID}/runs"),
-        "POST",
-        Some("{\"params\":{\"region\":\"us\"}}"),
-        opts.connections,
-    ));
-    for (name, path, method, body, conns) in targets {
+    for Target {
+        name,
+        path,
+        method,
+        body,
+        conns,
+    } in targets(before.as_deref(), opts.connections)
+    {
         let load = wrk(
             bed.scratch,
             &token,
