@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the benchmarks need beyond the test suite: wrk, the HTTP load tool `flow bench-ui` drives.
+# What the benchmarks need beyond the test suite: wrk, the HTTP load tool `flow-bench bench-ui` drives.
 set -euo pipefail
 if ! command -v wrk >/dev/null; then
   apt-get update
