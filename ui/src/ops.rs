@@ -31,6 +31,9 @@ pub enum OpError {
     /// Too much is waiting already: a trigger past the DAG's cap on queued runs.
     #[error("{0}")]
     Busy(String),
+    /// The engine failed for a reason that is not the caller's (the DAGs folder, a panic).
+    #[error(transparent)]
+    Engine(EngineError),
 }
 
 /// Refuses a trigger when `dag_id` has `cap` queued runs already (flow.toml's
@@ -52,7 +55,7 @@ impl From<EngineError> for OpError {
         match e {
             e if e.is_input() => OpError::Invalid(e.to_string()),
             EngineError::Store(s) => OpError::Store(s),
-            other => OpError::Internal(other.to_string()),
+            other => OpError::Engine(other),
         }
     }
 }
@@ -173,12 +176,21 @@ pub async fn log_chunk(
     store: &dyn Store,
     home: &Path,
     masker: &Masker,
-    (run_id, task_id): (&str, &str),
-    (try_number, map_index, offset): (Option<i64>, Option<i64>, u64),
+    q: &LogQuery<'_>,
     limit: u64,
 ) -> Result<LogChunk, OpError> {
-    let target = log_target(store, home, run_id, task_id, try_number, map_index).await?;
-    read_log(store, &target, masker, offset, limit).await
+    let target = log_target(store, home, q.run_id, q.task_id, q.try_number, q.map_index).await?;
+    read_log(store, &target, masker, q.offset, limit).await
+}
+
+/// Which log, and from where: the API's and the task page's query, with the path's ids.
+pub struct LogQuery<'a> {
+    pub run_id: &'a str,
+    pub task_id: &'a str,
+    /// The latest try when None.
+    pub try_number: Option<i64>,
+    pub map_index: Option<i64>,
+    pub offset: u64,
 }
 
 /// Reads up to `limit` bytes of a try's log from `offset`.

@@ -119,6 +119,7 @@ impl From<OpError> for ApiError {
             OpError::Invalid(m) => ApiError::bad_request(m),
             OpError::Store(s) => s.into(),
             OpError::Internal(m) => ApiError::internal(m),
+            OpError::Engine(e) => ApiError::internal(e.to_string()),
             OpError::Busy(m) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queued_runs", m)
             }

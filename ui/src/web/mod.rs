@@ -163,6 +163,7 @@ impl From<OpError> for PageError {
             OpError::Invalid(m) => PageError::BadRequest(m),
             OpError::Store(s) => s.into(),
             OpError::Internal(m) => PageError::Internal(m),
+            OpError::Engine(e) => PageError::Internal(e.to_string()),
             // Shown to the person with its reason; a page has no Retry-After to honour.
             OpError::Busy(m) => PageError::BadRequest(m),
         }

@@ -275,8 +275,13 @@ pub async fn log_chunk(
         state.store.as_ref(),
         &state.home,
         &state.masker,
-        (&run_id, &task_id),
-        (q.try_number, q.map_index, q.offset.unwrap_or(0)),
+        &ops::LogQuery {
+            run_id: &run_id,
+            task_id: &task_id,
+            try_number: q.try_number,
+            map_index: q.map_index,
+            offset: q.offset.unwrap_or(0),
+        },
         LOG_CHUNK,
     )
     .await?;
