@@ -35,7 +35,7 @@ pub fn log_path(
 
 /// The first line of every try's log. The readers of logs build it again from the try's
 /// record when a try left no file (see [`LogSink`]), so both must come from here.
-pub fn log_header(
+pub(crate) fn log_header(
     task_id: &str,
     try_number: i64,
     run_id: &str,
@@ -48,7 +48,7 @@ pub fn log_header(
 }
 
 /// The last line of the log of a try that succeeded.
-pub const LOG_SUCCEEDED: &str = "flow: try succeeded";
+pub(crate) const LOG_SUCCEEDED: &str = "flow: try succeeded";
 
 /// A try's log file. Every line is masked before it is written, so a secret never reaches disk.
 ///

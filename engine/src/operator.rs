@@ -151,7 +151,7 @@ pub struct TaskContext {
 }
 
 /// Commits a reference to external work; answers whether it was recorded under the try's lease.
-pub type ExternalRecorder = Arc<
+pub(crate) type ExternalRecorder = Arc<
     dyn Fn(Json) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
 >;
 
@@ -186,7 +186,7 @@ impl TaskContext {
 }
 
 /// Sends a process group id to the executor and answers once it is committed.
-pub type PidRecorder =
+pub(crate) type PidRecorder =
     tokio::sync::mpsc::UnboundedSender<(u32, tokio::sync::oneshot::Sender<bool>)>;
 
 impl TaskContext {

@@ -19,7 +19,7 @@ use crate::template::{self, RunContext, TaskPart};
 pub use crate::state::UNMAPPED;
 
 /// Mapping more items than this is a failed try rather than a run that swamps the database.
-pub const MAX_MAP_ITEMS: usize = 100_000;
+pub(crate) const MAX_MAP_ITEMS: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TiSnapshot {
@@ -129,7 +129,7 @@ impl Failure {
         }
     }
 
-    pub fn retry_at(self) -> Option<DateTime<Utc>> {
+    pub(crate) fn retry_at(self) -> Option<DateTime<Utc>> {
         match self {
             Failure::Retry { at } => Some(at),
             Failure::Final => None,
@@ -139,7 +139,7 @@ impl Failure {
 
 /// What a failed try leads to: another try later, or the end.
 /// `tries` is the number of tries made since the last clear, this one included.
-pub fn after_failure(
+pub(crate) fn after_failure(
     policy: &RetryPolicy,
     tries: i64,
     retryable: bool,
@@ -184,7 +184,7 @@ impl Upstream {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     Wait,
     Run,
     Skip,
@@ -192,7 +192,7 @@ pub enum Readiness {
 }
 
 /// The trigger-rule table (Airflow's): what a task does given its upstreams' states.
-pub fn evaluate(rule: TriggerRule, u: Upstream) -> Readiness {
+pub(crate) fn evaluate(rule: TriggerRule, u: Upstream) -> Readiness {
     use Readiness::*;
     if u.total == 0 {
         return Run;

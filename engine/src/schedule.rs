@@ -140,7 +140,7 @@ impl Schedule {
     ///
     /// Nothing fires before `anchor`, for either variant, so that all four
     /// queries agree on one set of fire times.
-    pub fn first_at_or_after(
+    pub(crate) fn first_at_or_after(
         &self,
         t: DateTime<Utc>,
         tz: Tz,
@@ -165,7 +165,7 @@ impl Schedule {
     }
 
     /// The first fire time strictly after t.
-    pub fn next_after(
+    pub(crate) fn next_after(
         &self,
         t: DateTime<Utc>,
         tz: Tz,
@@ -191,7 +191,7 @@ impl Schedule {
     }
 
     /// The latest fire time <= t (None if none at/after anchor).
-    pub fn latest_at_or_before(
+    pub(crate) fn latest_at_or_before(
         &self,
         t: DateTime<Utc>,
         tz: Tz,
@@ -216,7 +216,7 @@ impl Schedule {
     }
 
     /// The latest fire time strictly before t (None if none at/after anchor).
-    pub fn latest_before(
+    pub(crate) fn latest_before(
         &self,
         t: DateTime<Utc>,
         tz: Tz,
@@ -280,7 +280,7 @@ impl Timetable {
     ///
     /// `logical` need not be a fire time and end_date is not applied, so that
     /// manual runs can get an interval too.
-    pub fn interval_for(&self, logical: DateTime<Utc>) -> Option<DataInterval> {
+    pub(crate) fn interval_for(&self, logical: DateTime<Utc>) -> Option<DataInterval> {
         let end = self.next_after(logical)?;
         Some(DataInterval {
             start: logical,
@@ -325,7 +325,7 @@ impl Timetable {
     ///
     /// Fails rather than truncating when more than `limit` would be produced,
     /// so a backfill never silently covers less than was asked for.
-    pub fn intervals_between(
+    pub(crate) fn intervals_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,

@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub const ENV_PREFIX: &str = "FLOW_SECRET_";
-pub const MASK: &str = "***";
+pub(crate) const ENV_PREFIX: &str = "FLOW_SECRET_";
+pub(crate) const MASK: &str = "***";
 
 /// The shortest line of a multi-line secret masked on its own: shorter ones (`{`, `}`,
 /// `-----END`) would mask ordinary text everywhere.
-pub const MIN_LINE_MASKED: usize = 8;
+pub(crate) const MIN_LINE_MASKED: usize = 8;
 
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {

@@ -23,7 +23,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 8] = [
+    pub(crate) const ALL: [TaskState; 8] = [
         TaskState::Scheduled,
         TaskState::Queued,
         TaskState::Running,
@@ -87,7 +87,7 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 4] = [
+    pub(crate) const ALL: [RunState; 4] = [
         RunState::Queued,
         RunState::Running,
         RunState::Success,

@@ -17,7 +17,7 @@ pub mod splice;
 pub mod url;
 
 /// The names a template may use at the top level.
-pub const CONTEXT_NAMES: &[&str] = &[
+pub(crate) const CONTEXT_NAMES: &[&str] = &[
     "ds",
     "ds_nodash",
     "ts",
@@ -119,7 +119,7 @@ fn urlencode(value: &Value) -> Result<String, minijinja::Error> {
 }
 
 /// A function the template language itself provides (`range`, `dict`, ...).
-pub fn is_builtin(name: &str) -> bool {
+pub(crate) fn is_builtin(name: &str) -> bool {
     env().globals().any(|(n, _)| n == name)
 }
 
@@ -130,7 +130,7 @@ pub fn render(source: &str, ctx: &Value) -> Result<String, String> {
 
 /// Renders a task's keys. A shell key's text is also checked as rendered, where every value is
 /// known (see [`shell::verify`]).
-pub fn render_task_config(
+pub(crate) fn render_task_config(
     config: &serde_json::Map<String, Json>,
     ctx: &Value,
     shell_keys: &[&str],
@@ -150,7 +150,7 @@ pub fn render_task_config(
 
 /// Renders the text of a shell key and checks that every value `shell_quote` made stands as
 /// a word of its own, read on the text as it came out.
-pub fn render_shell(source: &str, ctx: &Value) -> Result<String, String> {
+pub(crate) fn render_shell(source: &str, ctx: &Value) -> Result<String, String> {
     let tmpl = env().template_from_str(source).map_err(describe_error)?;
     let (out, spans) = tmpl.render_with_spans(ctx).map_err(describe_error)?;
     shell::verify(source, &out, &spans)?;
@@ -198,7 +198,7 @@ fn describe_error(err: minijinja::Error) -> String {
 
 /// Parses a template and returns the dotted names it reads (`params.model`,
 /// `tasks.extract.output.rows`), for static checks at validation time.
-pub fn references(source: &str) -> Result<BTreeSet<String>, String> {
+pub(crate) fn references(source: &str) -> Result<BTreeSet<String>, String> {
     let tmpl = env().template_from_str(source).map_err(describe_error)?;
     Ok(tmpl.undeclared_variables(true).into_iter().collect())
 }

@@ -98,7 +98,7 @@ pub fn load_files(files: &[PathBuf], catalog: &dyn Catalog, opts: &ParseOptions)
     loaded
 }
 
-pub fn load_folder(
+pub(crate) fn load_folder(
     path: &Path,
     catalog: &dyn Catalog,
     opts: &ParseOptions,

@@ -693,7 +693,7 @@ fn describe_value(node: &Node) -> String {
 }
 
 /// A stable, short hash of the file text.
-pub fn version_of(source: &str) -> String {
+pub(crate) fn version_of(source: &str) -> String {
     // FNV-1a: stable across builds and platforms, unlike std's DefaultHasher.
     let mut h: u64 = 0xcbf29ce484222325;
     for b in source.as_bytes() {

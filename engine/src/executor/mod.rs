@@ -10,9 +10,10 @@ mod pids;
 mod running;
 mod snapshot;
 
-pub use pids::PidJournal;
-pub use running::{RunningTries, TryKey, try_key};
-pub use snapshot::{outputs_snapshot, plan_snapshot};
+pub(crate) use pids::PidJournal;
+pub(crate) use running::{RunningTries, TryKey, try_key};
+pub use snapshot::outputs_snapshot;
+pub(crate) use snapshot::plan_snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use crate::store::{Claim, RunRow, Store, TiRow, TryEnd, TryWrite};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
-pub struct TryEnv {
+pub(crate) struct TryEnv {
     /// Fires when the scheduler shuts down cleanly: its tries are requeued, not cancelled.
     pub shutdown: CancellationToken,
     pub recorder: Recorder,
@@ -53,7 +54,7 @@ enum Outcome {
 /// Runs one claimed try to its end and records it. Returns the state recorded (None when the
 /// lease was lost), and whether its slot was handed over (`handover`): then the slot is the
 /// successor's, and the caller must not free it.
-pub async fn run_try(
+pub(crate) async fn run_try(
     env: &TryEnv,
     claim: &Claim,
     dag: &Dag,
@@ -289,7 +290,7 @@ fn external_recorder(recorder: Recorder, claim: Claim) -> crate::operator::Exter
 /// The largest `FLOW_OUTPUT` a try may publish: outputs live in the metadata database and are
 /// read by every downstream template, so a large result belongs in a file whose path is the
 /// output.
-pub const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_OUTPUT_BYTES: u64 = 1 << 20;
 
 /// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
 /// under `$FLOW_HOME`.
@@ -409,7 +410,7 @@ async fn finish(
 }
 
 /// Outcome of a try whose scheduler died: another try if the policy allows.
-pub fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
+pub(crate) fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
     let now = now();
     if ti.external_ref.is_some() {
         // Its work goes on elsewhere (an EMR step): the next try re-attaches to it, so losing

@@ -17,7 +17,7 @@ use crate::store::{Claim, TryWrite};
 /// starts without waiting for a database commit (that wait was a third of a short try's time
 /// in a group commit). The pid is also written to the database, without waiting, for
 /// the pages and for schedulers that recover tries from another home.
-pub struct PidJournal {
+pub(crate) struct PidJournal {
     pub(super) path: PathBuf,
     file: std::sync::Mutex<Option<std::fs::File>>,
 }
@@ -90,7 +90,7 @@ impl PidJournal {
     /// journal stays as short as its busiest moment. A try is registered in `running` before it
     /// notes its pid, and the check and the truncation hold the journal's lock, so a note is
     /// never cut away.
-    pub fn truncate_when_idle(&self, running: &RunningTries) {
+    pub(crate) fn truncate_when_idle(&self, running: &RunningTries) {
         if let Ok(mut file) = self.file.lock()
             && let Some(f) = file.as_mut()
             && running.is_empty()

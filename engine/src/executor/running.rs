@@ -8,7 +8,7 @@ use crate::store::Claim;
 
 /// Which try: what the heartbeat compares with the database's view of this process's leases.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TryKey {
+pub(crate) struct TryKey {
     pub run_id: String,
     pub task_id: String,
     pub map_index: i64,
@@ -25,7 +25,7 @@ impl std::fmt::Display for TryKey {
     }
 }
 
-pub fn try_key(claim: &Claim) -> TryKey {
+pub(crate) fn try_key(claim: &Claim) -> TryKey {
     TryKey {
         run_id: claim.run_id.clone(),
         task_id: claim.task_id.clone(),
@@ -36,7 +36,7 @@ pub fn try_key(claim: &Claim) -> TryKey {
 
 /// The tries this process runs, each with the token that stops it.
 #[derive(Default)]
-pub struct RunningTries {
+pub(crate) struct RunningTries {
     tries: std::sync::Mutex<HashMap<TryKey, Running>>,
 }
 
@@ -87,7 +87,7 @@ impl RunningTries {
 
     /// Stops a try whose lease this process no longer holds, unless it is writing its own end.
     /// Returns whether it was stopped.
-    pub fn stop_lost(&self, key: &TryKey) -> bool {
+    pub(crate) fn stop_lost(&self, key: &TryKey) -> bool {
         let Ok(m) = self.tries.lock() else {
             return false;
         };

@@ -7,7 +7,7 @@ use crate::state::TaskState;
 use crate::store::{PlanRows, RunRow};
 
 /// A run's snapshot for the planner.
-pub fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
+pub(crate) fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
     RunSnapshot {
         run_id: run.run_id.clone(),
         dag_id: run.dag_id.clone(),

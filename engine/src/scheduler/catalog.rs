@@ -129,12 +129,6 @@ impl DagCatalog {
         .map_err(EngineError::Panicked)?
     }
 
-    /// Registers a DAG parsed outside the folder scan (`flow run` with a file path).
-    pub fn add(&mut self, dag: Arc<Dag>) {
-        self.remember(dag.clone());
-        self.current.insert(dag.id.clone(), dag);
-    }
-
     fn remember(&self, dag: Arc<Dag>) {
         self.versions
             .lock()

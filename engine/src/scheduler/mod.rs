@@ -77,7 +77,7 @@ mod recovery;
 mod runs;
 
 pub use catalog::DagCatalog;
-pub use runs::{Backfilled, backfill, manual_run, new_run, next_run_at, run_id, trigger};
+pub use runs::{Backfilled, backfill, manual_run, next_run_at, run_id, trigger};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -96,7 +96,7 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    pub fn pool_size(&self, pool: &str) -> Option<usize> {
+    pub(crate) fn pool_size(&self, pool: &str) -> Option<usize> {
         self.pools
             .get(pool)
             .copied()
@@ -107,7 +107,7 @@ impl EngineConfig {
     /// default pool, unless sized in flow.toml, is as large as this scheduler's parallelism,
     /// which the loop enforces itself, so its claims count nothing; nor do an unknown pool's,
     /// whose tries are claimed only to fail.
-    pub fn counted_slots(&self, pool: &str) -> Option<i64> {
+    pub(crate) fn counted_slots(&self, pool: &str) -> Option<i64> {
         self.pools.get(pool).map(|&n| n as i64)
     }
 }
@@ -250,11 +250,6 @@ impl Engine {
         version: &str,
     ) -> Result<Option<Arc<Dag>>, EngineError> {
         self.catalog.version(dag_id, version).await
-    }
-
-    /// Registers a DAG parsed outside the folder scan (`flow run` with a file path).
-    pub fn add_dag(&mut self, dag: Arc<Dag>) {
-        self.catalog.add(dag);
     }
 
     /// Runs the loop until shutdown (daemon) or until the run ends (single). Returns the run's

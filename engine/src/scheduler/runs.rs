@@ -26,7 +26,7 @@ pub fn run_id(dag_id: &str, logical: DateTime<Utc>, run_type: RunType) -> String
 
 /// The run a trigger creates: params resolved against the DAG's declarations, logical date
 /// the trigger time unless given, data interval from the schedule when the date is a fire time.
-pub fn new_run(
+pub(crate) fn new_run(
     dag: &Dag,
     run_type: RunType,
     logical_date: DateTime<Utc>,

@@ -15,14 +15,15 @@ use super::splice::{self, Emit, Piece};
 
 mod lexer;
 
-pub use lexer::{Context, Lexer};
+pub use lexer::Context;
+pub(crate) use lexer::Lexer;
 
 /// The filter that makes a value one shell word (or, for a list, one word per item).
-pub const SHELL_QUOTE: &str = "shell_quote";
+pub(crate) const SHELL_QUOTE: &str = "shell_quote";
 
 /// One place in a template where a value that is not flow's own reaches the shell unprotected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unquoted {
+pub(crate) struct Unquoted {
     /// 1-based line within the template text.
     pub line: usize,
     /// The emitted expression as written (`params.model`); empty for a construct.
@@ -60,7 +61,7 @@ pub fn quote(text: &str) -> String {
 /// cannot carry shell syntax; `list` whether it is known to be a list (an array param): glued
 /// to other text, its items after the first would be words of their own. A value that only
 /// may be one (an output, an item) is checked where it renders ([`verify`]).
-pub fn unquoted(
+pub(crate) fn unquoted(
     source: &str,
     trusted: &dyn Fn(&str) -> bool,
     list: &dyn Fn(&str) -> bool,
@@ -80,7 +81,11 @@ pub fn unquoted(
 /// known (a secret that holds a quote, the branch a run took), so the place of each value
 /// `shell_quote` made is read exactly. Each must stand at an unquoted word, and a quoted list
 /// apart from the text around it.
-pub fn verify(source: &str, out: &str, spans: &[minijinja::OutputSpan]) -> Result<(), String> {
+pub(crate) fn verify(
+    source: &str,
+    out: &str,
+    spans: &[minijinja::OutputSpan],
+) -> Result<(), String> {
     let mut lexer = Lexer::default();
     let mut at = 0;
     for span in spans {

@@ -10,11 +10,11 @@
 use super::splice::{self, Emit, Piece};
 
 /// The filter that makes a value safe in a URL's path or query.
-pub const URL_QUOTE: &str = "urlencode";
+pub(crate) const URL_QUOTE: &str = "urlencode";
 
 /// One place where an outside value could change where a URL points, or reaches it unencoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsafe {
+pub(crate) struct Unsafe {
     pub line: usize,
     pub expr: String,
     pub name: String,
@@ -24,7 +24,10 @@ pub struct Unsafe {
 
 /// Every place in `source` where an outside value is emitted into the scheme or authority, or
 /// elsewhere without `urlencode`, on any path through the template.
-pub fn unsafe_spots(source: &str, trusted: &dyn Fn(&str) -> bool) -> Result<Vec<Unsafe>, String> {
+pub(crate) fn unsafe_spots(
+    source: &str,
+    trusted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Unsafe>, String> {
     let nodes = splice::tree(source, URL_QUOTE)?;
     let mut check = UrlCheck {
         trusted,

@@ -89,7 +89,7 @@ enum Frame {
 /// Fed the template's text piece by piece, in order; [`Lexer::context`] tells where a value
 /// spliced in between would land.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Lexer {
+pub(crate) struct Lexer {
     stack: Vec<Frame>,
     /// A backslash was just read where it escapes the next character.
     escaped: bool,
@@ -146,11 +146,11 @@ impl Lexer {
     }
 
     /// True when the next character starts a new word.
-    pub fn at_word_start(&self) -> bool {
+    pub(crate) fn at_word_start(&self) -> bool {
         self.at_word_start && !self.escaped && !self.dollar
     }
 
-    pub fn feed(&mut self, text: &str) {
+    pub(crate) fn feed(&mut self, text: &str) {
         for c in text.chars() {
             self.char(c);
         }
