@@ -11,6 +11,7 @@ mod cli;
 mod daemon;
 mod emr;
 mod heavy;
+mod in_process;
 mod ml;
 mod pages;
 mod run;
