@@ -53,6 +53,18 @@ pub enum StoreError {
     BadUrl(String),
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
+    #[error("corrupt row in the database: {what}: {source}")]
+    CorruptJson {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("cannot take the migration lock of the database: {0}")]
+    LockTask(#[from] tokio::task::JoinError),
 }
 
 impl StoreError {

@@ -56,8 +56,8 @@ fn owner_only(db: &std::path::Path) {
     }
 }
 
-fn config_error(message: String) -> StoreError {
-    StoreError::Database(sqlx::Error::Configuration(message.into()))
+fn io_error(what: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { what, source }
 }
 
 /// Takes the lock file beside a SQLite database, waiting for another process that holds it.
@@ -72,11 +72,10 @@ async fn lock_beside(db: &std::path::Path) -> Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| config_error(format!("cannot open {}: {e}", lock_path.display())))?;
+        .map_err(io_error(format!("cannot open {}", lock_path.display())))?;
     tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("lock task failed: {e}")))?
-        .map_err(|e| config_error(format!("cannot lock {}: {e}", lock_path.display())))
+        .await?
+        .map_err(io_error(format!("cannot lock {}", lock_path.display())))
 }
 
 impl SqliteStore {
@@ -97,7 +96,7 @@ impl SqliteStore {
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir)
-                .map_err(|e| config_error(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(io_error(format!("cannot create {}", dir.display())))?;
         }
         // Switching a new database to WAL and migrating it are done by one process at a time,
         // under a lock file beside the database: sqlx takes no lock around SQLite migrations, and

@@ -149,7 +149,10 @@ where
         rows.iter()
             .map(|r| {
                 let errors: Vec<String> = serde_json::from_str(&r.try_get::<String, _>("errors")?)
-                    .map_err(|e| StoreError::Corrupt(format!("import_errors: {e}")))?;
+                    .map_err(|source| StoreError::CorruptJson {
+                        what: "import_errors",
+                        source,
+                    })?;
                 Ok((r.try_get("fileloc")?, errors))
             })
             .collect()

@@ -104,9 +104,11 @@ fn json_text(v: &Json) -> String {
     v.to_string()
 }
 
-fn parse_json(text: Option<String>, what: &str) -> Result<Option<Json>> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{what}: {e}"))))
-        .transpose()
+fn parse_json(text: Option<String>, what: &'static str) -> Result<Option<Json>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|source| StoreError::CorruptJson { what, source })
+    })
+    .transpose()
 }
 
 fn same_instance(a: &Claim, b: &Claim) -> bool {
