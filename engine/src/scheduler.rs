@@ -390,7 +390,9 @@ impl Engine {
         if let Some(d) = self.versions.get(&key) {
             return Ok(Some(d.clone()));
         }
-        let Some((fileloc, source)) = self.store.dag_source(dag_id, version).await? else {
+        let Some(crate::store::DagSource { fileloc, source }) =
+            self.store.dag_source(dag_id, version).await?
+        else {
             return Ok(None);
         };
         match parse_dag(
@@ -708,7 +710,10 @@ impl Engine {
                 if !mine.is_empty() {
                     match store.owned_tries(&owner).await {
                         Ok(owned) => {
-                            let owned: HashSet<TryKey> = owned.into_iter().collect();
+                            let owned: HashSet<TryKey> = owned
+                                .into_iter()
+                                .map(|t| (t.run_id, t.task_id, t.map_index, t.try_number))
+                                .collect();
                             for key in mine.into_iter().filter(|k| !owned.contains(k)) {
                                 if running.stop_lost(&key) {
                                     tracing::warn!(

@@ -388,7 +388,7 @@ async fn dags_list(g: &Global, json: bool) -> Result<u8> {
                     if d.paused { "yes".into() } else { "no".into() },
                     d.last_run
                         .as_ref()
-                        .map(|(_, s)| s.as_str().to_string())
+                        .map(|r| r.state.as_str().to_string())
                         .unwrap_or_else(|| "-".into()),
                     short_ts(*n),
                 ]

@@ -40,7 +40,21 @@ pub struct DagRow {
     pub paused: bool,
     pub active: bool,
     pub next_run_at: Option<DateTime<Utc>>,
-    pub last_run: Option<(String, RunState)>,
+    pub last_run: Option<LastRun>,
+}
+
+/// A DAG's most recently queued run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastRun {
+    pub run_id: String,
+    pub state: RunState,
+}
+
+/// The file a DAG version was loaded from, and its text then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DagSource {
+    pub fileloc: String,
+    pub source: String,
 }
 
 #[async_trait]
@@ -57,7 +71,7 @@ pub trait DagStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<()>;
     async fn import_errors(&self) -> Result<BTreeMap<String, Vec<String>>>;
-    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<(String, String)>>;
+    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<DagSource>>;
     async fn list_dags(&self) -> Result<Vec<DagRow>>;
     async fn get_dag(&self, dag_id: &str) -> Result<Option<DagRow>>;
     /// Returns false when the DAG is unknown.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
 
-use super::{Claim, ClaimBatch, ClaimRequest, Store, TryWrite};
+use super::{Claim, ClaimBatch, ClaimRequest, Recorded, Store, TryWrite};
 
 /// How a batch that failed for a transient reason (a deadlock, a serialization failure: the
 /// database aborted the whole transaction) is tried again: five more times, from 5 ms.
@@ -141,7 +141,7 @@ impl Recorder {
                     .when(|e| e.is_transient())
                     .await;
                 let (applied, mut claimed) = match result {
-                    Ok((applied, claimed)) => (Ok(applied), Ok(claimed)),
+                    Ok(Recorded { applied, claimed }) => (Ok(applied), Ok(claimed)),
                     Err(e) => (Err(e.to_string()), Err(e.to_string())),
                 };
                 // The handed-over claims reach the loop before the ends are answered, so a try

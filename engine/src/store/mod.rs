@@ -22,18 +22,21 @@ mod tests;
 mod tokens;
 mod tries;
 
-pub use dags::{DagRecord, DagRow, DagStore};
+pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
-    ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
+    DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
 };
 pub use plan::{PlanRows, PlanStore};
 pub use runs::{
-    Created, KeyedRun, Mark, NewRun, NewTaskInstance, RunCreate, RunFilter, RunRow, RunStore, TiRow,
+    Created, IdempotencyKey, KeyedRun, Mark, NewRun, NewTaskInstance, RunCreate, RunFilter, RunRow,
+    RunStore, TiRow,
 };
 pub use sql::{connect, drop_database};
-pub use tokens::{Role, TokenInfo, TokenStore, new_token, token_hash};
-pub use tries::{Claim, ClaimBatch, ClaimRequest, TryEnd, TryRow, TryStore, TryWrite};
+pub use tokens::{Role, TokenGrant, TokenInfo, TokenStore, TokenUsed, new_token, token_hash};
+pub use tries::{
+    Claim, ClaimBatch, ClaimRequest, Recorded, TryEnd, TryId, TryRow, TryStore, TryWrite,
+};
 
 /// The store's traits, for code that calls them on something other than a `dyn Store` (a
 /// `dyn Store` answers every method of its supertraits without them in scope).

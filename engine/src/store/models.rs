@@ -36,6 +36,13 @@ impl std::str::FromStr for ModelStage {
     }
 }
 
+/// The data a model was trained on: the data interval of the run that trained it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataInterval {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
 /// A trained model to register: what it is, how good, and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewModelVersion {
@@ -47,7 +54,7 @@ pub struct NewModelVersion {
     /// Where the artifact is: a local path or an `s3://` URL.
     pub artifact: String,
     pub training_set: String,
-    pub data_interval: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub data_interval: Option<DataInterval>,
     pub dag_id: String,
     pub dag_version: String,
     pub run_id: String,

@@ -93,12 +93,19 @@ pub enum KeyedRun {
     Existing(String),
 }
 
+/// An idempotency key and the start of its window, as [`RunStore::create_run_keyed`] takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// Uses of the key before this are forgotten.
+    pub not_before: DateTime<Utc>,
+}
+
 /// One run to create in a [`RunStore::create_runs`] batch.
 #[derive(Debug, Clone)]
 pub struct RunCreate {
     pub run: NewRun,
-    /// An idempotency key and the start of its window, as [`RunStore::create_run_keyed`] takes.
-    pub key: Option<(String, DateTime<Utc>)>,
+    pub key: Option<IdempotencyKey>,
 }
 
 /// What [`RunStore::create_runs`] did with one entry.

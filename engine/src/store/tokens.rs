@@ -66,6 +66,20 @@ pub struct TokenInfo {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// Who a valid token speaks for: [`TokenStore::token_role`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub name: String,
+    pub role: Role,
+}
+
+/// When a token was used: [`TokenStore::touch_tokens`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUsed {
+    pub name: String,
+    pub at: DateTime<Utc>,
+}
+
 /// API tokens: only a SHA-256 hash of each is kept.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
@@ -80,15 +94,11 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<bool>;
     /// The name and role of the token with this hash, if it exists and has not expired at
     /// `now`.
-    async fn token_role(
-        &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<(String, Role)>>;
+    async fn token_role(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenGrant>>;
     /// Every token, by name.
     async fn list_tokens(&self) -> Result<Vec<TokenInfo>>;
     /// Deletes the token named `name`; false if there is none.
     async fn revoke_token(&self, name: &str) -> Result<bool>;
     /// Records when tokens were last used, a batch in one transaction; a time never moves back.
-    async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> Result<()>;
+    async fn touch_tokens(&self, used: &[TokenUsed]) -> Result<()>;
 }

@@ -93,6 +93,24 @@ impl TryEnd {
     }
 }
 
+/// What [`TryStore::record_and_claim`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recorded {
+    /// Per write, whether it applied.
+    pub applied: Vec<bool>,
+    /// Per claim request, the tries it got.
+    pub claimed: Vec<Vec<Claim>>,
+}
+
+/// One try of one task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TryId {
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: i64,
+    pub try_number: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TryRow {
     pub try_number: i64,
@@ -127,13 +145,12 @@ pub trait TryStore: Send + Sync {
     /// fenced on its claim. Returns, per write, whether it applied.
     async fn record_tries(&self, writes: &[TryWrite]) -> Result<Vec<bool>>;
     /// `record_tries`, then the claims of `claims`, in one transaction: a scheduler's try ends,
-    /// the pids of its new tries and its next claims share one commit. Returns what
-    /// `record_tries` returns and the claims of each request.
+    /// the pids of its new tries and its next claims share one commit.
     async fn record_and_claim(
         &self,
         writes: &[TryWrite],
         claims: Option<&ClaimBatch>,
-    ) -> Result<(Vec<bool>, Vec<Vec<Claim>>)>;
+    ) -> Result<Recorded>;
     /// Marks this scheduler alive and extends the leases of its running tries.
     async fn heartbeat(
         &self,
@@ -144,8 +161,8 @@ pub trait TryStore: Send + Sync {
         lease_until: DateTime<Utc>,
     ) -> Result<()>;
     async fn last_heartbeat(&self) -> Result<Option<DateTime<Utc>>>;
-    /// (run, task, map index, try number) of the running tries `owner` still holds.
-    async fn owned_tries(&self, owner: &str) -> Result<Vec<(String, String, i64, i64)>>;
+    /// The running tries `owner` still holds.
+    async fn owned_tries(&self, owner: &str) -> Result<Vec<TryId>>;
     /// Running tries whose lease has expired.
     async fn expired_tries(&self, now: DateTime<Utc>) -> Result<Vec<TiRow>>;
     /// The history of one task instance's tries, oldest first.

@@ -10,7 +10,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, QueryBuilder, Row, Type};
 use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, Tx, json_text, opt_us, parse_json, parse_state, ts};
 use crate::state::RunState;
-use crate::store::{DagRecord, DagRow, DagStore, Result, StoreError};
+use crate::store::{DagRecord, DagRow, DagSource, DagStore, LastRun, Result, StoreError};
 use crate::time::to_micros;
 
 impl<DB> SqlStore<DB>
@@ -29,7 +29,10 @@ where
         let last_id: Option<String> = r.try_get("last_run_id")?;
         let last_state: Option<String> = r.try_get("last_run_state")?;
         let last_run = match (last_id, last_state) {
-            (Some(id), Some(s)) => Some((id, parse_state::<RunState>(&s)?)),
+            (Some(run_id), Some(s)) => Some(LastRun {
+                run_id,
+                state: parse_state::<RunState>(&s)?,
+            }),
             _ => None,
         };
         let tags = parse_json(Some(r.try_get("tags")?), "tags")?
@@ -158,7 +161,7 @@ where
             .collect()
     }
 
-    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<(String, String)>> {
+    async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<DagSource>> {
         let row = sqlx::query(
             "SELECT fileloc, source FROM dag_versions WHERE dag_id = $1 AND version = $2",
         )
@@ -166,8 +169,13 @@ where
         .bind(version)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((r.try_get("fileloc")?, r.try_get("source")?)))
-            .transpose()
+        row.map(|r| {
+            Ok(DagSource {
+                fileloc: r.try_get("fileloc")?,
+                source: r.try_get("source")?,
+            })
+        })
+        .transpose()
     }
 
     async fn list_dags(&self) -> Result<Vec<DagRow>> {

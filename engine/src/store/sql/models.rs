@@ -7,7 +7,9 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, Row, Type};
 
 use super::dialect::Dialect;
 use super::{SqlStore, json_text, parse_json, parse_state};
-use crate::store::{ModelRegistry, ModelSummary, ModelVersion, NewModelVersion, Promotion, Result};
+use crate::store::{
+    DataInterval, ModelRegistry, ModelSummary, ModelVersion, NewModelVersion, Promotion, Result,
+};
 use crate::time::{from_micros, to_micros};
 
 const VERSION_COLUMNS: &str = "model, version, stage, task, algorithm, metrics, artifact, training_set, \
@@ -39,9 +41,10 @@ where
                 metrics: parse_json(Some(r.try_get("metrics")?), "metrics")?.unwrap_or(Json::Null),
                 artifact: r.try_get("artifact")?,
                 training_set: r.try_get("training_set")?,
-                data_interval: start
-                    .zip(end)
-                    .map(|(s, e)| (from_micros(s), from_micros(e))),
+                data_interval: start.zip(end).map(|(s, e)| DataInterval {
+                    start: from_micros(s),
+                    end: from_micros(e),
+                }),
                 dag_id: r.try_get("dag_id")?,
                 dag_version: r.try_get("dag_version")?,
                 run_id: r.try_get("run_id")?,
@@ -96,8 +99,8 @@ where
         .bind(json_text(&v.metrics))
         .bind(&v.artifact)
         .bind(&v.training_set)
-        .bind(v.data_interval.map(|(s, _)| to_micros(s)))
-        .bind(v.data_interval.map(|(_, e)| to_micros(e)))
+        .bind(v.data_interval.map(|i| to_micros(i.start)))
+        .bind(v.data_interval.map(|i| to_micros(i.end)))
         .bind(&v.dag_id)
         .bind(&v.dag_version)
         .bind(&v.run_id)

@@ -10,8 +10,8 @@ use super::{RUN_COLUMNS, SqlStore, TI_COLUMNS, Tx, json_text, parse_json, parse_
 use crate::plan::UNMAPPED;
 use crate::state::{RunState, RunType, TaskState};
 use crate::store::{
-    Created, KeyedRun, Mark, NewRun, Result, RunCreate, RunFilter, RunRow, RunStore, StoreError,
-    TiRow,
+    Created, IdempotencyKey, KeyedRun, Mark, NewRun, Result, RunCreate, RunFilter, RunRow,
+    RunStore, StoreError, TiRow,
 };
 use crate::time::{from_micros, to_micros};
 
@@ -156,7 +156,7 @@ where
 
     /// One entry of a [`RunStore::create_runs`] batch.
     async fn create_one_in(tx: &mut Tx<DB>, c: &RunCreate) -> Result<Created> {
-        let Some((key, not_before)) = &c.key else {
+        let Some(IdempotencyKey { key, not_before }) = &c.key else {
             return Ok(if Self::insert_run(tx, &c.run).await? {
                 Created::Created
             } else {

@@ -6,7 +6,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, Row, Type};
 
 use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, parse_state, ts};
-use crate::store::{Result, Role, TokenInfo, TokenStore};
+use crate::store::{Result, Role, TokenGrant, TokenInfo, TokenStore, TokenUsed};
 use crate::time::{from_micros, to_micros};
 
 #[async_trait]
@@ -47,11 +47,7 @@ where
         Ok(n == 1)
     }
 
-    async fn token_role(
-        &self,
-        token_hash: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<(String, Role)>> {
+    async fn token_role(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenGrant>> {
         let row = sqlx::query(
             "SELECT name, role FROM api_tokens WHERE token_hash = $1 \
              AND (expires_at IS NULL OR expires_at > $2)",
@@ -61,10 +57,10 @@ where
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
-            Ok((
-                r.try_get("name")?,
-                parse_state::<Role>(&r.try_get::<String, _>("role")?)?,
-            ))
+            Ok(TokenGrant {
+                name: r.try_get("name")?,
+                role: parse_state::<Role>(&r.try_get::<String, _>("role")?)?,
+            })
         })
         .transpose()
     }
@@ -100,12 +96,12 @@ where
         Ok(n == 1)
     }
 
-    async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> Result<()> {
+    async fn touch_tokens(&self, used: &[TokenUsed]) -> Result<()> {
         if used.is_empty() {
             return Ok(());
         }
         let (_writer, mut tx) = self.begin_write().await?;
-        for (name, at) in used {
+        for TokenUsed { name, at } in used {
             sqlx::query(
                 "UPDATE api_tokens SET last_used_at = $2 WHERE name = $1 \
                  AND (last_used_at IS NULL OR last_used_at < $2)",

@@ -11,7 +11,8 @@ use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, TI_COLUMNS, Tx, json_text, opt_us, parse_state, same_instance, ts};
 use crate::state::TaskState;
 use crate::store::{
-    Claim, ClaimBatch, ClaimRequest, Result, TiRow, TryEnd, TryRow, TryStore, TryWrite,
+    Claim, ClaimBatch, ClaimRequest, Recorded, Result, TiRow, TryEnd, TryId, TryRow, TryStore,
+    TryWrite,
 };
 use crate::time::{from_micros, to_micros};
 
@@ -218,8 +219,8 @@ where
             requests: vec![req.clone()],
             limit: req.limit,
         };
-        let (_, mut claimed) = self.record_and_claim(&[], Some(&batch)).await?;
-        Ok(claimed.pop().unwrap_or_default())
+        let mut recorded = self.record_and_claim(&[], Some(&batch)).await?;
+        Ok(recorded.claimed.pop().unwrap_or_default())
     }
 
     async fn running_by_pool(&self) -> Result<BTreeMap<String, i64>> {
@@ -241,22 +242,22 @@ where
     }
 
     async fn record_tries(&self, writes: &[TryWrite]) -> Result<Vec<bool>> {
-        Ok(self.record_and_claim(writes, None).await?.0)
+        Ok(self.record_and_claim(writes, None).await?.applied)
     }
 
     async fn record_and_claim(
         &self,
         writes: &[TryWrite],
         claims: Option<&ClaimBatch>,
-    ) -> Result<(Vec<bool>, Vec<Vec<Claim>>)> {
+    ) -> Result<Recorded> {
         let wanted = claims.is_some_and(|c| c.limit > 0 && !c.requests.is_empty());
         if writes.is_empty() && !wanted {
-            return Ok((
-                Vec::new(),
-                claims
+            return Ok(Recorded {
+                applied: Vec::new(),
+                claimed: claims
                     .map(|c| vec![Vec::new(); c.requests.len()])
                     .unwrap_or_default(),
-            ));
+            });
         }
         // Read before the claims: a clear() meanwhile (something was queued) voids what they
         // found.
@@ -270,7 +271,7 @@ where
         };
         tx.commit().await?;
         self.settle_cursors(writes, &read, epoch);
-        Ok((applied, claimed))
+        Ok(Recorded { applied, claimed })
     }
 
     async fn heartbeat(
@@ -317,7 +318,7 @@ where
         Ok(ts(row.try_get("m")?))
     }
 
-    async fn owned_tries(&self, owner: &str) -> Result<Vec<(String, String, i64, i64)>> {
+    async fn owned_tries(&self, owner: &str) -> Result<Vec<TryId>> {
         let rows = sqlx::query(
             "SELECT run_id, task_id, map_index, try_number FROM task_instances \
              WHERE state = 'running' AND lease_owner = $1",
@@ -326,7 +327,14 @@ where
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .map(|r| {
+                Ok(TryId {
+                    run_id: r.try_get(0)?,
+                    task_id: r.try_get(1)?,
+                    map_index: r.try_get(2)?,
+                    try_number: r.try_get(3)?,
+                })
+            })
             .collect()
     }
 
