@@ -10,6 +10,7 @@
 
 pub mod dag;
 pub mod executor;
+pub mod keys;
 pub mod log;
 pub mod notify;
 pub mod operator;

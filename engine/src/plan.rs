@@ -46,9 +46,17 @@ pub struct RunSnapshot {
     /// Instances listed one by one: every one the planner may act on, and any other the caller
     /// chose to list (with outputs, for rendering).
     pub tis: Vec<TiSnapshot>,
-    /// (task id, state, how many) of the instances not in `tis`: mapped instances the planner
-    /// only needs to count.
-    pub counts: Vec<(String, TaskState, usize)>,
+    /// The instances not in `tis`, counted per task and state: mapped instances the planner only
+    /// needs to count.
+    pub counts: Vec<InstanceCount>,
+}
+
+/// How many instances of a task are in a state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceCount {
+    pub task_id: String,
+    pub state: TaskState,
+    pub count: usize,
 }
 
 impl RunSnapshot {
@@ -261,11 +269,11 @@ impl<'a> Planner<'a> {
         let mut states: HashMap<&str, Instances> = HashMap::new();
         // Counted instances never change in a plan: they are neither scheduled nor up for retry.
         let mut counted: HashMap<&str, Vec<(TaskState, usize)>> = HashMap::new();
-        for (task_id, state, n) in &self.run.counts {
+        for c in &self.run.counts {
             counted
-                .entry(task_id.as_str())
+                .entry(c.task_id.as_str())
                 .or_default()
-                .push((*state, *n));
+                .push((c.state, c.count));
         }
         let mut by_key: HashMap<(&str, i64), &TiSnapshot> = HashMap::new();
         for ti in &self.run.tis {
@@ -493,7 +501,7 @@ mod tests {
 
     use super::*;
     use crate::dag::{Backoff, ParseOptions, parse_dag};
-    use crate::operator::{Catalog, OperatorKeys};
+    use crate::keys::{Catalog, OperatorKeys};
     use crate::state::TaskState as S;
 
     struct TestCatalog;
@@ -1415,7 +1423,11 @@ mod tests {
     fn with_counts(mut run: RunSnapshot, counts: &[(&str, S, usize)]) -> RunSnapshot {
         run.counts = counts
             .iter()
-            .map(|(t, s, n)| (t.to_string(), *s, *n))
+            .map(|(t, s, n)| InstanceCount {
+                task_id: t.to_string(),
+                state: *s,
+                count: *n,
+            })
             .collect();
         run
     }

@@ -1,8 +1,7 @@
-//! The `flow` command line: its arguments (the product's commands only; the benchmarks are the
-//! `flow-bench` binary) and the process around a command (logging, runtime, exit codes).
+//! The `flow` command line's arguments: the product's commands only (the benchmarks are the
+//! `flow-bench` binary). What each command does is `crate::commands`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -204,42 +203,6 @@ pub enum TasksCommand {
         #[arg(long)]
         downstream: bool,
     },
-}
-
-/// The `flow` binary's whole life: parse, run the command, map its error to an exit code (2 for
-/// a usage error, 1 for any other).
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("flow: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(crate::commands::dispatch(cli)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            if let Some(u) = e.downcast_ref::<crate::commands::Usage>() {
-                eprintln!("flow: {}", u.0);
-                ExitCode::from(2)
-            } else {
-                eprintln!("flow: {e:#}");
-                ExitCode::from(1)
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! What each command does. Errors a user must fix come back as [`Usage`] (exit code 2).
+//! What each command does. Errors a user must fix come back as
+//! [`crate::context::Usage`] (exit code 2).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,10 +11,9 @@ use flow_engine::dag::load::{dag_files, load_files};
 use flow_engine::dag::parse::ParseOptions;
 use flow_engine::plan::UNMAPPED;
 use flow_engine::schedule::parse_date;
-use flow_engine::scheduler::{self, DagCatalog, Engine, EngineError, Mode};
-use flow_engine::secrets::Secrets;
+use flow_engine::scheduler::{self, DagCatalog, Engine, Mode};
 use flow_engine::state::RunState;
-use flow_engine::store::{RunFilter, Store};
+use flow_engine::store::RunFilter;
 use flow_engine::time::{now, rfc3339};
 use tokio_util::sync::CancellationToken;
 
@@ -21,119 +21,10 @@ use crate::cli::{
     Cli, Command, DagsCommand, Global, ModelsCommand, RunArgs, RunsCommand, TasksCommand,
     TokensCommand,
 };
-use crate::config::{Given, Settings, resolve};
+use crate::context::{Ctx, engine, engine_err, op_err, open, settings, usage};
 use crate::ops;
 use crate::progress::follow;
 use crate::render::{dag_json, model_json, model_version_json, run_json, short_ts, table};
-
-/// An input or usage error: exit code 2, one line.
-#[derive(Debug)]
-pub struct Usage(pub String);
-
-impl std::fmt::Display for Usage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Usage {}
-
-pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(Usage(msg.into()))
-}
-
-/// An operation's error: the caller's (exit code 2) or ours.
-fn op_err(e: ops::OpError) -> anyhow::Error {
-    match e {
-        ops::OpError::NotFound(m) | ops::OpError::Invalid(m) => usage(m),
-        other => anyhow::Error::new(other),
-    }
-}
-
-pub(crate) fn engine_err(e: EngineError) -> anyhow::Error {
-    if e.is_input() {
-        usage(e.to_string())
-    } else {
-        anyhow::Error::new(e)
-    }
-}
-
-pub(crate) struct Ctx {
-    pub(crate) settings: Settings,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) secrets: Secrets,
-}
-
-fn settings(g: &Global) -> Result<Settings> {
-    resolve(&Given {
-        home: g.home.clone(),
-        dags: g.dags.clone(),
-        database_url: g.database_url.clone(),
-        bind: g.bind.clone(),
-    })
-    .map_err(|e| usage(format!("{e:#}")))
-}
-
-pub(crate) async fn open(g: &Global) -> Result<Ctx> {
-    let settings = settings(g)?;
-    ensure_home(&settings.home)?;
-    let store = flow_engine::store::connect(&settings.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {}",
-                redact_url(&settings.database_url)
-            )
-        })?;
-    let from_env = Secrets::from_env();
-    let hidden = settings.hidden_values(&from_env);
-    let secrets = from_env.hiding(hidden);
-    Ok(Ctx {
-        settings,
-        store,
-        secrets,
-    })
-}
-
-/// Creates the home folder, readable by its owner alone (0700): it holds the admin token, the
-/// SQLite database and every try's log. An existing folder keeps the mode its owner gave it.
-fn ensure_home(home: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if home.exists() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(home)
-        .with_context(|| format!("cannot create {}", home.display()))
-}
-
-/// A database URL without its password, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// An engine with the DAGs folder loaded and recorded.
-pub(crate) async fn engine(ctx: &Ctx) -> Result<Engine> {
-    let mut engine = Engine::new(
-        ctx.store.clone(),
-        Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
-        ctx.settings.engine.clone(),
-        ctx.secrets.clone(),
-    );
-    engine.reload_dags().await.map_err(engine_err)?;
-    Ok(engine)
-}
 
 fn find_dag(engine: &Engine, id: &str) -> Result<Arc<Dag>> {
     engine
@@ -294,7 +185,7 @@ async fn dags_list(g: &Global, json: bool) -> Result<u8> {
                     if d.paused { "yes".into() } else { "no".into() },
                     d.last_run
                         .as_ref()
-                        .map(|(_, s)| s.as_str().to_string())
+                        .map(|r| r.state.as_str().to_string())
                         .unwrap_or_else(|| "-".into()),
                     short_ts(*n),
                 ]

@@ -164,7 +164,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
     if max_queued_runs == 0 {
         bail!("flow.toml: max_queued_runs_per_dag must be at least 1");
     }
-    let trusted_proxies = crate::state::client::parse_proxies(&file.api.trusted_proxies)
+    let trusted_proxies = crate::client::parse_proxies(&file.api.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("flow.toml: [api] trusted_proxies: {e}"))?;
     Ok(Settings {
         trusted_proxies,

@@ -9,7 +9,7 @@ use flow_engine::time::now;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Global;
-use crate::commands::{Ctx, engine, engine_err, open, redact_url, usage};
+use crate::context::{Ctx, engine, engine_err, open, redact_url, usage};
 
 /// A token cancelled on SIGINT or SIGTERM.
 fn shutdown_on_signals() -> CancellationToken {

@@ -9,8 +9,10 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
+pub mod context;
 mod daemons;
 pub mod ops;
 mod progress;

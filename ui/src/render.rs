@@ -177,9 +177,9 @@ pub fn dag_view(d: &DagRow, next_run_at: Option<DateTime<Utc>>) -> DagView {
         paused: d.paused,
         tags: d.tags.clone(),
         next_run_at: ts(next_run_at),
-        last_run: d.last_run.as_ref().map(|(id, s)| LastRun {
-            run_id: id.clone(),
-            state: s.as_str().to_string(),
+        last_run: d.last_run.as_ref().map(|r| LastRun {
+            run_id: r.run_id.clone(),
+            state: r.state.as_str().to_string(),
         }),
         fileloc: d.fileloc.clone(),
     }
@@ -284,8 +284,8 @@ pub fn model_version_json(v: &flow_engine::store::ModelVersion) -> Json {
         "metrics": v.new.metrics,
         "artifact": v.new.artifact,
         "training_set": v.new.training_set,
-        "data_interval_start": v.new.data_interval.map(|(s, _)| rfc3339(s)),
-        "data_interval_end": v.new.data_interval.map(|(_, e)| rfc3339(e)),
+        "data_interval_start": v.new.data_interval.map(|i| rfc3339(i.start)),
+        "data_interval_end": v.new.data_interval.map(|i| rfc3339(i.end)),
         "dag_id": v.new.dag_id,
         "dag_version": v.new.dag_version,
         "run_id": v.new.run_id,

@@ -8,7 +8,7 @@ use flow_engine::time::{now, rfc3339};
 use serde_json::{Value as Json, json};
 
 use crate::cli::Global;
-use crate::commands::{open, usage};
+use crate::context::{open, usage};
 use crate::render::{short_ts, table};
 
 /// When a token made now with `--expires TEXT` (`30d`, `12h`) stops working.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{Dag, ParseOptions, Problem, parse_dag};
-use crate::operator::Catalog;
+use crate::keys::Catalog;
 use crate::yaml::Pos;
 
 #[derive(Debug, Default)]

@@ -16,7 +16,7 @@ use super::{
     Backoff, DEFAULT_MAX_ACTIVE_RUNS, DEFAULT_POOL, Dag, Notification, Param, ParamType, Problem,
     RetryPolicy, Task, TriggerRule,
 };
-use crate::operator::Catalog;
+use crate::keys::Catalog;
 use crate::schedule::{Schedule, parse_date, parse_duration};
 use crate::template;
 use crate::yaml::{self, Key, Limits, Node, Pos, Value};

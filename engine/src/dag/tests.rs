@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::load::{load_files, load_folder};
 use super::*;
-use crate::operator::{Catalog, OperatorKeys};
+use crate::keys::{Catalog, OperatorKeys};
 
 struct TestCatalog;
 

@@ -7,23 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::Claim;
 
 /// Which try: what the heartbeat compares with the database's view of this process's leases.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct TryKey {
-    pub run_id: String,
-    pub task_id: String,
-    pub map_index: i64,
-    pub try_number: i64,
-}
-
-impl std::fmt::Display for TryKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "try {} of {}/{}[{}]",
-            self.try_number, self.run_id, self.task_id, self.map_index
-        )
-    }
-}
+pub(crate) use crate::store::TryId as TryKey;
 
 pub(crate) fn try_key(claim: &Claim) -> TryKey {
     TryKey {

@@ -1,10 +1,8 @@
 //! The run snapshots the planner and the template context read, built from store rows.
 
-use serde_json::Value as Json;
-
 use crate::plan::{RunSnapshot, TiSnapshot};
 use crate::state::TaskState;
-use crate::store::{PlanRows, RunRow};
+use crate::store::{PlanRows, RunRow, TaskOutput};
 
 /// A run's snapshot for the planner.
 pub(crate) fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
@@ -23,17 +21,17 @@ pub(crate) fn plan_snapshot(run: &RunRow, rows: PlanRows) -> RunSnapshot {
 
 /// A run's snapshot holding only its upstream tasks' outputs: what rendering a task's
 /// templates reads (the executor before a try, the task page for its rendered command).
-pub fn outputs_snapshot(run: &RunRow, outputs: Vec<(String, i64, Option<Json>)>) -> RunSnapshot {
+pub fn outputs_snapshot(run: &RunRow, outputs: Vec<TaskOutput>) -> RunSnapshot {
     let rows = outputs
         .into_iter()
-        .map(|(task_id, map_index, output)| TiSnapshot {
-            task_id,
-            map_index,
+        .map(|o| TiSnapshot {
+            task_id: o.task_id,
+            map_index: o.map_index,
             state: TaskState::Success,
             try_number: 0,
             try_base: 0,
             next_try_at: None,
-            output,
+            output: o.output,
         })
         .collect();
     plan_snapshot(

@@ -160,8 +160,8 @@ impl DagCatalog {
             return Ok(None);
         };
         match parse_dag(
-            Path::new(&stored.0),
-            &stored.1,
+            Path::new(&stored.fileloc),
+            &stored.source,
             self.registry.as_ref(),
             &DagCatalog::parse_options(),
         ) {

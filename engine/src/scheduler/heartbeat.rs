@@ -68,15 +68,7 @@ impl Heartbeat {
             return;
         }
         let owned: HashSet<TryKey> = match self.store.owned_tries(&self.owner).await {
-            Ok(owned) => owned
-                .into_iter()
-                .map(|(run_id, task_id, map_index, try_number)| TryKey {
-                    run_id,
-                    task_id,
-                    map_index,
-                    try_number,
-                })
-                .collect(),
+            Ok(owned) => owned.into_iter().collect(),
             Err(e) => {
                 tracing::error!("cannot read this scheduler's tries: {e}");
                 return;

@@ -147,7 +147,7 @@ impl Engine {
         } else {
             self.reserved -= reserved;
         }
-        let claimed = c.result.map_err(EngineError::Write)?;
+        let claimed = c.result?;
         // A handover that came back short freed slots another pool may use.
         let filled = c.handover || claimed.iter().map(Vec::len).sum::<usize>() >= reserved;
         for (asked, claims) in c.asked.requests.into_iter().zip(claimed) {

@@ -66,6 +66,7 @@ use crate::operator::Registry;
 use crate::schedule::ScheduleError;
 use crate::secrets::Secrets;
 use crate::state::RunState;
+use crate::store::group_commit::CommitError;
 use crate::store::{RunRow, Store, StoreError};
 
 mod catalog;
@@ -147,7 +148,7 @@ pub enum EngineError {
         source: std::io::Error,
     },
     #[error("cannot write to the database: {0}")]
-    Write(String),
+    Write(#[from] CommitError),
     #[error("run {0} vanished right after it was created")]
     RunVanished(String),
     #[error("a blocking task panicked: {0}")]

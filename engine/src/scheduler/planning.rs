@@ -123,8 +123,8 @@ fn failed_tasks(rows: &PlanRows) -> Vec<String> {
         .chain(
             rows.counts
                 .iter()
-                .filter(|(_, s, _)| *s == TaskState::Failed)
-                .map(|(t, _, _)| t.clone()),
+                .filter(|c| c.state == TaskState::Failed)
+                .map(|c| c.task_id.clone()),
         )
         .collect()
 }

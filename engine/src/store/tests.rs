@@ -14,6 +14,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{Value as Json, json};
 
 use super::*;
+use crate::plan::InstanceCount;
 use crate::plan::{Decision, Failure, UNMAPPED};
 use crate::state::{RunState, RunType, TaskState};
 
@@ -383,7 +384,10 @@ async fn sync_dags_upserts_keeps_pause_and_deactivates(db: TestDb) {
     for v in ["v1", "v2"] {
         assert_eq!(
             s.dag_source("etl", v).await.unwrap(),
-            Some(("dags/etl.yaml".to_string(), dag("etl", v, true).source))
+            Some(DagSource {
+                fileloc: "dags/etl.yaml".to_string(),
+                source: dag("etl", v, true).source,
+            })
         );
     }
     assert_eq!(s.dag_source("etl", "v3").await.unwrap(), None);
@@ -1436,7 +1440,10 @@ fn model_version(model: &str, auc: f64, at_s: i64) -> NewModelVersion {
         metrics: json!({"auc": auc}),
         artifact: format!("models/{model}/{at_s}"),
         training_set: "out/training_set/".into(),
-        data_interval: Some((at(at_s - 86_400), at(at_s))),
+        data_interval: Some(DataInterval {
+            start: at(at_s - 86_400),
+            end: at(at_s),
+        }),
         dag_id: "train_model".into(),
         dag_version: "v1".into(),
         run_id: format!("r{at_s}"),
@@ -1476,7 +1483,7 @@ async fn the_model_registry_numbers_versions_and_promotes_by_compare_and_set(db:
     assert_eq!(v2.stage, ModelStage::Candidate);
     assert_eq!(v2.new.metrics, json!({"auc": 0.7}));
     assert_eq!(
-        v2.new.data_interval.map(|(_, e)| e.timestamp() >= 100),
+        v2.new.data_interval.map(|i| i.end.timestamp() >= 100),
         Some(true)
     );
     assert_eq!(s.model_version("churn", 99).await.unwrap(), None);
@@ -1973,7 +1980,8 @@ async fn claims_of_several_sized_pools_at_once_never_deadlock(db: TestDb) {
             s.record_and_claim(&[], Some(&other))
         );
         for (who, got) in [("w1", a), ("w2", b)] {
-            let (_, claimed) = got.unwrap_or_else(|e| panic!("round {round}, {who}: {e}"));
+            let Recorded { claimed, .. } =
+                got.unwrap_or_else(|e| panic!("round {round}, {who}: {e}"));
             assert_eq!(
                 claimed.iter().map(Vec::len).collect::<Vec<_>>(),
                 [1, 1],
@@ -2008,7 +2016,7 @@ async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
         requests: vec![gpu(5), claim_req("w1", "io", 5, at(3))],
         limit: 2,
     };
-    let (applied, claimed) = s
+    let Recorded { applied, claimed } = s
         .record_and_claim(
             &[TryWrite::End(
                 first[0].clone(),
@@ -2028,7 +2036,7 @@ async fn record_and_claim_ends_first_then_claims_within_one_limit(db: TestDb) {
         requests: vec![claim_req("w1", "io", 5, at(4))],
         limit: 0,
     };
-    let (applied, claimed) = s.record_and_claim(&[], Some(&empty)).await.unwrap();
+    let Recorded { applied, claimed } = s.record_and_claim(&[], Some(&empty)).await.unwrap();
     assert!(applied.is_empty());
     assert_eq!(claimed, vec![Vec::<Claim>::new()]);
 }
@@ -2071,7 +2079,7 @@ async fn ends_in_one_group_commit_are_fenced_one_by_one(db: TestDb) {
         TryWrite::End(c.clone(), ended(TaskState::Success, at(6))),
         TryWrite::End(b.clone(), requeue),
     ];
-    let (applied, _) = s.record_and_claim(&writes, None).await.unwrap();
+    let Recorded { applied, .. } = s.record_and_claim(&writes, None).await.unwrap();
     assert_eq!(applied, [true, false, true, true, false, true]);
 
     let ta = ti(&*s, "r", "a", UNMAPPED).await;
@@ -2460,7 +2468,10 @@ async fn create_runs_applies_a_batch_in_order_in_one_transaction(db: TestDb) {
     let tasks = [("a", 0, "default"), ("b", 0, "default")];
     let keyed = |run_id: &str, key: &str| RunCreate {
         run: new_run(run_id, "etl", RunType::Manual, at(0), &tasks),
-        key: Some((key.to_string(), at(-100))),
+        key: Some(IdempotencyKey {
+            key: key.to_string(),
+            not_before: at(-100),
+        }),
     };
     let plain = |run_id: &str, run_type: RunType| RunCreate {
         run: new_run(run_id, "etl", run_type, at(0), &tasks),
@@ -2587,12 +2598,20 @@ async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.contains(&("src", -1)) && listed.contains(&("join", -1)));
     let mut counts = rows.counts.clone();
-    counts.sort_by_key(|a| a.1);
+    counts.sort_by_key(|a| a.state);
     assert_eq!(
         counts,
         vec![
-            ("fan".to_string(), TaskState::Queued, 7),
-            ("fan".to_string(), TaskState::Success, 3)
+            InstanceCount {
+                task_id: "fan".to_string(),
+                state: TaskState::Queued,
+                count: 7
+            },
+            InstanceCount {
+                task_id: "fan".to_string(),
+                state: TaskState::Success,
+                count: 3
+            }
         ]
     );
     assert!(rows.rows.iter().all(|r| r.output.is_none()));
@@ -2606,7 +2625,7 @@ async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb
     // outputs() reads every instance of the named tasks.
     let outputs = s.outputs("r", &ids(&["fan"])).await.unwrap();
     assert_eq!(outputs.len(), 10);
-    assert_eq!(outputs.iter().filter(|(_, _, o)| o.is_some()).count(), 1);
+    assert_eq!(outputs.iter().filter(|o| o.output.is_some()).count(), 1);
 }
 
 contract!(

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
-use flow_engine::store::NewModelVersion;
+use flow_engine::store::{DataInterval, NewModelVersion};
 use object_store::ObjectStoreExt;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -476,7 +476,10 @@ impl Operator for Train {
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
-                data_interval: Some((ctx.data_interval_start, ctx.data_interval_end)),
+                data_interval: Some(DataInterval {
+                    start: ctx.data_interval_start,
+                    end: ctx.data_interval_end,
+                }),
                 dag_id: ctx.dag_id.clone(),
                 dag_version: ctx.dag_version.clone(),
                 run_id: ctx.run_id.clone(),

@@ -13,7 +13,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
-use flow_engine::store::{Role, token_hash};
+use flow_engine::store::{Role, TokenGrant, token_hash};
 use governor::clock::Clock;
 
 use super::error::ApiError;
@@ -37,7 +37,7 @@ pub async fn authenticate(
     let token = bearer(&req)?;
     let now = flow_engine::time::now();
     let hash = token_hash(token);
-    let Some((name, role)) = state.store.token_role(&hash, now).await? else {
+    let Some(TokenGrant { name, role }) = state.store.token_role(&hash, now).await? else {
         return Err(ApiError::unauthorized(
             "unknown token (or one that expired or was revoked); create one with `flow tokens create \
              NAME --role ROLE`",

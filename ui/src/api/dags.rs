@@ -9,7 +9,7 @@ use chrono::Duration;
 use flow_engine::dag::Dag;
 use flow_engine::schedule::parse_date;
 use flow_engine::scheduler;
-use flow_engine::store::{Created, DagRow, RunCreate};
+use flow_engine::store::{Created, DagRow, IdempotencyKey, RunCreate};
 use flow_engine::time::now;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -213,9 +213,10 @@ pub async fn trigger(
     let not_before = run.queued_at - IDEMPOTENCY_WINDOW;
     // Keys are the caller's own: another token's key of the same text is another key. Keys are
     // visible ASCII and hashes hex, so a newline cannot make two pairs alike.
-    let scoped = key
-        .as_ref()
-        .map(|k| (format!("{}\n{k}", caller.hash), not_before));
+    let scoped = key.as_ref().map(|k| IdempotencyKey {
+        key: format!("{}\n{k}", caller.hash),
+        not_before,
+    });
     let repeat = Repeat {
         run: &run,
         logical,
@@ -224,7 +225,7 @@ pub async fn trigger(
     if let Err(full) = ops::queue_room(state.store.as_ref(), &dag_id, state.max_queued_runs).await {
         // A retry of a request that went through is answered as one, full queue or not.
         let first = match &scoped {
-            Some((k, since)) => state.store.keyed_run(&dag_id, k, *since).await?,
+            Some(k) => state.store.keyed_run(&dag_id, &k.key, k.not_before).await?,
             None => None,
         };
         return match first {

@@ -2,7 +2,6 @@
 //! limits, login sessions and the background writers (triggers' group commit, token use).
 //! Neither `crate::api` nor `crate::web` owns it, so neither imports the other.
 
-pub(crate) mod client;
 pub(crate) mod creator;
 pub(crate) mod sessions;
 pub(crate) mod usage;
@@ -35,7 +34,7 @@ pub struct AppState {
     pub dags: DagCatalog,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
     /// Login attempts per client address (see [`LOGIN_ATTEMPTS_PER_MINUTE`] and
-    /// [`client::client_addr`]).
+    /// [`crate::client::client_addr`]).
     pub login_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
     /// flow.toml's `[api] trusted_proxies`: the balancers whose `X-Forwarded-For` names the
     /// client.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flow_engine::store::Store;
+use flow_engine::store::{Store, TokenUsed};
 
 /// How often the noted uses are written. A process that dies loses at most this much of them.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -43,10 +43,10 @@ impl TokenUse {
         }
     }
 
-    fn take(&self) -> Vec<(String, DateTime<Utc>)> {
+    fn take(&self) -> Vec<TokenUsed> {
         self.seen
             .lock()
-            .map(|mut s| s.drain().collect())
+            .map(|mut s| s.drain().map(|(name, at)| TokenUsed { name, at }).collect())
             .unwrap_or_default()
     }
 }

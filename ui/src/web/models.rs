@@ -102,8 +102,8 @@ pub async fn page(
                 .unwrap_or_default(),
             artifact: v.new.artifact.clone(),
             training_set: v.new.training_set.clone(),
-            interval: v.new.data_interval.map_or("-".to_string(), |(s, e)| {
-                format!("{} to {}", fmt_time(Some(s)), fmt_time(Some(e)))
+            interval: v.new.data_interval.map_or("-".to_string(), |i| {
+                format!("{} to {}", fmt_time(Some(i.start)), fmt_time(Some(i.end)))
             }),
             dag_href: dag_href(&v.new.dag_id),
             dag_id: v.new.dag_id.clone(),

@@ -18,7 +18,7 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE, HeaderValue, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Redirect, Response};
-use flow_engine::store::{Role, token_hash};
+use flow_engine::store::{Role, TokenGrant, token_hash};
 use serde::Deserialize;
 
 use super::{Base, PageError, PageForm, PageResult, html};
@@ -120,7 +120,7 @@ impl FromRequestParts<Arc<AppState>> for Who {
             return Err(login_redirect(parts));
         };
         let now = flow_engine::time::now();
-        let Some((name, role)) = state.store.token_role(&hash, now).await? else {
+        let Some(TokenGrant { name, role }) = state.store.token_role(&hash, now).await? else {
             if csrf.is_some() {
                 // The session's token is gone from the database (revoked) or expired: so is
                 // the session.
@@ -229,7 +229,7 @@ pub async fn login(
     headers: HeaderMap,
     PageForm(form): PageForm<LoginForm>,
 ) -> PageResult {
-    let client = crate::state::client::client_addr(peer.ip(), &headers, &state.trusted_proxies);
+    let client = crate::client::client_addr(peer.ip(), &headers, &state.trusted_proxies);
     if state.login_limiter.check_key(&client).is_err() {
         tracing::warn!("too many login attempts from {client}");
         return Err(PageError::TooManyRequests);
@@ -248,7 +248,7 @@ pub async fn login(
         ));
     }
     let hash = token_hash(form.token.trim());
-    let Some((name, _)) = state
+    let Some(TokenGrant { name, .. }) = state
         .store
         .token_role(&hash, flow_engine::time::now())
         .await?

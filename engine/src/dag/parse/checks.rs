@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use super::{Cx, did_you_mean};
 use crate::dag::{Dag, Task};
-use crate::operator::{Catalog, OperatorKeys};
+use crate::keys::{Catalog, OperatorKeys};
 use crate::template;
 use crate::yaml::{Node, Pos, Value};
 
@@ -162,7 +162,7 @@ fn templated_strings(task: &Task, tnode: &Node) -> Vec<Found> {
     strings
 }
 
-/// Why a name may not be spliced into a code key (see [`crate::operator::OperatorKeys::code`]), if it may not.
+/// Why a name may not be spliced into a code key (see [`crate::keys::OperatorKeys::code`]), if it may not.
 fn spliced_into_code(r: &str) -> Option<String> {
     let head = r.split('.').next().unwrap_or_default();
     let bind_name = match head {

@@ -7,7 +7,7 @@ use serde_json::Value as Json;
 
 use super::{Cx, POLICY_KEYS, Policy, TASK_KEYS, did_you_mean, is_id};
 use crate::dag::{ForEach, Task};
-use crate::operator::{Catalog, OperatorKeys};
+use crate::keys::{Catalog, OperatorKeys};
 use crate::yaml::{Key, Node, Pos, Value};
 
 impl Cx {

@@ -1,110 +1,117 @@
-//! API tokens' SQL ([`TokenStore`]), for both databases like the rest of [`super`].
+//! [`TokenStore`]'s SQL.
 
-use super::*;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, Row, Type};
 
-macro_rules! impl_tokens {
-    ($store:ty) => {
-        #[async_trait]
-        impl TokenStore for $store {
-            async fn create_token(
-                &self,
-                name: &str,
-                role: Role,
-                token_hash: &str,
-                now: DateTime<Utc>,
-                expires_at: Option<DateTime<Utc>>,
-            ) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
-                let n = sqlx::query(
-                    "INSERT INTO api_tokens (name, role, token_hash, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(name)
-                .bind(role.as_str())
-                .bind(token_hash)
-                .bind(to_micros(now))
-                .bind(expires_at.map(to_micros))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
+use super::dialect::{Dialect, RowsAffected};
+use super::{SqlStore, parse_state, ts};
+use crate::store::{Result, Role, TokenGrant, TokenInfo, TokenStore, TokenUsed};
+use crate::time::{from_micros, to_micros};
 
-            async fn token_role(
-                &self,
-                token_hash: &str,
-                now: DateTime<Utc>,
-            ) -> Result<Option<(String, Role)>> {
-                let row = sqlx::query(
-                    "SELECT name, role FROM api_tokens WHERE token_hash = $1 \
-                     AND (expires_at IS NULL OR expires_at > $2)",
-                )
-                .bind(token_hash)
-                .bind(to_micros(now))
-                .fetch_optional(&self.pool)
-                .await?;
-                row.map(|r| {
-                    Ok((
-                        r.try_get("name")?,
-                        parse_state::<Role>(&r.try_get::<String, _>("role")?)?,
-                    ))
+#[async_trait]
+impl<DB> TokenStore for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Decode<'a, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> bool: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<i64>: Encode<'a, DB>,
+    for<'a> Option<String>: Encode<'a, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        token_hash: &str,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        let n = sqlx::query(
+            "INSERT INTO api_tokens (name, role, token_hash, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(role.as_str())
+        .bind(token_hash)
+        .bind(to_micros(now))
+        .bind(expires_at.map(to_micros))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn token_role(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<TokenGrant>> {
+        let row = sqlx::query(
+            "SELECT name, role FROM api_tokens WHERE token_hash = $1 \
+             AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(token_hash)
+        .bind(to_micros(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(TokenGrant {
+                name: r.try_get("name")?,
+                role: parse_state::<Role>(&r.try_get::<String, _>("role")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT name, role, created_at, last_used_at, expires_at FROM api_tokens \
+             ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    name: r.try_get("name")?,
+                    role: parse_state::<Role>(&r.try_get::<String, _>("role")?)?,
+                    created_at: from_micros(r.try_get("created_at")?),
+                    last_used_at: ts(r.try_get("last_used_at")?),
+                    expires_at: ts(r.try_get("expires_at")?),
                 })
-                .transpose()
-            }
+            })
+            .collect()
+    }
 
-            async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
-                let rows = sqlx::query(
-                    "SELECT name, role, created_at, last_used_at, expires_at FROM api_tokens \
-                     ORDER BY name",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(TokenInfo {
-                            name: r.try_get("name")?,
-                            role: parse_state::<Role>(&r.try_get::<String, _>("role")?)?,
-                            created_at: from_micros(r.try_get("created_at")?),
-                            last_used_at: ts(r.try_get("last_used_at")?),
-                            expires_at: ts(r.try_get("expires_at")?),
-                        })
-                    })
-                    .collect()
-            }
+    async fn revoke_token(&self, name: &str) -> Result<bool> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        let n = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
 
-            async fn revoke_token(&self, name: &str) -> Result<bool> {
-                let (_writer, mut tx) = self.begin_write().await?;
-                let n = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                Ok(n == 1)
-            }
-
-            async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> Result<()> {
-                if used.is_empty() {
-                    return Ok(());
-                }
-                let (_writer, mut tx) = self.begin_write().await?;
-                for (name, at) in used {
-                    sqlx::query(
-                        "UPDATE api_tokens SET last_used_at = $2 WHERE name = $1 \
-                         AND (last_used_at IS NULL OR last_used_at < $2)",
-                    )
-                    .bind(name)
-                    .bind(to_micros(*at))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
+    async fn touch_tokens(&self, used: &[TokenUsed]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
         }
-    };
+        let (_writer, mut tx) = self.begin_write().await?;
+        for TokenUsed { name, at } in used {
+            sqlx::query(
+                "UPDATE api_tokens SET last_used_at = $2 WHERE name = $1 \
+                 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(name)
+            .bind(to_micros(*at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
-
-impl_tokens!(SqliteStore);
-impl_tokens!(PgStore);

@@ -2,6 +2,13 @@
 
 use super::*;
 
+fn used(name: &str, at: DateTime<Utc>) -> TokenUsed {
+    TokenUsed {
+        name: name.into(),
+        at,
+    }
+}
+
 async fn tokens_expire_are_listed_without_secrets_and_revoked_at_once(db: TestDb) {
     let s = db.store;
     assert!(
@@ -22,7 +29,10 @@ async fn tokens_expire_are_listed_without_secrets_and_revoked_at_once(db: TestDb
     );
     assert_eq!(
         s.token_role("h-temp", at(3599)).await.unwrap(),
-        Some(("temp".to_string(), Role::Viewer))
+        Some(TokenGrant {
+            name: "temp".to_string(),
+            role: Role::Viewer
+        })
     );
     assert_eq!(
         s.token_role("h-temp", at(3600)).await.unwrap(),
@@ -31,15 +41,18 @@ async fn tokens_expire_are_listed_without_secrets_and_revoked_at_once(db: TestDb
     );
     assert_eq!(
         s.token_role("h-ops", at(1_000_000)).await.unwrap(),
-        Some(("ops".to_string(), Role::Operator))
+        Some(TokenGrant {
+            name: "ops".to_string(),
+            role: Role::Operator
+        })
     );
     assert_eq!(s.token_role("h-unknown", at(0)).await.unwrap(), None);
 
     // Last use is recorded in batches and never moves back.
-    s.touch_tokens(&[("ops".into(), at(50)), ("temp".into(), at(20))])
+    s.touch_tokens(&[used("ops", at(50)), used("temp", at(20))])
         .await
         .unwrap();
-    s.touch_tokens(&[("ops".into(), at(40)), ("gone".into(), at(60))])
+    s.touch_tokens(&[used("ops", at(40)), used("gone", at(60))])
         .await
         .unwrap();
     let listed = s.list_tokens().await.unwrap();

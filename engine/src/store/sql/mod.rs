@@ -1,0 +1,126 @@
+//! The SQL behind the store's traits, written once for SQLite and PostgreSQL.
+//!
+//! [`SqlStore`] is generic over the database; what differs between the two is in [`dialect`],
+//! side by side. One file per trait: [`dags`], [`runs`], [`plan`], [`tries`] (with the claims
+//! in [`claims`]), [`history`], [`tokens`], [`models`].
+//!
+//! Every impl block over `SqlStore<DB>` states the same where-clause: the types the store binds
+//! and reads, which sqlx declares per database. Rust carries a trait's bounds on other types
+//! (`i64: Encode<'_, DB>`) to no user of the trait, so they cannot be said once in [`Dialect`].
+
+mod claims;
+mod connect;
+mod dags;
+mod dialect;
+mod history;
+mod migrations;
+mod models;
+mod plan;
+mod runs;
+mod tokens;
+mod tries;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, Postgres, Sqlite, Type};
+
+use super::cursor::ClaimCursors;
+use super::{Claim, Result, Store, StoreError};
+use crate::time::{from_micros, to_micros};
+
+pub use connect::{connect, drop_database};
+use dialect::Dialect;
+
+/// The store on one database.
+pub(crate) struct SqlStore<DB: sqlx::Database> {
+    pool: sqlx::Pool<DB>,
+    /// Where the next claim of each pool starts (ADR 8); unused where `DB::CLAIM_CURSOR` is
+    /// false.
+    cursors: std::sync::Mutex<ClaimCursors>,
+    /// The queue of this process's writers; unused where `DB::QUEUE_WRITERS` is false.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub(crate) type SqliteStore = SqlStore<Sqlite>;
+pub(crate) type PgStore = SqlStore<Postgres>;
+
+/// Held until a write transaction ends, where writers queue (`Dialect::QUEUE_WRITERS`).
+type WriteGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+type Tx<DB> = sqlx::Transaction<'static, DB>;
+
+impl<DB: Dialect> SqlStore<DB> {
+    fn new(pool: sqlx::Pool<DB>) -> SqlStore<DB> {
+        SqlStore {
+            pool,
+            cursors: Default::default(),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    async fn begin_write(&self) -> Result<(WriteGuard, Tx<DB>)> {
+        let guard = if DB::QUEUE_WRITERS {
+            Some(self.writer.clone().lock_owned().await)
+        } else {
+            None
+        };
+        let tx = match DB::BEGIN_WRITE {
+            Some(begin) => self.pool.begin_with(begin).await?,
+            None => self.pool.begin().await?,
+        };
+        Ok((guard, tx))
+    }
+}
+
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> &'a str: Encode<'a, DB> + Decode<'a, DB> + Type<DB> + ColumnIndex<DB::Row>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> bool: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<i64>: Encode<'a, DB>,
+    for<'a> Option<String>: Encode<'a, DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    fn backend(&self) -> &'static str {
+        DB::BACKEND
+    }
+}
+
+fn ts(us: Option<i64>) -> Option<DateTime<Utc>> {
+    us.map(from_micros)
+}
+
+fn opt_us(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(to_micros)
+}
+
+fn json_text(v: &Json) -> String {
+    v.to_string()
+}
+
+fn parse_json(text: Option<String>, what: &'static str) -> Result<Option<Json>> {
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|source| StoreError::CorruptJson { what, source })
+    })
+    .transpose()
+}
+
+fn same_instance(a: &Claim, b: &Claim) -> bool {
+    a.run_id == b.run_id && a.task_id == b.task_id && a.map_index == b.map_index
+}
+
+fn parse_state<T: FromStr<Err = String>>(s: &str) -> Result<T> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+const RUN_COLUMNS: &str = "run_id, dag_id, dag_version, run_type, state, logical_date, data_interval_start, \
+     data_interval_end, params, queued_at, started_at, ended_at";
+
+const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, item, \
+     output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid, external_ref";
