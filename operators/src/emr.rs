@@ -29,11 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::s3::{S3Url, sdk_config, sdk_error};
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
-}
 
 /// `cluster:`, a transient cluster made for one step.
 #[derive(Debug, Clone, Deserialize)]

@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::storage::{self, Format, Location};
 
 /// The most rows a query without `output:` may return as the task's output.
@@ -85,10 +86,6 @@ enum Mode {
     #[default]
     Overwrite,
     Append,
-}
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
 }
 
 /// The runtime DataFusion's work runs on, one worker per core (see the module's note).

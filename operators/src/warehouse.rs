@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, SqlSafeStr, Statem
 use self::bind::Placeholders;
 
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::sql::{Chunk, read_as_csv};
 use crate::storage::Format;
 
@@ -72,10 +73,6 @@ enum Mode {
     #[default]
     Append,
     Replace,
-}
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
 }
 
 /// A database error: the server's message (and its position, for a statement), never the URL.

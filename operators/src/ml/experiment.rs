@@ -27,8 +27,9 @@ use serde_json::{Value as Json, json};
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal, StudentsT};
 
 use super::on_spark::{self, Engine};
-use super::{Num, column_f64, column_text, fatal, ident, literal, num};
+use super::{Num, column_f64, column_text, ident, literal, num};
 use crate::connections::Connections;
+use crate::error::fatal;
 
 pub struct Experiment {
     connections: Arc<Connections>,

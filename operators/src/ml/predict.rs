@@ -16,8 +16,9 @@ use serde_json::{Value as Json, json};
 
 use super::model::{Column, Feature, Model, encode};
 use super::on_spark::{self, Engine};
-use super::{column_f64, column_text, fatal, ident};
+use super::{column_f64, column_text, ident};
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::storage::Location;
 
 pub struct Predict {

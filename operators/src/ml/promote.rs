@@ -14,8 +14,9 @@ use flow_engine::store::{ModelStage, Promotion};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use super::Num;
 use super::predict::resolve_version;
-use super::{Num, fatal};
+use crate::error::fatal;
 
 pub struct Promote;
 

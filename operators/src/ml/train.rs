@@ -28,8 +28,9 @@ use super::model::{
     learn_features,
 };
 use super::on_spark::{self, Engine};
-use super::{Num, column_f64, column_text, fatal, ident, num};
+use super::{Num, column_f64, column_text, ident, num};
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::storage::Location;
 
 pub struct Train {
