@@ -102,74 +102,160 @@ pub fn generate(opts: &DemoOptions) -> Result<Json> {
     );
     std::fs::create_dir_all(opts.out.join("events"))
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    let start_day = (opts.start - epoch).num_days() as i32;
-    let start_us = Utc
-        .from_utc_datetime(&opts.start.and_hms_opt(0, 0, 0).unwrap_or_default())
-        .timestamp_micros();
-    let day_us = 86_400_000_000i64;
-    let label_day = start_day + (opts.days - LABEL_WINDOW_DAYS) as i32;
-    let mut summary = serde_json::Map::new();
+    let mut g = Generator {
+        opts,
+        rng: ChaCha8Rng::seed_from_u64(opts.seed),
+        calendar: Calendar::of(opts),
+        summary: serde_json::Map::new(),
+    };
+    let users = g.profiles()?;
+    g.events(&users)?;
+    g.labels(&users)?;
+    g.experiment()?;
+    Ok(g.finish())
+}
 
-    // Users and their profiles.
-    let mut users = Vec::with_capacity(opts.users);
-    let (mut ids, mut ages, mut countries, mut plans, mut signups) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for id in 0..opts.users as i64 {
-        let engagement: f64 = StandardNormal.sample(&mut rng);
-        let age = rng.random_range(18..=75i64);
-        let plan_free = rng.random::<f64>() >= sigmoid(engagement - 1.0);
-        ids.push(id);
-        ages.push(age);
-        countries.push(COUNTRIES[rng.random_range(0..COUNTRIES.len())]);
-        plans.push(if plan_free { "free" } else { "pro" });
-        signups.push(start_day - rng.random_range(0..730));
-        users.push(User {
-            engagement,
-            age,
-            plan_free,
-        });
-    }
-    let profiles = batch(vec![
-        (
-            "user_id",
-            DataType::Int64,
-            Arc::new(Int64Array::from(ids.clone())),
-        ),
-        ("age", DataType::Int64, Arc::new(Int64Array::from(ages))),
-        (
-            "country",
-            DataType::Utf8,
-            Arc::new(StringArray::from(countries)),
-        ),
-        ("plan", DataType::Utf8, Arc::new(StringArray::from(plans))),
-        (
-            "signup_date",
-            DataType::Date32,
-            Arc::new(Date32Array::from(signups)),
-        ),
-    ])?;
-    let bytes = write(&opts.out.join("profiles.parquet"), &profiles)?;
-    summary.insert(
-        "profiles".into(),
-        json!({"rows": opts.users, "bytes": bytes}),
-    );
+/// The days the data spans, in the units its columns hold.
+struct Calendar {
+    epoch: NaiveDate,
+    /// The first day of events, in days since 1970-01-01 (as a Date32 holds it).
+    start_day: i32,
+    /// The first day's midnight (UTC), in microseconds since 1970.
+    start_us: i64,
+    /// The `days` the events span, in microseconds.
+    span_us: i64,
+    /// `label_date`, in days since 1970-01-01.
+    label_day: i32,
+}
 
-    // Events: each picks its user in proportion to exp(0.7 e), so engaged users have more.
-    let mut cumulative = Vec::with_capacity(users.len());
-    let mut total = 0.0;
-    for u in &users {
-        total += (0.7 * u.engagement).exp();
-        cumulative.push(total);
+impl Calendar {
+    /// The calendar of `opts.start` and `opts.days`.
+    fn of(opts: &DemoOptions) -> Calendar {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+        let start_day = (opts.start - epoch).num_days() as i32;
+        let start_us = Utc
+            .from_utc_datetime(&opts.start.and_hms_opt(0, 0, 0).unwrap_or_default())
+            .timestamp_micros();
+        let day_us = 86_400_000_000i64;
+        Calendar {
+            epoch,
+            start_day,
+            start_us,
+            span_us: opts.days as i64 * day_us,
+            label_day: start_day + (opts.days - LABEL_WINDOW_DAYS) as i32,
+        }
     }
-    let amount = LogNormal::new(3.0, 0.5)?;
-    let span_us = opts.days as i64 * day_us;
-    let mut written = 0usize;
-    let mut event_bytes = 0u64;
-    let mut part = 0usize;
-    while written < opts.events {
-        let n = (opts.events - written).min(ROWS_PER_FILE);
+}
+
+/// One run of [`generate`]. Every table draws from the one random stream in turn, so the order
+/// of the steps (profiles, events, labels, the experiment) and of the draws within each is what
+/// makes a seed's data.
+struct Generator<'a> {
+    opts: &'a DemoOptions,
+    rng: ChaCha8Rng,
+    calendar: Calendar,
+    /// What was written, table by table.
+    summary: serde_json::Map<String, Json>,
+}
+
+impl Generator<'_> {
+    /// The users' ids, 0 to `users - 1`, as a column.
+    fn user_ids(&self) -> ArrayRef {
+        Arc::new(Int64Array::from(
+            (0..self.opts.users as i64).collect::<Vec<_>>(),
+        ))
+    }
+
+    /// Writes `batch` as `NAME.parquet` in the output folder; returns its size.
+    fn write_table(&self, name: &str, batch: &RecordBatch) -> Result<u64> {
+        write(&self.opts.out.join(format!("{name}.parquet")), batch)
+    }
+
+    /// Users and their profiles: `profiles.parquet`, and each user's hidden traits for the
+    /// tables that follow.
+    fn profiles(&mut self) -> Result<Vec<User>> {
+        let (opts, rng) = (self.opts, &mut self.rng);
+        let start_day = self.calendar.start_day;
+        let mut users = Vec::with_capacity(opts.users);
+        let (mut ages, mut countries, mut plans, mut signups) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..opts.users {
+            let engagement: f64 = StandardNormal.sample(rng);
+            let age = rng.random_range(18..=75i64);
+            let plan_free = rng.random::<f64>() >= sigmoid(engagement - 1.0);
+            ages.push(age);
+            countries.push(COUNTRIES[rng.random_range(0..COUNTRIES.len())]);
+            plans.push(if plan_free { "free" } else { "pro" });
+            signups.push(start_day - rng.random_range(0..730));
+            users.push(User {
+                engagement,
+                age,
+                plan_free,
+            });
+        }
+        let profiles = batch(vec![
+            ("user_id", DataType::Int64, self.user_ids()),
+            ("age", DataType::Int64, Arc::new(Int64Array::from(ages))),
+            (
+                "country",
+                DataType::Utf8,
+                Arc::new(StringArray::from(countries)),
+            ),
+            ("plan", DataType::Utf8, Arc::new(StringArray::from(plans))),
+            (
+                "signup_date",
+                DataType::Date32,
+                Arc::new(Date32Array::from(signups)),
+            ),
+        ])?;
+        self.per_user_table("profiles", &profiles)?;
+        Ok(users)
+    }
+
+    /// Events, `ROWS_PER_FILE` a file: each picks its user in proportion to exp(0.7 e), so
+    /// engaged users have more.
+    fn events(&mut self, users: &[User]) -> Result<()> {
+        let mut cumulative = Vec::with_capacity(users.len());
+        let mut total = 0.0;
+        for u in users {
+            total += (0.7 * u.engagement).exp();
+            cumulative.push(total);
+        }
+        let weights = Weights { cumulative, total };
+        let amount = LogNormal::new(3.0, 0.5)?;
+        let mut written = 0usize;
+        let mut event_bytes = 0u64;
+        let mut part = 0usize;
+        while written < self.opts.events {
+            let n = (self.opts.events - written).min(ROWS_PER_FILE);
+            let events = self.event_batch(n, users, &weights, &amount)?;
+            event_bytes += write(
+                &self
+                    .opts
+                    .out
+                    .join("events")
+                    .join(format!("part-{part:04}.parquet")),
+                &events,
+            )?;
+            written += n;
+            part += 1;
+        }
+        self.summary.insert(
+            "events".into(),
+            json!({"rows": self.opts.events, "files": part, "bytes": event_bytes}),
+        );
+        Ok(())
+    }
+
+    /// `n` events: their users, times, kinds and purchase amounts.
+    fn event_batch(
+        &mut self,
+        n: usize,
+        users: &[User],
+        weights: &Weights,
+        amount: &LogNormal<f64>,
+    ) -> Result<RecordBatch> {
+        let rng = &mut self.rng;
+        let (start_us, span_us) = (self.calendar.start_us, self.calendar.span_us);
         let (mut uid, mut ts, mut kind, mut amt) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -177,8 +263,11 @@ pub fn generate(opts: &DemoOptions) -> Result<Json> {
             Vec::with_capacity(n),
         );
         for _ in 0..n {
-            let x = rng.random::<f64>() * total;
-            let i = cumulative.partition_point(|c| *c < x).min(users.len() - 1);
+            let x = rng.random::<f64>() * weights.total;
+            let i = weights
+                .cumulative
+                .partition_point(|c| *c < x)
+                .min(users.len() - 1);
             let e = users[i].engagement;
             let r = rng.random::<f64>();
             let open = 0.08 + 0.06 * sigmoid(e);
@@ -186,10 +275,7 @@ pub fn generate(opts: &DemoOptions) -> Result<Json> {
             let (k, a) = if r < open {
                 ("email_open", 0.0)
             } else if r < open + buy {
-                (
-                    "purchase",
-                    (amount.sample(&mut rng) * 100.0f64).round() / 100.0,
-                )
+                ("purchase", (amount.sample(rng) * 100.0f64).round() / 100.0)
             } else if r < open + buy + 0.25 {
                 ("click", 0.0)
             } else {
@@ -200,7 +286,7 @@ pub fn generate(opts: &DemoOptions) -> Result<Json> {
             kind.push(k);
             amt.push(a);
         }
-        let events = batch(vec![
+        batch(vec![
             ("user_id", DataType::Int64, Arc::new(Int64Array::from(uid))),
             (
                 "ts",
@@ -217,130 +303,141 @@ pub fn generate(opts: &DemoOptions) -> Result<Json> {
                 DataType::Float64,
                 Arc::new(Float64Array::from(amt)),
             ),
+        ])
+    }
+
+    /// Labels, at one date for every user.
+    fn labels(&mut self, users: &[User]) -> Result<()> {
+        let rng = &mut self.rng;
+        let labels: Vec<i64> = users
+            .iter()
+            .map(|u| {
+                let logit = -1.0 - 1.5 * u.engagement
+                    + 0.03 * (u.age - 45) as f64
+                    + if u.plan_free { 0.7 } else { 0.0 };
+                i64::from(rng.random::<f64>() < sigmoid(logit))
+            })
+            .collect();
+        let positives: i64 = labels.iter().sum();
+        let label_batch = batch(vec![
+            ("user_id", DataType::Int64, self.user_ids()),
+            (
+                "label_date",
+                DataType::Date32,
+                Arc::new(Date32Array::from(vec![
+                    self.calendar.label_day;
+                    self.opts.users
+                ])),
+            ),
+            (
+                "unsubscribed",
+                DataType::Int64,
+                Arc::new(Int64Array::from(labels)),
+            ),
         ])?;
-        event_bytes += write(
-            &opts
-                .out
-                .join("events")
-                .join(format!("part-{part:04}.parquet")),
-            &events,
-        )?;
-        written += n;
-        part += 1;
+        let bytes = self.write_table("labels", &label_batch)?;
+        self.summary.insert(
+            "labels".into(),
+            json!({"rows": self.opts.users, "positives": positives, "bytes": bytes}),
+        );
+        Ok(())
     }
-    summary.insert(
-        "events".into(),
-        json!({"rows": opts.events, "files": part, "bytes": event_bytes}),
-    );
 
-    // Labels, at one date for every user.
-    let labels: Vec<i64> = users
-        .iter()
-        .map(|u| {
-            let logit = -1.0 - 1.5 * u.engagement
-                + 0.03 * (u.age - 45) as f64
-                + if u.plan_free { 0.7 } else { 0.0 };
-            i64::from(rng.random::<f64>() < sigmoid(logit))
-        })
-        .collect();
-    let positives: i64 = labels.iter().sum();
-    let label_batch = batch(vec![
-        (
-            "user_id",
-            DataType::Int64,
-            Arc::new(Int64Array::from(ids.clone())),
-        ),
-        (
-            "label_date",
-            DataType::Date32,
-            Arc::new(Date32Array::from(vec![label_day; opts.users])),
-        ),
-        (
-            "unsubscribed",
-            DataType::Int64,
-            Arc::new(Int64Array::from(labels)),
-        ),
-    ])?;
-    let bytes = write(&opts.out.join("labels.parquet"), &label_batch)?;
-    summary.insert(
-        "labels".into(),
-        json!({"rows": opts.users, "positives": positives, "bytes": bytes}),
-    );
-
-    // The experiment: assignments, conversions and revenue.
-    let revenue_dist = LogNormal::new(3.0, 0.8)?;
-    let (mut variants, mut assigned, mut converted, mut revenue) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..opts.users {
-        let treat = rng.random::<bool>();
-        variants.push(if treat { "treatment" } else { "control" });
-        assigned.push(start_us + rng.random_range(0..span_us));
-        let p = if treat { TREATMENT_RATE } else { CONTROL_RATE };
-        converted.push(i64::from(rng.random::<f64>() < p));
-        let base: f64 = revenue_dist.sample(&mut rng);
-        revenue.push(((if treat { base * 1.05 } else { base }) * 100.0).round() / 100.0);
+    /// The experiment: assignments, conversions and revenue.
+    fn experiment(&mut self) -> Result<()> {
+        let drawn = self.experiment_draws()?;
+        let assignments = batch(vec![
+            ("unit", DataType::Int64, self.user_ids()),
+            (
+                "experiment",
+                DataType::Utf8,
+                Arc::new(StringArray::from(vec![EXPERIMENT; self.opts.users])),
+            ),
+            (
+                "variant",
+                DataType::Utf8,
+                Arc::new(StringArray::from(drawn.variants)),
+            ),
+            (
+                "assigned_at",
+                ts_type(),
+                Arc::new(TimestampMicrosecondArray::from(drawn.assigned).with_timezone("UTC")),
+            ),
+        ])?;
+        self.per_user_table("assignments", &assignments)?;
+        let outcomes = batch(vec![
+            ("unit", DataType::Int64, self.user_ids()),
+            (
+                "value",
+                DataType::Int64,
+                Arc::new(Int64Array::from(drawn.converted)),
+            ),
+        ])?;
+        self.per_user_table("outcomes", &outcomes)?;
+        let revenue = batch(vec![
+            ("unit", DataType::Int64, self.user_ids()),
+            (
+                "value",
+                DataType::Float64,
+                Arc::new(Float64Array::from(drawn.revenue)),
+            ),
+        ])?;
+        self.per_user_table("revenue", &revenue)
     }
-    let assignments = batch(vec![
-        (
-            "unit",
-            DataType::Int64,
-            Arc::new(Int64Array::from(ids.clone())),
-        ),
-        (
-            "experiment",
-            DataType::Utf8,
-            Arc::new(StringArray::from(vec![EXPERIMENT; opts.users])),
-        ),
-        (
-            "variant",
-            DataType::Utf8,
-            Arc::new(StringArray::from(variants)),
-        ),
-        (
-            "assigned_at",
-            ts_type(),
-            Arc::new(TimestampMicrosecondArray::from(assigned).with_timezone("UTC")),
-        ),
-    ])?;
-    let bytes = write(&opts.out.join("assignments.parquet"), &assignments)?;
-    summary.insert(
-        "assignments".into(),
-        json!({"rows": opts.users, "bytes": bytes}),
-    );
-    let outcomes = batch(vec![
-        (
-            "unit",
-            DataType::Int64,
-            Arc::new(Int64Array::from(ids.clone())),
-        ),
-        (
-            "value",
-            DataType::Int64,
-            Arc::new(Int64Array::from(converted)),
-        ),
-    ])?;
-    let bytes = write(&opts.out.join("outcomes.parquet"), &outcomes)?;
-    summary.insert(
-        "outcomes".into(),
-        json!({"rows": opts.users, "bytes": bytes}),
-    );
-    let revenue = batch(vec![
-        ("unit", DataType::Int64, Arc::new(Int64Array::from(ids))),
-        (
-            "value",
-            DataType::Float64,
-            Arc::new(Float64Array::from(revenue)),
-        ),
-    ])?;
-    let bytes = write(&opts.out.join("revenue.parquet"), &revenue)?;
-    summary.insert(
-        "revenue".into(),
-        json!({"rows": opts.users, "bytes": bytes}),
-    );
 
-    let label_date = epoch + chrono::Days::new(label_day as u64);
-    summary.insert("label_date".into(), json!(label_date.to_string()));
-    summary.insert("out".into(), json!(opts.out.display().to_string()));
-    Ok(Json::Object(summary))
+    /// Writes a table of one row per user and notes it in the summary.
+    fn per_user_table(&mut self, name: &str, batch: &RecordBatch) -> Result<()> {
+        let bytes = self.write_table(name, batch)?;
+        self.summary.insert(
+            name.into(),
+            json!({"rows": self.opts.users, "bytes": bytes}),
+        );
+        Ok(())
+    }
+
+    /// Every user's variant, assignment time, conversion and revenue.
+    fn experiment_draws(&mut self) -> Result<ExperimentDraws> {
+        let rng = &mut self.rng;
+        let (start_us, span_us) = (self.calendar.start_us, self.calendar.span_us);
+        let revenue_dist = LogNormal::new(3.0, 0.8)?;
+        let mut d = ExperimentDraws::default();
+        for _ in 0..self.opts.users {
+            let treat = rng.random::<bool>();
+            d.variants.push(if treat { "treatment" } else { "control" });
+            d.assigned.push(start_us + rng.random_range(0..span_us));
+            let p = if treat { TREATMENT_RATE } else { CONTROL_RATE };
+            d.converted.push(i64::from(rng.random::<f64>() < p));
+            let base: f64 = revenue_dist.sample(rng);
+            d.revenue
+                .push(((if treat { base * 1.05 } else { base }) * 100.0).round() / 100.0);
+        }
+        Ok(d)
+    }
+
+    /// The summary, with the label date and the output folder.
+    fn finish(mut self) -> Json {
+        let label_date = self.calendar.epoch + chrono::Days::new(self.calendar.label_day as u64);
+        self.summary
+            .insert("label_date".into(), json!(label_date.to_string()));
+        self.summary
+            .insert("out".into(), json!(self.opts.out.display().to_string()));
+        Json::Object(self.summary)
+    }
+}
+
+/// The users' running sums of exp(0.7 e), which events pick their users by.
+struct Weights {
+    cumulative: Vec<f64>,
+    total: f64,
+}
+
+/// The experiment's columns, one value per user.
+#[derive(Default)]
+struct ExperimentDraws {
+    variants: Vec<&'static str>,
+    assigned: Vec<i64>,
+    converted: Vec<i64>,
+    revenue: Vec<f64>,
 }
 
 #[cfg(test)]

@@ -29,11 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::s3::{S3Url, sdk_config, sdk_error};
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
-}
 
 /// `cluster:`, a transient cluster made for one step.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +218,8 @@ async fn record(ctx: &TaskContext, step: &StepRef) -> Result<(), OperatorError> 
     }
 }
 
+/// Stages the script and submits its step: to the existing cluster (`cluster_id`), or as the
+/// step of a new transient cluster (`cluster:`).
 async fn submit(
     sub: &Submission<'_>,
     emr: &Emr,
@@ -239,65 +238,102 @@ async fn submit(
             ctx.masker.mask(&args.join(" "))
         ))
         .await;
-    let name = step_name(ctx);
-    let step_config = |on_failure: ActionOnFailure| {
-        StepConfig::builder()
-            .name(&name)
-            .action_on_failure(on_failure)
-            .hadoop_jar_step(
-                HadoopJarStepConfig::builder()
-                    .jar("command-runner.jar")
-                    .set_args(Some(args.clone()))
-                    .build(),
-            )
-            .build()
+    let step = NewStep {
+        name: step_name(ctx),
+        args,
     };
-
     if let Some(cluster_id) = &sub.cluster_id {
-        // The name first: a try that dies between the submission and the id's commit leaves
-        // the name for the next try to find the step by.
-        record(
-            ctx,
-            &StepRef {
-                cluster_id: cluster_id.clone(),
-                step_id: None,
-                transient: false,
-                name: Some(name.clone()),
-            },
-        )
-        .await?;
-        let out = emr
-            .add_job_flow_steps()
-            .job_flow_id(cluster_id)
-            .steps(step_config(ActionOnFailure::Continue))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&format!("spark: AddJobFlowSteps on {cluster_id}"), e))?;
-        let step_id = out
-            .step_ids()
-            .first()
-            .cloned()
-            .ok_or_else(|| OperatorError::Retryable("spark: EMR returned no step id".into()))?;
-        let step = StepRef {
-            cluster_id: cluster_id.clone(),
-            step_id: Some(step_id.clone()),
-            transient: false,
-            name: Some(name.clone()),
-        };
-        guard.step = Some(step.clone());
-        record(ctx, &step).await?;
-        ctx.log
-            .line(&format!(
-                "emr: submitted step {step_id} to cluster {cluster_id}"
-            ))
-            .await;
-        return Ok(step);
+        return add_step(cluster_id, &step, emr, ctx, guard).await;
     }
-
     let spec = sub
         .cluster
         .as_ref()
         .ok_or_else(|| fatal("spark: no cluster"))?;
+    start_transient(spec, &step, emr, ctx, guard).await
+}
+
+/// A step about to be submitted: its name (see [`step_name`]) and command-runner.jar's
+/// arguments.
+struct NewStep {
+    name: String,
+    args: Vec<String>,
+}
+
+impl NewStep {
+    /// The step as EMR takes it; `on_failure` is what EMR does to the cluster if it fails.
+    fn config(&self, on_failure: ActionOnFailure) -> StepConfig {
+        StepConfig::builder()
+            .name(&self.name)
+            .action_on_failure(on_failure)
+            .hadoop_jar_step(
+                HadoopJarStepConfig::builder()
+                    .jar("command-runner.jar")
+                    .set_args(Some(self.args.clone()))
+                    .build(),
+            )
+            .build()
+    }
+}
+
+/// Submits the step to the existing cluster `cluster_id`, its name committed first.
+async fn add_step(
+    cluster_id: &str,
+    step: &NewStep,
+    emr: &Emr,
+    ctx: &TaskContext,
+    guard: &mut CancelGuard,
+) -> Result<StepRef, OperatorError> {
+    let name = &step.name;
+    // The name first: a try that dies between the submission and the id's commit leaves
+    // the name for the next try to find the step by.
+    record(
+        ctx,
+        &StepRef {
+            cluster_id: cluster_id.to_string(),
+            step_id: None,
+            transient: false,
+            name: Some(name.clone()),
+        },
+    )
+    .await?;
+    let out = emr
+        .add_job_flow_steps()
+        .job_flow_id(cluster_id)
+        .steps(step.config(ActionOnFailure::Continue))
+        .send()
+        .await
+        .map_err(|e| sdk_error(&format!("spark: AddJobFlowSteps on {cluster_id}"), e))?;
+    let step_id = out
+        .step_ids()
+        .first()
+        .cloned()
+        .ok_or_else(|| OperatorError::Retryable("spark: EMR returned no step id".into()))?;
+    let step = StepRef {
+        cluster_id: cluster_id.to_string(),
+        step_id: Some(step_id.clone()),
+        transient: false,
+        name: Some(name.clone()),
+    };
+    guard.step = Some(step.clone());
+    record(ctx, &step).await?;
+    ctx.log
+        .line(&format!(
+            "emr: submitted step {step_id} to cluster {cluster_id}"
+        ))
+        .await;
+    Ok(step)
+}
+
+/// Creates a transient cluster whose one step is `step`, and learns the step's id; the cluster,
+/// then the step, is committed as soon as it is known.
+async fn start_transient(
+    spec: &ClusterSpec,
+    step: &NewStep,
+    emr: &Emr,
+    ctx: &TaskContext,
+    guard: &mut CancelGuard,
+) -> Result<StepRef, OperatorError> {
+    let name = &step.name;
     let mut run = emr
         .run_job_flow()
         .name(
@@ -316,7 +352,7 @@ async fn submit(
                 .keep_job_flow_alive_when_no_steps(false)
                 .build(),
         )
-        .steps(step_config(ActionOnFailure::TerminateCluster))
+        .steps(step.config(ActionOnFailure::TerminateCluster))
         .job_flow_role(&spec.job_flow_role)
         .service_role(&spec.service_role)
         .visible_to_all_users(true);
@@ -342,7 +378,7 @@ async fn submit(
     ctx.log
         .line(&format!("emr: created transient cluster {cluster_id}"))
         .await;
-    step.step_id = find_step(emr, &cluster_id, &name).await?;
+    step.step_id = find_step(emr, &cluster_id, name).await?;
     let Some(step_id) = step.step_id.clone() else {
         return Err(OperatorError::Retryable(format!(
             "spark: transient cluster {cluster_id} lists no step named `{name}`"

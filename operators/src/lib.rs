@@ -4,6 +4,7 @@
 pub mod connections;
 pub mod demo;
 pub mod emr;
+mod error;
 pub mod fuzz;
 pub mod http;
 pub mod ml;

@@ -18,10 +18,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::connections::{Aws, Connections};
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
-}
+use crate::error::fatal;
 
 /// An `s3://bucket/key` URL; `key` ends in `/` for a prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

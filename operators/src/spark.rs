@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::s3::{S3Url, client, sdk_error};
 
 pub struct Spark {
@@ -85,10 +86,6 @@ pub(crate) enum Target {
     #[default]
     Local,
     Emr,
-}
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
 }
 
 fn texts(key: &str, values: &[Json]) -> Result<Vec<String>, OperatorError> {

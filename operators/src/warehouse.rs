@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, SqlSafeStr, Statem
 use self::bind::Placeholders;
 
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::sql::{Chunk, read_as_csv};
 use crate::storage::Format;
 
@@ -72,10 +73,6 @@ enum Mode {
     #[default]
     Append,
     Replace,
-}
-
-fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
 }
 
 /// A database error: the server's message (and its position, for a statement), never the URL.
@@ -149,22 +146,7 @@ impl Operator for Warehouse {
             Some(Statements::One(s)) => vec![s],
             Some(Statements::Many(v)) => v,
         };
-        let found = statements
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Placeholders::find(s).map_err(|e| fatal(format!("statement {}: {e}", i + 1)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(unused) = cfg
-            .bind
-            .keys()
-            .find(|k| !found.iter().any(|p| p.names.contains(k)))
-        {
-            return Err(fatal(format!(
-                "`bind:` gives `{unused}`, but no statement uses ${unused}"
-            )));
-        }
+        let found = placeholders(&statements, &cfg.bind)?;
         for (i, (stmt, spots)) in statements.iter().zip(&found).enumerate() {
             ctx.log
                 .line(&format!("warehouse: statement {}", i + 1))
@@ -175,64 +157,93 @@ impl Operator for Warehouse {
         }
         let mut rows_loaded = 0u64;
         if let Some(load) = &cfg.load {
-            let table = quote_table(&load.table)?;
-            if load.mode == Mode::Replace {
-                tx.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {table}"
-                ))))
-                .await
-                .map_err(|e| db_error(&format!("emptying {}", load.table), e))?;
-            }
-            let (_reading, mut chunks) = read_as_csv(
-                &load.file,
-                load.format,
-                load.connection.clone(),
-                ctx,
-                &self.connections,
-            )?;
-            let columns = match chunks.recv().await {
-                Some(Ok(Chunk::Columns(c))) => c,
-                Some(Err(e)) => return Err(e),
-                _ => return Err(fatal(format!("load: {} gave no columns", load.file))),
-            };
-            let cols = columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let copy = format!("COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, HEADER true)");
-            let mut sink = tx
-                .copy_in_raw(&copy)
-                .await
-                .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
-            while let Some(chunk) = chunks.recv().await {
-                match chunk {
-                    Ok(Chunk::Csv(bytes)) => {
-                        sink.send(bytes)
-                            .await
-                            .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
-                    }
-                    Ok(Chunk::Columns(_)) => {}
-                    Err(e) => {
-                        let _ = sink.abort("the file could not be read").await;
-                        return Err(e);
-                    }
-                }
-            }
-            rows_loaded = sink
-                .finish()
-                .await
-                .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
-            ctx.log
-                .line(&format!(
-                    "warehouse: loaded {rows_loaded} rows into {} ({:?})",
-                    load.table, load.mode
-                ))
-                .await;
+            rows_loaded = load_file(&mut tx, load, ctx, &self.connections).await?;
         }
         tx.commit().await.map_err(|e| db_error("COMMIT", e))?;
         Ok(Some(json!({ "rows_loaded": rows_loaded })))
     }
+}
+
+/// Each statement's `$name` placeholders; every `bind:` key must be used by one of them.
+fn placeholders(
+    statements: &[String],
+    bind: &BTreeMap<String, Json>,
+) -> Result<Vec<Placeholders>, OperatorError> {
+    let found = statements
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Placeholders::find(s).map_err(|e| fatal(format!("statement {}: {e}", i + 1))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(unused) = bind
+        .keys()
+        .find(|k| !found.iter().any(|p| p.names.contains(k)))
+    {
+        return Err(fatal(format!(
+            "`bind:` gives `{unused}`, but no statement uses ${unused}"
+        )));
+    }
+    Ok(found)
+}
+
+/// `load:`: empties the table for `replace`, then streams the file into it with COPY, its
+/// columns by the file's own names; returns the rows loaded.
+async fn load_file(
+    conn: &mut PgConnection,
+    load: &Load,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<u64, OperatorError> {
+    let table = quote_table(&load.table)?;
+    if load.mode == Mode::Replace {
+        (&mut *conn)
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table}"
+            ))))
+            .await
+            .map_err(|e| db_error(&format!("emptying {}", load.table), e))?;
+    }
+    let (_reading, mut chunks) =
+        read_as_csv(&load.file, load.format, load.connection.clone(), ctx, conns)?;
+    let columns = match chunks.recv().await {
+        Some(Ok(Chunk::Columns(c))) => c,
+        Some(Err(e)) => return Err(e),
+        _ => return Err(fatal(format!("load: {} gave no columns", load.file))),
+    };
+    let cols = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let copy = format!("COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, HEADER true)");
+    let mut sink = conn
+        .copy_in_raw(&copy)
+        .await
+        .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
+    while let Some(chunk) = chunks.recv().await {
+        match chunk {
+            Ok(Chunk::Csv(bytes)) => {
+                sink.send(bytes)
+                    .await
+                    .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
+            }
+            Ok(Chunk::Columns(_)) => {}
+            Err(e) => {
+                let _ = sink.abort("the file could not be read").await;
+                return Err(e);
+            }
+        }
+    }
+    let rows_loaded = sink
+        .finish()
+        .await
+        .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
+    ctx.log
+        .line(&format!(
+            "warehouse: loaded {rows_loaded} rows into {} ({:?})",
+            load.table, load.mode
+        ))
+        .await;
+    Ok(rows_loaded)
 }
 
 /// Why a statement failed, before the statement's number is put in front.

@@ -19,8 +19,9 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use super::on_spark::{self, Engine};
-use super::{Num, column_f64, fatal, ident, num, schema};
+use super::{Num, column_f64, ident, num, schema};
 use crate::connections::Connections;
+use crate::error::fatal;
 
 pub struct Drift {
     connections: Arc<Connections>,

@@ -27,8 +27,9 @@ use serde_json::{Value as Json, json};
 use statrs::distribution::{ChiSquared, ContinuousCDF, Normal, StudentsT};
 
 use super::on_spark::{self, Engine};
-use super::{Num, column_f64, column_text, fatal, ident, literal, num};
+use super::{Num, column_f64, column_text, ident, literal, num};
 use crate::connections::Connections;
+use crate::error::fatal;
 
 pub struct Experiment {
     connections: Arc<Connections>,
@@ -313,6 +314,60 @@ async fn arms(
         .collect())
 }
 
+/// The arms' sums, computed by a Spark job from the same tables.
+async fn arms_on_spark(
+    cfg: &Config,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Vec<Arm>, OperatorError> {
+    let dags = &ctx.dag_folder;
+    let job = json!({
+        "experiment": cfg.experiment,
+        "metric": match cfg.metric {
+            Metric::Conversion => "conversion",
+            Metric::Mean => "mean",
+        },
+        "assignments": on_spark::data(&cfg.assignments, "assignments", dags)?,
+        "outcomes": on_spark::data(&cfg.outcomes, "outcomes", dags)?,
+    });
+    let result = on_spark::run("experiment", cfg.spark.as_ref(), job, ctx, conns).await?;
+    serde_json::from_value(result["arms"].clone()).map_err(|e| {
+        fatal(format!(
+            "experiment: the Spark job's arms are unreadable: {e}"
+        ))
+    })
+}
+
+/// Logs each variant's numbers, then the verdict.
+async fn log_result(result: &Json, experiment: &str, ctx: &TaskContext) {
+    for v in result["variants"].as_array().into_iter().flatten() {
+        ctx.log
+            .line(&format!(
+                "experiment {}: {} units={} mean={} lift={} ci={} p={}",
+                experiment,
+                v["variant"].as_str().unwrap_or_default(),
+                v["units"],
+                v["mean"],
+                v["lift"],
+                v["lift_ci"],
+                v["p_value"]
+            ))
+            .await;
+    }
+    ctx.log
+        .line(&format!(
+            "experiment {}: {} (sample ratio p = {})",
+            experiment,
+            if result["concluded"] == true {
+                format!("concluded, winner {}", result["winner"])
+            } else {
+                "not yet significant".to_string()
+            },
+            result["srm_p_value"]
+        ))
+        .await;
+}
+
 /// The results as a table, one row per variant.
 fn table(result: &Json, experiment: &str) -> Result<(Arc<Schema>, RecordBatch), OperatorError> {
     let rows = result["variants"].as_array().cloned().unwrap_or_default();
@@ -410,31 +465,7 @@ impl Operator for Experiment {
         }
         let arms = match Engine::parse(cfg.engine.as_ref(), "experiment")? {
             Engine::Local => arms(&cfg, ctx, &self.connections).await?,
-            Engine::Spark => {
-                let dags = &ctx.dag_folder;
-                let job = json!({
-                    "experiment": cfg.experiment,
-                    "metric": match cfg.metric {
-                        Metric::Conversion => "conversion",
-                        Metric::Mean => "mean",
-                    },
-                    "assignments": on_spark::data(&cfg.assignments, "assignments", dags)?,
-                    "outcomes": on_spark::data(&cfg.outcomes, "outcomes", dags)?,
-                });
-                let result = on_spark::run(
-                    "experiment",
-                    cfg.spark.as_ref(),
-                    job,
-                    ctx,
-                    &self.connections,
-                )
-                .await?;
-                serde_json::from_value(result["arms"].clone()).map_err(|e| {
-                    fatal(format!(
-                        "experiment: the Spark job's arms are unreadable: {e}"
-                    ))
-                })?
-            }
+            Engine::Spark => arms_on_spark(&cfg, ctx, &self.connections).await?,
         };
         let mut result = analyze(
             &arms,
@@ -443,32 +474,7 @@ impl Operator for Experiment {
             cfg.alpha.0,
             cfg.min_units_per_arm.0,
         )?;
-        for v in result["variants"].as_array().into_iter().flatten() {
-            ctx.log
-                .line(&format!(
-                    "experiment {}: {} units={} mean={} lift={} ci={} p={}",
-                    cfg.experiment,
-                    v["variant"].as_str().unwrap_or_default(),
-                    v["units"],
-                    v["mean"],
-                    v["lift"],
-                    v["lift_ci"],
-                    v["p_value"]
-                ))
-                .await;
-        }
-        ctx.log
-            .line(&format!(
-                "experiment {}: {} (sample ratio p = {})",
-                cfg.experiment,
-                if result["concluded"] == true {
-                    format!("concluded, winner {}", result["winner"])
-                } else {
-                    "not yet significant".to_string()
-                },
-                result["srm_p_value"]
-            ))
-            .await;
+        log_result(&result, &cfg.experiment, ctx).await;
         if let Some(output) = &cfg.output {
             let (schema, batch) = table(&result, &cfg.experiment)?;
             let written =

@@ -16,9 +16,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use flow_engine::operator::OperatorError;
 
-pub(crate) fn fatal(msg: impl Into<String>) -> OperatorError {
-    OperatorError::Fatal(msg.into())
-}
+use crate::error::fatal;
 
 /// An operator's keys, already rendered, as its config type; a key of the wrong shape is named.
 pub(crate) fn config<T: serde::de::DeserializeOwned>(

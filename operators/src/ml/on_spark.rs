@@ -14,8 +14,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use super::fatal;
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::spark::{Placement, Target};
 use crate::storage::{Format, Location};
 use flow_engine::operator::{OperatorError, TaskContext};

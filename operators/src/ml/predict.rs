@@ -8,16 +8,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
-use super::model::{Column, Feature, Model, encode};
+use super::model::{Column, Encoding, Feature, Model, Scorer, encode};
 use super::on_spark::{self, Engine};
-use super::{column_f64, column_text, fatal, ident};
+use super::{column_f64, column_text, ident};
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::storage::Location;
 
 pub struct Predict {
@@ -114,6 +115,110 @@ pub async fn load_model(
     Model::from_json(&bytes).map_err(|e| fatal(format!("the model {url}: {e}")))
 }
 
+/// The query that reads the input: the id column, and each feature cast as the model reads it.
+fn input_query(id_column: &str, features: &[Feature]) -> String {
+    let mut select = vec![format!("{} AS {}", ident(id_column), ident(id_column))];
+    for f in features {
+        let n = ident(f.name());
+        select.push(match f {
+            Feature::Numeric { .. } => format!("CAST({n} AS DOUBLE) AS {n}"),
+            Feature::Categorical { .. } => format!("CAST({n} AS VARCHAR) AS {n}"),
+        });
+    }
+    format!("SELECT {} FROM input", select.join(", "))
+}
+
+/// The output's columns: the input's id column as it is, `prediction` and `model_version`.
+fn output_schema(input: &Schema, id_column: &str) -> Result<SchemaRef, OperatorError> {
+    let id_field = input
+        .field_with_name(id_column)
+        .map_err(|_| fatal(format!("predict: the input has no column `{id_column}`")))?
+        .clone();
+    Ok(Arc::new(Schema::new(vec![
+        Field::new(
+            id_column,
+            id_field.data_type().clone(),
+            id_field.is_nullable(),
+        ),
+        Field::new("prediction", DataType::Float64, true),
+        Field::new("model_version", DataType::Int64, false),
+    ])))
+}
+
+/// What scoring a batch takes besides the model: the features and how to encode them, and the
+/// output's shape.
+struct Scoring {
+    features: Vec<Feature>,
+    encoding: Encoding,
+    id_column: String,
+    schema: SchemaRef,
+    model_version: i64,
+}
+
+impl Scoring {
+    /// One input batch as output rows: its ids, their predictions and the model's version.
+    fn batch(&self, scorer: &Scorer, b: &RecordBatch) -> Result<RecordBatch, OperatorError> {
+        let n = b.num_rows();
+        let one = std::slice::from_ref(b);
+        let mut columns = Vec::with_capacity(self.features.len());
+        for f in &self.features {
+            columns.push(match f {
+                Feature::Numeric { name, .. } => Column::Numbers(column_f64(one, name, "predict")?),
+                Feature::Categorical { name, .. } => {
+                    Column::Text(column_text(one, name, "predict")?)
+                }
+            });
+        }
+        let (buf, width) = encode(&self.features, &columns, self.encoding)
+            .map_err(|e| fatal(format!("predict: {e}")))?;
+        let predicted = scorer
+            .predict(&buf, n, width)
+            .map_err(|e| fatal(format!("predict: {e}")))?;
+        let ids = b
+            .column_by_name(&self.id_column)
+            .cloned()
+            .ok_or_else(|| fatal("predict: the id column vanished"))?;
+        let cols: Vec<ArrayRef> = vec![
+            ids,
+            Arc::new(Float64Array::from(predicted)),
+            Arc::new(Int64Array::from(vec![self.model_version; n])),
+        ];
+        RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| fatal(format!("predict: {e}")))
+    }
+}
+
+/// The scored batches and how many rows they hold.
+struct Scored {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+}
+
+/// Scores every non-empty batch with `model`, on blocking threads.
+async fn score(
+    model: Model,
+    batches: Vec<RecordBatch>,
+    scoring: Scoring,
+) -> Result<Scored, OperatorError> {
+    tokio::task::spawn_blocking(move || {
+        use rayon::prelude::*;
+        let scorer = model.scorer().map_err(|e| fatal(format!("predict: {e}")))?;
+        // One batch per core at a time: batches are independent, and a large booster
+        // scores only a few thousand rows a second on one core.
+        let scored = batches
+            .par_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| scoring.batch(&scorer, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = scored.iter().map(RecordBatch::num_rows).sum::<usize>();
+        Ok::<_, OperatorError>(Scored {
+            batches: scored,
+            rows,
+        })
+    })
+    .await
+    .map_err(|e| OperatorError::Retryable(format!("predict: scoring stopped: {e}")))?
+}
+
 #[async_trait]
 impl Operator for Predict {
     fn name(&self) -> &'static str {
@@ -156,95 +261,26 @@ impl Operator for Predict {
         }
         let model =
             load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
-        let mut select = vec![format!(
-            "{} AS {}",
-            ident(&cfg.id_column),
-            ident(&cfg.id_column)
-        )];
-        for f in &model.features {
-            let n = ident(f.name());
-            select.push(match f {
-                Feature::Numeric { .. } => format!("CAST({n} AS DOUBLE) AS {n}"),
-                Feature::Categorical { .. } => format!("CAST({n} AS VARCHAR) AS {n}"),
-            });
-        }
         let (schema, batches) = crate::sql::read(
             &[("input", &cfg.input)],
-            &format!("SELECT {} FROM input", select.join(", ")),
+            &input_query(&cfg.id_column, &model.features),
             ctx,
             conns,
         )
         .await?;
-        let id_field = schema
-            .field_with_name(&cfg.id_column)
-            .map_err(|_| {
-                fatal(format!(
-                    "predict: the input has no column `{}`",
-                    cfg.id_column
-                ))
-            })?
-            .clone();
-        let out_schema = Arc::new(Schema::new(vec![
-            Field::new(
-                &cfg.id_column,
-                id_field.data_type().clone(),
-                id_field.is_nullable(),
-            ),
-            Field::new("prediction", DataType::Float64, true),
-            Field::new("model_version", DataType::Int64, false),
-        ]));
+        let out_schema = output_schema(&schema, &cfg.id_column)?;
         let started = std::time::Instant::now();
-        let id_column = cfg.id_column.clone();
-        let features = model.features.clone();
-        let scoring_schema = out_schema.clone();
-        let model_version = version.version;
-        let encoding = model.encoding();
-        let (scored, rows) = tokio::task::spawn_blocking(move || {
-            use rayon::prelude::*;
-            let scorer = model.scorer().map_err(|e| fatal(format!("predict: {e}")))?;
-            // One batch per core at a time: batches are independent, and a large booster
-            // scores only a few thousand rows a second on one core.
-            let score = |b: &RecordBatch| -> Result<RecordBatch, OperatorError> {
-                let n = b.num_rows();
-                let one = std::slice::from_ref(b);
-                let mut columns = Vec::with_capacity(features.len());
-                for f in &features {
-                    columns.push(match f {
-                        Feature::Numeric { name, .. } => {
-                            Column::Numbers(column_f64(one, name, "predict")?)
-                        }
-                        Feature::Categorical { name, .. } => {
-                            Column::Text(column_text(one, name, "predict")?)
-                        }
-                    });
-                }
-                let (buf, width) = encode(&features, &columns, encoding)
-                    .map_err(|e| fatal(format!("predict: {e}")))?;
-                let predicted = scorer
-                    .predict(&buf, n, width)
-                    .map_err(|e| fatal(format!("predict: {e}")))?;
-                let ids = b
-                    .column_by_name(&id_column)
-                    .cloned()
-                    .ok_or_else(|| fatal("predict: the id column vanished"))?;
-                let cols: Vec<ArrayRef> = vec![
-                    ids,
-                    Arc::new(Float64Array::from(predicted)),
-                    Arc::new(Int64Array::from(vec![model_version; n])),
-                ];
-                RecordBatch::try_new(scoring_schema.clone(), cols)
-                    .map_err(|e| fatal(format!("predict: {e}")))
-            };
-            let scored = batches
-                .par_iter()
-                .filter(|b| b.num_rows() > 0)
-                .map(score)
-                .collect::<Result<Vec<_>, _>>()?;
-            let rows = scored.iter().map(RecordBatch::num_rows).sum::<usize>();
-            Ok::<_, OperatorError>((scored, rows))
-        })
-        .await
-        .map_err(|e| OperatorError::Retryable(format!("predict: scoring stopped: {e}")))??;
+        let scoring = Scoring {
+            features: model.features.clone(),
+            encoding: model.encoding(),
+            id_column: cfg.id_column.clone(),
+            schema: out_schema.clone(),
+            model_version: version.version,
+        };
+        let Scored {
+            batches: scored,
+            rows,
+        } = score(model, batches, scoring).await?;
         let secs = started.elapsed().as_secs_f64();
         ctx.log
             .line(&format!(

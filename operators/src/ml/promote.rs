@@ -10,12 +10,13 @@
 
 use async_trait::async_trait;
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
-use flow_engine::store::{ModelStage, Promotion};
+use flow_engine::store::{ModelStage, ModelVersion, Promotion};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
+use super::Num;
 use super::predict::resolve_version;
-use super::{Num, fatal};
+use crate::error::fatal;
 
 pub struct Promote;
 
@@ -78,6 +79,71 @@ fn metric_of(v: &flow_engine::store::ModelVersion, metric: &str) -> Result<f64, 
     })
 }
 
+/// What the comparison with the production version decided, and why.
+struct Verdict {
+    promote: bool,
+    reason: String,
+    /// The candidate's improvement on the metric, when there was a version to compare with.
+    gain: Option<f64>,
+}
+
+impl Verdict {
+    /// The task's output: whether the candidate was promoted, the production version after
+    /// the task and the one before it, and the verdict's reason and improvement.
+    fn output(self, promoted: bool, production: Option<i64>, previous: Option<i64>) -> Json {
+        json!({
+            "promoted": promoted,
+            "production_version": production,
+            "previous_version": previous,
+            "reason": self.reason,
+            "improvement": self.gain,
+        })
+    }
+}
+
+/// Whether `candidate` (whose metric is `cand_value`) should replace `production`.
+fn verdict(
+    cfg: &Config,
+    candidate: &ModelVersion,
+    cand_value: f64,
+    production: Option<&ModelVersion>,
+) -> Result<Verdict, OperatorError> {
+    Ok(match production {
+        None => Verdict {
+            promote: true,
+            reason: "no production version yet".to_string(),
+            gain: None,
+        },
+        Some(p) if p.version == candidate.version => Verdict {
+            promote: false,
+            reason: "it is the production version already".to_string(),
+            gain: None,
+        },
+        Some(p) => {
+            let prod_value = metric_of(p, &cfg.metric)?;
+            let gain = improvement(&cfg.metric, cand_value, prod_value);
+            let ok = enough(gain, cfg.min_improvement.0);
+            let reason = format!(
+                "{} {cand_value:.6} against version {}'s {prod_value:.6}: {} {gain:+.6}, {} {}",
+                cfg.metric,
+                p.version,
+                if lower_is_better(&cfg.metric) {
+                    "lower by"
+                } else {
+                    "higher by"
+                },
+                if ok { "at least" } else { "short of" },
+                cfg.min_improvement.0
+            );
+            Verdict {
+                promote: ok,
+                reason,
+                gain: Some(gain),
+            }
+        }
+    })
+}
+
 #[async_trait]
 impl Operator for Promote {
     fn name(&self) -> &'static str {
@@ -119,46 +185,15 @@ impl Operator for Promote {
                 .into_iter()
                 .find(|v| v.stage == ModelStage::Production);
             let current = production.as_ref().map(|p| p.version);
-            let (promote, reason, gain) = match &production {
-                None => (true, "no production version yet".to_string(), None),
-                Some(p) if p.version == candidate.version => (
-                    false,
-                    "it is the production version already".to_string(),
-                    None,
-                ),
-                Some(p) => {
-                    let prod_value = metric_of(p, &cfg.metric)?;
-                    let gain = improvement(&cfg.metric, cand_value, prod_value);
-                    let ok = enough(gain, cfg.min_improvement.0);
-                    let reason = format!(
-                        "{} {cand_value:.6} against version {}'s {prod_value:.6}: {} {gain:+.6}, {} {}",
-                        cfg.metric,
-                        p.version,
-                        if lower_is_better(&cfg.metric) {
-                            "lower by"
-                        } else {
-                            "higher by"
-                        },
-                        if ok { "at least" } else { "short of" },
-                        cfg.min_improvement.0
-                    );
-                    (ok, reason, Some(gain))
-                }
-            };
-            if !promote {
+            let verdict = verdict(&cfg, &candidate, cand_value, production.as_ref())?;
+            if !verdict.promote {
                 ctx.log
                     .line(&format!(
-                        "promote: {} version {} stays a candidate: {reason}",
-                        cfg.model, candidate.version
+                        "promote: {} version {} stays a candidate: {}",
+                        cfg.model, candidate.version, verdict.reason
                     ))
                     .await;
-                return Ok(Some(json!({
-                    "promoted": false,
-                    "production_version": current,
-                    "previous_version": current,
-                    "reason": reason,
-                    "improvement": gain,
-                })));
+                return Ok(Some(verdict.output(false, current, current)));
             }
             match registry
                 .promote_model_version(
@@ -173,17 +208,15 @@ impl Operator for Promote {
                 Promotion::Promoted { previous } => {
                     ctx.log
                         .line(&format!(
-                            "promote: {} version {} is production ({reason})",
-                            cfg.model, candidate.version
+                            "promote: {} version {} is production ({})",
+                            cfg.model, candidate.version, verdict.reason
                         ))
                         .await;
-                    return Ok(Some(json!({
-                        "promoted": true,
-                        "production_version": candidate.version,
-                        "previous_version": previous,
-                        "reason": reason,
-                        "improvement": gain,
-                    })));
+                    return Ok(Some(verdict.output(
+                        true,
+                        Some(candidate.version),
+                        previous,
+                    )));
                 }
                 Promotion::Stale { .. } => continue,
                 Promotion::Unknown => {

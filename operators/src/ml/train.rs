@@ -15,8 +15,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Schema};
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
-use flow_engine::store::{DataInterval, NewModelVersion};
+use flow_engine::store::{DataInterval, ModelRegistry, NewModelVersion};
 use object_store::ObjectStoreExt;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -24,12 +25,13 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 
 use super::model::{
-    Algorithm, Column, Encoding, FORMAT, Model, TaskKind, auc, categorical_columns, encode,
-    learn_features,
+    Algorithm, Column, Encoding, FORMAT, Feature, Model, TaskKind, auc, categorical_columns,
+    encode, learn_features,
 };
 use super::on_spark::{self, Engine};
-use super::{Num, column_f64, column_text, fatal, ident, num};
+use super::{Num, column_f64, column_text, ident, num};
 use crate::connections::Connections;
+use crate::error::fatal;
 use crate::storage::Location;
 
 pub struct Train {
@@ -177,45 +179,12 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
     };
     match f.algorithm {
         Algorithm::GradientBoosting => {
-            use perpetual::booster::config::BoosterIO;
-            let objective = match f.task {
-                TaskKind::Classification => perpetual::objective::Objective::LogLoss,
-                TaskKind::Regression => perpetual::objective::Objective::SquaredLoss,
-            };
-            let cats = categorical_columns(&features);
-            let mut booster = perpetual::PerpetualBooster::default()
-                .set_objective(objective)
-                .set_budget(f.budget)
-                .set_seed(f.seed)
-                .set_categorical_features((!cats.is_empty()).then_some(cats));
-            booster
-                .fit(
-                    &perpetual::Matrix::new(&buf, rows, width),
-                    &train_y,
-                    None,
-                    None,
-                )
-                .map_err(|e| format!("gradient boosting: {e}"))?;
-            let dumped = booster.json_dump().map_err(|e| e.to_string())?;
-            model.booster =
-                Some(serde_json::value::RawValue::from_string(dumped).map_err(|e| e.to_string())?);
+            model.booster = Some(boost(&f, &features, &buf, rows, width, &train_y)?);
         }
         Algorithm::LogisticRegression => {
-            use linfa::traits::Fit;
-            let x = ndarray::Array2::from_shape_vec((width, rows), buf)
-                .map_err(|e| e.to_string())?
-                .reversed_axes();
-            let y = ndarray::Array1::from_iter(train_y.iter().map(|v| *v > 0.5));
-            let ds = linfa::DatasetBase::new(x, y);
-            let fitted = linfa_logistic::LogisticRegression::<f64>::default()
-                .alpha(f.alpha)
-                .max_iterations(f.max_iterations)
-                .fit(&ds)
-                .map_err(|e| format!("logistic regression: {e}"))?;
-            // linfa's positive class is the more frequent label; the model scores P(label = 1).
-            let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-            model.weights = Some(fitted.params().iter().map(|w| sign * w).collect());
-            model.intercept = Some(sign * fitted.intercept());
+            let linear = logistic(&f, buf, rows, width, &train_y)?;
+            model.weights = Some(linear.weights);
+            model.intercept = Some(linear.intercept);
         }
     }
     let (eval_rows, eval_y) = if val_rows.is_empty() {
@@ -231,6 +200,73 @@ fn fit(f: Fitting) -> Result<(Model, Json, usize, usize), String> {
     Ok((model, m, rows, held))
 }
 
+/// perpetual's booster fitted on the encoded rows (`rows` by `width`, column-major), as the
+/// JSON the model keeps.
+fn boost(
+    f: &Fitting,
+    features: &[Feature],
+    buf: &[f64],
+    rows: usize,
+    width: usize,
+    train_y: &[f64],
+) -> Result<Box<serde_json::value::RawValue>, String> {
+    use perpetual::booster::config::BoosterIO;
+    let objective = match f.task {
+        TaskKind::Classification => perpetual::objective::Objective::LogLoss,
+        TaskKind::Regression => perpetual::objective::Objective::SquaredLoss,
+    };
+    let cats = categorical_columns(features);
+    let mut booster = perpetual::PerpetualBooster::default()
+        .set_objective(objective)
+        .set_budget(f.budget)
+        .set_seed(f.seed)
+        .set_categorical_features((!cats.is_empty()).then_some(cats));
+    booster
+        .fit(
+            &perpetual::Matrix::new(buf, rows, width),
+            train_y,
+            None,
+            None,
+        )
+        .map_err(|e| format!("gradient boosting: {e}"))?;
+    let dumped = booster.json_dump().map_err(|e| e.to_string())?;
+    serde_json::value::RawValue::from_string(dumped).map_err(|e| e.to_string())
+}
+
+/// A linear model's weights and intercept.
+struct Linear {
+    weights: Vec<f64>,
+    intercept: f64,
+}
+
+/// linfa's logistic regression fitted on the encoded rows (`rows` by `width`, column-major),
+/// scoring P(label = 1).
+fn logistic(
+    f: &Fitting,
+    buf: Vec<f64>,
+    rows: usize,
+    width: usize,
+    train_y: &[f64],
+) -> Result<Linear, String> {
+    use linfa::traits::Fit;
+    let x = ndarray::Array2::from_shape_vec((width, rows), buf)
+        .map_err(|e| e.to_string())?
+        .reversed_axes();
+    let y = ndarray::Array1::from_iter(train_y.iter().map(|v| *v > 0.5));
+    let ds = linfa::DatasetBase::new(x, y);
+    let fitted = linfa_logistic::LogisticRegression::<f64>::default()
+        .alpha(f.alpha)
+        .max_iterations(f.max_iterations)
+        .fit(&ds)
+        .map_err(|e| format!("logistic regression: {e}"))?;
+    // linfa's positive class is the more frequent label; the model scores P(label = 1).
+    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+    Ok(Linear {
+        weights: fitted.params().iter().map(|w| sign * w).collect(),
+        intercept: sign * fitted.intercept(),
+    })
+}
+
 /// Reads the training set with DataFusion and fits in this process.
 async fn in_process(
     cfg: &Config,
@@ -238,75 +274,19 @@ async fn in_process(
     conns: &Connections,
 ) -> Result<(Model, Json, usize, usize), OperatorError> {
     let schema = super::schema("training_set", &cfg.training_set, ctx, conns).await?;
-    if schema.field_with_name(&cfg.label).is_err() {
-        return Err(fatal(format!(
-            "train: the training set has no label column `{}`",
-            cfg.label
-        )));
-    }
-    let names: Vec<String> = match &cfg.features {
-        Some(f) if !f.is_empty() => f.clone(),
-        _ => schema
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .filter(|n| *n != cfg.label && Some(n) != cfg.id_column.as_ref())
-            .collect(),
-    };
-    if names.is_empty() {
-        return Err(fatal("train: no feature columns"));
-    }
-    let mut select = Vec::new();
-    let mut text = Vec::new();
-    for n in &names {
-        let field = schema
-            .field_with_name(n)
-            .map_err(|_| fatal(format!("train: the training set has no column `{n}`")))?;
-        let is_text = matches!(
-            field.data_type(),
-            datafusion::arrow::datatypes::DataType::Utf8
-                | datafusion::arrow::datatypes::DataType::LargeUtf8
-                | datafusion::arrow::datatypes::DataType::Utf8View
-                | datafusion::arrow::datatypes::DataType::Dictionary(..)
-        );
-        text.push(is_text);
-        select.push(if is_text {
-            format!("CAST({} AS VARCHAR) AS {}", ident(n), ident(n))
-        } else {
-            format!("CAST({} AS DOUBLE) AS {}", ident(n), ident(n))
-        });
-    }
-    let label = ident(&cfg.label);
-    let query = format!(
-        "SELECT {}, CAST({label} AS DOUBLE) AS {label} FROM training_set WHERE {label} IS NOT NULL",
-        select.join(", ")
-    );
-    let (_, batches) =
-        crate::sql::read(&[("training_set", &cfg.training_set)], &query, ctx, conns).await?;
+    let names = feature_names(cfg, &schema)?;
+    let query = TrainingQuery::new(cfg, &schema, &names)?;
+    let (_, batches) = crate::sql::read(
+        &[("training_set", &cfg.training_set)],
+        &query.sql,
+        ctx,
+        conns,
+    )
+    .await?;
     let labels = column_f64(&batches, &cfg.label, "train")?;
-    if labels.len() < 2 {
-        return Err(fatal(format!(
-            "train: the training set has {} labelled rows; at least 2 are needed",
-            labels.len()
-        )));
-    }
-    if cfg.task == TaskKind::Classification {
-        if let Some(bad) = labels.iter().find(|y| **y != 0.0 && **y != 1.0) {
-            return Err(fatal(format!(
-                "train: a classification label must be 0 or 1 (or a boolean); `{}` has {bad}",
-                cfg.label
-            )));
-        }
-        let positives = labels.iter().filter(|y| **y == 1.0).count();
-        if positives == 0 || positives == labels.len() {
-            return Err(fatal(format!(
-                "train: every label is {}; a classifier needs both classes",
-                if positives == 0 { 0 } else { 1 }
-            )));
-        }
-    }
+    check_labels(cfg, &labels)?;
     let mut columns = Vec::new();
-    for (n, is_text) in names.iter().zip(&text) {
+    for (n, is_text) in names.iter().zip(&query.text) {
         columns.push(if *is_text {
             Column::Text(column_text(&batches, n, "train")?)
         } else {
@@ -340,6 +320,100 @@ async fn in_process(
         .await
         .map_err(|e| OperatorError::Retryable(format!("train: the fit stopped: {e}")))?
         .map_err(|e| fatal(format!("train: {e}")))
+}
+
+/// The feature columns: `features:`, or else every column but the label and the id column;
+/// the label column must be there.
+fn feature_names(cfg: &Config, schema: &Schema) -> Result<Vec<String>, OperatorError> {
+    if schema.field_with_name(&cfg.label).is_err() {
+        return Err(fatal(format!(
+            "train: the training set has no label column `{}`",
+            cfg.label
+        )));
+    }
+    let names: Vec<String> = match &cfg.features {
+        Some(f) if !f.is_empty() => f.clone(),
+        _ => schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| *n != cfg.label && Some(n) != cfg.id_column.as_ref())
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err(fatal("train: no feature columns"));
+    }
+    Ok(names)
+}
+
+/// The query that reads the labelled rows: text features as text, the rest and the label as
+/// numbers.
+struct TrainingQuery {
+    sql: String,
+    /// Whether each feature (in the order of the names) is text.
+    text: Vec<bool>,
+}
+
+impl TrainingQuery {
+    /// The query over `names`, each checked against the training set's schema.
+    fn new(
+        cfg: &Config,
+        schema: &Schema,
+        names: &[String],
+    ) -> Result<TrainingQuery, OperatorError> {
+        let mut select = Vec::new();
+        let mut text = Vec::new();
+        for n in names {
+            let field = schema
+                .field_with_name(n)
+                .map_err(|_| fatal(format!("train: the training set has no column `{n}`")))?;
+            let is_text = matches!(
+                field.data_type(),
+                DataType::Utf8
+                    | DataType::LargeUtf8
+                    | DataType::Utf8View
+                    | DataType::Dictionary(..)
+            );
+            text.push(is_text);
+            select.push(if is_text {
+                format!("CAST({} AS VARCHAR) AS {}", ident(n), ident(n))
+            } else {
+                format!("CAST({} AS DOUBLE) AS {}", ident(n), ident(n))
+            });
+        }
+        let label = ident(&cfg.label);
+        let sql = format!(
+            "SELECT {}, CAST({label} AS DOUBLE) AS {label} FROM training_set WHERE {label} IS NOT NULL",
+            select.join(", ")
+        );
+        Ok(TrainingQuery { sql, text })
+    }
+}
+
+/// Enough labelled rows, and for classification labels of 0 and 1 with both present.
+fn check_labels(cfg: &Config, labels: &[f64]) -> Result<(), OperatorError> {
+    if labels.len() < 2 {
+        return Err(fatal(format!(
+            "train: the training set has {} labelled rows; at least 2 are needed",
+            labels.len()
+        )));
+    }
+    if cfg.task == TaskKind::Classification {
+        if let Some(bad) = labels.iter().find(|y| **y != 0.0 && **y != 1.0) {
+            return Err(fatal(format!(
+                "train: a classification label must be 0 or 1 (or a boolean); `{}` has {bad}",
+                cfg.label
+            )));
+        }
+        let positives = labels.iter().filter(|y| **y == 1.0).count();
+        if positives == 0 || positives == labels.len() {
+            return Err(fatal(format!(
+                "train: every label is {}; a classifier needs both classes",
+                if positives == 0 { 0 } else { 1 }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fits with Spark MLlib (see `ml::on_spark`): the job learns the same feature encodings,
@@ -376,6 +450,69 @@ async fn on_spark(
     let count = |k: &str| result["rows"][k].as_u64().unwrap_or(0) as usize;
     let (train_rows, held) = (count("train"), count("validation"));
     Ok((model, result["metrics"].clone(), train_rows, held))
+}
+
+/// Writes the model to `ARTIFACTS/MODEL/HASH/model.json` (see the module's note); returns where.
+async fn store_artifact(
+    cfg: &Config,
+    model: &Model,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Location, OperatorError> {
+    let bytes = serde_json::to_vec(model).map_err(|e| fatal(e.to_string()))?;
+    let hash = crate::storage::content_hash(&bytes);
+    let artifact = format!(
+        "{}/{}/{hash}/model.json",
+        cfg.artifacts.trim_end_matches('/'),
+        cfg.model
+    );
+    let location = Location::parse(&artifact, &ctx.dag_folder)?;
+    let aws = conns.aws(cfg.connection.as_deref(), &ctx.secrets)?;
+    let (store, path) = location.store(&aws)?;
+    if let Location::Local(p) = &location
+        && let Some(dir) = p.parent()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fatal(format!("train: cannot create {}: {e}", dir.display())))?;
+    }
+    store
+        .put(&path, bytes.into())
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("train: writing {artifact}: {e}")))?;
+    Ok(location)
+}
+
+/// Registers the stored model as a new candidate version of `model:`; returns its number.
+async fn register_version(
+    registry: &dyn ModelRegistry,
+    cfg: &Config,
+    metrics: &Json,
+    location: &Location,
+    ctx: &TaskContext,
+) -> Result<i64, OperatorError> {
+    registry
+        .register_model_version(&NewModelVersion {
+            model: cfg.model.clone(),
+            task: cfg.task.as_str().to_string(),
+            algorithm: cfg.algorithm.as_str().to_string(),
+            metrics: metrics.clone(),
+            artifact: location.url(),
+            training_set: cfg.training_set["path"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            data_interval: Some(DataInterval {
+                start: ctx.data_interval_start,
+                end: ctx.data_interval_end,
+            }),
+            dag_id: ctx.dag_id.clone(),
+            dag_version: ctx.dag_version.clone(),
+            run_id: ctx.run_id.clone(),
+            task_id: ctx.task_id.clone(),
+            created_at: flow_engine::time::now(),
+        })
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("train: registering the model: {e}")))
 }
 
 #[async_trait]
@@ -445,49 +582,8 @@ impl Operator for Train {
             ))
             .await;
 
-        let bytes = serde_json::to_vec(&model).map_err(|e| fatal(e.to_string()))?;
-        let hash = crate::storage::content_hash(&bytes);
-        let artifact = format!(
-            "{}/{}/{hash}/model.json",
-            cfg.artifacts.trim_end_matches('/'),
-            cfg.model
-        );
-        let location = Location::parse(&artifact, &ctx.dag_folder)?;
-        let aws = conns.aws(cfg.connection.as_deref(), &ctx.secrets)?;
-        let (store, path) = location.store(&aws)?;
-        if let Location::Local(p) = &location
-            && let Some(dir) = p.parent()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| fatal(format!("train: cannot create {}: {e}", dir.display())))?;
-        }
-        store
-            .put(&path, bytes.into())
-            .await
-            .map_err(|e| OperatorError::Retryable(format!("train: writing {artifact}: {e}")))?;
-        let version = registry
-            .register_model_version(&NewModelVersion {
-                model: cfg.model.clone(),
-                task: cfg.task.as_str().to_string(),
-                algorithm: cfg.algorithm.as_str().to_string(),
-                metrics: metrics.clone(),
-                artifact: location.url(),
-                training_set: cfg.training_set["path"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                data_interval: Some(DataInterval {
-                    start: ctx.data_interval_start,
-                    end: ctx.data_interval_end,
-                }),
-                dag_id: ctx.dag_id.clone(),
-                dag_version: ctx.dag_version.clone(),
-                run_id: ctx.run_id.clone(),
-                task_id: ctx.task_id.clone(),
-                created_at: flow_engine::time::now(),
-            })
-            .await
-            .map_err(|e| OperatorError::Retryable(format!("train: registering the model: {e}")))?;
+        let location = store_artifact(&cfg, &model, ctx, conns).await?;
+        let version = register_version(registry.as_ref(), &cfg, &metrics, &location, ctx).await?;
         ctx.log
             .line(&format!(
                 "train: registered {} version {version} (candidate), artifact {}",
