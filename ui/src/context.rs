@@ -120,3 +120,44 @@ pub(crate) async fn engine(ctx: &Ctx) -> Result<Engine> {
     engine.reload_dags().await.map_err(engine_err)?;
     Ok(engine)
 }
+
+/// A binary's process around its command: logs on stderr (filtered by `FLOW_LOG`), a tokio
+/// runtime, and the command's error as an exit code (2 for a [`Usage`] error, 1 for any other),
+/// each message prefixed with the binary's `name`.
+pub fn run_process(
+    name: &str,
+    command: impl std::future::Future<Output = Result<u8>>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => match e.downcast_ref::<Usage>() {
+            Some(u) => {
+                eprintln!("{name}: {}", u.0);
+                ExitCode::from(2)
+            }
+            None => {
+                eprintln!("{name}: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
