@@ -320,6 +320,7 @@ fn flow_help_lists_only_product_commands() {
             "tokens",
             "models",
             "scheduler",
+            "worker",
             "server",
             "standalone",
             "help"

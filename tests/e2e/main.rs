@@ -18,3 +18,4 @@ mod run;
 mod schemathesis;
 mod security;
 mod tokens;
+mod workers;

@@ -86,7 +86,14 @@ pub enum Command {
         command: ModelsCommand,
     },
     /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
-    Scheduler,
+    Scheduler {
+        /// Plan and create runs, but run no task: `flow worker` processes run them
+        #[arg(long)]
+        no_tasks: bool,
+    },
+    /// A worker: claims queued tries from the database and runs them until SIGINT/SIGTERM (on
+    /// any host; the schedulers plan the runs)
+    Worker,
     /// The REST API (and, later, the web UI) on --bind, against the same database
     Server,
     /// Scheduler and web server in one process, on the embedded default database

@@ -95,7 +95,8 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             TokensCommand::Revoke { name } => crate::tokens::revoke(g, &name).await,
         },
         Command::Models { command } => models(g, command).await,
-        Command::Scheduler => crate::daemons::scheduler(g).await,
+        Command::Scheduler { no_tasks } => crate::daemons::scheduler(g, no_tasks).await,
+        Command::Worker => crate::daemons::worker(g).await,
         Command::Server => crate::daemons::server(g, false).await,
         Command::Standalone => crate::daemons::server(g, true).await,
     }

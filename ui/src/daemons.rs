@@ -1,10 +1,11 @@
-//! The long-running commands: `flow scheduler`, `flow server` and `flow standalone`, and what
+//! The long-running commands: `flow scheduler`, `flow worker`, `flow server` and `flow
+//! standalone`, and what
 //! they need around them (signals, the first admin token).
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use flow_engine::scheduler::{DagCatalog, Engine, Mode};
+use flow_engine::scheduler::{DagCatalog, Duties, Engine, Mode};
 use flow_engine::time::now;
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +42,14 @@ fn announce(what: &str, ctx: &Ctx, engine: &Engine) {
     );
 }
 
-pub(crate) async fn scheduler(g: &Global) -> Result<u8> {
+pub(crate) async fn scheduler(g: &Global, no_tasks: bool) -> Result<u8> {
     let ctx = open(g).await?;
-    let engine = engine(&ctx).await?;
+    let duties = if no_tasks {
+        Duties::PLAN_ONLY
+    } else {
+        Duties::ALL
+    };
+    let engine = engine(&ctx).await?.with_duties(duties);
     announce("scheduler", &ctx, &engine);
     let shutdown = shutdown_on_signals();
     engine
@@ -51,6 +57,33 @@ pub(crate) async fn scheduler(g: &Global) -> Result<u8> {
         .await
         .map_err(engine_err)?;
     eprintln!("flow scheduler: stopped");
+    Ok(0)
+}
+
+/// `flow worker`: runs the tries it claims. It reads no DAGs folder: a try runs the DAG version
+/// its run started on, which the database holds (and a worker's folder, on another host, may
+/// be missing or older; loading it would record it as the DAGs that exist).
+pub(crate) async fn worker(g: &Global) -> Result<u8> {
+    let ctx = open(g).await?;
+    let engine = Engine::new(
+        ctx.store.clone(),
+        Arc::new(flow_operators::registry(ctx.settings.connections.clone())),
+        ctx.settings.engine.clone(),
+        ctx.secrets.clone(),
+    )
+    .with_duties(Duties::TASKS_ONLY);
+    eprintln!(
+        "flow worker: parallelism {}, database {} ({})",
+        ctx.settings.engine.parallelism,
+        redact_url(&ctx.settings.database_url),
+        ctx.store.backend()
+    );
+    let shutdown = shutdown_on_signals();
+    engine
+        .run(Mode::Daemon, shutdown)
+        .await
+        .map_err(engine_err)?;
+    eprintln!("flow worker: stopped");
     Ok(0)
 }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::heartbeat::Heartbeat;
 use super::launch::{Slots, TryDone, requeue};
-use super::{Engine, EngineError, Mode, mode_accepts, watch};
+use super::{Duties, Engine, EngineError, Mode, mode_accepts, watch};
 use crate::executor::{PidJournal, RunningTries, TryEnv};
 use crate::state::RunState;
 use crate::store::group_commit::{Claimed, Recorder};
@@ -81,6 +81,7 @@ struct Inbox {
 pub(super) struct Loop {
     engine: Engine,
     mode: Mode,
+    duties: Duties,
     shutdown: CancellationToken,
     slots: Slots,
     inbox: Inbox,
@@ -113,7 +114,13 @@ impl Loop {
         let (done_tx, done) = mpsc::unbounded_channel();
         let (claimed_tx, claimed) = mpsc::unbounded_channel();
         let (reload_tx, reload) = mpsc::unbounded_channel();
-        let watcher = (mode == Mode::Daemon)
+        let duties = match mode {
+            Mode::Daemon => engine.duties,
+            Mode::Single(_) => Duties::ALL,
+        };
+        // Only a loop that plans follows the DAGs folder: a worker runs the versions the
+        // database names, whatever its own folder holds.
+        let watcher = (mode == Mode::Daemon && duties.plan)
             .then(|| watch(&engine.config.dags_folder, reload_tx))
             .flatten();
         let running: Arc<RunningTries> = Default::default();
@@ -148,6 +155,7 @@ impl Loop {
         Loop {
             engine,
             mode,
+            duties,
             shutdown,
             slots,
             inbox: Inbox {
@@ -199,6 +207,13 @@ impl Loop {
     /// looked at again.
     async fn pass(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.start_answers().await;
+        if !self.duties.plan {
+            // A worker: the runs its tries end are planned by the schedulers.
+            self.dirty.clear();
+            self.want_claim |= self.full_pass;
+            self.claim().await;
+            return None;
+        }
         if self.full_pass {
             self.read_database(now).await;
         }
@@ -305,7 +320,7 @@ impl Loop {
 
     /// Claims into the free slots when a claim could find work.
     async fn claim(&mut self) {
-        if self.shutdown.is_cancelled() || !self.want_claim {
+        if self.shutdown.is_cancelled() || !self.want_claim || !self.duties.run_tasks {
             return;
         }
         // With every slot taken or reserved nothing is claimed now, and the wish stands: a
@@ -383,6 +398,9 @@ impl Loop {
     /// wait and the run was planned a moment ago.
     fn on_tries_done(&mut self, done: Vec<TryDone>) {
         self.want_claim = true;
+        if !self.duties.plan {
+            return;
+        }
         let instant = Instant::now();
         for ev in done {
             let due = self

@@ -120,6 +120,33 @@ pub fn default_parallelism() -> usize {
         * 4
 }
 
+/// What a daemon's loop does. `flow scheduler` does both; `flow scheduler --no-tasks` only
+/// plans (its tasks run on workers); `flow worker` only runs tasks (on any host, against the
+/// same database; the schedulers plan the runs its tries end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duties {
+    /// Create due runs, start queued runs, plan running ones, recover orphaned tries, follow
+    /// the DAGs folder.
+    pub plan: bool,
+    /// Claim queued tries and run them.
+    pub run_tasks: bool,
+}
+
+impl Duties {
+    pub const ALL: Duties = Duties {
+        plan: true,
+        run_tasks: true,
+    };
+    pub const PLAN_ONLY: Duties = Duties {
+        plan: true,
+        run_tasks: false,
+    };
+    pub const TASKS_ONLY: Duties = Duties {
+        plan: false,
+        run_tasks: true,
+    };
+}
+
 /// What the loop is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -169,6 +196,7 @@ pub struct Engine {
     pub config: EngineConfig,
     pub secrets: Secrets,
     catalog: DagCatalog,
+    duties: Duties,
     /// Written on every claim and lease: `host:pid:random`, unique per process start.
     owner: String,
     hostname: String,
@@ -199,6 +227,7 @@ impl Engine {
             .unwrap_or_else(|| "localhost".to_string());
         Engine {
             catalog: DagCatalog::new(store.clone(), registry.clone()),
+            duties: Duties::ALL,
             store,
             registry,
             config,
@@ -215,6 +244,12 @@ impl Engine {
             run_rows: HashMap::new(),
             notifications: Vec::new(),
         }
+    }
+
+    /// Limits what the daemon's loop does (see [`Duties`]); `flow run` always does both.
+    pub fn with_duties(mut self, duties: Duties) -> Engine {
+        self.duties = duties;
+        self
     }
 
     /// The DAGs of the folder as last loaded.
