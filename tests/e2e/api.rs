@@ -739,6 +739,7 @@ fn openapi_documents_every_route_and_its_answers() {
     let paths = doc["paths"].as_object().unwrap();
     for (method, path) in [
         ("get", "/api/v1/health"),
+        ("get", "/api/v1/ready"),
         ("get", "/api/v1/openapi.json"),
         ("get", "/api/v1/dags"),
         ("get", "/api/v1/dags/{dag_id}"),
@@ -812,7 +813,7 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 18, "every documented operation was called");
+    assert_eq!(called, 19, "every documented operation was called");
     // The registry's pages, beside its routes.
     let page = |path: &str| {
         ureq::get(format!("{}{path}", server.base))

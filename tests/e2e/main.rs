@@ -14,6 +14,7 @@ mod heavy;
 mod in_process;
 mod ml;
 mod pages;
+mod ready;
 mod run;
 mod schemathesis;
 mod security;

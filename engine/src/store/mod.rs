@@ -88,9 +88,18 @@ impl StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the engine, the CLI and the API need from the database.
+#[async_trait::async_trait]
 pub trait Store:
     DagStore + RunStore + PlanStore + TryStore + HistoryStore + TokenStore + ModelRegistry
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// The newest migration applied to the database (None before any), for readiness: a
+    /// process of an older build than the schema, or a schema behind its build, is not ready.
+    async fn schema_version(&self) -> Result<Option<i64>>;
+}
+
+/// The newest migration this build carries (the two folders hold the same versions).
+pub fn expected_schema_version() -> i64 {
+    sql::expected_schema_version()
 }

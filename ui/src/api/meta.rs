@@ -1,4 +1,4 @@
-//! Health and the OpenAPI document.
+//! Health, readiness and the OpenAPI document.
 
 use std::sync::Arc;
 
@@ -68,6 +68,55 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
                 .into_response()
         }
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready`, or `not_ready` when the database does not answer or its schema is not this
+    /// build's.
+    pub status: String,
+    /// `ok` or `unavailable`.
+    pub database: String,
+    /// The newest migration applied to the database (null when it does not answer or has none).
+    pub schema_applied: Option<i64>,
+    /// The newest migration this build carries.
+    pub schema_expected: i64,
+}
+
+/// Readiness, for a load balancer or an orchestrator (ECS, Kubernetes): ready to serve means the
+/// database answers and its schema is the one this build migrates to. Health says the process
+/// is alive; readiness says it should get traffic.
+#[utoipa::path(
+    get,
+    path = "/api/v1/ready",
+    tag = "meta",
+    responses(
+        (status = 200, description = "the database answers and its schema is this build's", body = Ready),
+        (status = 503, description = "not ready: the database does not answer, or its schema is older or newer than this build's", body = Ready),
+    )
+)]
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let expected = flow_engine::store::expected_schema_version();
+    let (database, applied) = match state.store.schema_version().await {
+        Ok(applied) => ("ok", applied),
+        Err(e) => {
+            tracing::warn!("ready: the database does not answer: {e}");
+            ("unavailable", None)
+        }
+    };
+    let is_ready = applied == Some(expected);
+    let body = Ready {
+        status: if is_ready { "ready" } else { "not_ready" }.into(),
+        database: database.into(),
+        schema_applied: applied,
+        schema_expected: expected,
+    };
+    let status = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 #[utoipa::path(

@@ -56,6 +56,7 @@ impl utoipa::Modify for BearerAuth {
 fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
     let public = OpenApiRouter::new()
         .routes(routes!(meta::health))
+        .routes(routes!(meta::ready))
         .routes(routes!(meta::openapi));
     let protected = OpenApiRouter::new()
         .routes(routes!(dags::list_dags))

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
-use sqlx::{ColumnIndex, Decode, Encode, Executor, Postgres, Sqlite, Type};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, Postgres, Row, Sqlite, Type};
 
 use super::cursor::ClaimCursors;
 use super::{Claim, Result, Store, StoreError};
@@ -75,6 +75,16 @@ impl<DB: Dialect> SqlStore<DB> {
     }
 }
 
+/// The newest migration this build carries.
+pub(crate) fn expected_schema_version() -> i64 {
+    migrations::SQLITE_MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+#[async_trait::async_trait]
 impl<DB> Store for SqlStore<DB>
 where
     DB: Dialect,
@@ -89,6 +99,13 @@ where
 {
     fn backend(&self) -> &'static str {
         DB::BACKEND
+    }
+
+    async fn schema_version(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 }
 
