@@ -106,3 +106,50 @@ fn a_planning_scheduler_and_a_worker_elsewhere_run_a_dag() {
         stop(scheduler, "the scheduler");
     });
 }
+
+/// SIGTERM drains a worker (ECS stops tasks with SIGTERM, then SIGKILL after 30 s): the try it
+/// runs is stopped and put back in the queue without using a retry, the worker exits 0, and
+/// another worker runs the task.
+#[test]
+fn a_stopped_worker_gives_its_try_back_and_another_runs_it() {
+    each_db(|env, db| {
+        // Long the first time, short once a marker exists: the second worker need not wait.
+        let marker = env.path("started-once");
+        env.dag(
+            "slow.yaml",
+            &format!(
+                "id: slow\ntasks:\n  nap: {{ operator: shell, retries: 0, command: 'test -e {m} && exit 0; touch {m}; sleep 30' }}\n",
+                m = marker.display()
+            ),
+        );
+        let scheduler = env.spawn(&["scheduler", "--no-tasks"]);
+        let first = spawn_worker(&env, &env.path("worker-1"));
+        let run_id = env.flow_ok(&["trigger", "slow"], 0).trim().to_string();
+        let start = Instant::now();
+        loop {
+            let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
+            if task(&run, "nap", None)["state"] == "running" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{db:?}: {run:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stopped = Instant::now();
+        stop(first, "the first worker");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "{db:?}: the worker waited for its task instead of draining"
+        );
+        let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
+        assert_eq!(
+            task(&run, "nap", None)["state"],
+            "queued",
+            "{db:?}: the interrupted try was not given back: {run:#}"
+        );
+        let second = spawn_worker(&env, &env.path("worker-2"));
+        let run = env.wait_run(&run_id, Duration::from_secs(60));
+        assert_eq!(run["state"], "success", "{db:?}: {run:#}");
+        stop(second, "the second worker");
+        stop(scheduler, "the scheduler");
+    });
+}
