@@ -153,3 +153,72 @@ fn a_stopped_worker_gives_its_try_back_and_another_runs_it() {
         stop(scheduler, "the scheduler");
     });
 }
+
+/// A worker killed with -9 loses nothing: its try's lease expires, the try is retried per its
+/// policy on the worker that takes its place, and the process the dead worker started is
+/// stopped, found through the pid journal the worker left in its home (as on a host whose
+/// worker restarts).
+#[test]
+fn a_killed_worker_s_try_is_retried_and_its_process_stopped() {
+    each_db(|env, db| {
+        env.config("lease_timeout = \"2s\"\n");
+        let worker_home = env.path("worker-home");
+        std::fs::create_dir_all(&worker_home).unwrap();
+        std::fs::write(worker_home.join("flow.toml"), "lease_timeout = \"2s\"\n").unwrap();
+        let marker = env.path("markers");
+        std::fs::create_dir_all(&marker).unwrap();
+        let m = marker.display();
+        env.dag(
+            "crash.yaml",
+            &format!(
+                r#"
+id: crash
+tasks:
+  work:
+    operator: shell
+    retries: 1
+    retry_delay: 100ms
+    command: |
+      echo "$FLOW_TRY_NUMBER" >> {m}/work
+      if [ "$FLOW_TRY_NUMBER" = 1 ]; then sleep 60 & echo $! > {m}/orphan; wait; fi
+"#
+            ),
+        );
+        let scheduler = env.spawn(&["scheduler", "--no-tasks"]);
+        let mut worker = spawn_worker(&env, &worker_home);
+        let run_id = env.flow_ok(&["trigger", "crash"], 0).trim().to_string();
+        wait_for_file(
+            &marker.join("orphan"),
+            Duration::from_secs(30),
+            "the try never started",
+        );
+        worker.kill().unwrap(); // SIGKILL
+        worker.wait().unwrap();
+        let orphan: i32 = std::fs::read_to_string(marker.join("orphan"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The database's copy of the pid may or may not be written yet; without it, the journal
+        // in the worker's home is the only way to the process.
+        if db == Db::Postgres {
+            env.psql("UPDATE task_instances SET pid = NULL WHERE task_id = 'work'")
+                .unwrap();
+        }
+        let restarted = spawn_worker(&env, &worker_home);
+        let run = env.wait_run(&run_id, Duration::from_secs(60));
+        assert_eq!(run["state"], "success", "{db:?}: {run:#}");
+        assert_eq!(task(&run, "work", None)["tries"], 2, "{run:#}");
+        assert_eq!(
+            std::fs::read_to_string(marker.join("work")).unwrap(),
+            "1\n2\n",
+            "{db:?}: each try ran once"
+        );
+        assert!(
+            !pid_alive(orphan),
+            "{db:?}: the dead worker's process {orphan} was not stopped"
+        );
+        stop(restarted, "the restarted worker");
+        stop(scheduler, "the scheduler");
+    });
+}
