@@ -129,7 +129,7 @@ fn validate(g: &Global, paths: Vec<PathBuf>) -> Result<u8> {
         connections: settings
             .ok()
             .map(|s| s.connections.names().map(str::to_string).collect()),
-        ..Engine::parse_options()
+        ..DagCatalog::parse_options()
     };
     let loaded = load_files(&files, &registry, &opts);
     let mut problems = 0;

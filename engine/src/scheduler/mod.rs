@@ -61,7 +61,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::dag::load::Loaded;
-use crate::dag::{DEFAULT_POOL, Dag, ParseOptions};
+use crate::dag::{DEFAULT_POOL, Dag};
 use crate::operator::Registry;
 use crate::schedule::ScheduleError;
 use crate::secrets::Secrets;
@@ -257,17 +257,9 @@ impl Engine {
         self.catalog.current()
     }
 
-    pub fn catalog(&self) -> &DagCatalog {
-        &self.catalog
-    }
-
     /// The DAG cache alone, for a server that runs no scheduler.
     pub fn into_catalog(self) -> DagCatalog {
         self.catalog
-    }
-
-    pub fn parse_options() -> ParseOptions {
-        DagCatalog::parse_options()
     }
 
     /// Loads the DAGs folder and records what it found; a broken file is recorded and skipped.
@@ -277,15 +269,6 @@ impl Engine {
             self.next_due.remove(id);
         }
         Ok(reloaded.loaded)
-    }
-
-    /// The DAG a run started on: the current file if it is that version, else the stored source.
-    pub async fn dag_version(
-        &self,
-        dag_id: &str,
-        version: &str,
-    ) -> Result<Option<Arc<Dag>>, EngineError> {
-        self.catalog.version(dag_id, version).await
     }
 
     /// Runs the loop until shutdown (daemon) or until the run ends (single). Returns the run's
