@@ -2,30 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
 use crate::harness::*;
-
-fn stop(mut child: std::process::Child) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert_eq!(
-                status.code(),
-                Some(0),
-                "the scheduler did not shut down cleanly"
-            );
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the scheduler ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn daemon_runs_triggered_runs_and_clears() {
@@ -52,7 +29,7 @@ fn daemon_runs_triggered_runs_and_clears() {
         assert_eq!(task(&run, "a", None)["tries"], 1, "a was not cleared");
         assert_eq!(task(&run, "b", None)["tries"], 2);
         assert_eq!(task(&run, "c", None)["tries"], 2);
-        stop(scheduler);
+        stop_gracefully(scheduler, "the scheduler");
     });
 }
 
@@ -79,7 +56,7 @@ fn daemon_creates_scheduled_runs_and_respects_pause() {
         Duration::from_secs(20),
         |runs| runs.len() >= 2,
     );
-    stop(scheduler);
+    stop_gracefully(scheduler, "the scheduler");
     assert!(runs.len() >= 2, "expected scheduled runs: {runs:#?}");
     for r in runs {
         assert_eq!(r["run_type"], "scheduled");
@@ -142,13 +119,8 @@ tasks:
             Duration::from_secs(30),
             "{db:?}: second never started",
         );
-        scheduler.kill().unwrap(); // SIGKILL
-        scheduler.wait().unwrap();
-        let orphan: i32 = std::fs::read_to_string(marker.join("orphan"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        kill_9(&mut scheduler);
+        let orphan = read_pid(&marker.join("orphan"));
         let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
         assert_eq!(run["state"], "running", "{db:?}: {run:#}");
         assert_eq!(task(&run, "second", None)["state"], "running");
@@ -162,7 +134,7 @@ tasks:
 
         let restarted = env.spawn(&["scheduler"]);
         let run = env.wait_run(&run_id, Duration::from_secs(60));
-        stop(restarted);
+        stop_gracefully(restarted, "the scheduler");
         assert_eq!(run["state"], "success", "{db:?}: {run:#}");
         assert_eq!(task(&run, "first", None)["tries"], 1);
         assert_eq!(task(&run, "second", None)["tries"], 2);
@@ -225,7 +197,7 @@ fn backfill_runs_oldest_first_within_max_active_runs() {
         |runs| backfilled(runs) == 4,
     );
     assert_eq!(backfilled(&runs), 4, "backfill did not finish");
-    stop(scheduler);
+    stop_gracefully(scheduler, "the scheduler");
     let log = std::fs::read_to_string(marks.join("log")).unwrap();
     let events: Vec<(String, String)> = log
         .lines()
@@ -327,7 +299,7 @@ fn the_daemon_picks_up_new_files_and_a_run_keeps_its_version() {
     assert_eq!(std::fs::read_to_string(marks.join("b")).unwrap(), "v1\n");
     let second = env.flow_json(&["trigger", "live", "--wait", "--json"], 0);
     assert_eq!(second["state"], "success");
-    stop(scheduler);
+    stop_gracefully(scheduler, "the scheduler");
     assert_eq!(
         std::fs::read_to_string(marks.join("b")).unwrap(),
         "v1\nv2\n"
@@ -364,7 +336,7 @@ fn clearing_a_running_task_stops_its_process_and_runs_it_again() {
     while pid_alive(pid) && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop(scheduler);
+    stop_gracefully(scheduler, "the scheduler");
     assert_eq!(run["state"], "success", "{run:#}");
     assert_eq!(task(&run, "work", None)["tries"], 2);
     assert_eq!(
@@ -396,7 +368,7 @@ fn catchup_creates_every_missed_interval_oldest_first() {
         Duration::from_secs(30),
         |runs| runs.len() >= 3,
     );
-    stop(scheduler);
+    stop_gracefully(scheduler, "the scheduler");
     assert!(runs.len() >= 3, "{runs:#?}");
     runs.sort_by_key(|r| r["logical_date"].as_str().unwrap().to_string());
     let first =

@@ -322,8 +322,7 @@ fn kill_9_mid_emr_step_reattaches_and_submits_the_step_once() {
     let mut scheduler = env.spawn(&["scheduler"]);
     let run_id = env.flow_ok(&["trigger", "emr_crash"], 0).trim().to_string();
     wait_for_running_step(&emr, &cluster);
-    scheduler.kill().unwrap(); // SIGKILL, mid-step
-    scheduler.wait().unwrap();
+    kill_9(&mut scheduler); // mid-step
 
     let restarted = env.spawn(&["scheduler"]);
     let run = env.wait_run(&run_id, Duration::from_secs(90));

@@ -505,3 +505,41 @@ pub fn pid_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Stops a long-running `flow` process with SIGTERM, as a service manager does, and asserts that
+/// it exits 0 within 20 s.
+pub fn stop_gracefully(mut child: Child, what: &str) {
+    use nix::sys::signal::{Signal, kill};
+    kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0), "{what} did not shut down cleanly");
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Kills a process with SIGKILL (a crash: no handler runs) and reaps it.
+pub fn kill_9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The pid a task wrote to a file.
+pub fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: not a pid: {e}", path.display()))
+}

@@ -5,27 +5,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
 use crate::harness::*;
-
-fn stop(mut child: Child, what: &str) {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        child.wait().unwrap().code(),
-        Some(0),
-        "{what} did not stop cleanly"
-    );
-}
 
 /// `flow worker` with its own home and a DAGs folder that does not exist.
 fn spawn_worker(env: &Env, home: &std::path::Path) -> Child {
@@ -102,8 +82,8 @@ fn a_planning_scheduler_and_a_worker_elsewhere_run_a_dag() {
             files_under(&env.home().join("logs")).is_empty(),
             "{db:?}: the scheduler ran a try"
         );
-        stop(worker, "the worker");
-        stop(scheduler, "the scheduler");
+        stop_gracefully(worker, "the worker");
+        stop_gracefully(scheduler, "the scheduler");
     });
 }
 
@@ -135,7 +115,7 @@ fn a_stopped_worker_gives_its_try_back_and_another_runs_it() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let stopped = Instant::now();
-        stop(first, "the first worker");
+        stop_gracefully(first, "the first worker");
         assert!(
             stopped.elapsed() < Duration::from_secs(15),
             "{db:?}: the worker waited for its task instead of draining"
@@ -149,8 +129,8 @@ fn a_stopped_worker_gives_its_try_back_and_another_runs_it() {
         let second = spawn_worker(&env, &env.path("worker-2"));
         let run = env.wait_run(&run_id, Duration::from_secs(60));
         assert_eq!(run["state"], "success", "{db:?}: {run:#}");
-        stop(second, "the second worker");
-        stop(scheduler, "the scheduler");
+        stop_gracefully(second, "the second worker");
+        stop_gracefully(scheduler, "the scheduler");
     });
 }
 
@@ -192,13 +172,8 @@ tasks:
             Duration::from_secs(30),
             "the try never started",
         );
-        worker.kill().unwrap(); // SIGKILL
-        worker.wait().unwrap();
-        let orphan: i32 = std::fs::read_to_string(marker.join("orphan"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        kill_9(&mut worker);
+        let orphan = read_pid(&marker.join("orphan"));
         // The database's copy of the pid may or may not be written yet; without it, the journal
         // in the worker's home is the only way to the process.
         if db == Db::Postgres {
@@ -218,7 +193,7 @@ tasks:
             !pid_alive(orphan),
             "{db:?}: the dead worker's process {orphan} was not stopped"
         );
-        stop(restarted, "the restarted worker");
-        stop(scheduler, "the scheduler");
+        stop_gracefully(restarted, "the restarted worker");
+        stop_gracefully(scheduler, "the scheduler");
     });
 }
