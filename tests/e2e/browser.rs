@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value as Json;
 
-use crate::api::Server;
+use crate::api_server::Server;
 use crate::harness::Db;
 use crate::pages::{admin_token, page_env};
 

@@ -5,6 +5,7 @@
 mod harness;
 
 mod api;
+mod api_server;
 mod architecture;
 mod browser;
 mod cli;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::api::{Server, token};
+use crate::api_server::{Server, token};
 use crate::harness::*;
 
 pub const DEMO_DAG: &str = "id: demo\ndescription: a demo DAG\ntags: [ml, nightly]\nparams:\n  n: { type: integer, default: 1 }\n  name: { type: string, default: world }\ntasks:\n  a: { operator: shell, command: 'echo hello {{ params.name | shell_quote }} {{ params.n }}' }\n  b: { operator: shell, command: 'echo b', depends_on: [a] }\n  c: { operator: shell, command: 'echo c', depends_on: [a] }\n  d: { operator: shell, command: 'echo d', depends_on: [b, c] }\n";

@@ -1,7 +1,7 @@
 //! `GET /api/v1/ready`: ready when the database answers and its schema is this build's; 503
 //! otherwise (issue 21, point 9).
 
-use crate::api::Server;
+use crate::api_server::Server;
 use crate::harness::*;
 
 #[test]

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::api::{Server, token};
+use crate::api_server::{Server, token};
 use crate::harness::*;
 
 const DAG: &str = "id: api\nparams:\n  n: { type: integer, default: 1 }\n  s: { type: string, default: x }\ntasks:\n  a:\n    operator: shell\n    env: { TOKEN: \"{{ secrets.API_TOKEN }}\" }\n    command: echo {{ params.s | shell_quote }} {{ params.n }} \"$TOKEN\"\n";

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::{Server, state_is, token, trigger};
+use crate::api_server::{Server, state_is, token, trigger};
 use crate::harness::*;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dags");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{Server, token};
+use crate::api_server::{Server, token};
 use crate::harness::*;
 use crate::pages::{Auth, call, login, login_form};
 
