@@ -207,14 +207,6 @@ impl Loop {
     /// looked at again.
     async fn pass(&mut self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.start_answers().await;
-        // Every daemon recovers orphans (the ends are fenced, so two recoverers cannot both
-        // win): a worker restarted in the home of one killed with -9 finds its predecessor's
-        // pid journal there and stops the tries that survived it.
-        if now - self.last_recovery > chrono::Duration::seconds(1) {
-            self.last_recovery = now;
-            let r = self.engine.recover_orphans(now, &mut self.dirty).await;
-            self.trouble.catch(r);
-        }
         if !self.duties.plan {
             // A worker: the runs its tries end are planned by the schedulers.
             self.dirty.clear();
@@ -224,6 +216,11 @@ impl Loop {
         }
         if self.full_pass {
             self.read_database(now).await;
+        }
+        if now - self.last_recovery > chrono::Duration::seconds(1) {
+            self.last_recovery = now;
+            let r = self.engine.recover_orphans(now, &mut self.dirty).await;
+            self.trouble.catch(r);
         }
         self.release_deferred();
         self.want_claim |= self.full_pass || !self.dirty.is_empty();
