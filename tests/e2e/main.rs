@@ -17,6 +17,7 @@ mod ml;
 mod pages;
 mod ready;
 mod run;
+mod schedulers;
 mod schemathesis;
 mod security;
 mod tokens;

@@ -9,12 +9,18 @@ use crate::harness::*;
 
 /// `flow worker` with its own home and a DAGs folder that does not exist.
 fn spawn_worker(env: &Env, home: &std::path::Path) -> Child {
+    spawn_worker_with(env, home, &[])
+}
+
+fn spawn_worker_with(env: &Env, home: &std::path::Path, args: &[&str]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(env.path("spawned.log"))
         .unwrap();
-    env.command(&["worker"])
+    let mut argv = vec!["worker"];
+    argv.extend_from_slice(args);
+    env.command(&argv)
         .env("FLOW_HOME", home)
         .env("FLOW_DAGS_FOLDER", env.path("no-such-folder"))
         .stdout(Stdio::null())
@@ -132,4 +138,92 @@ fn a_stopped_worker_gives_its_try_back_and_another_runs_it() {
         stop_gracefully(second, "the second worker");
         stop_gracefully(scheduler, "the scheduler");
     });
+}
+
+/// Which task logs a process's home holds.
+fn logged_tasks(home: &std::path::Path) -> Vec<String> {
+    let mut tasks: Vec<String> = files_under(&home.join("logs"))
+        .iter()
+        .filter_map(|f| {
+            let at = f.find("task_id=")? + "task_id=".len();
+            Some(f[at..].split('/').next()?.to_string())
+        })
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    tasks
+}
+
+/// A task's `queue:` sends it to the workers of that queue alone (a GPU host, say): a worker
+/// of the default queue leaves it queued, a worker started with `--queue gpu` runs it and
+/// nothing else.
+#[test]
+fn a_task_of_a_queue_runs_only_on_a_worker_of_that_queue() {
+    each_db(|env, db| {
+        env.dag(
+            "train.yaml",
+            "id: train\ntasks:\n  prep: { operator: shell, command: 'echo prep' }\n  fit: { operator: shell, queue: gpu, command: 'echo fit', depends_on: [prep] }\n  report: { operator: shell, command: 'echo report', depends_on: [fit] }\n",
+        );
+        let scheduler = env.spawn(&["scheduler", "--no-tasks"]);
+        let cpu_home = env.path("worker-cpu");
+        let cpu = spawn_worker(&env, &cpu_home);
+        let run_id = env.flow_ok(&["trigger", "train"], 0).trim().to_string();
+        let start = Instant::now();
+        loop {
+            let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
+            if task(&run, "prep", None)["state"] == "success"
+                && task(&run, "fit", None)["state"] == "queued"
+            {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{db:?}: {run:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
+        assert_eq!(
+            task(&run, "fit", None)["state"],
+            "queued",
+            "{db:?}: a worker of the default queue ran a gpu task: {run:#}"
+        );
+
+        let gpu_home = env.path("worker-gpu");
+        let gpu = spawn_worker_with(&env, &gpu_home, &["--queue", "gpu"]);
+        let run = env.wait_run(&run_id, Duration::from_secs(60));
+        assert_eq!(run["state"], "success", "{db:?}: {run:#}");
+        assert_eq!(logged_tasks(&gpu_home), ["fit"], "{db:?}");
+        assert_eq!(logged_tasks(&cpu_home), ["prep", "report"], "{db:?}");
+        stop_gracefully(gpu, "the gpu worker");
+        stop_gracefully(cpu, "the cpu worker");
+        stop_gracefully(scheduler, "the scheduler");
+
+        // Alone on its machine, `flow run` (like the all-in-one scheduler) runs every queue.
+        let run = env.flow_json(&["run", "train", "--json"], 0);
+        assert_eq!(run["state"], "success", "{db:?}: {run:#}");
+    });
+}
+
+#[test]
+fn a_queue_name_a_flag_cannot_say_is_refused() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let err = |args: &[&str], code: i32| {
+        let out = env.flow(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "flow {args:?}: {stderr}");
+        stderr
+    };
+    let err_worker = err(&["worker", "--queue", "gpu hosts"], 2);
+    assert!(err_worker.contains("--queue 'gpu hosts'"), "{err_worker}");
+    let both = err(&["scheduler", "--no-tasks", "--queue", "gpu"], 2);
+    assert!(both.contains("--no-tasks"), "{both}");
+    env.dag(
+        "bad.yaml",
+        "id: bad\ntasks:\n  a: { operator: shell, queue: 'gpu hosts', command: 'true' }\n",
+    );
+    let invalid = err(&["dags", "validate"], 1);
+    assert!(
+        invalid.contains("bad.yaml:3:")
+            && invalid.contains("queue 'gpu hosts' is not a valid name"),
+        "{invalid}"
+    );
 }

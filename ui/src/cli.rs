@@ -90,10 +90,19 @@ pub enum Command {
         /// Plan and create runs, but run no task: `flow worker` processes run them
         #[arg(long)]
         no_tasks: bool,
+        /// Run only the tasks of these queues (repeat or separate with commas; by default,
+        /// every queue)
+        #[arg(long = "queue", value_name = "NAME", value_delimiter = ',')]
+        queues: Vec<String>,
     },
     /// A worker: claims queued tries from the database and runs them until SIGINT/SIGTERM (on
     /// any host; the schedulers plan the runs)
-    Worker,
+    Worker {
+        /// Run only the tasks of these queues (repeat or separate with commas; by default,
+        /// the `default` queue)
+        #[arg(long = "queue", value_name = "NAME", value_delimiter = ',')]
+        queues: Vec<String>,
+    },
     /// The REST API (and, later, the web UI) on --bind, against the same database
     Server,
     /// Scheduler and web server in one process, on the embedded default database

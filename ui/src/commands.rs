@@ -95,8 +95,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             TokensCommand::Revoke { name } => crate::tokens::revoke(g, &name).await,
         },
         Command::Models { command } => models(g, command).await,
-        Command::Scheduler { no_tasks } => crate::daemons::scheduler(g, no_tasks).await,
-        Command::Worker => crate::daemons::worker(g).await,
+        Command::Scheduler { no_tasks, queues } => {
+            crate::daemons::scheduler(g, no_tasks, &queues).await
+        }
+        Command::Worker { queues } => crate::daemons::worker(g, &queues).await,
         Command::Server => crate::daemons::server(g, false).await,
         Command::Standalone => crate::daemons::server(g, true).await,
     }

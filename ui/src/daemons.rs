@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use flow_engine::scheduler::{DagCatalog, Duties, Engine, Mode};
+use flow_engine::dag::{DEFAULT_QUEUE, valid_queue_name};
+use flow_engine::scheduler::{DagCatalog, Duties, Engine, Mode, Queues};
 use flow_engine::time::now;
 use tokio_util::sync::CancellationToken;
 
@@ -42,14 +43,34 @@ fn announce(what: &str, ctx: &Ctx, engine: &Engine) {
     );
 }
 
-pub(crate) async fn scheduler(g: &Global, no_tasks: bool) -> Result<u8> {
+/// The queues named by `--queue`, checked; none named: `all`.
+fn served_queues(names: &[String], all: Queues) -> Result<Queues> {
+    if let Some(bad) = names.iter().find(|n| !valid_queue_name(n)) {
+        return Err(usage(format!(
+            "--queue '{bad}' is not a valid queue name (1 to 64 letters, digits, '_', '-' or '.')"
+        )));
+    }
+    Ok(if names.is_empty() {
+        all
+    } else {
+        Queues::Only(names.to_vec())
+    })
+}
+
+pub(crate) async fn scheduler(g: &Global, no_tasks: bool, queues: &[String]) -> Result<u8> {
+    if no_tasks && !queues.is_empty() {
+        return Err(usage(
+            "--queue says which tasks to run, and --no-tasks runs none: give one or the other",
+        ));
+    }
+    let queues = served_queues(queues, Queues::All)?;
     let ctx = open(g).await?;
     let duties = if no_tasks {
         Duties::PLAN_ONLY
     } else {
         Duties::ALL
     };
-    let engine = engine(&ctx).await?.with_duties(duties);
+    let engine = engine(&ctx).await?.with_duties(duties).with_queues(queues);
     announce("scheduler", &ctx, &engine);
     let shutdown = shutdown_on_signals();
     engine
@@ -63,7 +84,13 @@ pub(crate) async fn scheduler(g: &Global, no_tasks: bool) -> Result<u8> {
 /// `flow worker`: runs the tries it claims. It reads no DAGs folder: a try runs the DAG version
 /// its run started on, which the database holds (and a worker's folder, on another host, may
 /// be missing or older; loading it would record it as the DAGs that exist).
-pub(crate) async fn worker(g: &Global) -> Result<u8> {
+pub(crate) async fn worker(g: &Global, queues: &[String]) -> Result<u8> {
+    let names = if queues.is_empty() {
+        vec![DEFAULT_QUEUE.to_string()]
+    } else {
+        queues.to_vec()
+    };
+    let served = served_queues(&names, Queues::All)?;
     let ctx = open(g).await?;
     let engine = Engine::new(
         ctx.store.clone(),
@@ -71,9 +98,11 @@ pub(crate) async fn worker(g: &Global) -> Result<u8> {
         ctx.settings.engine.clone(),
         ctx.secrets.clone(),
     )
-    .with_duties(Duties::TASKS_ONLY);
+    .with_duties(Duties::TASKS_ONLY)
+    .with_queues(served);
     eprintln!(
-        "flow worker: parallelism {}, database {} ({})",
+        "flow worker: queue(s) {}, parallelism {}, database {} ({})",
+        names.join(","),
         ctx.settings.engine.parallelism,
         redact_url(&ctx.settings.database_url),
         ctx.store.backend()

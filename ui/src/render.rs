@@ -90,6 +90,8 @@ pub struct TaskSpecView {
     pub depends_on: Vec<String>,
     pub trigger_rule: String,
     pub pool: String,
+    /// Which workers may run it (`flow worker --queue`); `default` unless the file names one.
+    pub queue: String,
     pub priority: i32,
     pub retries: u32,
     /// True for a `for_each` task, which runs once per item.
@@ -207,6 +209,7 @@ pub fn dag_detail_json(
                 depends_on: t.depends_on.clone(),
                 trigger_rule: t.trigger_rule.as_str().to_string(),
                 pool: t.pool.clone(),
+                queue: t.queue.clone(),
                 priority: t.priority,
                 retries: t.retry.retries,
                 mapped: t.for_each.is_some(),

@@ -237,6 +237,8 @@ pub struct Task {
     pub retry: RetryPolicy,
     pub timeout: Option<Duration>,
     pub pool: String,
+    /// Only a process serving this queue claims the task's tries (`flow worker --queue`).
+    pub queue: String,
     pub priority: i32,
     pub for_each: Option<ForEach>,
     /// Which upstream outputs the operator's keys read, so that a try reads only those.
@@ -364,6 +366,17 @@ pub struct Dag {
 
 pub const DEFAULT_MAX_ACTIVE_RUNS: u32 = 16;
 pub const DEFAULT_POOL: &str = "default";
+/// The queue of a task that names none, and the one `flow worker` serves unless told others.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// Whether `name` may be a queue's name: what a worker's `--queue` flag can say plainly.
+pub fn valid_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
 
 impl Dag {
     pub fn task(&self, id: &str) -> Option<&Task> {

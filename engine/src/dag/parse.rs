@@ -49,6 +49,7 @@ const POLICY_KEYS: &[&str] = &[
     "max_retry_delay",
     "timeout",
     "pool",
+    "queue",
     "priority",
     "trigger_rule",
 ];
@@ -612,6 +613,20 @@ impl Cx {
         {
             p.pool = s;
         }
+        if let Some(n) = node.get("queue")
+            && let Some(s) = self.string(n, "queue")
+        {
+            if crate::dag::valid_queue_name(&s) {
+                p.queue = s;
+            } else {
+                self.problem(
+                    n.pos,
+                    format!(
+                        "queue '{s}' is not a valid name (1 to 64 letters, digits, '_', '-' or '.')"
+                    ),
+                );
+            }
+        }
         if let Some(n) = node.get("priority")
             && let Some(i) = self.integer(n, "priority", i32::MIN as i64, i32::MAX as i64)
         {
@@ -708,6 +723,7 @@ struct Policy {
     retry: RetryPolicy,
     timeout: Option<Duration>,
     pool: String,
+    queue: String,
     priority: i32,
     trigger_rule: TriggerRule,
 }
@@ -718,6 +734,7 @@ impl Default for Policy {
             retry: RetryPolicy::default(),
             timeout: None,
             pool: DEFAULT_POOL.to_string(),
+            queue: crate::dag::DEFAULT_QUEUE.to_string(),
             priority: 0,
             trigger_rule: TriggerRule::AllSuccess,
         }

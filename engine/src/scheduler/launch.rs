@@ -9,12 +9,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Engine, EngineError, Mode};
-use crate::dag::{DEFAULT_POOL, Dag, TriggerRule};
+use super::{Engine, EngineError, Mode, Queues};
+use crate::dag::{DEFAULT_POOL, DEFAULT_QUEUE, Dag, TriggerRule};
 use crate::executor::{TryEnv, run_try, try_key};
 use crate::state::TaskState;
 use crate::store::group_commit::{Claimed, Handover};
-use crate::store::{Claim, ClaimBatch, ClaimRequest, RunRow, TryEnd};
+use crate::store::{Claim, ClaimBatch, ClaimRequest, Lane, RunRow, TryEnd};
 use crate::time::now;
 
 /// A try ended. `can_wait`: its end cannot by itself make another task runnable (a mapped
@@ -88,23 +88,26 @@ impl Engine {
         Ok(true)
     }
 
-    /// One request per pool, each for up to `free` tries.
+    /// One request per lane (pool and queue) this process serves, each for up to `free` tries.
     async fn claim_batch(
-        &self,
+        &mut self,
         full_pass: bool,
         mode: &Mode,
         free: usize,
     ) -> Result<ClaimBatch, EngineError> {
-        // The configured pools are tried on every pass; finding queued tries in pools nobody
-        // configured costs a scan of the queue, so that is done on full passes only.
-        let mut pools: Vec<String> = self.config.pools.keys().cloned().collect();
-        if !pools.iter().any(|p| p == DEFAULT_POOL) {
-            pools.insert(0, DEFAULT_POOL.to_string());
-        }
+        let mut lanes = self.known_lanes();
+        // Finding queued tries in pools nobody configured, or in queues this process has not
+        // seen yet, costs a scan of the queue, so that is done on full passes only.
         if full_pass {
-            for p in self.store.queued_pools().await? {
-                if !pools.contains(&p) {
-                    pools.push(p);
+            for lane in self.store.queued_lanes().await? {
+                if !self.queues.serves(&lane.queue) {
+                    continue;
+                }
+                if self.queues == Queues::All && lane.queue != DEFAULT_QUEUE {
+                    self.seen_queues.insert(lane.queue.clone());
+                }
+                if !lanes.contains(&lane) {
+                    lanes.push(lane);
                 }
             }
         }
@@ -116,13 +119,14 @@ impl Engine {
         // An unknown pool has no size: its tries are claimed only to fail with a clear message
         // instead of waiting forever.
         Ok(ClaimBatch {
-            requests: pools
+            requests: lanes
                 .into_iter()
-                .map(|pool| ClaimRequest {
+                .map(|lane| ClaimRequest {
                     owner: self.owner.clone(),
                     hostname: self.hostname.clone(),
-                    pool_slots: self.config.counted_slots(&pool),
-                    pool,
+                    pool_slots: self.config.counted_slots(&lane.pool),
+                    pool: lane.pool,
+                    queue: lane.queue,
                     limit: free as i64,
                     now,
                     lease_until: self.lease_until(now),
@@ -131,6 +135,30 @@ impl Engine {
                 .collect(),
             limit: free as i64,
         })
+    }
+
+    /// The lanes claimed from on every pass: the configured pools (the default one first), each
+    /// with every queue this process serves and knows of.
+    fn known_lanes(&self) -> Vec<Lane> {
+        let mut pools: Vec<&str> = self.config.pools.keys().map(String::as_str).collect();
+        if !pools.contains(&DEFAULT_POOL) {
+            pools.insert(0, DEFAULT_POOL);
+        }
+        let queues: Vec<&str> = match &self.queues {
+            Queues::Only(names) => names.iter().map(String::as_str).collect(),
+            Queues::All => std::iter::once(DEFAULT_QUEUE)
+                .chain(self.seen_queues.iter().map(String::as_str))
+                .collect(),
+        };
+        pools
+            .iter()
+            .flat_map(|pool| {
+                queues.iter().map(|queue| Lane {
+                    pool: pool.to_string(),
+                    queue: queue.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// Starts the tries a claim returned, and frees the slots it reserved but did not fill.

@@ -49,8 +49,8 @@
 //!   longer this process's (cleared, or taken over after an expired lease); the process group is
 //!   killed and nothing is recorded.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -147,6 +147,26 @@ impl Duties {
     };
 }
 
+/// Which queues' tries a process claims (a task names its queue with `queue:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queues {
+    /// Every queue: the all-in-one scheduler, `standalone` and `flow run`, which are the only
+    /// process running tasks on their machine (as Airflow's local executor ignores queues).
+    All,
+    /// Only these: `flow worker` (`default` unless `--queue` says otherwise), or a scheduler
+    /// started with `--queue`.
+    Only(Vec<String>),
+}
+
+impl Queues {
+    pub fn serves(&self, queue: &str) -> bool {
+        match self {
+            Queues::All => true,
+            Queues::Only(names) => names.iter().any(|n| n == queue),
+        }
+    }
+}
+
 /// What the loop is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
@@ -197,6 +217,10 @@ pub struct Engine {
     pub secrets: Secrets,
     catalog: DagCatalog,
     duties: Duties,
+    queues: Queues,
+    /// With [`Queues::All`]: the queues found holding tries on a full pass, claimed from on
+    /// every pass since (`default` is always).
+    seen_queues: BTreeSet<String>,
     /// Written on every claim and lease: `host:pid:random`, unique per process start.
     owner: String,
     hostname: String,
@@ -228,6 +252,8 @@ impl Engine {
         Engine {
             catalog: DagCatalog::new(store.clone(), registry.clone()),
             duties: Duties::ALL,
+            queues: Queues::All,
+            seen_queues: BTreeSet::new(),
             store,
             registry,
             config,
@@ -249,6 +275,12 @@ impl Engine {
     /// Limits what the daemon's loop does (see [`Duties`]); `flow run` always does both.
     pub fn with_duties(mut self, duties: Duties) -> Engine {
         self.duties = duties;
+        self
+    }
+
+    /// Limits the queues whose tries this process claims (see [`Queues`]).
+    pub fn with_queues(mut self, queues: Queues) -> Engine {
+        self.queues = queues;
         self
     }
 

@@ -48,12 +48,19 @@ impl Engine {
         let failed = failed_tasks(&rows);
         let snap = crate::executor::plan_snapshot(&run, rows);
         let p = plan(&dag, &snap, &self.secrets, now);
-        self.store.apply(run_id, &p.decisions, now).await?;
+        let applied = self.store.apply(run_id, &p.decisions, now).await?;
         let finished = p.decisions.iter().find_map(|d| match d {
             Decision::FinishRun(s) => Some(*s),
             _ => None,
         });
         if let Some(state) = finished {
+            if !applied.finished {
+                // Another scheduler ended it a moment ago, and posts its webhook.
+                return Ok(Planned {
+                    state: self.store.get_run(run_id).await?.map(|r| r.state),
+                    wake_at: None,
+                });
+            }
             tracing::info!("run {run_id} ended {state}");
             self.notify(&dag, &run, state, failed);
             return Ok(Planned {

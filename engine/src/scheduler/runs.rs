@@ -54,6 +54,7 @@ pub(crate) fn new_run(
                 task_id: t.id.clone(),
                 priority: t.priority,
                 pool: t.pool.clone(),
+                queue: t.queue.clone(),
             })
             .collect(),
         queued_at,
@@ -271,7 +272,14 @@ impl Engine {
             if !single && *count >= max {
                 continue;
             }
-            if self.store.start_run(&r.run_id, now).await? {
+            // The count above is this pass's view; the store counts again under a lock, for
+            // the schedulers starting runs of this DAG at the same moment.
+            let started_now = if single {
+                self.store.start_run(&r.run_id, now).await?
+            } else {
+                self.store.start_run_within(&r.run_id, max, now).await?
+            };
+            if started_now {
                 *count += 1;
                 started.push(r.run_id.clone());
             }

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::Lane;
+
 /// How long a cursor is trusted without reading the queue from its head: the longest a try
 /// queued by another process can be passed over by tries queued after it.
 pub const CURSOR_TTL: Duration = Duration::from_secs(1);
@@ -33,10 +35,10 @@ struct Cursor {
     anchored: Instant,
 }
 
-/// The cursors of one store, per pool and run filter (a `flow run` claims one run's tries).
+/// The cursors of one store, per lane (pool and queue) and run filter (a `flow run` claims one run's tries).
 #[derive(Debug, Default)]
 pub struct ClaimCursors {
-    map: HashMap<(String, Option<String>), Cursor>,
+    map: HashMap<(Lane, Option<String>), Cursor>,
     /// Counts the clears: a claim that read the cursors before one must not settle after it,
     /// or its cursor would pass over what the clear was for.
     epoch: u64,
@@ -48,9 +50,9 @@ impl ClaimCursors {
     }
 
     /// Where a claim may start, or None: read from the head.
-    pub fn start(&self, pool: &str, run: Option<&str>, now: Instant) -> Option<QueueKey> {
+    pub fn start(&self, lane: &Lane, run: Option<&str>, now: Instant) -> Option<QueueKey> {
         self.map
-            .get(&(pool.to_string(), run.map(str::to_string)))
+            .get(&(lane.clone(), run.map(str::to_string)))
             .filter(|c| now.duration_since(c.anchored) < CURSOR_TTL)
             .map(|c| c.after.clone())
     }
@@ -60,7 +62,7 @@ impl ClaimCursors {
     /// `epoch`, [`epoch`](Self::epoch) before the claim began.
     pub fn settle(
         &mut self,
-        pool: &str,
+        lane: &Lane,
         run: Option<&str>,
         from_cursor: &[QueueKey],
         from_head: Option<&[QueueKey]>,
@@ -70,7 +72,7 @@ impl ClaimCursors {
         if epoch != self.epoch {
             return;
         }
-        let key = (pool.to_string(), run.map(str::to_string));
+        let key = (lane.clone(), run.map(str::to_string));
         let prev = self.map.get(&key).cloned();
         if let Some(next) = next_cursor(prev, from_cursor, from_head, now) {
             self.map.insert(key, next);
@@ -116,6 +118,26 @@ fn next_cursor(
 mod tests {
     use super::*;
 
+    fn lane(pool: &str) -> Lane {
+        Lane {
+            pool: pool.into(),
+            queue: "default".into(),
+        }
+    }
+
+    #[test]
+    fn each_queue_of_a_pool_has_its_own_cursor() {
+        let mut c = ClaimCursors::default();
+        let t0 = Instant::now();
+        let gpu = Lane {
+            pool: "p".into(),
+            queue: "gpu".into(),
+        };
+        c.settle(&lane("p"), None, &[], Some(&[k(0, 1, 3)]), 0, t0);
+        assert_eq!(c.start(&lane("p"), None, t0), Some(k(0, 1, 3)));
+        assert_eq!(c.start(&gpu, None, t0), None);
+    }
+
     fn k(priority: i64, queued_at: i64, map_index: i64) -> QueueKey {
         QueueKey {
             neg_priority: -priority,
@@ -138,49 +160,60 @@ mod tests {
     fn no_cursor_until_a_head_read() {
         let mut c = ClaimCursors::default();
         let t0 = Instant::now();
-        assert_eq!(c.start("p", None, t0), None);
+        assert_eq!(c.start(&lane("p"), None, t0), None);
         // A cursor read needs a cursor; without one nothing is recorded.
-        c.settle("p", None, &[k(0, 1, 0)], None, 0, t0);
-        assert_eq!(c.start("p", None, t0), None);
-        c.settle("p", None, &[], Some(&[k(0, 1, 0), k(0, 1, 1)]), 0, t0);
-        assert_eq!(c.start("p", None, t0), Some(k(0, 1, 1)));
+        c.settle(&lane("p"), None, &[k(0, 1, 0)], None, 0, t0);
+        assert_eq!(c.start(&lane("p"), None, t0), None);
+        c.settle(
+            &lane("p"),
+            None,
+            &[],
+            Some(&[k(0, 1, 0), k(0, 1, 1)]),
+            0,
+            t0,
+        );
+        assert_eq!(c.start(&lane("p"), None, t0), Some(k(0, 1, 1)));
     }
 
     #[test]
     fn a_cursor_read_moves_it_on_and_keeps_the_anchor() {
         let mut c = ClaimCursors::default();
         let t0 = Instant::now();
-        c.settle("p", None, &[], Some(&[k(0, 1, 0)]), 0, t0);
+        c.settle(&lane("p"), None, &[], Some(&[k(0, 1, 0)]), 0, t0);
         let t1 = t0 + CURSOR_TTL / 2;
-        c.settle("p", None, &[k(0, 1, 2), k(0, 1, 1)], None, 0, t1);
-        assert_eq!(c.start("p", None, t1), Some(k(0, 1, 2)));
+        c.settle(&lane("p"), None, &[k(0, 1, 2), k(0, 1, 1)], None, 0, t1);
+        assert_eq!(c.start(&lane("p"), None, t1), Some(k(0, 1, 2)));
         // Claiming nothing keeps it.
-        c.settle("p", None, &[], None, 0, t1);
-        assert_eq!(c.start("p", None, t1), Some(k(0, 1, 2)));
+        c.settle(&lane("p"), None, &[], None, 0, t1);
+        assert_eq!(c.start(&lane("p"), None, t1), Some(k(0, 1, 2)));
         // The anchor is the head read's: the cursor expires a TTL after it, whatever came since.
-        assert_eq!(c.start("p", None, t0 + CURSOR_TTL), None);
+        assert_eq!(c.start(&lane("p"), None, t0 + CURSOR_TTL), None);
     }
 
     #[test]
     fn a_head_read_that_found_tries_sets_it_at_their_last() {
         let mut c = ClaimCursors::default();
         let t0 = Instant::now();
-        c.settle("p", None, &[], Some(&[k(0, 1, 5)]), 0, t0);
+        c.settle(&lane("p"), None, &[], Some(&[k(0, 1, 5)]), 0, t0);
         // The cursor read found one try; the head read found two older ones (say, requeued):
         // tries between them and the first may still be queued.
         let t1 = t0 + CURSOR_TTL / 2;
         c.settle(
-            "p",
+            &lane("p"),
             None,
             &[k(0, 1, 9)],
             Some(&[k(0, 1, 0), k(0, 1, 1)]),
             0,
             t1,
         );
-        assert_eq!(c.start("p", None, t1), Some(k(0, 1, 1)));
+        assert_eq!(c.start(&lane("p"), None, t1), Some(k(0, 1, 1)));
         // Re-anchored at the head read.
         assert_eq!(
-            c.start("p", None, t1 + CURSOR_TTL / 2 + Duration::from_millis(1)),
+            c.start(
+                &lane("p"),
+                None,
+                t1 + CURSOR_TTL / 2 + Duration::from_millis(1)
+            ),
             Some(k(0, 1, 1))
         );
     }
@@ -189,30 +222,30 @@ mod tests {
     fn a_head_read_that_found_nothing_keeps_what_the_cursor_read_found() {
         let mut c = ClaimCursors::default();
         let t0 = Instant::now();
-        c.settle("p", None, &[], Some(&[k(0, 1, 5)]), 0, t0);
-        c.settle("p", None, &[k(0, 1, 6)], Some(&[]), 0, t0);
-        assert_eq!(c.start("p", None, t0), Some(k(0, 1, 6)));
-        c.settle("p", None, &[], Some(&[]), 0, t0 + CURSOR_TTL);
-        assert_eq!(c.start("p", None, t0 + CURSOR_TTL), Some(k(0, 1, 6)));
+        c.settle(&lane("p"), None, &[], Some(&[k(0, 1, 5)]), 0, t0);
+        c.settle(&lane("p"), None, &[k(0, 1, 6)], Some(&[]), 0, t0);
+        assert_eq!(c.start(&lane("p"), None, t0), Some(k(0, 1, 6)));
+        c.settle(&lane("p"), None, &[], Some(&[]), 0, t0 + CURSOR_TTL);
+        assert_eq!(c.start(&lane("p"), None, t0 + CURSOR_TTL), Some(k(0, 1, 6)));
     }
 
     #[test]
     fn pools_and_run_filters_have_their_own_and_clear_drops_all() {
         let mut c = ClaimCursors::default();
         let t0 = Instant::now();
-        c.settle("a", None, &[], Some(&[k(0, 1, 1)]), 0, t0);
-        c.settle("a", Some("r"), &[], Some(&[k(0, 1, 2)]), 0, t0);
-        c.settle("b", None, &[], Some(&[k(0, 1, 3)]), 0, t0);
-        assert_eq!(c.start("a", None, t0), Some(k(0, 1, 1)));
-        assert_eq!(c.start("a", Some("r"), t0), Some(k(0, 1, 2)));
-        assert_eq!(c.start("b", None, t0), Some(k(0, 1, 3)));
+        c.settle(&lane("a"), None, &[], Some(&[k(0, 1, 1)]), 0, t0);
+        c.settle(&lane("a"), Some("r"), &[], Some(&[k(0, 1, 2)]), 0, t0);
+        c.settle(&lane("b"), None, &[], Some(&[k(0, 1, 3)]), 0, t0);
+        assert_eq!(c.start(&lane("a"), None, t0), Some(k(0, 1, 1)));
+        assert_eq!(c.start(&lane("a"), Some("r"), t0), Some(k(0, 1, 2)));
+        assert_eq!(c.start(&lane("b"), None, t0), Some(k(0, 1, 3)));
         c.clear();
-        assert_eq!(c.start("a", None, t0), None);
-        assert_eq!(c.start("b", None, t0), None);
+        assert_eq!(c.start(&lane("a"), None, t0), None);
+        assert_eq!(c.start(&lane("b"), None, t0), None);
         // A claim that began before the clear records nothing.
-        c.settle("a", None, &[], Some(&[k(0, 1, 1)]), 0, t0);
-        assert_eq!(c.start("a", None, t0), None);
-        c.settle("a", None, &[], Some(&[k(0, 1, 1)]), c.epoch(), t0);
-        assert_eq!(c.start("a", None, t0), Some(k(0, 1, 1)));
+        c.settle(&lane("a"), None, &[], Some(&[k(0, 1, 1)]), 0, t0);
+        assert_eq!(c.start(&lane("a"), None, t0), None);
+        c.settle(&lane("a"), None, &[], Some(&[k(0, 1, 1)]), c.epoch(), t0);
+        assert_eq!(c.start(&lane("a"), None, t0), Some(k(0, 1, 1)));
     }
 }

@@ -27,15 +27,17 @@ pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
     DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
 };
-pub use plan::{PlanRows, PlanStore, TaskOutput};
+pub use plan::{Applied, PlanRows, PlanStore, TaskOutput};
 pub use runs::{
     Created, IdempotencyKey, KeyedRun, Mark, NewRun, NewTaskInstance, RunCreate, RunFilter, RunRow,
     RunStore, TiRow,
 };
 pub use sql::{connect, drop_database};
-pub use tokens::{Role, TokenGrant, TokenInfo, TokenStore, TokenUsed, new_token, token_hash};
+pub use tokens::{
+    RateAnswer, RateAsk, Role, TokenGrant, TokenInfo, TokenStore, TokenUsed, new_token, token_hash,
+};
 pub use tries::{
-    Claim, ClaimBatch, ClaimRequest, Recorded, TryEnd, TryId, TryRow, TryStore, TryWrite,
+    Claim, ClaimBatch, ClaimRequest, Lane, Recorded, TryEnd, TryId, TryRow, TryStore, TryWrite,
 };
 
 /// The store's traits, for code that calls them on something other than a `dyn Store` (a

@@ -22,6 +22,14 @@ pub struct TaskOutput {
     pub output: Option<Json>,
 }
 
+/// What [`PlanStore::apply`] changed that its caller acts on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// A `FinishRun` ended the run. False when another scheduler, planning the same run at the
+    /// same moment, ended it first: only one of them posts the run's webhook.
+    pub finished: bool,
+}
+
 #[async_trait]
 pub trait PlanStore: Send + Sync {
     /// What the planner needs of a run, cheap enough to read after every state change of a run
@@ -32,5 +40,10 @@ pub trait PlanStore: Send + Sync {
     /// The output of every instance of the given tasks.
     async fn outputs(&self, run_id: &str, task_ids: &[String]) -> Result<Vec<TaskOutput>>;
     /// Applies a plan's decisions in one transaction, each guarded by the state it expects.
-    async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()>;
+    async fn apply(
+        &self,
+        run_id: &str,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+    ) -> Result<Applied>;
 }

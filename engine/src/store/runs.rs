@@ -13,6 +13,7 @@ pub struct NewTaskInstance {
     pub task_id: String,
     pub priority: i32,
     pub pool: String,
+    pub queue: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +56,7 @@ pub struct TiRow {
     pub try_base: i64,
     pub priority: i64,
     pub pool: String,
+    pub queue: String,
     pub item: Option<Json>,
     pub output: Option<Json>,
     pub error: Option<String>,
@@ -170,6 +172,15 @@ pub trait RunStore: Send + Sync {
     ) -> Result<Option<String>>;
     /// queued -> running; false if the run was not queued.
     async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool>;
+    /// queued -> running if fewer than `max_active` runs of its DAG are running, counted in the
+    /// same transaction, so that schedulers starting runs of one DAG at once never pass the cap
+    /// together; false if the run was not queued or the DAG had no room.
+    async fn start_run_within(
+        &self,
+        run_id: &str,
+        max_active: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>>;
     /// Resets the given task instances to `scheduled` and the run to `queued`, in one
     /// transaction. Returns false when the run is unknown.

@@ -142,6 +142,7 @@ fn new_run(
                 task_id: task_id.to_string(),
                 priority: *priority,
                 pool: pool.to_string(),
+                queue: "default".into(),
             })
             .collect(),
         queued_at: logical,
@@ -215,6 +216,7 @@ fn fresh_ti(run_id: &str, task_id: &str, priority: i64, pool: &str) -> TiRow {
         try_base: 0,
         priority,
         pool: pool.into(),
+        queue: "default".into(),
         item: None,
         output: None,
         error: None,
@@ -236,6 +238,7 @@ fn claim_req(owner: &str, pool: &str, limit: i64, now: DateTime<Utc>) -> ClaimRe
         owner: owner.into(),
         hostname: format!("{owner}.local"),
         pool: pool.into(),
+        queue: "default".into(),
         limit,
         now,
         lease_until: now + Duration::seconds(60),

@@ -80,6 +80,27 @@ pub struct TokenUsed {
     pub at: DateTime<Utc>,
 }
 
+/// One request against a budget kept in the database ([`TokenStore::spend_rate`]): the
+/// generic cell rate algorithm (GCRA), as the `governor` crate runs it in a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateAsk {
+    /// Whose budget: a token's name, say.
+    pub key: String,
+    pub now: DateTime<Utc>,
+    /// The time one request costs: a minute over the requests allowed per minute.
+    pub emission: std::time::Duration,
+    /// Requests allowed at once from a full budget.
+    pub burst: u32,
+}
+
+/// What [`TokenStore::spend_rate`] answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateAnswer {
+    Allowed,
+    /// Over budget: the request is refused and may be made again after this long.
+    Wait(std::time::Duration),
+}
+
 /// API tokens: only a SHA-256 hash of each is kept.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
@@ -101,4 +122,7 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_token(&self, name: &str) -> Result<bool>;
     /// Records when tokens were last used, a batch in one transaction; a time never moves back.
     async fn touch_tokens(&self, used: &[TokenUsed]) -> Result<()>;
+    /// Spends one request of the budget `ask.key` names, shared by every process on this
+    /// database, in one atomic statement; a refused request spends nothing.
+    async fn spend_rate(&self, ask: &RateAsk) -> Result<RateAnswer>;
 }

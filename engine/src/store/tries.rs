@@ -14,6 +14,8 @@ pub struct ClaimRequest {
     pub owner: String,
     pub hostname: String,
     pub pool: String,
+    /// Claim only tries of this queue.
+    pub queue: String,
     /// Tries this process may start now.
     pub limit: i64,
     /// The pool's size: the claim takes no more than its free slots, counted in the claim's own
@@ -23,6 +25,23 @@ pub struct ClaimRequest {
     pub lease_until: DateTime<Utc>,
     /// Claim only tries of this run (`flow run`).
     pub run_id: Option<String>,
+}
+
+impl ClaimRequest {
+    pub fn lane(&self) -> Lane {
+        Lane {
+            pool: self.pool.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+/// Where a queued try waits: its pool (which bounds how many run at once) and its queue (which
+/// says which processes may run it). A claim reads one lane.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    pub pool: String,
+    pub queue: String,
 }
 
 /// Claims in several pools that share one limit (a scheduler's free slots): each request in
@@ -136,8 +155,8 @@ pub trait TryStore: Send + Sync {
     /// records each try's start. Two claimers never get the same try.
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Claim>>;
     async fn running_by_pool(&self) -> Result<BTreeMap<String, i64>>;
-    /// Pools that have queued tries.
-    async fn queued_pools(&self) -> Result<Vec<String>>;
+    /// The lanes that have queued tries.
+    async fn queued_lanes(&self) -> Result<Vec<Lane>>;
     /// Records the process group of a running try, so a later scheduler can stop an orphan.
     async fn set_pid(&self, claim: &Claim, pid: i64) -> Result<()> {
         self.record_tries(&[TryWrite::Pid(claim.clone(), pid)])

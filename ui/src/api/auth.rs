@@ -7,13 +7,14 @@
 //! learns it may not trigger before it learns its JSON was wrong.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
-use flow_engine::store::{Role, TokenGrant, token_hash};
+use flow_engine::store::{RateAnswer, RateAsk, Role, TokenGrant, token_hash};
 use governor::clock::Clock;
 
 use super::error::ApiError;
@@ -45,7 +46,17 @@ pub async fn authenticate(
     };
     // Keyed by the token's name, which is unique: each token has a budget of its own, so one
     // busy client cannot starve the others.
-    if let Err(not_until) = state.limiter.check_key(&name) {
+    if let Some(limit) = state.shared_rate {
+        let ask = RateAsk {
+            key: name.clone(),
+            now,
+            emission: Duration::from_secs(60) / limit.per_minute.get(),
+            burst: limit.burst.get(),
+        };
+        if let RateAnswer::Wait(wait) = state.store.spend_rate(&ask).await? {
+            return Err(ApiError::rate_limited(wait));
+        }
+    } else if let Err(not_until) = state.limiter.check_key(&name) {
         let wait = not_until.wait_time_from(state.limiter.clock().now());
         return Err(ApiError::rate_limited(wait));
     }

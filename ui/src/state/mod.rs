@@ -33,6 +33,9 @@ pub struct AppState {
     /// scheduler of `flow standalone` has its own.
     pub dags: DagCatalog,
     pub limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    /// On PostgreSQL, where several servers may share one database, each token's budget is
+    /// kept there instead of in `limiter`, so that N servers give a token one budget.
+    pub shared_rate: Option<RateLimit>,
     /// Login attempts per client address (see [`LOGIN_ATTEMPTS_PER_MINUTE`] and
     /// [`crate::client::client_addr`]).
     pub login_limiter: Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>,
@@ -63,6 +66,7 @@ impl AppState {
         rate_limit: RateLimit,
         lease_timeout: Duration,
     ) -> AppState {
+        let shared_rate = (store.backend() == "postgres").then_some(rate_limit);
         let quota = Quota::per_minute(rate_limit.per_minute).allow_burst(rate_limit.burst);
         let limiter = Arc::new(RateLimiter::keyed(quota));
         let login_limiter = Arc::new(RateLimiter::keyed(Quota::per_minute(
@@ -74,6 +78,7 @@ impl AppState {
             masker,
             dags,
             limiter,
+            shared_rate,
             login_limiter,
             trusted_proxies: Vec::new(),
             lease_timeout,

@@ -81,6 +81,7 @@ impl Cx {
             retry: policy.retry,
             timeout: policy.timeout,
             pool: policy.pool,
+            queue: policy.queue,
             priority: policy.priority,
             for_each,
         })

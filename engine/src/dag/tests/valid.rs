@@ -94,6 +94,7 @@ fn the_contract_example_parses_into_the_documented_model() {
     assert_eq!(extract.timeout, Some(Duration::from_secs(3600)));
     assert_eq!(extract.trigger_rule, TriggerRule::AllSuccess);
     assert_eq!(extract.pool, DEFAULT_POOL);
+    assert_eq!(extract.queue, DEFAULT_QUEUE);
     assert_eq!(extract.priority, 0);
     assert_eq!(
         serde_json::Value::Object(extract.config.clone()),
@@ -185,6 +186,7 @@ fn a_file_using_every_key_parses_into_the_model() {
         ]))
     );
     assert_eq!(extract.pool, "gpu");
+    assert_eq!(extract.queue, "gpu-hosts");
     assert_eq!(extract.priority, 5);
 
     let prepare = dag.task("prepare").unwrap();
@@ -223,6 +225,7 @@ fn a_file_using_every_key_parses_into_the_model() {
     );
     assert_eq!(train.timeout, Some(Duration::from_secs(1800)));
     assert_eq!(train.pool, "default");
+    assert_eq!(train.queue, "default");
     assert_eq!(train.priority, 10);
     // Only the operator's keys are config; the common keys are in the model.
     let mut config_keys: Vec<&str> = train.config.keys().map(String::as_str).collect();

@@ -6,7 +6,7 @@ use super::dialect::Dialect;
 use super::{SqlStore, Tx, parse_json};
 use crate::state::TaskState;
 use crate::store::cursor::QueueKey;
-use crate::store::{Claim, ClaimBatch, ClaimRequest, Result, TryWrite};
+use crate::store::{Claim, ClaimBatch, ClaimRequest, Lane, Result, TryWrite};
 use crate::time::{from_micros, to_micros};
 
 /// Opens the history rows of claimed tries (`INSERT ... ` + their rows).
@@ -27,6 +27,7 @@ struct Picked {
 /// What one request of a committed claim read of its pool's queue, for its cursor.
 pub(super) struct QueueRead {
     pool: String,
+    queue: String,
     run_id: Option<String>,
     /// The tries claimed after the cursor.
     from_cursor: Vec<QueueKey>,
@@ -34,7 +35,7 @@ pub(super) struct QueueRead {
     from_head: Option<Vec<QueueKey>>,
 }
 
-/// The SQL of a claim from the head of the queue, or from after a cursor (`$9`..`$13`).
+/// The SQL of a claim from the head of the queue, or from after a cursor (`$10`..`$14`).
 fn claim_sql<DB: Dialect>(req: &ClaimRequest, after: Option<&QueueKey>) -> String {
     // A sized pool counts its running tries in the same statement. An unsized one must not: on
     // PostgreSQL that count reads every dead entry the partial index of running tries has
@@ -56,12 +57,13 @@ fn claim_sql<DB: Dialect>(req: &ClaimRequest, after: Option<&QueueKey>) -> Strin
     let pick = format!(
         "picked AS MATERIALIZED (\
            SELECT run_id, task_id, map_index FROM task_instances \
-           WHERE state = 'queued' AND pool = $5 AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) {} \
+           WHERE state = 'queued' AND pool = $5 AND queue = $9 \
+           AND (CAST($6 AS TEXT) IS NULL OR run_id = $6) {} \
            ORDER BY -priority, queued_at, run_id, task_id, map_index \
            LIMIT {limit} {})",
         // A row comparison the index `task_instances_ready` seeks to (migration 0010).
         if after.is_some() {
-            "AND (-priority, queued_at, run_id, task_id, map_index) > ($9, $10, $11, $12, $13)"
+            "AND (-priority, queued_at, run_id, task_id, map_index) > ($10, $11, $12, $13, $14)"
         } else {
             ""
         },
@@ -124,7 +126,8 @@ where
             .bind(&req.pool)
             .bind(&req.run_id)
             .bind(req.limit)
-            .bind(req.pool_slots);
+            .bind(req.pool_slots)
+            .bind(&req.queue);
         if let Some(k) = after {
             query = query
                 .bind(k.neg_priority)
@@ -252,7 +255,11 @@ where
             };
             let after = if DB::CLAIM_CURSOR {
                 self.cursors.lock().ok().and_then(|c| {
-                    c.start(&req.pool, req.run_id.as_deref(), std::time::Instant::now())
+                    c.start(
+                        &req.lane(),
+                        req.run_id.as_deref(),
+                        std::time::Instant::now(),
+                    )
                 })
             } else {
                 None
@@ -274,6 +281,7 @@ where
             };
             read.push(QueueRead {
                 pool: req.pool,
+                queue: req.queue,
                 run_id: req.run_id,
                 from_cursor,
                 from_head,
@@ -303,7 +311,10 @@ where
         let now = std::time::Instant::now();
         for r in read {
             cursors.settle(
-                &r.pool,
+                &Lane {
+                    pool: r.pool.clone(),
+                    queue: r.queue.clone(),
+                },
                 r.run_id.as_deref(),
                 &r.from_cursor,
                 r.from_head.as_deref(),

@@ -31,8 +31,13 @@ pub(crate) trait Dialect:
     /// The statement (bound to the pool's name) that makes claims of one sized pool wait for
     /// each other until commit.
     const POOL_LOCK: Option<&'static str>;
+    /// The statement (bound to a run's id) that makes the starts of one DAG's runs wait for
+    /// each other until commit, so that each counts the others' (`max_active_runs`).
+    const DAG_RUNS_LOCK: Option<&'static str>;
     /// The lock a model registration or promotion takes on the model's row.
     const MODEL_LOCK: &'static str;
+    /// The larger of two values (a scalar function of two arguments).
+    const GREATEST: &'static str;
     /// What refreshes the planner's statistics after a bulk import.
     const ANALYZE: Option<&'static str>;
 }
@@ -54,7 +59,9 @@ impl Dialect for Sqlite {
     const WRITING_CTES: bool = false;
     // One writer at a time: claims are ordered already.
     const POOL_LOCK: Option<&'static str> = None;
+    const DAG_RUNS_LOCK: Option<&'static str> = None;
     const MODEL_LOCK: &'static str = "";
+    const GREATEST: &'static str = "MAX";
     // SQLite plans the store's queries from the indexes alone.
     const ANALYZE: Option<&'static str> = None;
 }
@@ -71,7 +78,12 @@ impl Dialect for Postgres {
     const WRITING_CTES: bool = true;
     const POOL_LOCK: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(hashtextextended('flow pool ' || $1, 0))");
+    const DAG_RUNS_LOCK: Option<&'static str> = Some(
+        "SELECT pg_advisory_xact_lock(hashtextextended('flow dag runs ' || dag_id, 0)) \
+         FROM dag_runs WHERE run_id = $1",
+    );
     const MODEL_LOCK: &'static str = "FOR UPDATE";
+    const GREATEST: &'static str = "GREATEST";
     // Until autovacuum's next pass a freshly loaded history reads as a few hundred runs.
     const ANALYZE: Option<&'static str> = Some("ANALYZE dag_runs, task_instances, task_tries");
 }

@@ -139,5 +139,5 @@ fn parse_state<T: FromStr<Err = String>>(s: &str) -> Result<T> {
 const RUN_COLUMNS: &str = "run_id, dag_id, dag_version, run_type, state, logical_date, data_interval_start, \
      data_interval_end, params, queued_at, started_at, ended_at";
 
-const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, item, \
+const TI_COLUMNS: &str = "run_id, task_id, map_index, state, try_number, try_base, priority, pool, queue, item, \
      output, error, queued_at, started_at, ended_at, next_try_at, lease_owner, lease_expires_at, hostname, pid, external_ref";

@@ -5,11 +5,11 @@ use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, QueryBuilder, Row, Type};
 
-use super::dialect::Dialect;
+use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, Tx, json_text, opt_us, parse_json, parse_state, ts};
 use crate::plan::{Decision, Failure, InstanceCount, TiSnapshot, UNMAPPED};
 use crate::state::{RunState, TaskState};
-use crate::store::{PlanRows, PlanStore, Result, TaskOutput};
+use crate::store::{Applied, PlanRows, PlanStore, Result, TaskOutput};
 use crate::time::to_micros;
 
 impl<DB> SqlStore<DB>
@@ -139,7 +139,7 @@ where
         }
         let placeholder = sqlx::query(
             "DELETE FROM task_instances WHERE run_id = $1 AND task_id = $2 AND map_index = $3 \
-             AND state = 'scheduled' RETURNING priority, pool, try_number",
+             AND state = 'scheduled' RETURNING priority, pool, queue, try_number",
         )
         .bind(run_id)
         .bind(task_id)
@@ -151,6 +151,7 @@ where
         };
         let priority: i64 = placeholder.try_get("priority")?;
         let pool: String = placeholder.try_get("pool")?;
+        let queue: String = placeholder.try_get("queue")?;
         let indexed: Vec<(i64, String)> = items
             .iter()
             .enumerate()
@@ -158,7 +159,7 @@ where
             .collect();
         for chunk in indexed.chunks(1000) {
             let mut qb: QueryBuilder<DB> = QueryBuilder::new(
-                "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool, item, queued_at) ",
+                "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool, queue, item, queued_at) ",
             );
             qb.push_values(chunk, |mut b, (i, item)| {
                 b.push_bind(run_id.to_string())
@@ -167,6 +168,7 @@ where
                     .push_bind(TaskState::Queued.as_str())
                     .push_bind(priority)
                     .push_bind(pool.clone())
+                    .push_bind(queue.clone())
                     .push_bind(item.clone())
                     .push_bind(now);
             });
@@ -175,16 +177,22 @@ where
         Ok(())
     }
 
-    async fn finish_run_in(tx: &mut Tx<DB>, run_id: &str, state: RunState, now: i64) -> Result<()> {
-        sqlx::query(
+    async fn finish_run_in(
+        tx: &mut Tx<DB>,
+        run_id: &str,
+        state: RunState,
+        now: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(
             "UPDATE dag_runs SET state = $1, ended_at = $2 WHERE run_id = $3 AND state = 'running'",
         )
         .bind(state.as_str())
         .bind(now)
         .bind(run_id)
         .execute(&mut **tx)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     /// The instances `plan_rows` lists one by one; its negation picks the counted ones.
@@ -286,9 +294,15 @@ where
             .collect()
     }
 
-    async fn apply(&self, run_id: &str, decisions: &[Decision], now: DateTime<Utc>) -> Result<()> {
+    async fn apply(
+        &self,
+        run_id: &str,
+        decisions: &[Decision],
+        now: DateTime<Utc>,
+    ) -> Result<Applied> {
+        let mut applied = Applied::default();
         if decisions.is_empty() {
-            return Ok(());
+            return Ok(applied);
         }
         let now = to_micros(now);
         let (_writer, mut tx) = self.begin_write().await?;
@@ -323,7 +337,7 @@ where
                     Self::expand_in(&mut tx, run_id, task_id, items, now).await?;
                 }
                 Decision::FinishRun(state) => {
-                    Self::finish_run_in(&mut tx, run_id, *state, now).await?;
+                    applied.finished = Self::finish_run_in(&mut tx, run_id, *state, now).await?;
                 }
             }
         }
@@ -339,6 +353,6 @@ where
         {
             cursors.clear();
         }
-        Ok(())
+        Ok(applied)
     }
 }

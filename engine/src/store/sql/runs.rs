@@ -54,6 +54,7 @@ where
             try_base: r.try_get("try_base")?,
             priority: r.try_get("priority")?,
             pool: r.try_get("pool")?,
+            queue: r.try_get("queue")?,
             item: parse_json(r.try_get("item")?, "item")?,
             output: parse_json(r.try_get("output")?, "output")?,
             error: r.try_get("error")?,
@@ -139,7 +140,7 @@ where
         }
         for chunk in run.tasks.chunks(1000) {
             let mut qb: QueryBuilder<DB> = QueryBuilder::new(
-                "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool) ",
+                "INSERT INTO task_instances (run_id, task_id, map_index, state, priority, pool, queue) ",
             );
             qb.push_values(chunk, |mut b, t| {
                 b.push_bind(run.run_id.clone())
@@ -147,7 +148,8 @@ where
                     .push_bind(UNMAPPED)
                     .push_bind(TaskState::Scheduled.as_str())
                     .push_bind(t.priority as i64)
-                    .push_bind(t.pool.clone());
+                    .push_bind(t.pool.clone())
+                    .push_bind(t.queue.clone());
             });
             qb.build().execute(&mut **tx).await?;
         }
@@ -357,6 +359,33 @@ where
         )
         .bind(to_micros(now))
         .bind(run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    async fn start_run_within(
+        &self,
+        run_id: &str,
+        max_active: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        if let Some(lock) = DB::DAG_RUNS_LOCK {
+            sqlx::query(lock).bind(run_id).execute(&mut *tx).await?;
+        }
+        // After the lock: on PostgreSQL this statement's snapshot has every start committed
+        // before it, another scheduler's included.
+        let n = sqlx::query(
+            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, $1), ended_at = NULL \
+             WHERE run_id = $2 AND state = 'queued' AND (SELECT COUNT(*) FROM dag_runs AS active \
+               WHERE active.dag_id = dag_runs.dag_id AND active.state = 'running') < $3",
+        )
+        .bind(to_micros(now))
+        .bind(run_id)
+        .bind(i64::from(max_active))
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -6,7 +6,9 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, Row, Type};
 
 use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, parse_state, ts};
-use crate::store::{Result, Role, TokenGrant, TokenInfo, TokenStore, TokenUsed};
+use crate::store::{
+    RateAnswer, RateAsk, Result, Role, TokenGrant, TokenInfo, TokenStore, TokenUsed,
+};
 use crate::time::{from_micros, to_micros};
 
 #[async_trait]
@@ -113,5 +115,41 @@ where
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn spend_rate(&self, ask: &RateAsk) -> Result<RateAnswer> {
+        let now = to_micros(ask.now);
+        let emission = i64::try_from(ask.emission.as_micros()).unwrap_or(i64::MAX / 4);
+        // GCRA: `tat` is when the budget is full again. A request at `now` fits when `tat` is
+        // no later than `now` plus the burst's tolerance, and moves `tat` on by one emission.
+        let tolerance = emission.saturating_mul(i64::from(ask.burst.max(1)) - 1);
+        let greatest = DB::GREATEST;
+        let sql = format!(
+            "INSERT INTO api_rate_limits (key, tat) VALUES ($1, $2 + $3) \
+             ON CONFLICT (key) DO UPDATE SET tat = {greatest}(api_rate_limits.tat, $2) + $3 \
+             WHERE api_rate_limits.tat <= $2 + $4 RETURNING tat"
+        );
+        let (_writer, mut tx) = self.begin_write().await?;
+        let spent = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&ask.key)
+            .bind(now)
+            .bind(emission)
+            .bind(tolerance)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let answer = match spent {
+            Some(_) => RateAnswer::Allowed,
+            None => {
+                let tat: i64 = sqlx::query("SELECT tat FROM api_rate_limits WHERE key = $1")
+                    .bind(&ask.key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("tat")?;
+                let wait = tat.saturating_sub(now.saturating_add(tolerance)).max(0);
+                RateAnswer::Wait(std::time::Duration::from_micros(wait as u64))
+            }
+        };
+        tx.commit().await?;
+        Ok(answer)
     }
 }

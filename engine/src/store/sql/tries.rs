@@ -11,8 +11,8 @@ use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, TI_COLUMNS, Tx, json_text, opt_us, parse_state, same_instance, ts};
 use crate::state::TaskState;
 use crate::store::{
-    Claim, ClaimBatch, ClaimRequest, Recorded, Result, TiRow, TryEnd, TryId, TryRow, TryStore,
-    TryWrite,
+    Claim, ClaimBatch, ClaimRequest, Lane, Recorded, Result, TiRow, TryEnd, TryId, TryRow,
+    TryStore, TryWrite,
 };
 use crate::time::{from_micros, to_micros};
 
@@ -234,11 +234,20 @@ where
             .collect()
     }
 
-    async fn queued_pools(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT pool FROM task_instances WHERE state = 'queued'")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get("pool")?)).collect()
+    async fn queued_lanes(&self) -> Result<Vec<Lane>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT pool, queue FROM task_instances WHERE state = 'queued' ORDER BY pool, queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Lane {
+                    pool: r.try_get("pool")?,
+                    queue: r.try_get("queue")?,
+                })
+            })
+            .collect()
     }
 
     async fn record_tries(&self, writes: &[TryWrite]) -> Result<Vec<bool>> {

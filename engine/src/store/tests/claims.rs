@@ -358,10 +358,16 @@ async fn concurrent_claimers_never_share_a_try(db: TestDb) {
     }
 }
 
-async fn running_by_pool_and_queued_pools(db: TestDb) {
+/// The pools of lanes of the default queue, in order.
+fn pools(lanes: Vec<Lane>) -> Vec<String> {
+    assert!(lanes.iter().all(|l| l.queue == "default"), "{lanes:?}");
+    lanes.into_iter().map(|l| l.pool).collect()
+}
+
+async fn running_by_pool_and_queued_lanes(db: TestDb) {
     let s = db.store;
     assert!(s.running_by_pool().await.unwrap().is_empty());
-    assert!(s.queued_pools().await.unwrap().is_empty());
+    assert!(pools(s.queued_lanes().await.unwrap()).is_empty());
     let run = new_run(
         "r",
         "etl",
@@ -379,17 +385,13 @@ async fn running_by_pool_and_queued_pools(db: TestDb) {
     assert!(s.create_run(&run).await.unwrap());
     assert!(s.start_run("r", at(0)).await.unwrap());
     assert!(
-        s.queued_pools().await.unwrap().is_empty(),
+        pools(s.queued_lanes().await.unwrap()).is_empty(),
         "scheduled is not queued"
     );
 
     queue_all(&*s, "r", at(1)).await;
-    let sorted = |mut v: Vec<String>| {
-        v.sort();
-        v
-    };
     assert_eq!(
-        sorted(s.queued_pools().await.unwrap()),
+        pools(s.queued_lanes().await.unwrap()),
         ["default", "gpu", "io"]
     );
     assert!(s.running_by_pool().await.unwrap().is_empty());
@@ -405,13 +407,13 @@ async fn running_by_pool_and_queued_pools(db: TestDb) {
         BTreeMap::from([("default".to_string(), 2), ("gpu".to_string(), 1)])
     );
     assert_eq!(
-        sorted(s.queued_pools().await.unwrap()),
+        pools(s.queued_lanes().await.unwrap()),
         ["default", "gpu", "io"]
     );
 
     s.claim(&claim_req("w1", "gpu", 5, at(3))).await.unwrap();
     s.claim(&claim_req("w1", "io", 5, at(3))).await.unwrap();
-    assert_eq!(s.queued_pools().await.unwrap(), ["default"]);
+    assert_eq!(pools(s.queued_lanes().await.unwrap()), ["default"]);
     assert!(
         s.finish_try(&defaults[0], &ended(TaskState::Success, at(4)))
             .await
@@ -527,13 +529,83 @@ async fn claims_of_several_sized_pools_at_once_never_deadlock(db: TestDb) {
     }
 }
 
+/// A claim reads one queue: a worker of `gpu` takes only `gpu` tries, whatever their priority
+/// next to the `default` queue's, and the lanes name both.
+async fn claims_read_only_their_queue(db: TestDb) {
+    let s = db.store;
+    let mut run = new_run(
+        "r",
+        "etl",
+        RunType::Manual,
+        at(0),
+        &[
+            ("cpu", 0, "default"),
+            ("train", 9, "default"),
+            ("infer", 0, "default"),
+        ],
+    );
+    for t in &mut run.tasks {
+        if t.task_id != "cpu" {
+            t.queue = "gpu".into();
+        }
+    }
+    assert!(s.create_run(&run).await.unwrap());
+    assert!(s.start_run("r", at(0)).await.unwrap());
+    queue_all(&*s, "r", at(1)).await;
+    assert_eq!(
+        s.queued_lanes().await.unwrap(),
+        [
+            Lane {
+                pool: "default".into(),
+                queue: "default".into()
+            },
+            Lane {
+                pool: "default".into(),
+                queue: "gpu".into()
+            }
+        ]
+    );
+    assert_eq!(ti(&*s, "r", "train", UNMAPPED).await.queue, "gpu");
+
+    let cpu = s
+        .claim(&claim_req("w1", "default", 10, at(2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        cpu.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(),
+        ["cpu"]
+    );
+    let gpu = s
+        .claim(&ClaimRequest {
+            queue: "gpu".into(),
+            ..claim_req("w2", "default", 10, at(2))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        gpu.iter().map(|c| c.task_id.as_str()).collect::<Vec<_>>(),
+        ["train", "infer"],
+        "priority order within the queue"
+    );
+    assert!(
+        s.claim(&ClaimRequest {
+            queue: "big-memory".into(),
+            ..claim_req("w3", "default", 10, at(2))
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
 contract!(
+    claims_read_only_their_queue,
     claim_takes_highest_priority_then_oldest_within_its_pool,
     claims_keep_the_queue_order_as_they_read_on,
     claim_respects_limit_and_run_filter,
     claim_records_the_try_and_counts_tries,
     concurrent_claimers_never_share_a_try,
-    running_by_pool_and_queued_pools,
+    running_by_pool_and_queued_lanes,
     claim_takes_only_the_free_slots_of_a_sized_pool,
     concurrent_claims_of_a_sized_pool_never_take_more_than_its_slots,
     claims_of_several_sized_pools_at_once_never_deadlock,

@@ -569,7 +569,86 @@ async fn mark_task_wins_over_a_running_try_and_requeues_a_finished_run(db: TestD
     );
 }
 
+/// `max_active_runs` across schedulers: starts of one DAG's runs at the same moment, each in
+/// its own transaction (as from several processes), never leave more running than the cap;
+/// another DAG's runs do not count.
+async fn concurrent_starts_never_pass_max_active_runs(db: TestDb) {
+    let s = db.store;
+    for i in 0..12 {
+        let run = new_run(
+            &format!("r{i:02}"),
+            "etl",
+            RunType::Manual,
+            at(i),
+            &[("a", 0, "default")],
+        );
+        assert!(s.create_run(&run).await.unwrap());
+    }
+    let other = new_run("o", "other", RunType::Manual, at(0), &[("a", 0, "default")]);
+    assert!(s.create_run(&other).await.unwrap());
+    assert!(s.start_run_within("o", 1, at(1)).await.unwrap());
+
+    let starts = (0..12).map(|i| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.start_run_within(&format!("r{i:02}"), 3, at(20))
+                .await
+                .unwrap()
+        })
+    });
+    let mut started = 0;
+    for st in starts.collect::<Vec<_>>() {
+        started += st.await.unwrap() as usize;
+    }
+    assert_eq!(started, 3, "three runs of etl may run at once");
+    let running = |dag: &'static str| {
+        let s = s.clone();
+        async move {
+            s.active_runs()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.dag_id == dag && r.state == RunState::Running)
+                .count()
+        }
+    };
+    assert_eq!(running("etl").await, 3);
+    assert_eq!(running("other").await, 1);
+    // Room again once a run ends.
+    let first = s
+        .active_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.dag_id == "etl" && r.state == RunState::Running)
+        .unwrap();
+    let finish = [crate::plan::Decision::FinishRun(RunState::Success)];
+    assert!(
+        s.apply(&first.run_id, &finish, at(30))
+            .await
+            .unwrap()
+            .finished
+    );
+    assert!(
+        !s.apply(&first.run_id, &finish, at(31))
+            .await
+            .unwrap()
+            .finished,
+        "a run ends once: a second scheduler's FinishRun changes nothing"
+    );
+    let queued = s
+        .active_runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.state == RunState::Queued)
+        .unwrap();
+    assert!(s.start_run_within(&queued.run_id, 3, at(32)).await.unwrap());
+    assert_eq!(running("etl").await, 3);
+}
+
 contract!(
+    concurrent_starts_never_pass_max_active_runs,
     create_run_creates_the_run_and_its_instances,
     list_runs_newest_first_with_filters_and_keyset,
     start_run_only_from_queued,

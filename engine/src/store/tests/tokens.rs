@@ -91,4 +91,61 @@ async fn tokens_expire_are_listed_without_secrets_and_revoked_at_once(db: TestDb
     );
 }
 
-contract!(tokens_expire_are_listed_without_secrets_and_revoked_at_once);
+/// One budget per key in the database: spends from any number of connections at once (as from
+/// several servers) never pass the burst, a refused request spends nothing and learns how long
+/// to wait, and the budget refills at the emission rate.
+async fn rate_budgets_are_shared_and_refill(db: TestDb) {
+    let s = db.store;
+    let ask = |key: &str, secs: i64| RateAsk {
+        key: key.into(),
+        now: at(0) + Duration::seconds(secs),
+        emission: std::time::Duration::from_secs(1),
+        burst: 5,
+    };
+    let spends = (0..20).map(|_| {
+        let s = s.clone();
+        let a = ask("ci", 0);
+        tokio::spawn(async move { s.spend_rate(&a).await.unwrap() })
+    });
+    let mut allowed = 0;
+    for sp in spends.collect::<Vec<_>>() {
+        allowed += (sp.await.unwrap() == RateAnswer::Allowed) as usize;
+    }
+    assert_eq!(allowed, 5, "a burst of five, whoever asks");
+    assert_eq!(
+        s.spend_rate(&ask("ci", 0)).await.unwrap(),
+        RateAnswer::Wait(std::time::Duration::from_secs(1))
+    );
+    assert_eq!(
+        s.spend_rate(&ask("other", 0)).await.unwrap(),
+        RateAnswer::Allowed,
+        "each key has its own budget"
+    );
+    // One emission later, one request fits, and the next waits a full emission again.
+    assert_eq!(
+        s.spend_rate(&ask("ci", 1)).await.unwrap(),
+        RateAnswer::Allowed
+    );
+    assert_eq!(
+        s.spend_rate(&ask("ci", 1)).await.unwrap(),
+        RateAnswer::Wait(std::time::Duration::from_secs(1))
+    );
+    // Long idle: the budget is full again, and no fuller than the burst.
+    let later: Vec<RateAnswer> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(s.spend_rate(&ask("ci", 600)).await.unwrap());
+        }
+        v
+    };
+    assert_eq!(
+        later.iter().filter(|a| **a == RateAnswer::Allowed).count(),
+        5,
+        "{later:?}"
+    );
+}
+
+contract!(
+    tokens_expire_are_listed_without_secrets_and_revoked_at_once,
+    rate_budgets_are_shared_and_refill
+);
