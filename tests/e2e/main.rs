@@ -10,6 +10,7 @@ mod architecture;
 mod browser;
 mod cli;
 mod daemon;
+mod deploy;
 mod emr;
 mod heavy;
 mod in_process;
