@@ -208,6 +208,13 @@ impl Env {
         })
     }
 
+    /// This environment on another database (a server of the test's own, say).
+    pub fn with_database_url(mut self, url: &str) -> Env {
+        self.db_url = url.to_string();
+        self.pg_db = None;
+        self
+    }
+
     /// Runs one SQL statement on this test's PostgreSQL database with psql (None on SQLite).
     pub fn psql(&self, sql: &str) -> Option<String> {
         let db = self.pg_db.as_ref()?;

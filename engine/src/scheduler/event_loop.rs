@@ -47,6 +47,8 @@ struct Trouble {
     this_pass: Option<EngineError>,
     /// Passes in a row that met an error.
     passes: u32,
+    /// When a pass first went through after failing ones: the database came back then.
+    healthy_since: Option<Instant>,
 }
 
 impl Trouble {
@@ -59,6 +61,13 @@ impl Trouble {
                 None
             }
         }
+    }
+
+    /// Whether the database has answered for `quiet` since it last failed. After an outage
+    /// every process's heartbeats failed too, so every lease looks expired: orphans are
+    /// recovered only once the live processes have had a lease's time to renew theirs.
+    fn quiet_for(&self, quiet: Duration) -> bool {
+        self.passes == 0 && self.healthy_since.is_none_or(|at| at.elapsed() >= quiet)
     }
 }
 
@@ -217,7 +226,9 @@ impl Loop {
         if self.full_pass {
             self.read_database(now).await;
         }
-        if now - self.last_recovery > chrono::Duration::seconds(1) {
+        if now - self.last_recovery > chrono::Duration::seconds(1)
+            && self.trouble.quiet_for(self.engine.config.lease_timeout)
+        {
             self.last_recovery = now;
             let r = self.engine.recover_orphans(now, &mut self.dirty).await;
             self.trouble.catch(r);
@@ -347,7 +358,13 @@ impl Loop {
                     return Err(e);
                 }
             }
-            None => self.trouble.passes = 0,
+            None => {
+                if self.trouble.passes > 0 {
+                    tracing::info!("scheduler: the database answers again");
+                    self.trouble.healthy_since = Some(Instant::now());
+                }
+                self.trouble.passes = 0;
+            }
         }
         Ok(())
     }

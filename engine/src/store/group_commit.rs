@@ -33,6 +33,17 @@ pub fn transient_backoff() -> ExponentialBuilder {
         .with_max_times(5)
 }
 
+/// How a batch is tried again while the database is unreachable (a restart, a failover): from
+/// 100 ms up to every 5 s, for up to about ten minutes. The tries whose ends it holds keep their
+/// results meanwhile; their leases are extended by the heartbeat once the database is back, so a
+/// try that finished during an outage is recorded, not run again.
+pub fn outage_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(130)
+}
+
 type Reply<T> = tokio::sync::oneshot::Sender<Result<T, CommitError>>;
 
 /// A claim's answer for the scheduler loop: what it asked (pools, sizes, the slots it held) and
@@ -168,10 +179,27 @@ async fn commit(store: &dyn Store, batch: Batch) {
     // A deadlock or serialization failure (PostgreSQL aborts one of two transactions that wait
     // on each other) is worth another go: the batch is all-or-nothing.
     let attempt = || async { store.record_and_claim(&writes, batch).await };
-    let result = attempt
+    let result = match attempt
         .retry(transient_backoff())
         .when(|e| e.is_transient())
-        .await;
+        .await
+    {
+        Err(e) if e.is_unreachable() => {
+            tracing::warn!(
+                "database unreachable ({e}); {} write(s) wait for it, retrying with backoff",
+                writes.len()
+            );
+            let r = attempt
+                .retry(outage_backoff())
+                .when(|e| e.is_transient())
+                .await;
+            if r.is_ok() {
+                tracing::info!("database reachable again; the waiting writes are recorded");
+            }
+            r
+        }
+        r => r,
+    };
     let (applied, mut claimed) = match result {
         Ok(Recorded { applied, claimed }) => (Ok(applied), Ok(claimed)),
         Err(e) => {

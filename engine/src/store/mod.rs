@@ -81,7 +81,21 @@ impl StoreError {
                 e.code().as_deref(),
                 Some("40P01" | "40001" | "5" | "517" | "261")
             ),
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => true,
+            _ => self.is_unreachable(),
+        }
+    }
+
+    /// The database cannot be reached, or is going down or coming up (a restart, a failover, a
+    /// network cut): worth waiting for, unlike a conflict, which is worth one more go at once.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
+                // 57P01-03: shutting down or starting up; class 08: connection exceptions.
+                matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")
+            }),
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_),
+            ) => true,
             _ => false,
         }
     }

@@ -101,11 +101,15 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if e.is_transient() {
             tracing::warn!("database unavailable for an API request: {e}");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the database is busy or unreachable; try again shortly",
-            )
+            ApiError {
+                // Long enough for a restart's reconnect, short enough not to idle a client.
+                retry_after: Some(if e.is_unreachable() { 5 } else { 1 }),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is busy or unreachable; try again after the seconds in Retry-After",
+                )
+            }
         } else {
             ApiError::internal(e)
         }

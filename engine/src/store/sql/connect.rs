@@ -8,6 +8,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::migrations::{PG_MIGRATIONS, SQLITE_MIGRATIONS};
+
+/// How long a PostgreSQL query waits for a connection before it fails as unreachable.
+const PG_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 use super::{PgStore, SqlStore, SqliteStore};
 use crate::store::{Result, Store, StoreError};
 
@@ -127,8 +130,11 @@ impl SqliteStore {
 impl PgStore {
     pub(crate) async fn connect(url: &str) -> Result<PgStore> {
         let opts = PgConnectOptions::from_str(url)?;
+        // sqlx waits 30 s for a connection by default; while the server is down that held
+        // every API request for 30 s before its 503. Five seconds still covers a busy pool.
         let pool = match PgPoolOptions::new()
             .max_connections(8)
+            .acquire_timeout(PG_ACQUIRE_TIMEOUT)
             .connect_with(opts.clone())
             .await
         {
@@ -138,6 +144,7 @@ impl PgStore {
                 create_database(&opts).await?;
                 PgPoolOptions::new()
                     .max_connections(8)
+                    .acquire_timeout(PG_ACQUIRE_TIMEOUT)
                     .connect_with(opts)
                     .await?
             }
