@@ -159,27 +159,17 @@ fn merge_claims(claim: Option<&ClaimBatch>, handovers: Vec<Handover>) -> (ClaimB
     (merged, groups)
 }
 
-/// Commits a batch and answers each of its jobs.
-async fn commit(store: &dyn Store, batch: Batch) {
-    let Batch {
-        writes,
-        replies,
-        handovers,
-        claim,
-    } = batch;
-    let own = claim.as_ref().map_or(0, |(c, _)| c.requests.len());
-    let (merged, groups) = merge_claims(claim.as_ref().map(|(c, _)| c), handovers);
-    let batch = (!merged.requests.is_empty()).then_some(&merged);
-    tracing::trace!(
-        writes = writes.len(),
-        claim = claim.is_some(),
-        handovers = groups.len(),
-        "group commit"
-    );
-    // A deadlock or serialization failure (PostgreSQL aborts one of two transactions that wait
-    // on each other) is worth another go: the batch is all-or-nothing.
-    let attempt = || async { store.record_and_claim(&writes, batch).await };
-    let result = match attempt
+/// Records a batch, trying again while the failure is worth it: a deadlock or serialization
+/// failure (PostgreSQL aborts one of two transactions that wait on each other) at once, a
+/// database that cannot be reached for as long as [`outage_backoff`] lasts. The batch is
+/// all-or-nothing, so a retry never applies half of it twice.
+async fn record_with_retries(
+    store: &dyn Store,
+    writes: &[TryWrite],
+    batch: Option<&ClaimBatch>,
+) -> super::Result<Recorded> {
+    let attempt = || async { store.record_and_claim(writes, batch).await };
+    match attempt
         .retry(transient_backoff())
         .when(|e| e.is_transient())
         .await
@@ -199,7 +189,27 @@ async fn commit(store: &dyn Store, batch: Batch) {
             r
         }
         r => r,
-    };
+    }
+}
+
+/// Commits a batch and answers each of its jobs.
+async fn commit(store: &dyn Store, batch: Batch) {
+    let Batch {
+        writes,
+        replies,
+        handovers,
+        claim,
+    } = batch;
+    let own = claim.as_ref().map_or(0, |(c, _)| c.requests.len());
+    let (merged, groups) = merge_claims(claim.as_ref().map(|(c, _)| c), handovers);
+    let batch = (!merged.requests.is_empty()).then_some(&merged);
+    tracing::trace!(
+        writes = writes.len(),
+        claim = claim.is_some(),
+        handovers = groups.len(),
+        "group commit"
+    );
+    let result = record_with_retries(store, &writes, batch).await;
     let (applied, mut claimed) = match result {
         Ok(Recorded { applied, claimed }) => (Ok(applied), Ok(claimed)),
         Err(e) => {
