@@ -326,15 +326,29 @@ impl Env {
 
     /// Polls `runs show` until the run has ended; panics after `limit`.
     pub fn wait_run(&self, run_id: &str, limit: Duration) -> Json {
+        self.wait_run_until(run_id, limit, "end", |run| {
+            matches!(run["state"].as_str(), Some("success" | "failed"))
+        })
+    }
+
+    /// Polls `runs show` until `reached` holds for the run; panics after `limit`, saying the
+    /// run did not `what`.
+    pub fn wait_run_until(
+        &self,
+        run_id: &str,
+        limit: Duration,
+        what: &str,
+        reached: impl Fn(&Json) -> bool,
+    ) -> Json {
         let start = Instant::now();
         loop {
             let run = self.flow_json(&["runs", "show", run_id, "--json"], 0);
-            if matches!(run["state"].as_str(), Some("success" | "failed")) {
+            if reached(&run) {
                 return run;
             }
             assert!(
                 start.elapsed() < limit,
-                "run {run_id} did not end within {limit:?}: {run:#}"
+                "run {run_id} did not {what} within {limit:?}: {run:#}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -396,30 +410,14 @@ pub fn one_post_receiver() -> (u16, std::thread::JoinHandle<(String, String)>) {
 pub fn http_receiver(
     responses: Vec<(u16, &'static str, &'static str)>,
 ) -> (u16, std::thread::JoinHandle<Vec<(String, String)>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let receiver = std::thread::spawn(move || {
         let mut seen = Vec::new();
         for (status, content_type, body) in responses {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut head = String::new();
-            reader.read_line(&mut head).unwrap();
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                if line.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                head.push_str(&line);
-            }
-            let mut got = vec![0; len];
-            reader.read_exact(&mut got).unwrap();
+            let (head, got) = read_http_request(&stream).unwrap();
             let reply = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -430,6 +428,32 @@ pub fn http_receiver(
         seen
     });
     (port, receiver)
+}
+
+/// Reads one HTTP/1.1 request: its request line with the headers after it, and its body (by
+/// Content-Length).
+pub fn read_http_request(stream: &std::net::TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut head = String::new();
+    reader.read_line(&mut head)?;
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v
+                .trim()
+                .parse()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok((head, body))
 }
 
 /// Waits until `path` exists; panics with `what` after `limit`.

@@ -3,7 +3,7 @@
 //! the database was down) is recorded once it is back, nothing runs twice, and the API answers
 //! 503 with Retry-After meanwhile.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api_server::{Server, token};
 use crate::harness::*;
@@ -30,15 +30,9 @@ fn a_database_outage_mid_run_loses_nothing_and_runs_nothing_twice() {
     let scheduler = env.spawn(&["scheduler"]);
     let server = Server::start(&env, "server");
     let run_id = env.flow_ok(&["trigger", "steady"], 0).trim().to_string();
-    let start = Instant::now();
-    loop {
-        let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
-        if task(&run, "a", None)["state"] == "running" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{run:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    env.wait_run_until(&run_id, Duration::from_secs(30), "start a", |run| {
+        task(run, "a", None)["state"] == "running"
+    });
 
     pg.stop();
     let during = server.get("/api/v1/dags", &viewer);

@@ -55,15 +55,12 @@ fn a_planning_scheduler_and_a_worker_elsewhere_run_a_dag() {
         let scheduler = env.spawn(&["scheduler", "--no-tasks"]);
         let run_id = env.flow_ok(&["trigger", "fanout"], 0).trim().to_string();
         // The scheduler starts the run and queues its first task, and no process runs it.
-        let start = Instant::now();
-        loop {
-            let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
-            if run["state"] == "running" && task(&run, "a", None)["state"] == "queued" {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(20), "{db:?}: {run:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        env.wait_run_until(
+            &run_id,
+            Duration::from_secs(20),
+            &format!("start and queue a ({db:?})"),
+            |run| run["state"] == "running" && task(run, "a", None)["state"] == "queued",
+        );
         std::thread::sleep(Duration::from_secs(1));
         let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
         assert_eq!(
@@ -111,15 +108,12 @@ fn a_stopped_worker_gives_its_try_back_and_another_runs_it() {
         let scheduler = env.spawn(&["scheduler", "--no-tasks"]);
         let first = spawn_worker(&env, &env.path("worker-1"));
         let run_id = env.flow_ok(&["trigger", "slow"], 0).trim().to_string();
-        let start = Instant::now();
-        loop {
-            let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
-            if task(&run, "nap", None)["state"] == "running" {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{db:?}: {run:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        env.wait_run_until(
+            &run_id,
+            Duration::from_secs(30),
+            &format!("start nap ({db:?})"),
+            |run| task(run, "nap", None)["state"] == "running",
+        );
         let stopped = Instant::now();
         stop_gracefully(first, "the first worker");
         assert!(
@@ -168,17 +162,15 @@ fn a_task_of_a_queue_runs_only_on_a_worker_of_that_queue() {
         let cpu_home = env.path("worker-cpu");
         let cpu = spawn_worker(&env, &cpu_home);
         let run_id = env.flow_ok(&["trigger", "train"], 0).trim().to_string();
-        let start = Instant::now();
-        loop {
-            let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
-            if task(&run, "prep", None)["state"] == "success"
-                && task(&run, "fit", None)["state"] == "queued"
-            {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "{db:?}: {run:#}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        env.wait_run_until(
+            &run_id,
+            Duration::from_secs(30),
+            &format!("run prep and queue fit ({db:?})"),
+            |run| {
+                task(run, "prep", None)["state"] == "success"
+                    && task(run, "fit", None)["state"] == "queued"
+            },
+        );
         std::thread::sleep(Duration::from_secs(2));
         let run = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
         assert_eq!(

@@ -149,15 +149,21 @@ fn new_run(
     }
 }
 
+/// Creates `run` and starts it at `at(0)`: its instances are `scheduled`.
+async fn create_started(s: &dyn Store, run: &NewRun) {
+    assert!(s.create_run(run).await.unwrap());
+    assert!(s.start_run(&run.run_id, at(0)).await.unwrap());
+}
+
+/// Run "r" of DAG "etl", started, its instances (`(task, priority, pool)`) `scheduled`.
+async fn scheduled_run(s: &dyn Store, tasks: &[(&str, i32, &str)]) {
+    create_started(s, &new_run("r", "etl", RunType::Manual, at(0), tasks)).await;
+}
+
 /// A started manual run whose tasks (all priority 0, pool `default`) are still `scheduled`.
 async fn started_run(s: &dyn Store, run_id: &str, tasks: &[&str]) {
     let tasks: Vec<(&str, i32, &str)> = tasks.iter().map(|t| (*t, 0, "default")).collect();
-    assert!(
-        s.create_run(&new_run(run_id, "etl", RunType::Manual, at(0), &tasks))
-            .await
-            .unwrap()
-    );
-    assert!(s.start_run(run_id, at(0)).await.unwrap());
+    create_started(s, &new_run(run_id, "etl", RunType::Manual, at(0), &tasks)).await;
 }
 
 fn queue(task_id: &str) -> Decision {
@@ -177,9 +183,7 @@ fn expand(task_id: &str, n: i64) -> Decision {
 
 /// Run "r" of DAG "etl", started, with every instance queued.
 async fn queued_run(s: &dyn Store, tasks: &[(&str, i32, &str)]) {
-    let run = new_run("r", "etl", RunType::Manual, at(0), tasks);
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    scheduled_run(s, tasks).await;
     queue_all(s, "r", at(1)).await;
 }
 

@@ -4,11 +4,8 @@ use super::*;
 
 async fn claim_takes_highest_priority_then_oldest_within_its_pool(db: TestDb) {
     let s = db.store;
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    scheduled_run(
+        &*s,
         &[
             ("low", 1, "default"),
             ("z_old", 5, "default"),
@@ -16,9 +13,8 @@ async fn claim_takes_highest_priority_then_oldest_within_its_pool(db: TestDb) {
             ("high", 9, "default"),
             ("gpu", 100, "gpu"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    )
+    .await;
     // The names sort against their age, so only queued_at can put z_old before a_new.
     s.apply("r", &[queue("low"), queue("z_old")], at(1))
         .await
@@ -57,19 +53,15 @@ async fn claim_takes_highest_priority_then_oldest_within_its_pool(db: TestDb) {
 /// a second) a try another process queued.
 async fn claims_keep_the_queue_order_as_they_read_on(db: TestDb) {
     let s = db.store;
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    scheduled_run(
+        &*s,
         &[
             ("m", 0, "default"),
             ("hi", 9, "default"),
             ("other", 5, "default"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    )
+    .await;
     s.apply("r", &[expand("m", 12)], at(1)).await.unwrap();
     let one = |now| {
         let s = s.clone();
@@ -368,11 +360,8 @@ async fn running_by_pool_and_queued_lanes(db: TestDb) {
     let s = db.store;
     assert!(s.running_by_pool().await.unwrap().is_empty());
     assert!(pools(s.queued_lanes().await.unwrap()).is_empty());
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    scheduled_run(
+        &*s,
         &[
             ("d0", 0, "default"),
             ("d1", 0, "default"),
@@ -381,9 +370,8 @@ async fn running_by_pool_and_queued_lanes(db: TestDb) {
             ("g1", 0, "gpu"),
             ("i0", 0, "io"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    )
+    .await;
     assert!(
         pools(s.queued_lanes().await.unwrap()).is_empty(),
         "scheduled is not queued"
@@ -549,8 +537,7 @@ async fn claims_read_only_their_queue(db: TestDb) {
             t.queue = "gpu".into();
         }
     }
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    create_started(&*s, &run).await;
     queue_all(&*s, "r", at(1)).await;
     assert_eq!(
         s.queued_lanes().await.unwrap(),

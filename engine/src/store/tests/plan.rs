@@ -152,19 +152,15 @@ async fn apply_moves_only_instances_in_the_expected_state(db: TestDb) {
 
 async fn expand_replaces_the_placeholder(db: TestDb) {
     let s = db.store;
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    scheduled_run(
+        &*s,
         &[
             ("fan", 7, "io"),
             ("none", 3, "default"),
             ("late", 0, "default"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    )
+    .await;
 
     // More than one insert batch, so chunking cannot drop or renumber items.
     let items: Vec<Json> = (0..2500)
@@ -254,19 +250,15 @@ async fn expand_replaces_the_placeholder(db: TestDb) {
 
 async fn plan_rows_lists_what_the_planner_acts_on_and_counts_the_rest(db: TestDb) {
     let s = db.store;
-    let run = new_run(
-        "r",
-        "etl",
-        RunType::Manual,
-        at(0),
+    scheduled_run(
+        &*s,
         &[
             ("src", 0, "default"),
             ("fan", 0, "default"),
             ("join", 0, "default"),
         ],
-    );
-    assert!(s.create_run(&run).await.unwrap());
-    assert!(s.start_run("r", at(0)).await.unwrap());
+    )
+    .await;
     s.apply("r", &[expand("fan", 10)], at(1)).await.unwrap();
     // Three mapped instances run and succeed, one with an output.
     let claims = s
