@@ -43,15 +43,15 @@ fn announce(what: &str, ctx: &Ctx, engine: &Engine) {
     );
 }
 
-/// The queues named by `--queue`, checked; none named: `all`.
-fn served_queues(names: &[String], all: Queues) -> Result<Queues> {
+/// The queues named by `--queue`, checked; `unnamed` when it names none.
+fn served_queues(names: &[String], unnamed: Queues) -> Result<Queues> {
     if let Some(bad) = names.iter().find(|n| !valid_queue_name(n)) {
         return Err(usage(format!(
             "--queue '{bad}' is not a valid queue name (1 to 64 letters, digits, '_', '-' or '.')"
         )));
     }
     Ok(if names.is_empty() {
-        all
+        unnamed
     } else {
         Queues::Only(names.to_vec())
     })
@@ -85,12 +85,7 @@ pub(crate) async fn scheduler(g: &Global, no_tasks: bool, queues: &[String]) -> 
 /// its run started on, which the database holds (and a worker's folder, on another host, may
 /// be missing or older; loading it would record it as the DAGs that exist).
 pub(crate) async fn worker(g: &Global, queues: &[String]) -> Result<u8> {
-    let names = if queues.is_empty() {
-        vec![DEFAULT_QUEUE.to_string()]
-    } else {
-        queues.to_vec()
-    };
-    let served = served_queues(&names, Queues::All)?;
+    let served = served_queues(queues, Queues::Only(vec![DEFAULT_QUEUE.to_string()]))?;
     let ctx = open(g).await?;
     let engine = Engine::new(
         ctx.store.clone(),
@@ -99,10 +94,9 @@ pub(crate) async fn worker(g: &Global, queues: &[String]) -> Result<u8> {
         ctx.secrets.clone(),
     )
     .with_duties(Duties::TASKS_ONLY)
-    .with_queues(served);
+    .with_queues(served.clone());
     eprintln!(
-        "flow worker: queue(s) {}, parallelism {}, database {} ({})",
-        names.join(","),
+        "flow worker: queue(s) {served}, parallelism {}, database {} ({})",
         ctx.settings.engine.parallelism,
         redact_url(&ctx.settings.database_url),
         ctx.store.backend()

@@ -183,7 +183,35 @@ pub async fn log_chunk(
     read_log(store, &target, masker, q.offset, limit).await
 }
 
-/// Which log, and from where: the API's and the task page's query, with the path's ids.
+/// Which try's log, and from where: the query of the API's logs endpoint and of the task
+/// page's tail alike.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogAt {
+    /// The try (1-based); default: the latest.
+    #[serde(rename = "try")]
+    #[param(rename = "try")]
+    pub try_number: Option<i64>,
+    /// The map index of a mapped task's instance; default: the unmapped instance.
+    pub map_index: Option<i64>,
+    /// Where to start, in bytes of the log (the `next_offset` of the previous read); default 0.
+    pub offset: Option<u64>,
+}
+
+impl LogAt {
+    /// This query for the task `task_id` of run `run_id` (the path's ids).
+    pub fn of<'a>(&self, run_id: &'a str, task_id: &'a str) -> LogQuery<'a> {
+        LogQuery {
+            run_id,
+            task_id,
+            try_number: self.try_number,
+            map_index: self.map_index,
+            offset: self.offset.unwrap_or(0),
+        }
+    }
+}
+
+/// Which log, and from where: [`LogAt`] with the path's ids.
 pub struct LogQuery<'a> {
     pub run_id: &'a str,
     pub task_id: &'a str,

@@ -158,6 +158,15 @@ pub enum Queues {
     Only(Vec<String>),
 }
 
+impl std::fmt::Display for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Queues::All => f.write_str("every queue"),
+            Queues::Only(names) => f.write_str(&names.join(",")),
+        }
+    }
+}
+
 impl Queues {
     pub fn serves(&self, queue: &str) -> bool {
         match self {

@@ -35,7 +35,8 @@ struct Cursor {
     anchored: Instant,
 }
 
-/// The cursors of one store, per lane (pool and queue) and run filter (a `flow run` claims one run's tries).
+/// The cursors of one store, per lane (pool and queue) and run filter (a `flow run` claims one
+/// run's tries).
 #[derive(Debug, Default)]
 pub struct ClaimCursors {
     map: HashMap<(Lane, Option<String>), Cursor>,

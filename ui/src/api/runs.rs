@@ -107,19 +107,6 @@ pub async fn get_run(
     Ok(axum::Json(run_json(&run, Some(&tis), &state.masker)))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct LogsQuery {
-    /// The try (1-based); default: the latest.
-    #[serde(rename = "try")]
-    #[param(rename = "try")]
-    pub try_number: Option<i64>,
-    /// The map index of a mapped task's instance; default: the unmapped instance.
-    pub map_index: Option<i64>,
-    /// Where to start, in bytes of the log (the `next_offset` of the previous read); default 0.
-    pub offset: Option<u64>,
-}
-
 #[utoipa::path(
     get,
     path = "/api/v1/runs/{run_id}/tasks/{task_id}/logs",
@@ -128,7 +115,7 @@ pub struct LogsQuery {
     params(
         ("run_id" = String, Path, description = "the run id"),
         ("task_id" = String, Path, description = "the task id"),
-        LogsQuery,
+        ops::LogAt,
     ),
     responses(
         (status = 200, description = "the log from `offset` (secrets masked); while the try runs, whole lines only", body = LogChunk),
@@ -140,22 +127,11 @@ pub async fn task_logs(
     State(state): State<Arc<AppState>>,
     _: Viewer,
     Path((run_id, task_id)): Path<(String, String)>,
-    Query(q): Query<LogsQuery>,
+    Query(at): Query<ops::LogAt>,
 ) -> Result<axum::Json<LogChunk>, ApiError> {
-    let chunk = ops::log_chunk(
-        state.store.as_ref(),
-        &state.home,
-        &state.masker,
-        &ops::LogQuery {
-            run_id: &run_id,
-            task_id: &task_id,
-            try_number: q.try_number,
-            map_index: q.map_index,
-            offset: q.offset.unwrap_or(0),
-        },
-        LOG_CHUNK,
-    )
-    .await?;
+    let chunk = state
+        .log_chunk(&at.of(&run_id, &task_id), LOG_CHUNK)
+        .await?;
     Ok(axum::Json(chunk))
 }
 

@@ -91,6 +91,15 @@ impl AppState {
         }
     }
 
+    /// Up to `limit` bytes of a try's log, masked (see [`crate::ops::log_chunk`]).
+    pub(crate) async fn log_chunk(
+        &self,
+        q: &crate::ops::LogQuery<'_>,
+        limit: u64,
+    ) -> Result<crate::ops::LogChunk, OpError> {
+        crate::ops::log_chunk(self.store.as_ref(), &self.home, &self.masker, q, limit).await
+    }
+
     /// The parsed DAG of a database row, at the version the row names.
     pub(crate) async fn dag_of(&self, row: &DagRow) -> Result<Option<Arc<Dag>>, OpError> {
         Ok(self.dags.version(&row.dag_id, &row.version).await?)

@@ -254,37 +254,18 @@ async fn rendered(
     Ok(Some(cfg))
 }
 
-#[derive(Deserialize)]
-pub struct ChunkQuery {
-    #[serde(rename = "try")]
-    try_number: Option<i64>,
-    map_index: Option<i64>,
-    offset: Option<u64>,
-}
-
 /// The log from `offset`, as the API's logs endpoint answers it, for the tail script: a page-side
 /// route, so the session cookie authenticates it.
 pub async fn log_chunk(
     State(state): State<Arc<AppState>>,
     _: Who,
     PagePath((run_id, task_id)): PagePath<(String, String)>,
-    query: Result<Query<ChunkQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ops::LogAt>, axum::extract::rejection::QueryRejection>,
 ) -> PageResult {
-    let Query(q) = query.map_err(bad_query)?;
-    let chunk = ops::log_chunk(
-        state.store.as_ref(),
-        &state.home,
-        &state.masker,
-        &ops::LogQuery {
-            run_id: &run_id,
-            task_id: &task_id,
-            try_number: q.try_number,
-            map_index: q.map_index,
-            offset: q.offset.unwrap_or(0),
-        },
-        LOG_CHUNK,
-    )
-    .await?;
+    let Query(at) = query.map_err(bad_query)?;
+    let chunk = state
+        .log_chunk(&at.of(&run_id, &task_id), LOG_CHUNK)
+        .await?;
     let mut res = axum::Json(chunk).into_response();
     res.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,

@@ -26,8 +26,7 @@ struct Picked {
 
 /// What one request of a committed claim read of its pool's queue, for its cursor.
 pub(super) struct QueueRead {
-    pool: String,
-    queue: String,
+    lane: Lane,
     run_id: Option<String>,
     /// The tries claimed after the cursor.
     from_cursor: Vec<QueueKey>,
@@ -280,8 +279,7 @@ where
                 Some(_) => (keys, None),
             };
             read.push(QueueRead {
-                pool: req.pool,
-                queue: req.queue,
+                lane: req.lane(),
                 run_id: req.run_id,
                 from_cursor,
                 from_head,
@@ -311,10 +309,7 @@ where
         let now = std::time::Instant::now();
         for r in read {
             cursors.settle(
-                &Lane {
-                    pool: r.pool.clone(),
-                    queue: r.queue.clone(),
-                },
+                &r.lane,
                 r.run_id.as_deref(),
                 &r.from_cursor,
                 r.from_head.as_deref(),

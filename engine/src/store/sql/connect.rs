@@ -8,11 +8,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::migrations::{PG_MIGRATIONS, SQLITE_MIGRATIONS};
+use super::{PgStore, SqlStore, SqliteStore};
+use crate::store::{Result, Store, StoreError};
 
 /// How long a PostgreSQL query waits for a connection before it fails as unreachable.
 const PG_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-use super::{PgStore, SqlStore, SqliteStore};
-use crate::store::{Result, Store, StoreError};
 
 /// Opens (creating if needed) the database named by `url` and applies pending migrations.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {

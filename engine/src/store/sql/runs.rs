@@ -27,6 +27,30 @@ where
     for<'a> Option<String>: Encode<'a, DB>,
     usize: ColumnIndex<DB::Row>,
 {
+    /// queued -> running, if the run's DAG has fewer than `cap` running runs when one is given.
+    async fn start_in(&self, run_id: &str, cap: Option<u32>, now: DateTime<Utc>) -> Result<bool> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        if let (Some(_), Some(lock)) = (cap, DB::DAG_RUNS_LOCK) {
+            sqlx::query(lock).bind(run_id).execute(&mut *tx).await?;
+        }
+        // After the lock: on PostgreSQL this statement's snapshot has every start committed
+        // before it, another scheduler's included.
+        let n = sqlx::query(
+            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, $1), ended_at = NULL \
+             WHERE run_id = $2 AND state = 'queued' AND (CAST($3 AS BIGINT) IS NULL \
+               OR (SELECT COUNT(*) FROM dag_runs AS active \
+                   WHERE active.dag_id = dag_runs.dag_id AND active.state = 'running') < $3)",
+        )
+        .bind(to_micros(now))
+        .bind(run_id)
+        .bind(cap.map(i64::from))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
     pub(super) fn run_row(r: &DB::Row) -> Result<RunRow> {
         Ok(RunRow {
             run_id: r.try_get("run_id")?,
@@ -352,18 +376,7 @@ where
     }
 
     async fn start_run(&self, run_id: &str, now: DateTime<Utc>) -> Result<bool> {
-        let (_writer, mut tx) = self.begin_write().await?;
-        let n = sqlx::query(
-            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, $1), ended_at = NULL \
-             WHERE run_id = $2 AND state = 'queued'",
-        )
-        .bind(to_micros(now))
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(n == 1)
+        self.start_in(run_id, None, now).await
     }
 
     async fn start_run_within(
@@ -372,25 +385,7 @@ where
         max_active: u32,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let (_writer, mut tx) = self.begin_write().await?;
-        if let Some(lock) = DB::DAG_RUNS_LOCK {
-            sqlx::query(lock).bind(run_id).execute(&mut *tx).await?;
-        }
-        // After the lock: on PostgreSQL this statement's snapshot has every start committed
-        // before it, another scheduler's included.
-        let n = sqlx::query(
-            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, $1), ended_at = NULL \
-             WHERE run_id = $2 AND state = 'queued' AND (SELECT COUNT(*) FROM dag_runs AS active \
-               WHERE active.dag_id = dag_runs.dag_id AND active.state = 'running') < $3",
-        )
-        .bind(to_micros(now))
-        .bind(run_id)
-        .bind(i64::from(max_active))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(n == 1)
+        self.start_in(run_id, Some(max_active), now).await
     }
 
     async fn task_instances(&self, run_id: &str) -> Result<Vec<TiRow>> {
