@@ -22,7 +22,7 @@ account (docs/deploy.md, "What was validated here and what was not run"):
                       nothing but the load balancer reaches a task; IAM without wildcards beyond
                       the two actions that take no resource.
   flow.toml           the compose one and the one the template writes: keys flow's config.rs
-                      knows ([logs] is noted while it is being built).
+                      knows.
 
     python3 deploy/check.py                 # every check; exit 1 when one fails
     python3 deploy/check.py --commands      # the flow command lines the files use, as JSON
@@ -228,6 +228,7 @@ def config_keys() -> dict[str, set[str]]:
     keys = {"": {f for _, f, _ in fields(rust_block(src, "pub struct FileConfig "))}}
     keys["api"] = {f for _, f, _ in fields(rust_block(src, "pub struct ApiFile "))}
     keys["notifications"] = {f for _, f, _ in fields(rust_block(src, "pub struct Notifications "))}
+    keys["logs"] = {f for _, f, _ in fields(rust_block(src, "pub struct LogsFile "))}
     return keys
 
 
@@ -757,7 +758,7 @@ def check_compose(cli: Cli, docker: dict) -> list[list[str]]:
     aliases = services.get("s3", {}).get("networks", {}).get("default", {}).get("aliases", [])
     R.check(
         "compose: the remote-logs bucket is created, and resolves virtual-hosted too",
-        not remote or (remote.startswith("s3://") and f'"{bucket}"' in init and f"{bucket}.s3" in aliases),
+        (remote.startswith("s3://") and f'"{bucket}"' in init and f"{bucket}.s3" in aliases),
         f"{remote}; aliases {aliases}",
     )
     endpoints = {urllib.parse.urlsplit(c.get("endpoint_url", "")).hostname for c in conf.get("connections", {}).values() if c.get("type") == "aws"}
@@ -871,7 +872,7 @@ def check_cloudformation(cli: Cli, docker: dict) -> tuple[list[list[str]], str]:
         sub = json.loads(next(iter(tomls)))["Fn::Sub"]
         ecs_toml = render_sub(sub, ECS_TOML_VALUES)
         conf = check_flow_toml("flow.yaml FLOW_CONFIG_TOML", ecs_toml)
-        R.check("flow.yaml: remote logs in the stack's bucket", conf.get("logs") is None or conf.get("logs", {}).get("remote") == f"s3://{ECS_TOML_VALUES['Bucket']}/logs", ecs_toml)
+        R.check("flow.yaml: remote logs in the stack's bucket", conf.get("logs", {}).get("remote") == f"s3://{ECS_TOML_VALUES['Bucket']}/logs", ecs_toml)
         R.check("flow.yaml: the load balancer's network is a trusted proxy", conf.get("api", {}).get("trusted_proxies") == [ECS_TOML_VALUES["VpcCidr"]])
 
     server_td, server = by_role.get("server", (None, {}))

@@ -8,6 +8,7 @@ mod error;
 pub mod fuzz;
 pub mod http;
 pub mod ml;
+pub mod remote_logs;
 pub mod s3;
 pub mod shell;
 pub mod spark;

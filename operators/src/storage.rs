@@ -172,6 +172,10 @@ pub fn s3_store(bucket: &str, aws: &Aws) -> Result<Arc<dyn ObjectStore>, Operato
         b = b
             .with_endpoint(endpoint)
             .with_allow_http(endpoint.starts_with("http://"));
+    } else if env_endpoint().is_some_and(|e| e.starts_with("http://")) {
+        // The standard AWS variables name an emulator (as docker-compose.yml does): plain
+        // HTTP is what it speaks, and the variable is the operator's own choice.
+        b = b.with_allow_http(true);
     }
     if aws.force_path_style {
         b = b.with_virtual_hosted_style_request(false);
@@ -185,6 +189,13 @@ pub fn s3_store(bucket: &str, aws: &Aws) -> Result<Arc<dyn ObjectStore>, Operato
     b.build()
         .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
         .map_err(|e| OperatorError::Fatal(format!("S3 bucket {bucket}: {e}")))
+}
+
+/// The S3 endpoint the standard AWS environment names, if any.
+fn env_endpoint() -> Option<String> {
+    std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok()
 }
 
 /// One object of a listing: its path in the store and its size.

@@ -73,6 +73,22 @@ pub fn s3_put(endpoint: &str, bucket: &str, key: &str, body: &[u8]) {
         .unwrap_or_else(|e| panic!("cannot put s3://{bucket}/{key}: {e}"));
 }
 
+/// An object of the emulator's bucket. Objects flow wrote belong to its (test) account, which
+/// moto tells by the signature's access key alone (it checks no signature).
+pub fn s3_get(endpoint: &str, bucket: &str, key: &str) -> Vec<u8> {
+    ureq::get(format!("{endpoint}/{bucket}/{key}"))
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=00",
+        )
+        .call()
+        .unwrap_or_else(|e| panic!("cannot get s3://{bucket}/{key}: {e}"))
+        .body_mut()
+        .read_to_vec()
+        .unwrap()
+}
+
 /// The keys under `prefix` in the emulator's bucket, sorted.
 pub fn s3_keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
     let xml = ureq::get(format!("{endpoint}/{bucket}?list-type=2&prefix={prefix}"))

@@ -19,6 +19,7 @@ mod outage;
 mod pages;
 mod private_pg;
 mod ready;
+mod remote_logs;
 mod run;
 mod schedulers;
 mod schemathesis;

@@ -449,9 +449,13 @@ async fn task_logs(
     map_index: Option<i64>,
 ) -> Result<u8> {
     let ctx = open(g).await?;
+    let roots = ops::LogRoots {
+        home: &ctx.settings.home,
+        remote: ctx.settings.engine.remote_logs.as_ref().map(|r| &r.archive),
+    };
     let target = ops::log_target(
         ctx.store.as_ref(),
-        &ctx.settings.home,
+        roots,
         run_id,
         task,
         try_number,

@@ -32,6 +32,22 @@ pub struct FileConfig {
     pub api: ApiFile,
     /// Queued runs a DAG may have before a trigger is refused (default 1,000).
     pub max_queued_runs_per_dag: Option<u32>,
+    #[serde(default)]
+    pub logs: LogsFile,
+}
+
+/// `[logs]` in flow.toml.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsFile {
+    /// `s3://BUCKET/PREFIX`: every try's log is copied there as it is written, so that a server
+    /// on another host shows it (default: none; logs stay on the disk of the host that ran them).
+    pub remote: Option<String>,
+    /// The `aws` connection of `[connections]` that reaches it (default: the standard AWS
+    /// environment: variables, profile, task role).
+    pub connection: Option<String>,
+    /// How often a running try's new lines are copied (default 5s).
+    pub ship_every: Option<String>,
 }
 
 /// `[api]` in flow.toml.
@@ -74,6 +90,8 @@ pub struct Settings {
     pub max_queued_runs: u32,
     /// `[api] trusted_proxies`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[logs]`, made into `engine.remote_logs` once secrets are read ([`Settings::remote_logs`]).
+    pub logs: LogsFile,
 }
 
 /// What the command line and environment gave (clap reads both).
@@ -167,6 +185,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
     let trusted_proxies = crate::client::parse_proxies(&file.api.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("flow.toml: [api] trusted_proxies: {e}"))?;
     Ok(Settings {
+        logs: file.logs.clone(),
         trusted_proxies,
         max_queued_runs,
         connections,
@@ -179,6 +198,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
             lease_timeout,
             base_url,
             default_webhook: file.notifications.webhook.clone(),
+            remote_logs: None,
         },
         home,
         dags_folder,
@@ -188,6 +208,34 @@ pub fn resolve(given: &Given) -> Result<Settings> {
 }
 
 impl Settings {
+    /// `[logs] remote` as the engine and the readers use it; None when not set.
+    pub fn remote_logs(
+        &self,
+        secrets: &flow_engine::secrets::Secrets,
+    ) -> Result<Option<flow_engine::log::RemoteLogs>> {
+        let Some(url) = &self.logs.remote else {
+            return Ok(None);
+        };
+        let aws = self
+            .connections
+            .aws(self.logs.connection.as_deref(), secrets)
+            .map_err(|e| anyhow::anyhow!("flow.toml: [logs] connection: {e}"))?;
+        let archive = flow_operators::remote_logs::S3Logs::new(url, &aws)
+            .context("flow.toml: [logs] remote")?;
+        let every = match &self.logs.ship_every {
+            Some(s) => flow_engine::schedule::parse_duration(s)
+                .map_err(|e| anyhow::anyhow!("flow.toml: [logs] ship_every: {e}"))?,
+            None => Duration::from_secs(5),
+        };
+        if every < Duration::from_millis(100) {
+            bail!("flow.toml: [logs] ship_every must be at least 100ms");
+        }
+        Ok(Some(flow_engine::log::RemoteLogs {
+            archive: std::sync::Arc::new(archive),
+            every,
+        }))
+    }
+
     /// What is masked like a secret without being one: the database URL's password and the
     /// secrets written plainly in `[connections]`.
     pub fn hidden_values(&self, secrets: &flow_engine::secrets::Secrets) -> Vec<String> {

@@ -61,7 +61,7 @@ pub(crate) fn settings(g: &Global) -> Result<Settings> {
 }
 
 pub(crate) async fn open(g: &Global) -> Result<Ctx> {
-    let settings = settings(g)?;
+    let mut settings = settings(g)?;
     ensure_home(&settings.home)?;
     let store = flow_engine::store::connect(&settings.database_url)
         .await
@@ -74,6 +74,9 @@ pub(crate) async fn open(g: &Global) -> Result<Ctx> {
     let from_env = Secrets::from_env();
     let hidden = settings.hidden_values(&from_env);
     let secrets = from_env.hiding(hidden);
+    settings.engine.remote_logs = settings
+        .remote_logs(&secrets)
+        .map_err(|e| usage(format!("{e:#}")))?;
     Ok(Ctx {
         settings,
         store,

@@ -154,6 +154,12 @@ pub(crate) async fn server(g: &Global, standalone: bool) -> Result<u8> {
     state.secret_names = ctx.secrets.names().map(String::from).collect();
     state.max_queued_runs = ctx.settings.max_queued_runs;
     state.trusted_proxies = ctx.settings.trusted_proxies.clone();
+    state.remote_logs = ctx
+        .settings
+        .engine
+        .remote_logs
+        .as_ref()
+        .map(|r| r.archive.clone());
     let state = Arc::new(state);
     eprintln!(
         "flow {what}: listening on http://{}",

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flow_engine::dag::Dag;
-use flow_engine::log::{self, log_path};
+use flow_engine::log::{self, LogArchive};
 use flow_engine::plan::UNMAPPED;
 use flow_engine::scheduler::{self, DagCatalog, EngineError};
 use flow_engine::secrets::Masker;
@@ -28,6 +29,9 @@ pub enum OpError {
     /// Not the caller's fault: a stored DAG version that no longer parses, an unreadable log.
     #[error("{0}")]
     Internal(String),
+    /// A log that could not be read, here or from `[logs] remote`.
+    #[error(transparent)]
+    Log(log::ReadError),
     /// Too much is waiting already: a trigger past the DAG's cap on queued runs.
     #[error("{0}")]
     Busy(String),
@@ -112,19 +116,28 @@ async fn run_dag(catalog: &DagCatalog, run: &RunRow) -> Result<std::sync::Arc<Da
 }
 
 /// One try's log file, and what is known of that try.
-#[derive(Debug)]
 pub struct LogTarget {
     pub ti: TiRow,
     /// 0 when the task has not had a try yet (and none was asked for).
     pub try_number: i64,
     pub path: PathBuf,
+    /// Its name under `[logs] remote`, read when this host has no file of it.
+    pub key: String,
+    pub remote: Option<Arc<dyn LogArchive>>,
+}
+
+/// Where logs are read: this host's `$FLOW_HOME/logs`, then `[logs] remote` when set.
+#[derive(Clone, Copy)]
+pub struct LogRoots<'a> {
+    pub home: &'a Path,
+    pub remote: Option<&'a Arc<dyn LogArchive>>,
 }
 
 /// Finds the log of a try: the latest unless `try_number` is given, of the unmapped instance
 /// unless `map_index` is given.
 pub async fn log_target(
     store: &dyn Store,
-    home: &Path,
+    roots: LogRoots<'_>,
     run_id: &str,
     task: &str,
     try_number: Option<i64>,
@@ -154,8 +167,11 @@ pub async fn log_target(
             if ti.try_number == 1 { "y" } else { "ies" }
         )));
     }
+    let key = log::log_key(&run.dag_id, run_id, task, map_index, n);
     Ok(LogTarget {
-        path: log_path(home, &run.dag_id, run_id, task, map_index, n),
+        path: roots.home.join("logs").join(&key),
+        key,
+        remote: roots.remote.cloned(),
         ti: ti.clone(),
         try_number: n,
     })
@@ -174,12 +190,12 @@ pub struct LogChunk {
 /// page's tail answer it: up to `limit` bytes.
 pub async fn log_chunk(
     store: &dyn Store,
-    home: &Path,
+    roots: LogRoots<'_>,
     masker: &Masker,
     q: &LogQuery<'_>,
     limit: u64,
 ) -> Result<LogChunk, OpError> {
-    let target = log_target(store, home, q.run_id, q.task_id, q.try_number, q.map_index).await?;
+    let target = log_target(store, roots, q.run_id, q.task_id, q.try_number, q.map_index).await?;
     read_log(store, &target, masker, q.offset, limit).await
 }
 
@@ -249,12 +265,14 @@ pub async fn read_log(
         Some(t) => t.ended_at.is_some(),
         None => target.try_number == 0 && ti.state.is_terminal(),
     };
-    let read = log::read_chunk(&target.path, offset, limit, ended)
-        .await
-        .map_err(|e| match e {
-            log::ReadError::PastEnd { .. } => OpError::Invalid(e.to_string()),
-            log::ReadError::Io { .. } => OpError::Internal(e.to_string()),
-        })?;
+    let mut read = log::read_chunk(&target.path, offset, limit, ended).await;
+    if let (Ok(None), Some(remote)) = (&read, &target.remote) {
+        read = log::read_remote(remote.as_ref(), &target.key, offset, limit, ended).await;
+    }
+    let read = read.map_err(|e| match e {
+        log::ReadError::PastEnd { .. } => OpError::Invalid(e.to_string()),
+        e => OpError::Log(e),
+    })?;
     let Some(chunk) = read else {
         return Ok(told_from_record(
             tries.as_ref(),

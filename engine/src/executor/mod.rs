@@ -23,7 +23,7 @@ use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 
 use crate::dag::{Dag, Task};
-use crate::log::{LOG_SUCCEEDED, LogSink, log_header, log_path};
+use crate::log::{LOG_SUCCEEDED, LogSink, RemoteLogs, Shipping, log_header, log_key};
 use crate::operator::{OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
@@ -43,6 +43,8 @@ pub(crate) struct TryEnv {
     pub registry: Arc<Registry>,
     pub secrets: Secrets,
     pub home: PathBuf,
+    /// `[logs] remote`: where logs are copied as tries run.
+    pub remote_logs: Option<RemoteLogs>,
 }
 
 enum Outcome {
@@ -79,14 +81,14 @@ pub(crate) async fn run_try(
         )
         .await;
     };
-    let path = log_path(
-        &env.home,
+    let key = log_key(
         &dag.id,
         &run.run_id,
         &task.id,
         claim.map_index,
         claim.try_number,
     );
+    let path = env.home.join("logs").join(&key);
     let header = log_header(&task.id, claim.try_number, &run.run_id, claim.started_at);
     let log = match LogSink::create(&path, &header, masker.clone()).await {
         Ok(l) => l,
@@ -104,6 +106,10 @@ pub(crate) async fn run_try(
             .await;
         }
     };
+    let shipping = env
+        .remote_logs
+        .as_ref()
+        .map(|remote| Shipping::start(remote, key, path.clone()));
     let outcome = execute(env, claim, dag, task, run, &log).await;
     match &outcome {
         // A quiet success leaves no file; its readers tell the same two lines from the record.
@@ -117,6 +123,10 @@ pub(crate) async fn run_try(
             ))
             .await
         }
+    }
+    // Before the end is recorded: a reader that sees the try ended finds its whole log.
+    if let Some(shipping) = shipping {
+        shipping.finish(log.written()).await;
     }
     finish(env, claim, Some(task), handover, outcome).await
 }

@@ -153,6 +153,7 @@ impl Loop {
             registry: engine.registry.clone(),
             secrets: engine.secrets.clone(),
             home: engine.config.home.clone(),
+            remote_logs: engine.config.remote_logs.clone(),
         });
         let slots = Slots {
             env,

@@ -94,6 +94,8 @@ pub struct EngineConfig {
     pub base_url: String,
     /// The webhook of `[notifications]`, used when a DAG has no `on_failure` of its own.
     pub default_webhook: Option<String>,
+    /// `[logs] remote`: try logs copied to an object store as they are written.
+    pub remote_logs: Option<crate::log::RemoteLogs>,
 }
 
 impl EngineConfig {

@@ -124,6 +124,7 @@ impl From<OpError> for ApiError {
             OpError::Store(s) => s.into(),
             OpError::Internal(m) => ApiError::internal(m),
             OpError::Engine(e) => ApiError::internal(e.to_string()),
+            OpError::Log(e) => ApiError::internal(format!("{:#}", anyhow::Error::from(e))),
             OpError::Busy(m) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queued_runs", m)
             }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// `$FLOW_HOME`, where the tries' logs are.
     pub home: PathBuf,
+    /// `[logs] remote`, where logs of tries run on other hosts are.
+    pub remote_logs: Option<Arc<dyn flow_engine::log::LogArchive>>,
     pub masker: Masker,
     /// Parses and caches the DAG versions the database names (details, clears, marks); the
     /// scheduler of `flow standalone` has its own.
@@ -75,6 +77,7 @@ impl AppState {
         prune_limiters(Arc::downgrade(&limiter), Arc::downgrade(&login_limiter));
         AppState {
             home,
+            remote_logs: None,
             masker,
             dags,
             limiter,
@@ -97,7 +100,22 @@ impl AppState {
         q: &crate::ops::LogQuery<'_>,
         limit: u64,
     ) -> Result<crate::ops::LogChunk, OpError> {
-        crate::ops::log_chunk(self.store.as_ref(), &self.home, &self.masker, q, limit).await
+        crate::ops::log_chunk(
+            self.store.as_ref(),
+            self.log_roots(),
+            &self.masker,
+            q,
+            limit,
+        )
+        .await
+    }
+
+    /// Where this server reads logs.
+    pub(crate) fn log_roots(&self) -> crate::ops::LogRoots<'_> {
+        crate::ops::LogRoots {
+            home: &self.home,
+            remote: self.remote_logs.as_ref(),
+        }
     }
 
     /// The parsed DAG of a database row, at the version the row names.

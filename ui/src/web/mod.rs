@@ -164,6 +164,7 @@ impl From<OpError> for PageError {
             OpError::Store(s) => s.into(),
             OpError::Internal(m) => PageError::Internal(m),
             OpError::Engine(e) => PageError::Internal(e.to_string()),
+            OpError::Log(e) => PageError::Internal(format!("{:#}", anyhow::Error::from(e))),
             // Shown to the person with its reason; a page has no Retry-After to honour.
             OpError::Busy(m) => PageError::BadRequest(m),
         }

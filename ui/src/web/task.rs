@@ -82,7 +82,7 @@ pub async fn page(
     let Query(q) = query.map_err(bad_query)?;
     let target = ops::log_target(
         state.store.as_ref(),
-        &state.home,
+        state.log_roots(),
         &run_id,
         &task_id,
         q.try_number,

@@ -159,6 +159,7 @@ async fn run_workload(
         lease_timeout: Duration::from_secs(30),
         base_url: "http://127.0.0.1:8080".into(),
         default_webhook: None,
+        remote_logs: None,
     };
     let mut engine = Engine::new(
         store.clone(),
@@ -234,6 +235,7 @@ pub async fn load_only(dags: PathBuf, db_url: String) -> Result<u8> {
         lease_timeout: Duration::from_secs(30),
         base_url: String::new(),
         default_webhook: None,
+        remote_logs: None,
     };
     let mut engine = Engine::new(
         store,

@@ -449,6 +449,7 @@ pub async fn bench_ui(opts: UiBenchOptions) -> Result<u8> {
                 lease_timeout: Duration::from_secs(30),
                 base_url: "http://127.0.0.1:8080".into(),
                 default_webhook: None,
+                remote_logs: None,
             },
             Secrets::default(),
         );

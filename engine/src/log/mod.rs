@@ -10,7 +10,11 @@ use std::sync::Arc;
 use crate::secrets::Masker;
 use crate::state::UNMAPPED;
 
-/// Where the log of one try lives under `$FLOW_HOME`.
+mod remote;
+pub(crate) use remote::Shipping;
+pub use remote::{ArchiveError, Archived, LogArchive, RemoteLogs, read_remote};
+
+/// Where the log of one try lives under `$FLOW_HOME`: `logs/` and its [`log_key`].
 pub fn log_path(
     home: &Path,
     dag_id: &str,
@@ -19,17 +23,25 @@ pub fn log_path(
     map_index: i64,
     try_number: i64,
 ) -> PathBuf {
-    let folder = home
-        .join("logs")
-        .join(format!("dag_id={dag_id}"))
-        .join(format!("run_id={run_id}"))
-        .join(format!("task_id={task_id}"));
+    home.join("logs")
+        .join(log_key(dag_id, run_id, task_id, map_index, try_number))
+}
+
+/// The name of one try's log, the same under `$FLOW_HOME/logs` and under `[logs] remote`.
+pub fn log_key(
+    dag_id: &str,
+    run_id: &str,
+    task_id: &str,
+    map_index: i64,
+    try_number: i64,
+) -> String {
+    let folder = format!("dag_id={dag_id}/run_id={run_id}/task_id={task_id}");
     // Mapped tries share their task's folder: a folder per map index made creating the logs of
     // a 10,000-item map cost more than running its tasks.
     if map_index == UNMAPPED {
-        folder.join(format!("attempt={try_number}.log"))
+        format!("{folder}/attempt={try_number}.log")
     } else {
-        folder.join(format!("map_index={map_index}.attempt={try_number}.log"))
+        format!("{folder}/map_index={map_index}.attempt={try_number}.log")
     }
 }
 
@@ -176,6 +188,8 @@ pub enum ReadError {
     },
     #[error("offset {offset} is past the end of the log ({len} bytes so far)")]
     PastEnd { offset: u64, len: u64 },
+    #[error(transparent)]
+    Remote(#[from] ArchiveError),
 }
 
 /// Reads up to `limit` bytes of the log at `path` from `offset`; None when there is no file
@@ -212,6 +226,19 @@ pub async fn read_chunk(
         .read_to_end(&mut bytes)
         .await
         .map_err(io)?;
+    Ok(Some(whole_lines(bytes, offset, len, limit, ended)))
+}
+
+/// The chunk of `bytes` (read from `offset` of a log `len` bytes long, at most `limit` of them)
+/// that a reader gets: up to the last whole line, unless the try has `ended` and the read
+/// reaches the end.
+pub(crate) fn whole_lines(
+    mut bytes: Vec<u8>,
+    offset: u64,
+    len: u64,
+    limit: u64,
+    ended: bool,
+) -> Chunk {
     let at_end = offset + bytes.len() as u64 >= len;
     if !(ended && at_end) {
         match bytes.iter().rposition(|&b| b == b'\n') {
@@ -220,9 +247,9 @@ pub async fn read_chunk(
             None => bytes.clear(),
         }
     }
-    Ok(Some(Chunk {
+    Chunk {
         next_offset: offset + bytes.len() as u64,
         bytes,
         len,
-    }))
+    }
 }
