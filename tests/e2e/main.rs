@@ -14,6 +14,7 @@ mod deploy;
 mod emr;
 mod heavy;
 mod in_process;
+mod jepsen;
 mod ml;
 mod outage;
 mod pages;
