@@ -118,15 +118,26 @@ impl Server {
         limit: Duration,
         done: impl Fn(&Json) -> bool,
     ) -> Json {
+        self.get_until(&format!("/api/v1/runs/{run_id}"), token, limit, done)
+    }
+
+    /// Polls `GET path` (which must answer 200) until `done` holds; panics after `limit`.
+    pub(crate) fn get_until(
+        &self,
+        path: &str,
+        token: &str,
+        limit: Duration,
+        done: impl Fn(&Json) -> bool,
+    ) -> Json {
         let start = Instant::now();
         loop {
-            let run = self.get(&format!("/api/v1/runs/{run_id}"), token).ok();
-            if done(&run) {
-                return run;
+            let body = self.get(path, token).ok();
+            if done(&body) {
+                return body;
             }
             assert!(
                 start.elapsed() < limit,
-                "run {run_id} never got there: {run:#}"
+                "GET {path} never got there: {body:#}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -2,54 +2,21 @@
 //! logs to S3 (the emulator) while they run and whole when they end; a server whose home has no
 //! log of them shows them live and finished through the API, and `flow tasks logs` prints them.
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
-use serde_json::Value as Json;
+use std::time::Duration;
 
 use crate::api_server::{Server, query, token, trigger_id};
 use crate::harness::*;
+use crate::workers::spawn_worker;
 
 const SECRET: &str = "remote-log-secret-7d1e";
+/// How long a log read may take to show what the test waits for.
+const LIMIT: Duration = Duration::from_secs(30);
 
 fn logs_config(endpoint: &str, bucket: &str) -> String {
     format!(
         "[logs]\nremote = \"s3://{bucket}/logs\"\nconnection = \"lake\"\nship_every = \"200ms\"\n\n{}",
         s3_connection("lake", endpoint)
     )
-}
-
-fn spawn_worker(env: &Env, home: &std::path::Path) -> Child {
-    let log = std::fs::File::create(env.path("worker.err")).unwrap();
-    env.command(&["worker"])
-        .env("FLOW_HOME", home)
-        .env("FLOW_DAGS_FOLDER", env.path("no-such-folder"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-/// Reads the log through the API until `until` holds; panics after 30 s.
-fn read_until(
-    server: &Server,
-    token: &str,
-    path: &str,
-    offset: u64,
-    until: impl Fn(&Json) -> bool,
-) -> Json {
-    let start = Instant::now();
-    loop {
-        let chunk = server.get(&format!("{path}?offset={offset}"), token).ok();
-        if until(&chunk) {
-            return chunk;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the log never got there: {chunk:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -89,7 +56,7 @@ fn a_server_elsewhere_shows_a_workers_log_live_and_finished() {
     let path = format!("/api/v1/runs/{}/tasks/talk/logs", query(&run_id));
 
     // Live: the first line reaches the server from S3 while the task still waits.
-    let live = read_until(&server, &admin, &path, 0, |c| {
+    let live = server.get_until(&format!("{path}?offset=0"), &admin, LIMIT, |c| {
         c["content"].as_str().unwrap_or("").contains("first line")
     });
     assert_eq!(live["complete"], false, "{live:#}");
@@ -106,7 +73,9 @@ fn a_server_elsewhere_shows_a_workers_log_live_and_finished() {
     // Finished: the rest comes from where the live read ended, and the parts are gone.
     std::fs::write(&gate, "").unwrap();
     let offset = live["next_offset"].as_u64().unwrap();
-    let rest = read_until(&server, &admin, &path, offset, |c| c["complete"] == true);
+    let rest = server.get_until(&format!("{path}?offset={offset}"), &admin, LIMIT, |c| {
+        c["complete"] == true
+    });
     let rest_text = rest["content"].as_str().unwrap();
     assert!(rest_text.starts_with("second line\n"), "{rest:#}");
     assert!(rest_text.contains("flow: try succeeded"), "{rest:#}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 /// `flow worker` with its own home and a DAGs folder that does not exist.
-fn spawn_worker(env: &Env, home: &std::path::Path) -> Child {
+pub(crate) fn spawn_worker(env: &Env, home: &std::path::Path) -> Child {
     spawn_worker_with(env, home, &[])
 }
 
