@@ -26,4 +26,5 @@ mod schedulers;
 mod schemathesis;
 mod security;
 mod tokens;
+mod wakeups;
 mod workers;

@@ -257,7 +257,9 @@ async fn run(g: &Global, args: RunArgs) -> Result<u8> {
     });
     let run_id = run.run_id.clone();
     let store = ctx.store.clone();
-    let follower = tokio::spawn(async move { follow(store.as_ref(), &[run_id], "run").await });
+    let poll = ctx.settings.engine.poll_interval;
+    let follower =
+        tokio::spawn(async move { follow(store.as_ref(), &[run_id], "run", poll).await });
     let result = engine
         .run(Mode::Single(run.run_id.clone()), shutdown)
         .await
@@ -288,7 +290,14 @@ async fn trigger(g: &Global, args: RunArgs, wait: bool) -> Result<u8> {
         }
         return Ok(0);
     }
-    let ok = follow(ctx.store.as_ref(), std::slice::from_ref(&run.run_id), "run").await?;
+    let poll = ctx.settings.engine.poll_interval;
+    let ok = follow(
+        ctx.store.as_ref(),
+        std::slice::from_ref(&run.run_id),
+        "run",
+        poll,
+    )
+    .await?;
     if args.json {
         print_run(&ctx, &run.run_id).await?;
     } else {
@@ -339,7 +348,8 @@ async fn backfill(g: &Global, dag_id: &str, from: &str, to: &str, wait: bool) ->
     if !wait || created.is_empty() {
         return Ok(0);
     }
-    let ok = follow(ctx.store.as_ref(), &created, "backfill").await?;
+    let poll = ctx.settings.engine.poll_interval;
+    let ok = follow(ctx.store.as_ref(), &created, "backfill", poll).await?;
     Ok(if ok { 0 } else { 1 })
 }
 

@@ -26,6 +26,10 @@ pub struct FileConfig {
     pub notifications: Notifications,
     /// How long a running try's lease lasts without a heartbeat (default 30s).
     pub lease_timeout: Option<String>,
+    /// How often a daemon, and `flow trigger --wait`, read the database for what no wake-up
+    /// brought (default 250ms): news from other processes arrives as wake-ups; this poll only
+    /// covers a lost one and due times.
+    pub poll_interval: Option<String>,
     /// The web UI's public address, for links in notifications (default http://BIND).
     pub base_url: Option<String>,
     #[serde(default)]
@@ -115,6 +119,18 @@ fn lease_timeout(file: &FileConfig) -> Result<Duration> {
     Ok(lease_timeout)
 }
 
+fn poll_interval(file: &FileConfig) -> Result<Duration> {
+    let poll = match &file.poll_interval {
+        Some(s) => flow_engine::schedule::parse_duration(s)
+            .map_err(|e| anyhow::anyhow!("flow.toml: poll_interval: {e}"))?,
+        None => flow_engine::scheduler::DEFAULT_POLL,
+    };
+    if poll < Duration::from_millis(10) {
+        bail!("flow.toml: poll_interval must be at least 10ms");
+    }
+    Ok(poll)
+}
+
 fn rate_limit(file: &FileConfig) -> Result<RateLimit> {
     let nonzero = |v: Option<u32>, default: u32, key: &str| {
         NonZeroU32::new(v.unwrap_or(default))
@@ -172,6 +188,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
         bail!("flow.toml: parallelism must be at least 1");
     }
     let lease_timeout = lease_timeout(&file)?;
+    let poll_interval = poll_interval(&file)?;
     let base_url = file
         .base_url
         .clone()
@@ -196,6 +213,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
             parallelism,
             pools: file.pools.clone(),
             lease_timeout,
+            poll_interval,
             base_url,
             default_webhook: file.notifications.webhook.clone(),
             remote_logs: None,

@@ -107,11 +107,19 @@ impl Progress {
     }
 }
 
-/// Follows runs until every one has ended; returns whether all succeeded.
-pub async fn follow(store: &dyn Store, run_ids: &[String], label: &str) -> anyhow::Result<bool> {
+/// Follows runs until every one has ended; returns whether all succeeded. A run's end arrives as
+/// a wake-up; `poll` (flow.toml's poll_interval) covers one that was lost and paces the bar.
+pub async fn follow(
+    store: &dyn Store,
+    run_ids: &[String],
+    label: &str,
+    poll: Duration,
+) -> anyhow::Result<bool> {
     let mut progress = Progress::new(label);
     let mut warned = false;
     let started = Instant::now();
+    // Listening before the first read: a run that ends between a read and the wait is heard.
+    let mut wakeups = store.wakeups().await;
     loop {
         let mut counts = Counts::default();
         let mut ended = 0;
@@ -147,6 +155,6 @@ pub async fn follow(store: &dyn Store, run_ids: &[String], label: &str) -> anyho
             }
             warned = true;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wakeups.run_ended(run_ids, poll).await;
     }
 }

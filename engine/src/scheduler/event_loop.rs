@@ -15,6 +15,7 @@ use super::{Duties, Engine, EngineError, Mode, mode_accepts, watch};
 use crate::executor::{PidJournal, RunningTries, TryEnv};
 use crate::state::RunState;
 use crate::store::group_commit::{Claimed, Recorder};
+use crate::store::{Wake, Wakeups};
 use crate::time::now;
 
 const MAPPED_PLAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -77,6 +78,7 @@ enum Event {
     TriesDone(Vec<TryDone>),
     Answers(Vec<Claimed>),
     DagChange,
+    Wake(Vec<Wake>),
     Tick,
 }
 
@@ -85,6 +87,8 @@ struct Inbox {
     done: mpsc::UnboundedReceiver<TryDone>,
     claimed: mpsc::UnboundedReceiver<Claimed>,
     reload: mpsc::UnboundedReceiver<()>,
+    /// Other processes' news (daemons only; `flow run` is alone with its run).
+    wakeups: Option<Wakeups>,
 }
 
 pub(super) struct Loop {
@@ -172,6 +176,7 @@ impl Loop {
                 done,
                 claimed,
                 reload,
+                wakeups: None,
             },
             _watcher: watcher,
             heartbeat,
@@ -190,6 +195,9 @@ impl Loop {
 
     /// One pass per event until shutdown (daemon) or the run's end (single).
     pub(super) async fn run(mut self) -> Result<Option<RunState>, EngineError> {
+        if self.mode == Mode::Daemon {
+            self.inbox.wakeups = Some(self.engine.store.wakeups().await);
+        }
         loop {
             let now = now();
             let wake_at = self.pass(now).await;
@@ -203,9 +211,10 @@ impl Loop {
             self.full_pass = false;
             match self.next_event(sleep_for).await {
                 Event::Shutdown => break,
-                Event::TriesDone(done) => self.on_tries_done(done),
+                Event::TriesDone(done) => self.on_tries_done(done).await,
                 Event::Answers(answers) => self.answers.extend(answers),
                 Event::DagChange => self.on_dag_change().await,
+                Event::Wake(wakes) => self.on_wake(wakes),
                 Event::Tick => self.full_pass = true,
             }
         }
@@ -377,7 +386,7 @@ impl Loop {
             return Duration::from_millis(500);
         }
         let mut sleep_for = match self.mode {
-            Mode::Daemon => Duration::from_millis(250),
+            Mode::Daemon => self.engine.config.poll_interval,
             Mode::Single(_) => Duration::from_millis(500),
         };
         if let Some(w) = wake_at {
@@ -408,15 +417,25 @@ impl Loop {
                 Event::Answers(answers)
             }
             Some(()) = inbox.reload.recv() => Event::DagChange,
+            first = next_wake(&mut inbox.wakeups) => {
+                let mut wakes = vec![first];
+                wakes.extend(inbox.wakeups.as_mut().map(Wakeups::drain).unwrap_or_default());
+                Event::Wake(wakes)
+            }
             _ = tokio::time::sleep(sleep_for) => Event::Tick,
         }
     }
 
     /// Event: tries ended. Their runs are planned on this pass, or deferred when the news can
     /// wait and the run was planned a moment ago.
-    fn on_tries_done(&mut self, done: Vec<TryDone>) {
+    async fn on_tries_done(&mut self, done: Vec<TryDone>) {
         self.want_claim = true;
         if !self.duties.plan {
+            // The planners hear of these ends from the wake-up alone.
+            let runs: HashSet<String> = done.into_iter().map(|d| d.run_id).collect();
+            for run_id in runs {
+                self.engine.store.wake(&Wake::Tried(run_id)).await;
+            }
             return;
         }
         let instant = Instant::now();
@@ -433,6 +452,24 @@ impl Loop {
                 None => {
                     self.dirty.insert(ev.run_id);
                 }
+            }
+        }
+    }
+
+    /// Event: another process (or this one) rang. Each wake-up only says where to look; a
+    /// process that does not plan or run tasks ignores what is not its business.
+    fn on_wake(&mut self, wakes: Vec<Wake>) {
+        for w in wakes {
+            if matches!(w, Wake::Ready | Wake::Missed) && self.duties.run_tasks {
+                self.want_claim = true;
+            }
+            match w {
+                Wake::Runs | Wake::Missed if self.duties.plan => self.full_pass = true,
+                Wake::Tried(run_id) if self.duties.plan && mode_accepts(&self.mode, &run_id) => {
+                    self.want_claim = true;
+                    self.dirty.insert(run_id);
+                }
+                _ => {}
             }
         }
     }
@@ -481,6 +518,13 @@ impl Loop {
             let _ = h.await;
         }
         Ok(self.result)
+    }
+}
+
+async fn next_wake(wakeups: &mut Option<Wakeups>) -> Wake {
+    match wakeups {
+        Some(w) => w.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -90,6 +90,9 @@ pub struct EngineConfig {
     pub pools: BTreeMap<String, usize>,
     /// How long a try's lease lasts without a heartbeat.
     pub lease_timeout: Duration,
+    /// How often a daemon reads the database for what no wake-up brought (see
+    /// [`crate::store::Wake`]) and for due times.
+    pub poll_interval: Duration,
     /// Base URL of the web UI, for links in notifications.
     pub base_url: String,
     /// The webhook of `[notifications]`, used when a DAG has no `on_failure` of its own.
@@ -114,6 +117,9 @@ impl EngineConfig {
         self.pools.get(pool).map(|&n| n as i64)
     }
 }
+
+/// flow.toml's default `poll_interval`.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
 
 pub fn default_parallelism() -> usize {
     std::thread::available_parallelism()

@@ -10,7 +10,7 @@ use crate::dag::{Dag, ForEach};
 use crate::notify::{self, RunEnded};
 use crate::plan::{Decision, plan};
 use crate::state::{RunState, TaskState};
-use crate::store::{PlanRows, RunRow};
+use crate::store::{PlanRows, RunRow, Wake};
 
 /// What planning a run left: its state after the decisions (None when the run is gone), and
 /// when it next needs a look by time alone (a retry delay, a sensor's poke).
@@ -49,6 +49,14 @@ impl Engine {
         let snap = crate::executor::plan_snapshot(&run, rows);
         let p = plan(&dag, &snap, &self.secrets, now);
         let applied = self.store.apply(run_id, &p.decisions, now).await?;
+        let queued = p
+            .decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Queue { .. } | Decision::Expand { .. }));
+        if queued && !self.duties.run_tasks {
+            // Workers claim on this rather than on their next poll.
+            self.store.wake(&Wake::Ready).await;
+        }
         let finished = p.decisions.iter().find_map(|d| match d {
             Decision::FinishRun(s) => Some(*s),
             _ => None,
@@ -62,6 +70,7 @@ impl Engine {
                 });
             }
             tracing::info!("run {run_id} ended {state}");
+            self.store.wake(&Wake::Ended(run_id.to_string())).await;
             self.notify(&dag, &run, state, failed);
             return Ok(Planned {
                 state: Some(state),

@@ -21,6 +21,7 @@ mod sql;
 mod tests;
 mod tokens;
 mod tries;
+mod wake;
 
 pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
@@ -39,6 +40,7 @@ pub use tokens::{
 pub use tries::{
     Claim, ClaimBatch, ClaimRequest, Lane, Recorded, TryEnd, TryId, TryRow, TryStore, TryWrite,
 };
+pub use wake::{Wake, Wakeups};
 
 /// The store's traits, for code that calls them on something other than a `dyn Store` (a
 /// `dyn Store` answers every method of its supertraits without them in scope).
@@ -113,6 +115,14 @@ pub trait Store:
     /// The newest migration applied to the database (None before any), for readiness: a
     /// process of an older build than the schema, or a schema behind its build, is not ready.
     async fn schema_version(&self) -> Result<Option<i64>>;
+    /// Tells every process on this database, this one included, that something happened (see
+    /// [`Wake`]). Best effort: a wake-up that cannot be sent is logged, never returned, and its
+    /// receivers find the news on their next poll. The writes other processes must act on
+    /// (creating, clearing and marking runs and tasks, pausing) ring by themselves.
+    async fn wake(&self, wake: &Wake);
+    /// Every wake-up from now on; the first call starts this process's listener and waits a
+    /// few seconds at most for it.
+    async fn wakeups(&self) -> Wakeups;
 }
 
 /// The newest migration this build carries (the two folders hold the same versions).

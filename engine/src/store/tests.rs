@@ -681,3 +681,4 @@ mod plan;
 mod runs;
 mod tokens;
 mod tries;
+mod wake;

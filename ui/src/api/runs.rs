@@ -86,14 +86,27 @@ pub async fn list_runs(
     ))
 }
 
+/// The longest `?wait=` of a run's detail: under the 60 s idle timeout of common balancers.
+const MAX_WAIT_SECS: u64 = 55;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunQuery {
+    /// Hold the answer until the run has ended or this many seconds have passed (0 to 55;
+    /// default 0), then answer the run as it is: a client waits for a run's end without
+    /// polling. The end reaches the server as a wake-up from the scheduler that ended it.
+    pub wait: Option<u64>,
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/runs/{run_id}",
     tag = "runs",
     security(("bearer" = [])),
-    params(("run_id" = String, Path, description = "the run id")),
+    params(("run_id" = String, Path, description = "the run id"), RunQuery),
     responses(
         (status = 200, description = "the run and each task instance, as `flow runs show --json`", body = RunView),
+        (status = 400, description = "a wait past 55 seconds", body = ErrorBody),
         (status = 404, description = "unknown run", body = ErrorBody),
     )
 )]
@@ -101,8 +114,31 @@ pub async fn get_run(
     State(state): State<Arc<AppState>>,
     _: Viewer,
     Path(run_id): Path<String>,
+    Query(q): Query<RunQuery>,
 ) -> Result<axum::Json<Json>, ApiError> {
-    let run = ops::get_run(state.store.as_ref(), &run_id).await?;
+    let wait = q.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::bad_request(format!(
+            "wait must be at most {MAX_WAIT_SECS} seconds, not {wait}"
+        )));
+    }
+    let mut run = ops::get_run(state.store.as_ref(), &run_id).await?;
+    if wait > 0 && !run.state.is_terminal() {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+        // Listening before reading again: an end between the read and the wait is heard.
+        let mut wakeups = state.store.wakeups().await;
+        let ids = [run_id.clone()];
+        loop {
+            run = ops::get_run(state.store.as_ref(), &run_id).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if run.state.is_terminal() || left.is_zero() {
+                break;
+            }
+            wakeups
+                .run_ended(&ids, left.min(std::time::Duration::from_secs(1)))
+                .await;
+        }
+    }
     let tis = state.store.task_instances(&run_id).await?;
     Ok(axum::Json(run_json(&run, Some(&tis), &state.masker)))
 }

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::migrations::{PG_MIGRATIONS, SQLITE_MIGRATIONS};
-use super::{PgStore, SqlStore, SqliteStore};
+use super::{Bell, PgStore, SqlStore, SqliteStore};
 use crate::store::{Result, Store, StoreError};
 
 /// How long a PostgreSQL query waits for a connection before it fails as unreachable.
@@ -119,11 +119,12 @@ impl SqliteStore {
         drop(lock);
         setup?;
         owner_only(opts.get_filename());
+        let bell = Bell::sqlite(opts.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await?;
-        Ok(SqlStore::new(pool))
+        Ok(SqlStore::new(pool, bell))
     }
 }
 
@@ -145,13 +146,14 @@ impl PgStore {
                 PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(PG_ACQUIRE_TIMEOUT)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await?
             }
             Err(e) => return Err(e.into()),
         };
         PG_MIGRATIONS.run(&pool).await?;
-        Ok(SqlStore::new(pool))
+        let bell = Bell::postgres(pool.clone(), opts);
+        Ok(SqlStore::new(pool, bell))
     }
 }
 

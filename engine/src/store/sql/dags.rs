@@ -10,7 +10,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, QueryBuilder, Row, Type};
 use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, Tx, json_text, opt_us, parse_json, parse_state, ts};
 use crate::state::RunState;
-use crate::store::{DagRecord, DagRow, DagSource, DagStore, LastRun, Result, StoreError};
+use crate::store::{DagRecord, DagRow, DagSource, DagStore, LastRun, Result, StoreError, Wake};
 use crate::time::to_micros;
 
 impl<DB> SqlStore<DB>
@@ -204,14 +204,14 @@ where
     }
 
     async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<bool> {
-        let (_writer, mut tx) = self.begin_write().await?;
+        let (writer, mut tx) = self.begin_write().await?;
         let n = sqlx::query("UPDATE dags SET paused = $1 WHERE dag_id = $2")
             .bind(paused)
             .bind(dag_id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        self.commit_and_ring(writer, tx, Wake::Runs).await?;
         Ok(n == 1)
     }
 

@@ -19,6 +19,7 @@ mod plan;
 mod runs;
 mod tokens;
 mod tries;
+mod wake;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,11 +29,12 @@ use serde_json::Value as Json;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, Postgres, Row, Sqlite, Type};
 
 use super::cursor::ClaimCursors;
-use super::{Claim, Result, Store, StoreError};
+use super::{Claim, Result, Store, StoreError, Wake, Wakeups};
 use crate::time::{from_micros, to_micros};
 
 pub use connect::{connect, drop_database};
 use dialect::Dialect;
+use wake::Bell;
 
 /// The store on one database.
 pub(crate) struct SqlStore<DB: sqlx::Database> {
@@ -42,6 +44,8 @@ pub(crate) struct SqlStore<DB: sqlx::Database> {
     cursors: std::sync::Mutex<ClaimCursors>,
     /// The queue of this process's writers; unused where `DB::QUEUE_WRITERS` is false.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Wake-ups to and from the other processes on this database.
+    bell: Bell,
 }
 
 pub(crate) type SqliteStore = SqlStore<Sqlite>;
@@ -53,9 +57,10 @@ type WriteGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
 type Tx<DB> = sqlx::Transaction<'static, DB>;
 
 impl<DB: Dialect> SqlStore<DB> {
-    fn new(pool: sqlx::Pool<DB>) -> SqlStore<DB> {
+    fn new(pool: sqlx::Pool<DB>, bell: Bell) -> SqlStore<DB> {
         SqlStore {
             pool,
+            bell,
             cursors: Default::default(),
             writer: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -72,6 +77,14 @@ impl<DB: Dialect> SqlStore<DB> {
             None => self.pool.begin().await?,
         };
         Ok((guard, tx))
+    }
+
+    /// Commits a write that other processes must act on, then tells them.
+    async fn commit_and_ring(&self, writer: WriteGuard, tx: Tx<DB>, wake: Wake) -> Result<()> {
+        tx.commit().await?;
+        drop(writer);
+        self.bell.ring(&wake).await;
+        Ok(())
     }
 }
 
@@ -106,6 +119,14 @@ where
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    async fn wake(&self, wake: &Wake) {
+        self.bell.ring(wake).await;
+    }
+
+    async fn wakeups(&self) -> Wakeups {
+        self.bell.listen().await
     }
 }
 

@@ -11,7 +11,7 @@ use crate::plan::UNMAPPED;
 use crate::state::{RunState, RunType, TaskState};
 use crate::store::{
     Created, IdempotencyKey, KeyedRun, Mark, NewRun, Result, RunCreate, RunFilter, RunRow,
-    RunStore, StoreError, TiRow,
+    RunStore, StoreError, TiRow, Wake,
 };
 use crate::time::{from_micros, to_micros};
 
@@ -240,11 +240,11 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     async fn create_run(&self, run: &NewRun) -> Result<bool> {
-        let (_writer, mut tx) = self.begin_write().await?;
+        let (writer, mut tx) = self.begin_write().await?;
         if !Self::insert_run(&mut tx, run).await? {
             return Ok(false);
         }
-        tx.commit().await?;
+        self.commit_and_ring(writer, tx, Wake::Runs).await?;
         Ok(true)
     }
 
@@ -254,11 +254,11 @@ where
         key: &str,
         not_before: DateTime<Utc>,
     ) -> Result<KeyedRun> {
-        let (_writer, mut tx) = self.begin_write().await?;
+        let (writer, mut tx) = self.begin_write().await?;
         let created = Self::create_keyed_in(&mut tx, run, key, not_before).await?;
         match created {
             Created::Created => {
-                tx.commit().await?;
+                self.commit_and_ring(writer, tx, Wake::Runs).await?;
                 Ok(KeyedRun::Created)
             }
             Created::Existing(first) => {
@@ -274,12 +274,16 @@ where
     }
 
     async fn create_runs(&self, batch: &[RunCreate]) -> Result<Vec<Created>> {
-        let (_writer, mut tx) = self.begin_write().await?;
+        let (writer, mut tx) = self.begin_write().await?;
         let mut out = Vec::with_capacity(batch.len());
         for c in batch {
             out.push(Self::create_one_in(&mut tx, c).await?);
         }
-        tx.commit().await?;
+        if out.iter().any(|c| matches!(c, Created::Created)) {
+            self.commit_and_ring(writer, tx, Wake::Runs).await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(out)
     }
 
@@ -406,7 +410,7 @@ where
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let _ = now;
-        let (_writer, mut tx) = self.begin_write().await?;
+        let (writer, mut tx) = self.begin_write().await?;
         let n =
             sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1")
                 .bind(run_id)
@@ -427,14 +431,14 @@ where
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit_and_ring(writer, tx, Wake::Runs).await?;
         Ok(true)
     }
 
     async fn mark_task(&self, m: &Mark) -> Result<Option<u64>> {
         let now = to_micros(m.now);
         let error = (m.state == TaskState::Failed).then(|| m.note.clone());
-        let (_writer, mut tx) = self.begin_write().await?;
+        let (writer, mut tx) = self.begin_write().await?;
         let run = sqlx::query("SELECT state FROM dag_runs WHERE run_id = $1")
             .bind(&m.run_id)
             .fetch_optional(&mut *tx)
@@ -479,7 +483,7 @@ where
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit_and_ring(writer, tx, Wake::Runs).await?;
         Ok(Some(changed))
     }
 }
