@@ -24,7 +24,7 @@ pub struct BenchOptions {
 
 pub const WORKLOADS: &[&str] = &["chain40", "fan500", "map10k", "dags1000"];
 
-fn chain40() -> String {
+pub(crate) fn chain40() -> String {
     let mut y = String::from("id: chain40\ntasks:\n");
     for i in 0..40 {
         y.push_str(&format!(
@@ -37,7 +37,7 @@ fn chain40() -> String {
     y
 }
 
-fn fan500() -> String {
+pub(crate) fn fan500() -> String {
     let mut y =
         String::from("id: fan500\ntasks:\n  start: { operator: shell, command: \"true\" }\n");
     for i in 0..500 {
@@ -56,7 +56,7 @@ fn fan500() -> String {
     y
 }
 
-fn map10k() -> String {
+pub(crate) fn map10k() -> String {
     "id: map10k\ntasks:\n  items:\n    operator: shell\n    command: |\n      echo '{\"n\": 10000}' > \"$FLOW_OUTPUT\"\n  each:\n    operator: shell\n    depends_on: [items]\n    for_each: \"{{ range(tasks.items.output.n) | list }}\"\n    command: \"true\"\n".to_string()
 }
 
@@ -127,7 +127,7 @@ fn machine_costs(dir: &Path) -> Result<(f64, f64)> {
     Ok((percentile(&starts, 0.5), percentile(&syncs, 0.5)))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -136,7 +136,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// One run of a workload: wall time, this process's CPU, tasks, task-to-task latencies, backend.
-async fn run_workload(
+pub(crate) async fn run_workload(
     parallelism: usize,
     dir: &Path,
     db_url: &str,
@@ -157,6 +157,7 @@ async fn run_workload(
         parallelism,
         pools: Default::default(),
         lease_timeout: Duration::from_secs(30),
+        poll_interval: flow_engine::scheduler::DEFAULT_POLL,
         base_url: "http://127.0.0.1:8080".into(),
         default_webhook: None,
         remote_logs: None,
@@ -233,6 +234,7 @@ pub async fn load_only(dags: PathBuf, db_url: String) -> Result<u8> {
         parallelism: default_parallelism(),
         pools: Default::default(),
         lease_timeout: Duration::from_secs(30),
+        poll_interval: flow_engine::scheduler::DEFAULT_POLL,
         base_url: String::new(),
         default_webhook: None,
         remote_logs: None,

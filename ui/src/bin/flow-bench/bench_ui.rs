@@ -447,6 +447,7 @@ pub async fn bench_ui(opts: UiBenchOptions) -> Result<u8> {
                 parallelism: 1,
                 pools: Default::default(),
                 lease_timeout: Duration::from_secs(30),
+                poll_interval: flow_engine::scheduler::DEFAULT_POLL,
                 base_url: "http://127.0.0.1:8080".into(),
                 default_webhook: None,
                 remote_logs: None,

@@ -5,6 +5,7 @@
 //! builds both into the same folder).
 
 mod bench;
+mod bench_e2e;
 mod bench_heavy;
 mod bench_ml;
 mod bench_ui;
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Measure scheduling overhead (chain40, fan500, map10k, dags1000) on SQLite and PostgreSQL
     Bench(BenchArgs),
+    /// Measure chain40, fan500 and map10k as a user runs them: `flow trigger W --wait` against a
+    /// scheduler daemon (or a task-less scheduler and --workers workers), beside in-process
+    BenchE2e(E2eArgs),
     /// Measure the web server on a long history (100 runs, then --runs) with wrk
     BenchUi(UiArgs),
     /// Load, validate and record a DAGs folder in a fresh process (dags1000's inner step)
@@ -75,6 +79,45 @@ impl From<BenchArgs> for bench::BenchOptions {
             postgres_url: a.postgres,
             workloads,
             repeats: a.repeats.max(1),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct E2eArgs {
+    /// Also measure on PostgreSQL: two scratch databases on this server, dropped at the end
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Workloads to run (default: chain40, fan500)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Run tasks on this many `flow worker` processes beside a `flow scheduler --no-tasks`
+    /// (default: none, the all-in-one scheduler)
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Tries at once per process (default: 4 x cores, as the scheduler's default)
+    #[arg(long)]
+    parallelism: Option<usize>,
+}
+
+impl From<E2eArgs> for bench_e2e::E2eOptions {
+    fn from(a: E2eArgs) -> Self {
+        let workloads = if a.only.is_empty() {
+            vec!["chain40".into(), "fan500".into()]
+        } else {
+            a.only
+        };
+        bench_e2e::E2eOptions {
+            postgres_url: a.postgres,
+            workloads,
+            repeats: a.repeats.max(1),
+            workers: a.workers,
+            parallelism: a
+                .parallelism
+                .unwrap_or_else(flow_engine::scheduler::default_parallelism)
+                .max(1),
         }
     }
 }
@@ -215,6 +258,7 @@ async fn demo_data(opts: flow_operators::demo::DemoOptions) -> Result<u8> {
 async fn dispatch(command: Command) -> Result<u8> {
     match command {
         Command::Bench(a) => bench::bench(a.into()).await,
+        Command::BenchE2e(a) => bench_e2e::bench_e2e(a.into()).await,
         Command::BenchUi(a) => bench_ui::bench_ui(a.into()).await,
         Command::BenchLoad { dags, database_url } => bench::load_only(dags, database_url).await,
         Command::BenchHeavy(a) => bench_heavy::bench_heavy(a.into()).await,
