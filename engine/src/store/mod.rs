@@ -87,6 +87,18 @@ impl StoreError {
         }
     }
 
+    /// A value the caller gave that the database cannot hold, such as a NUL character
+    /// (PostgreSQL refuses it in text and JSON; SQLite keeps it): the caller's mistake, not
+    /// the database's.
+    pub fn is_bad_text(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("22021" | "22P05"))
+            }
+            _ => false,
+        }
+    }
+
     /// The database cannot be reached, or is going down or coming up (a restart, a failover, a
     /// network cut): worth waiting for, unlike a conflict, which is worth one more go at once.
     pub fn is_unreachable(&self) -> bool {

@@ -110,6 +110,10 @@ impl From<StoreError> for ApiError {
                     "the database is busy or unreachable; try again after the seconds in Retry-After",
                 )
             }
+        } else if e.is_bad_text() {
+            ApiError::bad_request(
+                "a value holds a character the database cannot store (a NUL character)",
+            )
         } else {
             ApiError::internal(e)
         }

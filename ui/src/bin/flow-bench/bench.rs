@@ -135,6 +135,21 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// The engine's settings in every bench: durable commits, no webhook, local logs.
+pub(crate) fn bench_config(home: PathBuf, dags: PathBuf, parallelism: usize) -> EngineConfig {
+    EngineConfig {
+        home,
+        dags_folder: dags,
+        parallelism,
+        pools: Default::default(),
+        lease_timeout: Duration::from_secs(30),
+        poll_interval: flow_engine::scheduler::DEFAULT_POLL,
+        base_url: "http://127.0.0.1:8080".into(),
+        default_webhook: None,
+        remote_logs: None,
+    }
+}
+
 /// One run of a workload: wall time, this process's CPU, tasks, task-to-task latencies, backend.
 pub(crate) async fn run_workload(
     parallelism: usize,
@@ -151,17 +166,7 @@ pub(crate) async fn run_workload(
     std::fs::write(dags.join(format!("{workload}.yaml")), yaml)?;
     let store = flow_engine::store::connect(db_url).await?;
     let backend = store.backend().to_string();
-    let config = EngineConfig {
-        home: dir.join("home"),
-        dags_folder: dags,
-        parallelism,
-        pools: Default::default(),
-        lease_timeout: Duration::from_secs(30),
-        poll_interval: flow_engine::scheduler::DEFAULT_POLL,
-        base_url: "http://127.0.0.1:8080".into(),
-        default_webhook: None,
-        remote_logs: None,
-    };
+    let config = bench_config(dir.join("home"), dags, parallelism);
     let mut engine = Engine::new(
         store.clone(),
         Arc::new(flow_operators::registry(Default::default())),
@@ -228,17 +233,7 @@ fn rss_kib(field: &str) -> Option<u64> {
 pub async fn load_only(dags: PathBuf, db_url: String) -> Result<u8> {
     let store = flow_engine::store::connect(&db_url).await?;
     let home = dags.parent().unwrap_or(Path::new(".")).join("home-load");
-    let config = EngineConfig {
-        home,
-        dags_folder: dags,
-        parallelism: default_parallelism(),
-        pools: Default::default(),
-        lease_timeout: Duration::from_secs(30),
-        poll_interval: flow_engine::scheduler::DEFAULT_POLL,
-        base_url: String::new(),
-        default_webhook: None,
-        remote_logs: None,
-    };
+    let config = bench_config(home, dags, default_parallelism());
     let mut engine = Engine::new(
         store,
         Arc::new(flow_operators::registry(Default::default())),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use flow_engine::scheduler::{Engine, EngineConfig};
+use flow_engine::scheduler::Engine;
 use flow_engine::secrets::Secrets;
 use flow_engine::state::{RunState, RunType, TaskState};
 use flow_engine::store::{HistoryRun, HistoryTask, Role, RunRow, Store, TryRow};
@@ -441,17 +441,7 @@ pub async fn bench_ui(opts: UiBenchOptions) -> Result<u8> {
         let mut engine = Engine::new(
             store.clone(),
             Arc::new(flow_operators::registry(Default::default())),
-            EngineConfig {
-                home: home.clone(),
-                dags_folder: dags.clone(),
-                parallelism: 1,
-                pools: Default::default(),
-                lease_timeout: Duration::from_secs(30),
-                poll_interval: flow_engine::scheduler::DEFAULT_POLL,
-                base_url: "http://127.0.0.1:8080".into(),
-                default_webhook: None,
-                remote_logs: None,
-            },
+            super::bench::bench_config(home.clone(), dags.clone(), 1),
             Secrets::default(),
         );
         engine.reload_dags().await?;
