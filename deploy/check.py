@@ -556,6 +556,8 @@ def check_entrypoint() -> None:
             "FLOW_DB_PORT": "5433",
             "FLOW_DB_USER": "flow user",
             "FLOW_DB_PASSWORD": password,
+            "FLOW_DB_SSLMODE": "verify-full",
+            "FLOW_DB_SSLROOTCERT": "/opt/flow/rds ca.pem",
         }
         out = subprocess.run(
             ["sh", str(ROOT / "deploy/docker/entrypoint.sh"), "scheduler", "--no-tasks", "two words"],
@@ -570,13 +572,14 @@ def check_entrypoint() -> None:
         url = seen["env"].get("FLOW_DATABASE_URL", "")
         parts = urllib.parse.urlsplit(url)
         R.check(
-            "entrypoint.sh: composes FLOW_DATABASE_URL, user and password percent-encoded",
+            "entrypoint.sh: composes FLOW_DATABASE_URL, user, password and TLS settings percent-encoded",
             parts.scheme == "postgres"
             and urllib.parse.unquote(parts.username or "") == "flow user"
             and urllib.parse.unquote(parts.password or "") == password
             and parts.hostname == "db.internal"
             and parts.port == 5433
-            and parts.path == "/flow",
+            and parts.path == "/flow"
+            and urllib.parse.parse_qs(parts.query) == {"sslmode": ["verify-full"], "sslrootcert": ["/opt/flow/rds ca.pem"]},
             url,
         )
         leaked = sorted(k for k in seen["env"] if k.startswith("FLOW_DB_") or k == "FLOW_CONFIG_TOML")
@@ -863,6 +866,11 @@ def check_cloudformation(cli: Cli, docker: dict) -> tuple[list[list[str]], str]:
                 f"flow.yaml {td}: the database from FLOW_DB_* (the entrypoint's)",
                 {"FLOW_DB_HOST", "FLOW_DB_PORT", "FLOW_DB_NAME"} <= set(env) and {"FLOW_DB_USER", "FLOW_DB_PASSWORD"} <= set(names),
             )
+            R.check(
+                f"flow.yaml {td}: the database connection is TLS (FLOW_DB_SSLMODE require or verify-*)",
+                env.get("FLOW_DB_SSLMODE") in ("require", "verify-ca", "verify-full"),
+                str(env.get("FLOW_DB_SSLMODE")),
+            )
             if "FLOW_CONFIG_TOML" in env:
                 tomls.add(json.dumps(env["FLOW_CONFIG_TOML"], sort_keys=True))
     R.check("flow.yaml: scheduler --no-tasks, worker and server task definitions", {"scheduler", "worker", "server"} <= set(by_role) and ["scheduler", "--no-tasks"] in commands, str(commands))
@@ -962,6 +970,15 @@ def check_cloudformation(cli: Cli, docker: dict) -> tuple[list[list[str]], str]:
             r.get("FromPort") == r.get("ToPort") == 5432 and refs(r.get("SourceSecurityGroupId", {})) <= (server_sg | sched_sg | worker_sg) and "CidrIp" not in r
             for sg in db_sg
             for r in ingress(sg)
+        ),
+    )
+    groups = {n: r for n, r in res.items() if r["Type"] == "AWS::RDS::DBParameterGroup"}
+    R.check(
+        "flow.yaml: the database refuses plain connections (rds.force_ssl 1)",
+        bool(dbs)
+        and all(
+            str(groups.get(next(iter(refs(d["Properties"].get("DBParameterGroupName", {}))), ""), {}).get("Properties", {}).get("Parameters", {}).get("rds.force_ssl")) == "1"
+            for d in dbs.values()
         ),
     )
     R.check(

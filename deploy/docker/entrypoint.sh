@@ -12,6 +12,9 @@
 #                      FLOW_DATABASE_URL when that is not set, with the user and the password
 #                      percent-encoded, so that a password held in Secrets Manager may hold any
 #                      character. flow masks the URL's password in everything it writes.
+#   FLOW_DB_SSLMODE    with FLOW_DB_HOST: the URL's sslmode (disable, prefer, require,
+#                      verify-ca, verify-full); FLOW_DB_SSLROOTCERT: the CA file that verify-*
+#                      checks the server's certificate against (for RDS, Amazon's bundle).
 #
 # These variables are removed from the environment before flow starts. (Tasks never see any
 # FLOW_* variable anyway: flow starts them without, SECURITY.md rule 4.)
@@ -54,9 +57,17 @@ if [ -z "${FLOW_DATABASE_URL:-}" ] && [ -n "${FLOW_DB_HOST:-}" ]; then
   db_user=$(LC_ALL=C && export LC_ALL && urlencode "$FLOW_DB_USER")
   db_password=$(LC_ALL=C && export LC_ALL && urlencode "$FLOW_DB_PASSWORD")
   FLOW_DATABASE_URL="postgres://$db_user:$db_password@$FLOW_DB_HOST:${FLOW_DB_PORT:-5432}/${FLOW_DB_NAME:-flow}"
+  sep='?'
+  if [ -n "${FLOW_DB_SSLMODE:-}" ]; then
+    FLOW_DATABASE_URL="$FLOW_DATABASE_URL${sep}sslmode=$(LC_ALL=C && export LC_ALL && urlencode "$FLOW_DB_SSLMODE")"
+    sep='&'
+  fi
+  if [ -n "${FLOW_DB_SSLROOTCERT:-}" ]; then
+    FLOW_DATABASE_URL="$FLOW_DATABASE_URL${sep}sslrootcert=$(LC_ALL=C && export LC_ALL && urlencode "$FLOW_DB_SSLROOTCERT")"
+  fi
   export FLOW_DATABASE_URL
-  unset db_user db_password
+  unset db_user db_password sep
 fi
-unset FLOW_DB_HOST FLOW_DB_PORT FLOW_DB_NAME FLOW_DB_USER FLOW_DB_PASSWORD
+unset FLOW_DB_HOST FLOW_DB_PORT FLOW_DB_NAME FLOW_DB_USER FLOW_DB_PASSWORD FLOW_DB_SSLMODE FLOW_DB_SSLROOTCERT
 
 exec flow "$@"

@@ -679,6 +679,7 @@ mod history;
 mod keys;
 mod plan;
 mod runs;
+mod tls;
 mod tokens;
 mod tries;
 mod wake;

@@ -19,10 +19,19 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        use_ring_for_tls();
         Ok(Arc::new(PgStore::connect(url).await?))
     } else {
         Err(StoreError::BadUrl(url.to_string()))
     }
+}
+
+/// sqlx's TLS hands rustls the ring provider for the handshake, but rustls's certificate
+/// verifier takes the process's default one, which rustls cannot choose by itself once the AWS
+/// SDK has compiled in aws-lc-rs as well: it would panic at the first `verify-*` connection.
+fn use_ring_for_tls() {
+    // Err: a provider is installed already (by us, or by another part of the process).
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Drops the PostgreSQL database a URL names (for scratch databases such as the UI
