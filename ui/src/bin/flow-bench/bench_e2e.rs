@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
 
-use super::bench::{chain40, fan500, map10k, percentile, run_workload};
+use super::bench::{percentile, run_dag, run_workload};
 use super::flow_exe;
 
 pub struct E2eOptions {
@@ -24,18 +24,6 @@ pub struct E2eOptions {
 }
 
 pub const WORKLOADS: &[&str] = &["chain40", "fan500", "map10k"];
-
-fn yaml_of(workload: &str) -> Result<(&'static str, String)> {
-    Ok(match workload {
-        "chain40" => ("chain40", chain40()),
-        "fan500" => ("fan500", fan500()),
-        "map10k" => ("map10k", map10k()),
-        other => bail!(
-            "unknown workload '{other}' (known: {})",
-            WORKLOADS.join(", ")
-        ),
-    })
-}
 
 /// The daemons of one measurement, stopped (SIGTERM, then waited for) when dropped.
 struct Cluster {
@@ -70,13 +58,19 @@ struct Site {
 }
 
 impl Site {
-    fn command(&self, home: &str, args: &[&str]) -> Result<Command> {
+    /// A process's home with its flow.toml, made before anything is timed.
+    fn make_home(&self, home: &str) -> Result<()> {
         let home = self.dir.join(home);
         std::fs::create_dir_all(&home)?;
         std::fs::write(
             home.join("flow.toml"),
             format!("parallelism = {}\n", self.parallelism),
         )?;
+        Ok(())
+    }
+
+    fn command(&self, home: &str, args: &[&str]) -> Result<Command> {
+        let home = self.dir.join(home);
         let mut cmd = Command::new(flow_exe()?);
         cmd.args(args)
             .env("FLOW_HOME", &home)
@@ -92,6 +86,8 @@ impl Site {
         let log = |name: &str| -> Result<std::fs::File> {
             Ok(std::fs::File::create(self.dir.join(format!("{name}.log")))?)
         };
+        self.make_home("home-cli")?;
+        self.make_home("home-scheduler")?;
         let mut children = Vec::new();
         let scheduler: &[&str] = if workers == 0 {
             &["scheduler"]
@@ -106,6 +102,7 @@ impl Site {
         );
         for i in 0..workers {
             let name = format!("worker{i}");
+            self.make_home(&format!("home-{name}"))?;
             children.push(
                 self.command(&format!("home-{name}"), &["worker"])?
                     .stderr(log(&name)?)
@@ -150,7 +147,12 @@ async fn measure(
     urls: &Urls,
     workload: &str,
 ) -> Result<()> {
-    let (name, yaml) = yaml_of(workload)?;
+    let (name, yaml) = run_dag(workload).with_context(|| {
+        format!(
+            "unknown workload '{workload}' (known: {})",
+            WORKLOADS.join(", ")
+        )
+    })?;
     let inproc_dir = scratch.join(format!("inproc-{backend}-{name}"));
     std::fs::create_dir_all(&inproc_dir)?;
     let mut inproc = Vec::new();
