@@ -431,27 +431,40 @@ impl Loop {
     async fn on_tries_done(&mut self, done: Vec<TryDone>) {
         self.want_claim = true;
         if !self.duties.plan {
-            // The planners hear of these ends from the wake-up alone.
-            let runs: HashSet<String> = done.into_iter().map(|d| d.run_id).collect();
-            for run_id in runs {
-                self.engine.store.wake(&Wake::Tried(run_id)).await;
+            // The planners hear of these ends from the wake-up alone: one per run, urgent if
+            // any of its ends may have made a task runnable.
+            let mut urgent: HashMap<String, bool> = HashMap::new();
+            for d in done {
+                *urgent.entry(d.run_id).or_default() |= !d.can_wait;
+            }
+            for (run_id, urgent) in urgent {
+                let wake = match urgent {
+                    true => Wake::Tried(run_id),
+                    false => Wake::Settled(run_id),
+                };
+                self.engine.store.wake(&wake).await;
             }
             return;
         }
-        let instant = Instant::now();
         for ev in done {
-            let due = self
-                .last_planned
-                .get(&ev.run_id)
-                .map(LastPlan::next_due)
-                .filter(|due| *due > instant);
-            match due.filter(|_| ev.can_wait && !self.dirty.contains(&ev.run_id)) {
-                Some(due) => {
-                    self.deferred.entry(ev.run_id).or_insert(due);
-                }
-                None => {
-                    self.dirty.insert(ev.run_id);
-                }
+            self.try_ended(ev.run_id, ev.can_wait);
+        }
+    }
+
+    /// A try of `run_id` ended, here or on a worker: plan the run on this pass, or put it off
+    /// when the news can wait and the run was planned a moment ago.
+    fn try_ended(&mut self, run_id: String, can_wait: bool) {
+        let due = self
+            .last_planned
+            .get(&run_id)
+            .map(LastPlan::next_due)
+            .filter(|due| *due > Instant::now());
+        match due.filter(|_| can_wait && !self.dirty.contains(&run_id)) {
+            Some(due) => {
+                self.deferred.entry(run_id).or_insert(due);
+            }
+            None => {
+                self.dirty.insert(run_id);
             }
         }
     }
@@ -467,7 +480,11 @@ impl Loop {
                 Wake::Runs | Wake::Missed if self.duties.plan => self.full_pass = true,
                 Wake::Tried(run_id) if self.duties.plan && mode_accepts(&self.mode, &run_id) => {
                     self.want_claim = true;
-                    self.dirty.insert(run_id);
+                    self.try_ended(run_id, false);
+                }
+                Wake::Settled(run_id) if self.duties.plan && mode_accepts(&self.mode, &run_id) => {
+                    self.want_claim = true;
+                    self.try_ended(run_id, true);
                 }
                 _ => {}
             }

@@ -20,6 +20,11 @@ pub enum Wake {
     Ready,
     /// A try of this run ended on a process that does not plan: planners plan the run.
     Tried(String),
+    /// Tries of this run ended on a process that does not plan, and none of those ends can by
+    /// itself make another task runnable (mapped instances, or tasks whose downstream tasks
+    /// wait for other upstreams too): planners may put planning the run off for a moment and
+    /// share one plan among many such ends, as they do for their own tries.
+    Settled(String),
     /// This run ended.
     Ended(String),
     /// Wake-ups may have been lost (the receiver fell behind, or its listener reconnected):
@@ -34,6 +39,7 @@ impl Wake {
             Wake::Runs => "runs".into(),
             Wake::Ready => "ready".into(),
             Wake::Tried(run) => format!("tried:{run}"),
+            Wake::Settled(run) => format!("settled:{run}"),
             Wake::Ended(run) => format!("ended:{run}"),
             Wake::Missed => "missed".into(),
         }
@@ -50,6 +56,7 @@ impl Wake {
             ("ready", None) => Some(Wake::Ready),
             ("missed", None) => Some(Wake::Missed),
             ("tried", Some(run)) => Some(Wake::Tried(run)),
+            ("settled", Some(run)) => Some(Wake::Settled(run)),
             ("ended", Some(run)) => Some(Wake::Ended(run)),
             _ => None,
         }
@@ -111,6 +118,7 @@ mod tests {
             Wake::Ready,
             Wake::Missed,
             Wake::Tried("manual__2026-01-01T00:00:00+00:00".into()),
+            Wake::Settled("scheduled__x".into()),
             Wake::Ended("a:b".into()),
         ] {
             assert_eq!(Wake::decode(&w.encode()), Some(w));
