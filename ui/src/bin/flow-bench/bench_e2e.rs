@@ -139,7 +139,7 @@ fn median_secs(mut d: Vec<Duration>) -> (f64, f64, f64) {
     (secs[0], percentile(&secs, 0.5), secs[secs.len() - 1])
 }
 
-/// One workload on one database: the in-process figure, then the daemon's.
+/// One workload on one database: the in-process figure and the daemons', measured in turns.
 async fn measure(
     opts: &E2eOptions,
     scratch: &Path,
@@ -155,12 +155,6 @@ async fn measure(
     })?;
     let inproc_dir = scratch.join(format!("inproc-{backend}-{name}"));
     std::fs::create_dir_all(&inproc_dir)?;
-    let mut inproc = Vec::new();
-    for _ in 0..opts.repeats {
-        let (wall, ..) =
-            run_workload(opts.parallelism, &inproc_dir, &urls.inproc, name, &yaml).await?;
-        inproc.push(wall);
-    }
     let site = Site {
         dir: scratch.join(format!("e2e-{backend}-{name}")),
         url: urls.daemon.clone(),
@@ -178,8 +172,12 @@ async fn measure(
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let mut e2e = Vec::new();
+    // In turns, so that a slow minute of the machine weighs on both figures alike.
+    let (mut inproc, mut e2e) = (Vec::new(), Vec::new());
     for _ in 0..opts.repeats {
+        let (wall, ..) =
+            run_workload(opts.parallelism, &inproc_dir, &urls.inproc, name, &yaml).await?;
+        inproc.push(wall);
         e2e.push(site.trigger(name).await?);
     }
     drop(cluster);
