@@ -47,6 +47,13 @@ testbed_install() {
     fi
   done
   export FLOW_TEST_CFN_LINT="$testbed_dir/deploy/bin/cfn-lint"
+  # flow's traces and metrics checked by a real OTLP receiver (tests/testbed/otlp_receiver.py, on
+  # the official protobuf classes) and a real Prometheus text parser (tests/e2e/telemetry.rs).
+  if ! "$testbed_dir/otel/bin/python" -c 'import opentelemetry.proto, prometheus_client' 2>/dev/null; then
+    python3 -m venv "$testbed_dir/otel"
+    "$testbed_dir/otel/bin/pip" install -q --disable-pip-version-check 'opentelemetry-proto==1.*' 'prometheus-client==0.*'
+  fi
+  export FLOW_TEST_OTEL_PYTHON="$testbed_dir/otel/bin/python"
   export PYSPARK_PYTHON="$testbed_dir/spark/bin/python"
   # spark-submit puts $SPARK_HOME/python on the driver's PYTHONPATH, so any python3 runs a job.
   SPARK_HOME="$("$testbed_dir/spark/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"

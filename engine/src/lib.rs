@@ -36,6 +36,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod template;
 pub mod time;
 pub mod yaml;

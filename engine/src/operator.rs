@@ -117,6 +117,9 @@ pub struct TaskContext {
     /// Fires when the scheduler shuts down cleanly. The try's future is then dropped and the try
     /// requeued; an operator whose work runs elsewhere leaves it running for the next try.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The W3C trace context of the try's span when traces are exported: processes the
+    /// operator starts get it as `TRACEPARENT`, a Spark step as a conf.
+    pub traceparent: Option<String>,
 }
 
 /// Commits a reference to external work; answers whether it was recorded under the try's lease.
@@ -141,6 +144,10 @@ impl TaskContext {
         ];
         if let Some(i) = self.map_index {
             env.push(("FLOW_MAP_INDEX".to_string(), i.to_string()));
+        }
+        if let Some(tp) = &self.traceparent {
+            // The OpenTelemetry convention for trace context in a child's environment.
+            env.push(("TRACEPARENT".to_string(), tp.clone()));
         }
         for name in &self.named_secrets {
             if let Some(value) = self.secrets.get(name) {

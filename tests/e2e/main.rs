@@ -25,6 +25,7 @@ mod run;
 mod schedulers;
 mod schemathesis;
 mod security;
+mod telemetry;
 mod tokens;
 mod wakeups;
 mod workers;

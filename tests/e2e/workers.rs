@@ -9,10 +9,24 @@ use crate::harness::*;
 
 /// `flow worker` with its own home and a DAGs folder that does not exist.
 pub(crate) fn spawn_worker(env: &Env, home: &std::path::Path) -> Child {
-    spawn_worker_with(env, home, &[])
+    spawn_worker_with(env, home, &[], &[])
 }
 
-fn spawn_worker_with(env: &Env, home: &std::path::Path, args: &[&str]) -> Child {
+/// [`spawn_worker`] with more variables in its environment.
+pub(crate) fn spawn_worker_env(
+    env: &Env,
+    home: &std::path::Path,
+    vars: &[(&'static str, String)],
+) -> Child {
+    spawn_worker_with(env, home, &[], vars)
+}
+
+fn spawn_worker_with(
+    env: &Env,
+    home: &std::path::Path,
+    args: &[&str],
+    vars: &[(&'static str, String)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -23,6 +37,7 @@ fn spawn_worker_with(env: &Env, home: &std::path::Path, args: &[&str]) -> Child 
     env.command(&argv)
         .env("FLOW_HOME", home)
         .env("FLOW_DAGS_FOLDER", env.path("no-such-folder"))
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -180,7 +195,7 @@ fn a_task_of_a_queue_runs_only_on_a_worker_of_that_queue() {
         );
 
         let gpu_home = env.path("worker-gpu");
-        let gpu = spawn_worker_with(&env, &gpu_home, &["--queue", "gpu"]);
+        let gpu = spawn_worker_with(&env, &gpu_home, &["--queue", "gpu"], &[]);
         let run = env.wait_run(&run_id, Duration::from_secs(60));
         assert_eq!(run["state"], "success", "{db:?}: {run:#}");
         assert_eq!(logged_tasks(&gpu_home), ["fit"], "{db:?}");

@@ -33,6 +33,24 @@ pub struct Global {
     /// Web server address
     #[arg(long, env = "FLOW_BIND", global = true)]
     pub bind: Option<String>,
+    /// How log lines on stderr look: text for people, json (one object per line, with trace
+    /// and span ids) for log shippers
+    #[arg(
+        long,
+        env = "FLOW_LOG_FORMAT",
+        global = true,
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: LogFormat,
+}
+
+/// See [`Global::log_format`].
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,7 @@ use flow_engine::store::Store;
 use crate::cli::Global;
 use crate::config::{Given, Settings, resolve};
 use crate::ops;
+use crate::telemetry::{Reporting, Telemetry};
 
 /// An input or usage error: exit code 2, one line.
 #[derive(Debug)]
@@ -124,22 +125,26 @@ pub(crate) async fn engine(ctx: &Ctx) -> Result<Engine> {
     Ok(engine)
 }
 
-/// A binary's process around its command: logs on stderr (filtered by `FLOW_LOG`), a tokio
-/// runtime, and the command's error as an exit code (2 for a [`Usage`] error, 1 for any other),
-/// each message prefixed with the binary's `name`.
+/// A binary's process around its command: logs on stderr (filtered by `FLOW_LOG`, shaped by
+/// `reporting`), traces when an OTLP endpoint is set, a tokio runtime, and the command's error as
+/// an exit code (2 for a [`Usage`] error, 1 for any other), each message prefixed with the
+/// binary's `name`.
 pub fn run_process(
+    name: &str,
+    reporting: &Reporting,
+    command: impl std::future::Future<Output = Result<u8>>,
+) -> std::process::ExitCode {
+    let telemetry = Telemetry::install(reporting);
+    let code = run_command(name, command);
+    telemetry.shutdown();
+    code
+}
+
+fn run_command(
     name: &str,
     command: impl std::future::Future<Output = Result<u8>>,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOW_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -19,5 +19,6 @@ mod progress;
 pub mod render;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 mod tokens;
 pub mod web;

@@ -14,6 +14,7 @@ use flow_engine::scheduler::{self, DagCatalog, EngineError};
 use flow_engine::secrets::Masker;
 use flow_engine::state::TaskState;
 use flow_engine::store::{DagRow, Mark, RunRow, Store, StoreError, TiRow, TryRow};
+use flow_engine::telemetry::RunTrace;
 use flow_engine::time::now;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,8 @@ pub struct LogTarget {
     /// Its name under `[logs] remote`, read when this host has no file of it.
     pub key: String,
     pub remote: Option<Arc<dyn LogArchive>>,
+    /// The run's trace id, which the log's header names.
+    pub trace_id: String,
 }
 
 /// Where logs are read: this host's `$FLOW_HOME/logs`, then `[logs] remote` when set.
@@ -174,6 +177,7 @@ pub async fn log_target(
         remote: roots.remote.cloned(),
         ti: ti.clone(),
         try_number: n,
+        trace_id: RunTrace::of_run(&run).trace_id.to_string(),
     })
 }
 
@@ -317,6 +321,7 @@ fn told_from_record(
                 t.try_number,
                 &ti.run_id,
                 t.started_at,
+                &target.trace_id,
                 succeeded,
             );
             text.get(offset as usize..).unwrap_or_default().to_string()

@@ -55,6 +55,9 @@ pub struct RunView {
     pub queued_at: String,
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
+    /// The OpenTelemetry trace id of the run's trace (32 hex digits), the same in every try's
+    /// log header; the trace exists where an OTLP endpoint was set.
+    pub trace_id: String,
     /// Left out of lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<TaskView>>,
@@ -165,6 +168,9 @@ pub fn run_json(r: &RunRow, tasks: Option<&[TiRow]>, masker: &Masker) -> Json {
         queued_at: rfc3339(r.queued_at),
         started_at: ts(r.started_at),
         ended_at: ts(r.ended_at),
+        trace_id: flow_engine::telemetry::RunTrace::of_run(r)
+            .trace_id
+            .to_string(),
         tasks: tasks.map(|tasks| tasks.iter().map(task_view).collect()),
     };
     masked(&view, masker)

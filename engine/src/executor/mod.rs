@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::dag::{Dag, Task};
 use crate::log::{LOG_SUCCEEDED, LogSink, RemoteLogs, Shipping, log_header, log_key};
@@ -30,6 +31,7 @@ use crate::secrets::Secrets;
 use crate::state::TaskState;
 use crate::store::group_commit::{Handover, Recorder};
 use crate::store::{Claim, RunRow, Store, TiRow, TryEnd, TryWrite};
+use crate::telemetry::{self, RunTrace, TrySpan};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -63,7 +65,6 @@ pub(crate) async fn run_try(
     run: &RunRow,
     handover: Option<Handover>,
 ) -> (Option<TaskState>, bool) {
-    let masker = env.secrets.masker();
     let Some(task) = dag.task(&claim.task_id) else {
         // The run's DAG version always has its tasks; reaching this is a bug.
         return finish(
@@ -81,6 +82,38 @@ pub(crate) async fn run_try(
         )
         .await;
     };
+    let span = TrySpan {
+        run,
+        task_id: &task.id,
+        map_index: claim.map_index,
+        try_number: claim.try_number,
+        operator: &task.operator,
+        queue: &task.queue,
+        pool: &task.pool,
+    }
+    .start();
+    let (state, handed_over) = run_task(env, claim, dag, task, run, handover)
+        .instrument(span.clone())
+        .await;
+    let name = state.map_or("lost", TaskState::as_str);
+    let failed = !matches!(
+        state,
+        Some(TaskState::Success | TaskState::Skipped | TaskState::Queued)
+    );
+    telemetry::try_ended(&span, name, failed);
+    (state, handed_over)
+}
+
+/// [`run_try`] once its task is known, inside the try's span.
+async fn run_task(
+    env: &TryEnv,
+    claim: &Claim,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    handover: Option<Handover>,
+) -> (Option<TaskState>, bool) {
+    let masker = env.secrets.masker();
     let key = log_key(
         &dag.id,
         &run.run_id,
@@ -89,7 +122,14 @@ pub(crate) async fn run_try(
         claim.try_number,
     );
     let path = env.home.join("logs").join(&key);
-    let header = log_header(&task.id, claim.try_number, &run.run_id, claim.started_at);
+    let trace_id = RunTrace::of_run(run).trace_id.to_string();
+    let header = log_header(
+        &task.id,
+        claim.try_number,
+        &run.run_id,
+        claim.started_at,
+        &trace_id,
+    );
     let log = match LogSink::create(&path, &header, masker.clone()).await {
         Ok(l) => l,
         Err(e) => {
@@ -184,6 +224,7 @@ async fn execute(
         external: claim.external.clone(),
         on_external: Some(external_recorder(env.recorder.clone(), claim.clone())),
         shutdown: env.shutdown.clone(),
+        traceparent: telemetry::traceparent(),
     };
     // The process group is noted before the task's command may start its work, so that a
     // scheduler that finds this try orphaned can always stop it (see `PidJournal`).

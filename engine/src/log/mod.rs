@@ -52,9 +52,10 @@ pub(crate) fn log_header(
     try_number: i64,
     run_id: &str,
     started_at: chrono::DateTime<chrono::Utc>,
+    trace_id: &str,
 ) -> String {
     format!(
-        "flow: task {task_id} try {try_number} of run {run_id} started at {}",
+        "flow: task {task_id} try {try_number} of run {run_id} started at {}, trace {trace_id}",
         crate::time::rfc3339(started_at)
     )
 }
@@ -157,9 +158,10 @@ pub fn from_record(
     try_number: i64,
     run_id: &str,
     started_at: chrono::DateTime<chrono::Utc>,
+    trace_id: &str,
     succeeded: bool,
 ) -> String {
-    let mut text = log_header(task_id, try_number, run_id, started_at);
+    let mut text = log_header(task_id, try_number, run_id, started_at, trace_id);
     text.push('\n');
     if succeeded {
         text.push_str(LOG_SUCCEEDED);

@@ -70,6 +70,7 @@ impl Engine {
                 });
             }
             tracing::info!("run {run_id} ended {state}");
+            crate::telemetry::run_ended(&run, state, now);
             self.store.wake(&Wake::Ended(run_id.to_string())).await;
             self.notify(&dag, &run, state, failed);
             return Ok(Planned {

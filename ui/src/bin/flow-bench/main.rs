@@ -269,7 +269,11 @@ async fn dispatch(command: Command) -> Result<u8> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    flow_ui::context::run_process("flow-bench", dispatch(cli.command))
+    let reporting = flow_ui::telemetry::Reporting {
+        log_format: flow_ui::cli::LogFormat::Text,
+        service: "flow-bench".into(),
+    };
+    flow_ui::context::run_process("flow-bench", &reporting, dispatch(cli.command))
 }
 
 #[cfg(test)]
