@@ -28,6 +28,7 @@ pub mod dag;
 pub mod executor;
 pub mod keys;
 pub mod log;
+pub mod metrics;
 pub mod notify;
 pub mod operator;
 pub mod plan;

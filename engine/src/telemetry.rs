@@ -30,8 +30,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::state::RunState;
 use crate::store::RunRow;
 
-/// The instrumentation scope of flow's own spans.
-pub const SCOPE: &str = "flow";
+use crate::metrics;
+
+pub use crate::metrics::SCOPE;
 
 /// The ids of a run's span, the same in every process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,10 @@ pub fn run_ended(run: &RunRow, state: RunState, ended_at: DateTime<Utc>) {
         _ => Status::error(format!("run {state}")),
     });
     span.end_with_timestamp(SystemTime::from(ended_at));
+    let took = run
+        .started_at
+        .and_then(|started| (ended_at - started).to_std().ok());
+    metrics::metrics().run_ended(&run.dag_id, state.as_str(), took);
 }
 
 /// What a try's span says about it.

@@ -529,6 +529,7 @@ fn openapi_documents_every_route_and_its_answers() {
         ("get", "/api/v1/models"),
         ("get", "/api/v1/models/{model}"),
         ("post", "/api/v1/models/{model}/versions/{version}/promote"),
+        ("get", "/metrics"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -585,7 +586,7 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 19, "every documented operation was called");
+    assert_eq!(called, 20, "every documented operation was called");
     // The registry's pages, beside its routes.
     let page = |path: &str| {
         ureq::get(format!("{}{path}", server.base))

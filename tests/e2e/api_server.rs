@@ -220,10 +220,16 @@ pub(crate) fn request(
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
+    let plain = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or_default().starts_with("text/plain"));
     let text = response.body_mut().read_to_string().unwrap();
-    // 204 No Content has no body at all.
+    // 204 No Content has no body at all; `/metrics` answers Prometheus text.
     let body = if status == 204 && text.is_empty() {
         Json::Null
+    } else if plain {
+        Json::String(text)
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("{method} {path}: {status} answer is not JSON ({e}): {text}")

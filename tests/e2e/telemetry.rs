@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use crate::api_server::{Server, token};
 use crate::harness::*;
 use crate::workers::spawn_worker_env;
 
@@ -246,4 +247,158 @@ fn json_logs_are_one_object_a_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The Prometheus text of `GET /metrics`, parsed by prometheus-client's own parser: a sample
+/// per line as `[name, labels, value]`.
+fn scrape(server: &Server, token: &str) -> Vec<(String, Json, f64)> {
+    let text = ureq::get(format!("{}/metrics", server.base))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .expect("GET /metrics answers 200")
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let python = std::env::var("FLOW_TEST_OTEL_PYTHON").unwrap();
+    let parse = "import json, sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = [[s.name, s.labels, s.value] for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))";
+    let mut child = Command::new(python)
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus-client cannot parse /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples: Vec<(String, Json, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    samples
+}
+
+fn sample(samples: &[(String, Json, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l[*k] == *v))
+        .map(|(_, _, v)| *v)
+}
+
+/// `flow standalone` answers `GET /metrics` with a viewer token: its runs, tries and requests,
+/// and the database's queues, in text a real Prometheus parser reads.
+#[test]
+fn metrics_are_prometheus_text_behind_a_token() {
+    each_db(|env, db| {
+        if Receiver::start(&env).is_none() {
+            return;
+        }
+        env.dag("traced.yaml", DAG);
+        env.dag(
+            "stuck.yaml",
+            "id: stuck\ntasks:\n  a: { operator: shell, command: 'true', pool: nowhere }\n",
+        );
+        env.config("[pools]\nnowhere = 0\n");
+        let server = Server::start(&env, "standalone");
+        let viewer = token(&env, "scraper", "viewer");
+        let run_id = env.flow_ok(&["trigger", "traced", "--wait"], 0);
+        let stuck = env.flow_ok(&["trigger", "stuck"], 0);
+        server.wait_run(&viewer, stuck.trim(), Duration::from_secs(30), |run| {
+            task(run, "a", None)["state"] == "queued"
+        });
+
+        let samples = scrape(&server, &viewer);
+        let s = |name: &str, labels: &[(&str, &str)]| sample(&samples, name, labels);
+        assert_eq!(
+            s(
+                "flow_runs_ended_total",
+                &[("dag_id", "traced"), ("state", "success")]
+            ),
+            Some(1.0),
+            "{db:?}: {samples:#?}"
+        );
+        assert_eq!(
+            s(
+                "flow_tries_ended_total",
+                &[
+                    ("dag_id", "traced"),
+                    ("operator", "shell"),
+                    ("state", "success")
+                ]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            s(
+                "flow_try_duration_seconds_count",
+                &[
+                    ("dag_id", "traced"),
+                    ("task_id", "load"),
+                    ("state", "success")
+                ]
+            ),
+            Some(1.0)
+        );
+        assert!(s("flow_scheduler_pass_duration_seconds_count", &[]).unwrap_or(0.0) > 0.0);
+        assert!(
+            s(
+                "flow_scheduling_delay_seconds_count",
+                &[("pool", "default")]
+            )
+            .unwrap_or(0.0)
+                >= 2.0
+        );
+        // The database's activity: the stuck run waits in its empty pool.
+        assert_eq!(
+            s(
+                "flow_runs_active",
+                &[("dag_id", "stuck"), ("state", "running")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(s("flow_pool_queued", &[("pool", "nowhere")]), Some(1.0));
+        assert!(
+            s(
+                "flow_pool_oldest_queued_age_seconds",
+                &[("pool", "nowhere")]
+            )
+            .is_some()
+        );
+        // This scrape's own request is not counted yet; the polls of the stuck run are.
+        assert!(
+            s(
+                "flow_api_request_duration_seconds_count",
+                &[
+                    ("route", "/api/v1/runs/{run_id}"),
+                    ("method", "GET"),
+                    ("status", "200")
+                ]
+            )
+            .unwrap_or(0.0)
+                > 0.0,
+            "{samples:#?}"
+        );
+        let run = env.flow_json(&["runs", "show", run_id.trim(), "--json"], 0);
+        assert_eq!(run["state"], "success", "{run:#}");
+
+        // No token, no metrics.
+        let anonymous = ureq::get(format!("{}/metrics", server.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        assert_eq!(anonymous.status().as_u16(), 401);
+        server.stop();
+    });
 }

@@ -161,6 +161,12 @@ pub(crate) async fn server(g: &Global, standalone: bool) -> Result<u8> {
         .as_ref()
         .map(|r| r.archive.clone());
     let state = Arc::new(state);
+    if crate::telemetry::exports_metrics() {
+        crate::telemetry::metrics::ActivityGauges::keep_fresh(
+            Arc::downgrade(&state.activity),
+            state.store.clone(),
+        );
+    }
     eprintln!(
         "flow {what}: listening on http://{}",
         listener.local_addr()?

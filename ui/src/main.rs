@@ -12,12 +12,12 @@ fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     // Each process kind reports as its own service: flow-scheduler, flow-worker, flow-server.
+    let command = matches.subcommand_name().unwrap_or_default();
     let reporting = Reporting {
         log_format: cli.global.log_format,
-        service: match matches.subcommand_name() {
-            Some(command) => format!("flow-{command}"),
-            None => "flow".into(),
-        },
+        service: format!("flow-{command}"),
+        // The processes that serve HTTP answer GET /metrics.
+        prometheus: matches!(command, "server" | "standalone"),
     };
     flow_ui::context::run_process("flow", &reporting, flow_ui::commands::dispatch(cli))
 }

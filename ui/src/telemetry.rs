@@ -1,9 +1,14 @@
-//! What a process reports about itself: log lines on stderr (text or JSON) and, when an OTLP
-//! endpoint is configured with the standard `OTEL_*` variables, traces. The spans themselves are
-//! made where the work is (`flow_engine::telemetry`); this is the plumbing every binary shares.
+//! What a process reports about itself: log lines on stderr (text or JSON); when an OTLP
+//! endpoint is configured with the standard `OTEL_*` variables, traces and metrics; and for the
+//! processes that serve HTTP, the metrics as Prometheus text (`GET /metrics`). The spans and
+//! instruments themselves are made where the work is (`flow_engine::telemetry`); this is the
+//! plumbing every binary shares.
 
 use opentelemetry::trace::TracerProvider as _;
+use std::sync::OnceLock;
+
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
@@ -13,18 +18,36 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::cli::LogFormat;
 
 mod json;
+pub mod metrics;
 
-/// How a process reports: its log format and, for traces, its service name (`flow-scheduler`,
-/// `flow-worker`, ...; `OTEL_SERVICE_NAME` wins).
+/// How a process reports: its log format, its service name for traces and metrics
+/// (`flow-scheduler`, `flow-worker`, ...; `OTEL_SERVICE_NAME` wins), and whether it keeps its
+/// metrics for Prometheus to read (a process that serves `GET /metrics`).
 #[derive(Debug, Clone)]
 pub struct Reporting {
     pub log_format: LogFormat,
     pub service: String,
+    pub prometheus: bool,
 }
 
 /// The installed exporters; [`Telemetry::shutdown`] sends what is still buffered.
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+/// The registry `GET /metrics` reads, when this process keeps its metrics for Prometheus.
+static PROMETHEUS: OnceLock<prometheus::Registry> = OnceLock::new();
+
+/// This process's metrics in the Prometheus text format; None when it keeps none.
+pub fn prometheus_text() -> Option<String> {
+    let registry = PROMETHEUS.get()?;
+    let families = registry.gather();
+    Some(
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# cannot encode the metrics: {e}\n")),
+    )
 }
 
 impl Telemetry {
@@ -65,7 +88,11 @@ impl Telemetry {
         if let Some(provider) = &tracer {
             opentelemetry::global::set_tracer_provider(provider.clone());
         }
-        Telemetry { tracer }
+        let meter = meter_provider(reporting);
+        if let Some(provider) = &meter {
+            opentelemetry::global::set_meter_provider(provider.clone());
+        }
+        Telemetry { tracer, meter }
     }
 
     /// Exports what is buffered. Blocks (the exporter's client is a blocking one): call it off
@@ -76,16 +103,74 @@ impl Telemetry {
         {
             eprintln!("flow: cannot export the last traces: {e}");
         }
+        if let Some(provider) = self.meter
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("flow: cannot export the last metrics: {e}");
+        }
     }
+}
+
+/// Whether this process sends its metrics to an OTLP collector.
+pub fn exports_metrics() -> bool {
+    metrics_wanted()
 }
 
 /// Traces go out when an OTLP endpoint is set (the general one or the traces one), unless the
 /// standard switches turn them off.
 fn traces_wanted() -> bool {
+    otlp_wanted("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+}
+
+/// The same for metrics.
+fn metrics_wanted() -> bool {
+    otlp_wanted(
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    )
+}
+
+fn otlp_wanted(exporter_var: &str, endpoint_var: &str) -> bool {
     let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
     let off = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
-    !off && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        || std::env::var(exporter_var).is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !off && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(endpoint_var))
+}
+
+/// A meter provider when anyone will read the metrics: Prometheus through this process's
+/// `GET /metrics`, or the OTLP collector (every `OTEL_METRIC_EXPORT_INTERVAL`, 60 s by
+/// default). None otherwise, so a process that reports no metrics pays nothing for them.
+fn meter_provider(reporting: &Reporting) -> Option<SdkMeterProvider> {
+    let mut builder = SdkMeterProvider::builder().with_resource(resource(&reporting.service));
+    let mut readers = 0;
+    if reporting.prometheus {
+        let registry = prometheus::Registry::new();
+        match opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .scope_info_enabled(false)
+            .build()
+        {
+            Ok(exporter) => {
+                builder = builder.with_reader(exporter);
+                let _ = PROMETHEUS.set(registry);
+                readers += 1;
+            }
+            Err(e) => eprintln!("flow: /metrics is off: {e}"),
+        }
+    }
+    if metrics_wanted() {
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => {
+                builder = builder.with_periodic_exporter(exporter);
+                readers += 1;
+            }
+            Err(e) => eprintln!("flow: metrics are not sent: cannot build the OTLP exporter: {e}"),
+        }
+    }
+    (readers > 0).then(|| builder.build())
 }
 
 fn tracer_provider(

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::dag::{Dag, Task};
 use crate::log::{LOG_SUCCEEDED, LogSink, RemoteLogs, Shipping, log_header, log_key};
+use crate::metrics::{TryEnded, metrics};
 use crate::operator::{OperatorError, Registry, TaskContext};
 use crate::plan::{Failure, UNMAPPED, after_failure};
 use crate::secrets::Secrets;
@@ -92,6 +93,7 @@ pub(crate) async fn run_try(
         pool: &task.pool,
     }
     .start();
+    let started = std::time::Instant::now();
     let (state, handed_over) = run_task(env, claim, dag, task, run, handover)
         .instrument(span.clone())
         .await;
@@ -101,6 +103,13 @@ pub(crate) async fn run_try(
         Some(TaskState::Success | TaskState::Skipped | TaskState::Queued)
     );
     telemetry::try_ended(&span, name, failed);
+    metrics().try_ended(&TryEnded {
+        dag_id: &dag.id,
+        task_id: &task.id,
+        operator: &task.operator,
+        state: name,
+        took: started.elapsed(),
+    });
     (state, handed_over)
 }
 

@@ -200,7 +200,9 @@ impl Loop {
         }
         loop {
             let now = now();
+            let started = Instant::now();
             let wake_at = self.pass(now).await;
+            crate::metrics::metrics().pass(started.elapsed());
             if self.result.is_some() && self.idle() {
                 break;
             }

@@ -33,6 +33,7 @@ impl Engine {
                     end.state
                 );
                 dirty.insert(ti.run_id.clone());
+                crate::metrics::metrics().orphans_recovered(1);
             }
         }
         Ok(())

@@ -209,6 +209,7 @@ async fn commit(store: &dyn Store, batch: Batch) {
         handovers = groups.len(),
         "group commit"
     );
+    crate::metrics::metrics().group_commit(writes.len());
     let result = record_with_retries(store, &writes, batch).await;
     let (applied, mut claimed) = match result {
         Ok(Recorded { applied, claimed }) => (Ok(applied), Ok(claimed)),

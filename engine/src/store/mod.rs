@@ -9,6 +9,7 @@
 //! acts on a claimed try is a compare-and-set on (state, try number, lease owner): zero rows
 //! changed means the lease was lost and the caller backs off.
 
+mod activity;
 mod cursor;
 mod dags;
 pub mod group_commit;
@@ -23,6 +24,7 @@ mod tokens;
 mod tries;
 mod wake;
 
+pub use activity::{ActiveRuns, Activity, ActivityStore, PoolActivity};
 pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
@@ -46,7 +48,8 @@ pub use wake::{Wake, Wakeups};
 /// `dyn Store` answers every method of its supertraits without them in scope).
 pub mod prelude {
     pub use super::{
-        DagStore, HistoryStore, ModelRegistry, PlanStore, RunStore, Store, TokenStore, TryStore,
+        ActivityStore, DagStore, HistoryStore, ModelRegistry, PlanStore, RunStore, Store,
+        TokenStore, TryStore,
     };
 }
 
@@ -120,7 +123,14 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Everything the engine, the CLI and the API need from the database.
 #[async_trait::async_trait]
 pub trait Store:
-    DagStore + RunStore + PlanStore + TryStore + HistoryStore + TokenStore + ModelRegistry
+    DagStore
+    + RunStore
+    + PlanStore
+    + TryStore
+    + HistoryStore
+    + TokenStore
+    + ModelRegistry
+    + ActivityStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

@@ -674,6 +674,7 @@ mod pages {
     contract!(grid_counts_groups_each_run_task_and_state);
 }
 
+mod activity;
 mod claims;
 mod history;
 mod keys;

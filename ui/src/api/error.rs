@@ -74,6 +74,7 @@ impl ApiError {
     }
 
     pub fn rate_limited(wait: std::time::Duration) -> ApiError {
+        crate::telemetry::metrics::rate_limited();
         // Whole seconds, rounded up: a client that waits that long is sure to get through.
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         ApiError {

@@ -9,6 +9,8 @@ use flow_engine::time::{now, rfc3339};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::ApiError;
+use super::error::ErrorBody;
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -131,4 +133,31 @@ pub async fn openapi() -> Response {
         super::openapi_json(),
     )
         .into_response()
+}
+
+/// The Prometheus text of this server's metrics and of the database's activity.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the metrics in the Prometheus text format 0.0.4 (docs/observability.md lists them)", body = String, content_type = "text/plain"),
+        (status = 503, description = "the database does not answer", body = ErrorBody),
+    )
+)]
+pub async fn metrics(
+    State(state): State<Arc<AppState>>,
+    _: super::auth::Viewer,
+) -> Result<Response, ApiError> {
+    state.activity.refresh(state.store.as_ref()).await?;
+    let text = crate::telemetry::prometheus_text().unwrap_or_default();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

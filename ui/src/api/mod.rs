@@ -72,7 +72,8 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(models::list_models))
         .routes(routes!(models::get_model))
-        .routes(routes!(models::promote));
+        .routes(routes!(models::promote))
+        .routes(routes!(meta::metrics));
     (public, protected)
 }
 
@@ -137,7 +138,9 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         auth::authenticate,
     ));
     let (router, _) = public.merge(protected).split_for_parts();
-    router
+    router.route_layer(axum::middleware::from_fn(
+        crate::telemetry::metrics::observe_request,
+    ))
 }
 
 /// The API's JSON 404, for a path under `/api` no route answers.

@@ -57,6 +57,8 @@ pub struct AppState {
     /// The names of the secrets tasks see, so that the pages render commands with `***` in
     /// their place (the values themselves stay with the scheduler).
     pub secret_names: Vec<String>,
+    /// The gauges of what is in flight, which `GET /metrics` refreshes.
+    pub activity: Arc<crate::telemetry::metrics::ActivityGauges>,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
             store,
             sessions: sessions::Sessions::default(),
             secret_names: Vec::new(),
+            activity: Default::default(),
         }
     }
 

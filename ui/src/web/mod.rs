@@ -76,7 +76,8 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
 
 /// Whether a path belongs to the API, whose unknown routes answer in JSON.
 pub fn is_api(uri: &Uri) -> bool {
-    uri.path() == "/api" || uri.path().starts_with("/api/")
+    // `/metrics` is the API's too, at the path Prometheus looks by default.
+    uri.path() == "/api" || uri.path().starts_with("/api/") || uri.path() == "/metrics"
 }
 
 /// A page that could not be shown, as an HTML answer with the right status.

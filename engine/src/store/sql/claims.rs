@@ -150,12 +150,14 @@ where
             rescheduled: false,
         };
         for r in rows {
+            let queued_at = r.try_get::<Option<i64>, _>("queued_at")?;
+            if let Some(waited) = queued_at.and_then(|q| (req.now - from_micros(q)).to_std().ok()) {
+                crate::metrics::metrics().try_started(&req.pool, waited);
+            }
             picked.keys.push(QueueKey {
                 neg_priority: -r.try_get::<i64, _>("priority")?,
                 // NULL sorts last in the index, as no time can.
-                queued_at: r
-                    .try_get::<Option<i64>, _>("queued_at")?
-                    .unwrap_or(i64::MAX),
+                queued_at: queued_at.unwrap_or(i64::MAX),
                 run_id: r.try_get("run_id")?,
                 task_id: r.try_get("task_id")?,
                 map_index: r.try_get("map_index")?,

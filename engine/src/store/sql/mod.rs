@@ -8,6 +8,7 @@
 //! and reads, which sqlx declares per database. Rust carries a trait's bounds on other types
 //! (`i64: Encode<'_, DB>`) to no user of the trait, so they cannot be said once in [`Dialect`].
 
+mod activity;
 mod claims;
 mod connect;
 mod dags;

@@ -272,6 +272,7 @@ fn main() -> ExitCode {
     let reporting = flow_ui::telemetry::Reporting {
         log_format: flow_ui::cli::LogFormat::Text,
         service: "flow-bench".into(),
+        prometheus: false,
     };
     flow_ui::context::run_process("flow-bench", &reporting, dispatch(cli.command))
 }
