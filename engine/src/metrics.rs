@@ -134,10 +134,8 @@ impl Metrics {
         self.commit_batch.record(writes as u64, &[]);
     }
 
-    pub fn orphans_recovered(&self, n: u64) {
-        if n > 0 {
-            self.orphans.add(n, &[]);
-        }
+    pub fn orphan_recovered(&self) {
+        self.orphans.add(1, &[]);
     }
 }
 

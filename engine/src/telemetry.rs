@@ -138,6 +138,8 @@ pub fn run_ended(run: &RunRow, state: RunState, ended_at: DateTime<Utc>) {
 /// What a try's span says about it.
 pub struct TrySpan<'a> {
     pub run: &'a RunRow,
+    /// The run's ids ([`RunTrace::of_run`]), derived once per try by the caller.
+    pub trace: RunTrace,
     pub task_id: &'a str,
     pub map_index: i64,
     pub try_number: i64,
@@ -165,7 +167,7 @@ impl TrySpan<'_> {
             otel.status_code = tracing::field::Empty,
         );
         // Fails only once the span has started, which it has not.
-        let _ = span.set_parent(RunTrace::of_run(self.run).parent());
+        let _ = span.set_parent(self.trace.parent());
         span
     }
 }
@@ -184,14 +186,15 @@ pub fn traceparent() -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// This machine's name, for the `host` attribute of try spans.
-fn host() -> &'static str {
+/// This machine's name: the `host` of try spans, and what a scheduler records as the host of
+/// the tries it claims. Read once.
+pub(crate) fn host() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
         nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
+            .unwrap_or_else(|| "localhost".to_string())
     })
 }
 

@@ -83,8 +83,10 @@ pub(crate) async fn run_try(
         )
         .await;
     };
+    let trace = RunTrace::of_run(run);
     let span = TrySpan {
         run,
+        trace,
         task_id: &task.id,
         map_index: claim.map_index,
         try_number: claim.try_number,
@@ -94,7 +96,8 @@ pub(crate) async fn run_try(
     }
     .start();
     let started = std::time::Instant::now();
-    let (state, handed_over) = run_task(env, claim, dag, task, run, handover)
+    let trace_id = trace.trace_id.to_string();
+    let (state, handed_over) = run_task(env, claim, dag, task, run, &trace_id, handover)
         .instrument(span.clone())
         .await;
     let name = state.map_or("lost", TaskState::as_str);
@@ -120,6 +123,7 @@ async fn run_task(
     dag: &Dag,
     task: &Task,
     run: &RunRow,
+    trace_id: &str,
     handover: Option<Handover>,
 ) -> (Option<TaskState>, bool) {
     let masker = env.secrets.masker();
@@ -131,13 +135,12 @@ async fn run_task(
         claim.try_number,
     );
     let path = env.home.join("logs").join(&key);
-    let trace_id = RunTrace::of_run(run).trace_id.to_string();
     let header = log_header(
         &task.id,
         claim.try_number,
         &run.run_id,
         claim.started_at,
-        &trace_id,
+        trace_id,
     );
     let log = match LogSink::create(&path, &header, masker.clone()).await {
         Ok(l) => l,

@@ -262,10 +262,7 @@ impl Engine {
         config: EngineConfig,
         secrets: Secrets,
     ) -> Engine {
-        let hostname = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".to_string());
+        let hostname = crate::telemetry::host().to_string();
         Engine {
             catalog: DagCatalog::new(store.clone(), registry.clone()),
             duties: Duties::ALL,

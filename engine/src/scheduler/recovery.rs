@@ -33,7 +33,7 @@ impl Engine {
                     end.state
                 );
                 dirty.insert(ti.run_id.clone());
-                crate::metrics::metrics().orphans_recovered(1);
+                crate::metrics::metrics().orphan_recovered();
             }
         }
         Ok(())

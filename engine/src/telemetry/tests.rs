@@ -61,6 +61,7 @@ fn tries_hang_under_their_runs_span_and_pass_their_context_on() {
     let traceparent = tracing::subscriber::with_default(subscriber, || {
         let span = TrySpan {
             run: &r,
+            trace: ids,
             task_id: "fit",
             map_index: -1,
             try_number: 2,
