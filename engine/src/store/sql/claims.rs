@@ -151,9 +151,6 @@ where
         };
         for r in rows {
             let queued_at = r.try_get::<Option<i64>, _>("queued_at")?;
-            if let Some(waited) = queued_at.and_then(|q| (req.now - from_micros(q)).to_std().ok()) {
-                crate::metrics::metrics().try_started(&req.pool, waited);
-            }
             picked.keys.push(QueueKey {
                 neg_priority: -r.try_get::<i64, _>("priority")?,
                 // NULL sorts last in the index, as no time can.
@@ -290,6 +287,23 @@ where
             claimed.push(got);
         }
         Ok((claimed, read))
+    }
+
+    /// Records how long each try of a committed claim waited in its queue. After the commit, so
+    /// that a claim a group commit retried counts once; from the clock then, since a planner on
+    /// another thread may have queued a try after the claim request took its `now`.
+    pub(super) fn record_delays(read: &[QueueRead]) {
+        let now = to_micros(chrono::Utc::now());
+        let metrics = crate::metrics::metrics();
+        for r in read {
+            let keys = r.from_cursor.iter().chain(r.from_head.iter().flatten());
+            // A NULL queued_at reads as i64::MAX: no wait to report.
+            for k in keys.filter(|k| k.queued_at != i64::MAX) {
+                let waited =
+                    std::time::Duration::from_micros(now.saturating_sub(k.queued_at).max(0) as u64);
+                metrics.try_started(&r.lane.pool, waited);
+            }
+        }
     }
 
     /// Moves the claim cursors on after a commit: `epoch` is the cursors' before the claims.

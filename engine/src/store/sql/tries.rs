@@ -279,6 +279,7 @@ where
             None => (Vec::new(), Vec::new()),
         };
         tx.commit().await?;
+        Self::record_delays(&read);
         self.settle_cursors(writes, &read, epoch);
         Ok(Recorded { applied, claimed })
     }
