@@ -151,7 +151,10 @@ pub struct TrySpan<'a> {
 impl TrySpan<'_> {
     /// The try's span, a child of its run's span. Its `state` is recorded when the try ends.
     pub fn start(&self) -> tracing::Span {
+        // No tracing parent: a span that began the try (a scheduler's pass) would otherwise be
+        // held open until the try ends.
         let span = tracing::info_span!(
+            parent: None,
             "try",
             otel.name = self.task_id,
             dag_id = %self.run.dag_id,

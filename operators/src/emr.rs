@@ -13,6 +13,8 @@
 //! A task timeout cancels the step (and terminates a transient cluster) before the try fails; so
 //! does a clear, from the dropped try. A clean shutdown leaves the step running for the next try.
 
+mod trace;
+
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,7 +29,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use flow_engine::operator::{OperatorError, TaskContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
+use tracing::Instrument;
 
+use self::trace::{step_span, trace_confs};
 use crate::connections::Connections;
 use crate::error::fatal;
 use crate::s3::{S3Url, sdk_config, sdk_error};
@@ -139,9 +143,20 @@ pub async fn run(
         };
         let step = match attached {
             Some(step) => step,
-            None => submit(&sub, &emr, &s3, ctx, &mut guard).await?,
+            None => {
+                let span = step_span("emr.submit");
+                let step = submit(&sub, &emr, &s3, ctx, &mut guard)
+                    .instrument(span.clone())
+                    .await?;
+                step.record_on(&span);
+                step
+            }
         };
-        watch(&emr, &s3, step, ctx, &mut guard).await
+        let span = step_span("emr.step");
+        step.record_on(&span);
+        watch(&emr, &s3, step, ctx, &mut guard)
+            .instrument(span)
+            .await
     };
     let result = match ctx.timeout {
         Some(limit) => {
@@ -167,7 +182,6 @@ pub async fn run(
     result
 }
 
-/// Re-attaches to what an earlier try of this instance started.
 /// Re-attaches to what an earlier try of this instance started; None when it turns out that
 /// nothing was started.
 async fn reattach(
@@ -229,6 +243,7 @@ async fn submit(
 ) -> Result<StepRef, OperatorError> {
     let script = stage_script(sub, s3, ctx).await?;
     let mut args = vec!["spark-submit".to_string()];
+    args.extend(trace_confs(ctx.traceparent.as_deref()));
     args.extend(sub.spark_args.iter().cloned());
     args.push(script);
     args.extend(sub.args.iter().cloned());
@@ -486,6 +501,7 @@ async fn watch(
             .cloned()
             .unwrap_or(StepState::Pending);
         if last.as_ref() != Some(&state) {
+            tracing::Span::current().record("state", state.as_str());
             ctx.log
                 .line(&format!("emr: step {step_id} is {}", state.as_str()))
                 .await;

@@ -16,6 +16,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+use tracing::Instrument;
 
 use crate::connections::{Aws, Connections};
 use crate::error::fatal;
@@ -135,6 +136,12 @@ where
     }
 }
 
+/// The span of one S3 call (`s3.put`, `s3.copy`, `s3.delete`, `s3.head`, `s3.list`): the
+/// bucket only, since keys are built from params and data.
+pub fn s3_span(call: &'static str, bucket: &str) -> tracing::Span {
+    tracing::info_span!("s3", otel.name = call, bucket = bucket)
+}
+
 /// Every (key, size) under `url`'s prefix, or the one object it names (none if it is missing).
 pub async fn objects(client: &Client, url: &S3Url) -> Result<Vec<(String, u64)>, OperatorError> {
     if !url.is_prefix() {
@@ -143,6 +150,7 @@ pub async fn objects(client: &Client, url: &S3Url) -> Result<Vec<(String, u64)>,
             .bucket(&url.bucket)
             .key(&url.key)
             .send()
+            .instrument(s3_span("s3.head", &url.bucket))
             .await
         {
             Ok(h) => Ok(vec![(
@@ -160,7 +168,8 @@ pub async fn objects(client: &Client, url: &S3Url) -> Result<Vec<(String, u64)>,
         .prefix(&url.key)
         .into_paginator()
         .send();
-    while let Some(page) = pages.next().await {
+    let span = s3_span("s3.list", &url.bucket);
+    while let Some(page) = pages.next().instrument(span.clone()).await {
         let page = page.map_err(|e| sdk_error(&format!("list {url}"), e))?;
         for o in page.contents() {
             if let Some(key) = o.key() {
@@ -327,6 +336,7 @@ impl Operator for S3Put {
                 .key(&key)
                 .body(body)
                 .send()
+                .instrument(s3_span("s3.put", &to.bucket))
                 .await
                 .map_err(|e| sdk_error(&format!("put s3://{}/{key}", to.bucket), e))?;
             bytes += size;
@@ -403,6 +413,7 @@ impl Operator for S3Copy {
                 .bucket(&to.bucket)
                 .key(&dest)
                 .send()
+                .instrument(s3_span("s3.copy", &to.bucket))
                 .await
                 .map_err(|e| sdk_error(&format!("copy s3://{}/{key}", from.bucket), e))?;
             bytes += size;
@@ -474,6 +485,7 @@ impl Operator for S3Delete {
                 .bucket(&url.bucket)
                 .delete(delete)
                 .send()
+                .instrument(s3_span("s3.delete", &url.bucket))
                 .await
                 .map_err(|e| sdk_error(&format!("delete under {url}"), e))?;
             if let Some(err) = out.errors().first() {

@@ -28,6 +28,7 @@ use flow_engine::log::LogSink;
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use serde::Deserialize;
 use serde_json::Value as Json;
+use tracing::Instrument;
 
 use self::bind::bind_values;
 use self::error::run_error;
@@ -150,7 +151,8 @@ impl Operator for Sql {
 async fn on_cpu<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, OperatorError>> + Send + 'static,
 ) -> Result<T, OperatorError> {
-    let handle = cpu_runtime()?.spawn(work);
+    // The work's spans stay children of the try's, across the runtimes.
+    let handle = cpu_runtime()?.spawn(work.in_current_span());
     let _abort = AbortOnDrop(handle.abort_handle());
     match handle.await {
         Ok(result) => result,
@@ -187,7 +189,13 @@ pub async fn read(
     on_cpu(async move {
         let df = job.dataframe(&log).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await.map_err(|e| run_error(&e, &job.query))?;
+        let span = execute_span();
+        let batches = df
+            .collect()
+            .instrument(span.clone())
+            .await
+            .map_err(|e| run_error(&e, &job.query))?;
+        record_batches(&span, &batches);
         Ok((schema, batches))
     })
     .await
@@ -312,14 +320,17 @@ impl Job {
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        let span = execute_span();
         let result = match &self.output {
             None => {
                 let batches = df
                     .limit(0, Some(MAX_OUTPUT_ROWS + 1))
                     .map_err(|e| fatal(sql_error(&e, &self.query)))?
                     .collect()
+                    .instrument(span.clone())
                     .await
                     .map_err(|e| run_error(&e, &self.query))?;
+                record_batches(&span, &batches);
                 let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 if rows > MAX_OUTPUT_ROWS {
                     return Err(fatal(format!(
@@ -331,13 +342,25 @@ impl Job {
                     .await;
                 batches_to_json(&batches)?
             }
-            Some(out) => write_output(df, out, &self.query, columns, &log, started).await?,
+            Some(out) => {
+                let written = write_output(df, out, &self.query, columns, &log, started)
+                    .instrument(span.clone())
+                    .await?;
+                span.record("rows", written["rows"].as_i64());
+                span.record("bytes", written["bytes"].as_i64());
+                written
+            }
         };
         Ok(result)
     }
 
     /// The query, planned with its parameters bound, over the registered sources.
     async fn dataframe(&self, log: &LogSink) -> Result<DataFrame, OperatorError> {
+        let span = tracing::info_span!("datafusion.plan", sources = self.sources.len() as i64);
+        self.plan(log).instrument(span).await
+    }
+
+    async fn plan(&self, log: &LogSink) -> Result<DataFrame, OperatorError> {
         let mut config = SessionConfig::new();
         config.options_mut().sql_parser.collect_spans = true;
         let mut runtime = RuntimeEnvBuilder::new();
@@ -438,47 +461,68 @@ pub fn read_as_csv(
     let job = Job::resolve(cfg, ctx, conns)?;
     let log = ctx.log.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let handle = cpu_runtime()?.spawn(async move {
-        let sent = async {
-            use futures::StreamExt;
-            let df = job.dataframe(&log).await?;
-            let columns = df
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .collect();
-            if tx.send(Ok(Chunk::Columns(columns))).await.is_err() {
-                return Ok(());
-            }
-            let mut stream = df
-                .execute_stream()
-                .await
-                .map_err(|e| run_error(&e, &job.query))?;
-            let mut header = true;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|e| run_error(&e, &job.query))?;
-                let mut buf = Vec::new();
-                {
-                    let mut w = arrow_csv::WriterBuilder::new()
-                        .with_header(header)
-                        .build(&mut buf);
-                    w.write(&batch)
-                        .map_err(|e| fatal(format!("turning {} into CSV: {e}", path_of(&job))))?;
-                }
-                header = false;
-                if tx.send(Ok(Chunk::Csv(buf))).await.is_err() {
+    let handle = cpu_runtime()?.spawn(
+        async move {
+            let sent = async {
+                use futures::StreamExt;
+                let df = job.dataframe(&log).await?;
+                let columns = df
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                if tx.send(Ok(Chunk::Columns(columns))).await.is_err() {
                     return Ok(());
                 }
+                let mut stream = df
+                    .execute_stream()
+                    .await
+                    .map_err(|e| run_error(&e, &job.query))?;
+                let mut header = true;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(|e| run_error(&e, &job.query))?;
+                    let mut buf = Vec::new();
+                    {
+                        let mut w = arrow_csv::WriterBuilder::new()
+                            .with_header(header)
+                            .build(&mut buf);
+                        w.write(&batch).map_err(|e| {
+                            fatal(format!("turning {} into CSV: {e}", path_of(&job)))
+                        })?;
+                    }
+                    header = false;
+                    if tx.send(Ok(Chunk::Csv(buf))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok::<(), OperatorError>(())
             }
-            Ok::<(), OperatorError>(())
+            .await;
+            if let Err(e) = sent {
+                let _ = tx.send(Err(e)).await;
+            }
         }
-        .await;
-        if let Err(e) = sent {
-            let _ = tx.send(Err(e)).await;
-        }
-    });
+        .instrument(tracing::info_span!("datafusion.execute")),
+    );
     Ok((AbortOnDrop(handle.abort_handle()), rx))
+}
+
+/// The span of a query's execution; its `rows` and `bytes` are recorded when it ends.
+fn execute_span() -> tracing::Span {
+    tracing::info_span!(
+        "datafusion.execute",
+        rows = tracing::field::Empty,
+        bytes = tracing::field::Empty
+    )
+}
+
+/// Records what a collected result holds: its rows, and its bytes in memory.
+fn record_batches(span: &tracing::Span, batches: &[RecordBatch]) {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let bytes: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    span.record("rows", rows as i64);
+    span.record("bytes", bytes as i64);
 }
 
 fn path_of(job: &Job) -> &str {

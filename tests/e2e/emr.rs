@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::*;
+use crate::telemetry::Receiver;
 
 /// A PySpark job: totals per user of a CSV, written as CSV to a local folder.
 const TOTALS_JOB: &str = r#"
@@ -455,5 +456,85 @@ tasks:
     assert!(
         staged.iter().any(|k| k.ends_with("/flow_ml_job.py")),
         "{staged:?}"
+    );
+}
+
+/// A traced EMR task: its submission and its step are spans under the try's span, naming the
+/// cluster and the step, and the step's Spark job gets the try's context as a conf.
+#[test]
+fn an_emr_step_is_in_the_runs_trace() {
+    let Some(Bed {
+        env, bucket, emr, ..
+    }) = emr_bed("emr-trace")
+    else {
+        return;
+    };
+    let Some(receiver) = Receiver::start(&env) else {
+        return;
+    };
+    let jobs = env.dags().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("traced.py"),
+        "import sys\nfrom pyspark.sql import SparkSession\n\
+         spark = SparkSession.builder.appName('traced').getOrCreate()\n\
+         open(sys.argv[1], 'w').write(spark.sparkContext.getConf().get('spark.flow.traceparent', ''))\n\
+         spark.stop()\n",
+    )
+    .unwrap();
+    let cluster = emr_cluster(&emr, &format!("s3://{bucket}/emr-logs/"));
+    let seen = env.path("traceparent.txt");
+    env.dag(
+        "traced.yaml",
+        &format!(
+            "id: emr_traced\ntasks:\n  step:\n    operator: spark\n    target: emr\n    \
+             connection: aws\n    cluster_id: {cluster}\n    script: jobs/traced.py\n    \
+             staging: \"s3://{bucket}/staging/\"\n    args: [\"{}\"]\n",
+            seen.display()
+        ),
+    );
+    let out = env
+        .command(&["run", "emr_traced", "--json"])
+        .envs(receiver.vars())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let trace_id = run["trace_id"].as_str().unwrap();
+    let step_id = task(&run, "step", None)["output"]["step_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let try_span = receiver.wait_span(trace_id, "step", "flow-run");
+    for phase in ["emr.submit", "emr.step"] {
+        let span = receiver.wait_span(trace_id, phase, "flow-run");
+        assert_eq!(span["parent_span_id"], try_span["span_id"], "{span:#}");
+        assert_eq!(
+            span["attributes"]["cluster_id"],
+            cluster.as_str(),
+            "{span:#}"
+        );
+        assert_eq!(span["attributes"]["step_id"], step_id.as_str(), "{span:#}");
+    }
+    let step = receiver.wait_span(trace_id, "emr.step", "flow-run");
+    assert_eq!(step["attributes"]["state"], "COMPLETED", "{step:#}");
+    // The Spark job was handed the try's context.
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        format!("00-{trace_id}-{}-01", try_span["span_id"].as_str().unwrap())
+    );
+    // And the step's arguments carry it to the driver's and executors' environments.
+    let steps = emr_steps(&emr, &cluster);
+    let args = steps[0]["args"].to_string();
+    assert!(args.contains("spark.executorEnv.TRACEPARENT=00-"), "{args}");
+    assert!(
+        args.contains("spark.yarn.appMasterEnv.TRACEPARENT=00-"),
+        "{args}"
     );
 }

@@ -15,14 +15,14 @@ use crate::harness::*;
 use crate::workers::spawn_worker_env;
 
 /// The receiver: None outside CI when the test bed is not installed (CI=true fails instead).
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     port: u16,
     out: std::path::PathBuf,
 }
 
 impl Receiver {
-    fn start(env: &Env) -> Option<Receiver> {
+    pub(crate) fn start(env: &Env) -> Option<Receiver> {
         let Ok(python) = std::env::var("FLOW_TEST_OTEL_PYTHON") else {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -58,7 +58,7 @@ impl Receiver {
     }
 
     /// The variables that send a process's traces here, flushed every 100 ms.
-    fn vars(&self) -> [(&'static str, String); 2] {
+    pub(crate) fn vars(&self) -> [(&'static str, String); 2] {
         [
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -77,8 +77,32 @@ impl Receiver {
             .collect()
     }
 
+    /// The data point of metric `name` whose attributes include `labels`, once it arrived.
+    pub(crate) fn wait_point(&self, name: &str, labels: &[(&str, &str)]) -> Json {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = std::fs::read_to_string(&self.out).unwrap_or_default();
+            let found = lines
+                .lines()
+                .map(|l| serde_json::from_str::<Json>(l).unwrap())
+                .rfind(|p| {
+                    p["signal"] == "metric"
+                        && p["name"] == name
+                        && labels.iter().all(|(k, v)| p["attributes"][*k] == *v)
+                });
+            if let Some(p) = found {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metric {name} {labels:?} arrived: {lines}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the trace holds a span named `name` from `service`.
-    fn wait_span(&self, trace_id: &str, name: &str, service: &str) -> Json {
+    pub(crate) fn wait_span(&self, trace_id: &str, name: &str, service: &str) -> Json {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let found = self.spans().into_iter().find(|s| {
@@ -104,7 +128,7 @@ impl Drop for Receiver {
     }
 }
 
-const DAG: &str = "id: traced\ntasks:\n  extract: { operator: shell, command: 'echo extracting' }\n  load: { operator: shell, command: 'printf \"{\\\"traceparent\\\": \\\"%s\\\"}\" \"$TRACEPARENT\" > \"$FLOW_OUTPUT\"', depends_on: [extract] }\n";
+const DAG: &str = "id: traced\ntasks:\n  extract: { operator: shell, command: 'echo extracting' }\n  load: { operator: shell, command: 'printf \"{\\\"traceparent\\\": \\\"%s\\\"}\" \"$TRACEPARENT\" > \"$FLOW_OUTPUT\"', depends_on: [extract] }\n  count: { operator: sql, query: 'SELECT 42 AS answer', depends_on: [load] }\n";
 
 fn check_try(try_span: &Json, run_span: &Json, task: &str, service: &str) {
     assert_eq!(
@@ -162,6 +186,20 @@ fn a_runs_trace_spans_a_scheduler_and_a_worker() {
         assert!(
             load["start_ns"].as_u64() >= extract["end_ns"].as_u64(),
             "load starts after extract ends"
+        );
+
+        // DataFusion's phases are children of the sql try's span.
+        let count = receiver.wait_span(trace_id, "count", "flow-worker");
+        assert_eq!(count["parent_span_id"], run_span["span_id"]);
+        assert_eq!(count["attributes"]["operator"], "sql");
+        let plan = receiver.wait_span(trace_id, "datafusion.plan", "flow-worker");
+        let execute = receiver.wait_span(trace_id, "datafusion.execute", "flow-worker");
+        assert_eq!(plan["parent_span_id"], count["span_id"], "{plan:#}");
+        assert_eq!(execute["parent_span_id"], count["span_id"], "{execute:#}");
+        assert_eq!(execute["attributes"]["rows"], 1, "{execute:#}");
+        assert!(
+            execute["attributes"]["bytes"].as_u64() > Some(0),
+            "{execute:#}"
         );
 
         // The task's process continues the try's span.

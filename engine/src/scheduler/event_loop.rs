@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::heartbeat::Heartbeat;
 use super::launch::{Slots, TryDone, requeue};
@@ -201,7 +202,8 @@ impl Loop {
         loop {
             let now = now();
             let started = Instant::now();
-            let wake_at = self.pass(now).await;
+            let span = self.pass_span();
+            let wake_at = self.pass(now).instrument(span).await;
             crate::metrics::metrics().pass(started.elapsed());
             if self.result.is_some() && self.idle() {
                 break;
@@ -221,6 +223,22 @@ impl Loop {
             }
         }
         self.shut_down().await
+    }
+
+    /// The span of a pass with news to act on (runs to plan, claims to start): a trace of its
+    /// own, so that a slow pass can be found. Idle ticks get none, or a daemon would send a
+    /// trace every poll interval.
+    fn pass_span(&self) -> tracing::Span {
+        if self.dirty.is_empty() && self.answers.is_empty() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            parent: None,
+            "scheduler.pass",
+            full = self.full_pass,
+            runs = self.dirty.len() as i64,
+            claims = self.answers.len() as i64,
+        )
     }
 
     /// Starts what claims brought, reads the database on full passes, recovers orphans, plans

@@ -25,6 +25,10 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep metrics in this process, as `flow standalone` does for `/metrics`; traces go out
+    /// too when OTEL_EXPORTER_OTLP_ENDPOINT is set (for the telemetry cost bench)
+    #[arg(long, global = true)]
+    telemetry: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,7 +276,7 @@ fn main() -> ExitCode {
     let reporting = flow_ui::telemetry::Reporting {
         log_format: flow_ui::cli::LogFormat::Text,
         service: "flow-bench".into(),
-        prometheus: false,
+        prometheus: cli.telemetry,
     };
     flow_ui::context::run_process("flow-bench", &reporting, dispatch(cli.command))
 }
