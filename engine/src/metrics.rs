@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram};
+use opentelemetry::metrics::{Counter, Gauge, Histogram};
 
 /// The instrumentation scope of flow's own spans and metrics.
 pub const SCOPE: &str = "flow";
@@ -32,6 +32,11 @@ pub struct Metrics {
     pass_duration: Histogram<f64>,
     commit_batch: Histogram<u64>,
     orphans: Counter<u64>,
+    write_wait: Histogram<f64>,
+    model_metric: Gauge<f64>,
+    drift_psi: Gauge<f64>,
+    experiment_lift: Gauge<f64>,
+    experiment_p: Gauge<f64>,
 }
 
 /// The instruments, made on first use from the global meter provider (installed before any
@@ -84,6 +89,38 @@ pub fn metrics() -> &'static Metrics {
                     "Tries whose lease expired (their process or host died), requeued or failed",
                 )
                 .build(),
+            write_wait: meter
+                .f64_histogram("flow.db.pool.wait")
+                .with_unit("s")
+                .with_description(
+                    "How long a write waited to begin: for a pooled connection (and on SQLite \
+                     for the one writer)",
+                )
+                .with_boundaries(STEP_SECONDS.to_vec())
+                .build(),
+            model_metric: meter
+                .f64_gauge("flow.model.metric")
+                .with_description(
+                    "A model's latest measured metric (auc, accuracy, rmse, ...), by model, \
+                     stage and metric: a candidate when trained, production when promoted",
+                )
+                .build(),
+            drift_psi: meter
+                .f64_gauge("flow.drift.psi")
+                .with_description("The latest population stability index, by DAG, task and feature")
+                .build(),
+            experiment_lift: meter
+                .f64_gauge("flow.experiment.lift")
+                .with_description(
+                    "A variant's latest lift over the control, by experiment and variant",
+                )
+                .build(),
+            experiment_p: meter
+                .f64_gauge("flow.experiment.p_value")
+                .with_description(
+                    "A variant's latest p-value against the control, by experiment and variant",
+                )
+                .build(),
         }
     })
 }
@@ -134,6 +171,46 @@ impl Metrics {
         self.commit_batch.record(writes as u64, &[]);
     }
 
+    pub fn write_began(&self, waited: Duration) {
+        self.write_wait.record(waited.as_secs_f64(), &[]);
+    }
+
+    /// Every numeric metric of a model version, as its `stage` now.
+    pub fn model_measured(&self, model: &str, stage: &str, metrics: &serde_json::Value) {
+        for (name, value) in metrics.as_object().into_iter().flatten() {
+            if let Some(v) = value.as_f64() {
+                self.model_metric.record(
+                    v,
+                    &[
+                        KeyValue::new("model", model.to_string()),
+                        KeyValue::new("stage", stage.to_string()),
+                        KeyValue::new("metric", name.clone()),
+                    ],
+                );
+            }
+        }
+    }
+
+    pub fn drift_measured(&self, dag_id: &str, task_id: &str, feature: &str, psi: f64) {
+        self.drift_psi.record(
+            psi,
+            &[
+                KeyValue::new("dag_id", dag_id.to_string()),
+                KeyValue::new("task_id", task_id.to_string()),
+                KeyValue::new("feature", feature.to_string()),
+            ],
+        );
+    }
+
+    pub fn experiment_measured(&self, v: &VariantMeasured<'_>) {
+        let labels = [
+            KeyValue::new("experiment", v.experiment.to_string()),
+            KeyValue::new("variant", v.variant.to_string()),
+        ];
+        self.experiment_lift.record(v.lift, &labels);
+        self.experiment_p.record(v.p_value, &labels);
+    }
+
     pub fn orphan_recovered(&self) {
         self.orphans.add(1, &[]);
     }
@@ -146,4 +223,12 @@ pub struct TryEnded<'a> {
     pub operator: &'a str,
     pub state: &'static str,
     pub took: Duration,
+}
+
+/// A variant's comparison with its experiment's control.
+pub struct VariantMeasured<'a> {
+    pub experiment: &'a str,
+    pub variant: &'a str,
+    pub lift: f64,
+    pub p_value: f64,
 }

@@ -38,11 +38,26 @@ fn ml_env() -> (Env, String) {
 }
 
 fn run(env: &Env, dag: &str, workdir: &str, more: &[&str]) -> Json {
+    run_env(env, dag, workdir, more, &[])
+}
+
+/// [`run`] with more environment variables (an OTLP receiver's).
+fn run_env(
+    env: &Env,
+    dag: &str,
+    workdir: &str,
+    more: &[&str],
+    vars: &[(&'static str, String)],
+) -> Json {
     let wd = format!("workdir={workdir}");
     let mut args = vec!["run", dag, "--logical-date", "2026-03-04", "--param", &wd];
     args.extend_from_slice(more);
     args.push("--json");
-    let out = env.flow(&args);
+    let out = env
+        .command(&args)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
     let run: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{dag}: no run JSON ({e}): {}",
@@ -237,11 +252,18 @@ fn the_ml_pipelines_train_promote_predict_and_watch_drift() {
         .await
         .unwrap();
     });
-    let drifted = run(
+    // Sent as metrics too, when a collector is there.
+    let receiver = crate::telemetry::Receiver::start(&env);
+    let vars = receiver
+        .as_ref()
+        .map(|r| r.vars().to_vec())
+        .unwrap_or_default();
+    let drifted = run_env(
         &env,
         "retrain_model",
         &workdir,
         &["--param", &format!("current={shifted}")],
+        &vars,
     );
     let drift = &task(&drifted, "drift", None)["output"];
     let psi = drift["max_psi"].as_f64().unwrap();
@@ -258,6 +280,30 @@ fn the_ml_pipelines_train_promote_predict_and_watch_drift() {
     assert_eq!(task(&drifted, "retrain", None)["output"]["version"], 3);
     assert_eq!(task(&drifted, "promote", None)["state"], "success");
     assert_eq!(models_show(&env, "email_unsubscribe").len(), 3);
+    if let Some(receiver) = receiver {
+        let events = receiver.wait_point(
+            "flow.drift.psi",
+            &[("dag_id", "retrain_model"), ("feature", "events_30d")],
+        );
+        assert_eq!(events["type"], "gauge");
+        assert_close(&events["value"], &drift["psi"]["events_30d"]);
+        let auc = receiver.wait_point(
+            "flow.model.metric",
+            &[
+                ("model", "email_unsubscribe"),
+                ("stage", "candidate"),
+                ("metric", "auc"),
+            ],
+        );
+        let retrained = &task(&drifted, "retrain", None)["output"]["metrics"]["auc"];
+        assert_close(&auc["value"], retrained);
+    }
+}
+
+/// Two JSON numbers that agree to rounding.
+fn assert_close(a: &Json, b: &Json) {
+    let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+    assert!((x - y).abs() < 1e-9, "{a} != {b}");
 }
 
 #[test]
@@ -268,11 +314,17 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
         "EXPERIMENT_WEBHOOK".into(),
         format!("http://127.0.0.1:{port}/hook"),
     ));
-    let done = run(
+    let receiver = crate::telemetry::Receiver::start(&env);
+    let vars = receiver
+        .as_ref()
+        .map(|r| r.vars().to_vec())
+        .unwrap_or_default();
+    let done = run_env(
         &env,
         "experiment_results",
         &workdir,
         &["--param", "notify=true"],
+        &vars,
     );
     let out = &task(&done, "compute", None)["output"];
     assert_eq!(out["concluded"], true, "{out:#}");
@@ -299,6 +351,15 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
     // The generator's true absolute lift is 0.12 - 0.10.
     assert!(lo < 0.02 && 0.02 < hi, "{treatment:#}");
     assert!(treatment["p_value"].as_f64().unwrap() < 0.05);
+    if let Some(receiver) = &receiver {
+        for (name, key) in [
+            ("flow.experiment.lift", "lift"),
+            ("flow.experiment.p_value", "p_value"),
+        ] {
+            let point = receiver.wait_point(name, &[("variant", "treatment")]);
+            assert_close(&point["value"], &treatment[key]);
+        }
+    }
     assert_eq!(
         control["units"].as_i64().unwrap() + treatment["units"].as_i64().unwrap(),
         20_000

@@ -252,6 +252,7 @@ impl Operator for Drift {
                 continue;
             };
             ctx.log.line(&format!("drift: psi({f}) = {p:.6}")).await;
+            flow_engine::metrics::metrics().drift_measured(&ctx.dag_id, &ctx.task_id, &f, p);
             if worst.as_ref().is_none_or(|(_, w)| p > *w) {
                 worst = Some((f.clone(), p));
             }

@@ -475,6 +475,7 @@ impl Operator for Experiment {
             cfg.min_units_per_arm.0,
         )?;
         log_result(&result, &cfg.experiment, ctx).await;
+        record_metrics(&result, &cfg.experiment);
         if let Some(output) = &cfg.output {
             let (schema, batch) = table(&result, &cfg.experiment)?;
             let written =
@@ -482,6 +483,26 @@ impl Operator for Experiment {
             result["table"] = written["path"].clone();
         }
         Ok(Some(result))
+    }
+}
+
+/// Each compared variant's lift and p-value, as gauges.
+fn record_metrics(result: &Json, experiment: &str) {
+    for v in result["variants"].as_array().into_iter().flatten() {
+        if let (Some(variant), Some(lift), Some(p_value)) = (
+            v["variant"].as_str(),
+            v["lift"].as_f64(),
+            v["p_value"].as_f64(),
+        ) {
+            flow_engine::metrics::metrics().experiment_measured(
+                &flow_engine::metrics::VariantMeasured {
+                    experiment,
+                    variant,
+                    lift,
+                    p_value,
+                },
+            );
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+use tracing::Instrument;
 
 use super::model::{Column, Encoding, Feature, Model, Scorer, encode};
 use super::on_spark::{self, Engine};
@@ -217,6 +218,9 @@ async fn score(
     })
     .await
     .map_err(|e| OperatorError::Retryable(format!("predict: scoring stopped: {e}")))?
+    .inspect(|s| {
+        tracing::Span::current().record("rows", s.rows as i64);
+    })
 }
 
 #[async_trait]
@@ -280,7 +284,14 @@ impl Operator for Predict {
         let Scored {
             batches: scored,
             rows,
-        } = score(model, batches, scoring).await?;
+        } = score(model, batches, scoring)
+            .instrument(tracing::info_span!(
+                "model.predict",
+                model = %cfg.model,
+                version = version.version,
+                rows = tracing::field::Empty
+            ))
+            .await?;
         let secs = started.elapsed().as_secs_f64();
         ctx.log
             .line(&format!(

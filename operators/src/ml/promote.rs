@@ -206,6 +206,11 @@ impl Operator for Promote {
                 .map_err(store_err)?
             {
                 Promotion::Promoted { previous } => {
+                    flow_engine::metrics::metrics().model_measured(
+                        &cfg.model,
+                        "production",
+                        &candidate.new.metrics,
+                    );
                     ctx.log
                         .line(&format!(
                             "promote: {} version {} is production ({})",

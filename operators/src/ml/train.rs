@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+use tracing::Instrument;
 
 use super::model::{
     Algorithm, Column, Encoding, FORMAT, Feature, Model, TaskKind, auc, categorical_columns,
@@ -316,7 +317,13 @@ async fn in_process(
         alpha: cfg.alpha.map_or(1.0, |a| a.0),
         max_iterations: cfg.max_iterations.map_or(200, |m| m.0),
     };
+    let span = tracing::info_span!(
+        "model.train",
+        rows = fitting.labels.len() as i64,
+        algorithm = cfg.algorithm.as_str()
+    );
     tokio::task::spawn_blocking(move || fit(fitting))
+        .instrument(span)
         .await
         .map_err(|e| OperatorError::Retryable(format!("train: the fit stopped: {e}")))?
         .map_err(|e| fatal(format!("train: {e}")))
@@ -584,6 +591,7 @@ impl Operator for Train {
 
         let location = store_artifact(&cfg, &model, ctx, conns).await?;
         let version = register_version(registry.as_ref(), &cfg, &metrics, &location, ctx).await?;
+        flow_engine::metrics::metrics().model_measured(&cfg.model, "candidate", &metrics);
         ctx.log
             .line(&format!(
                 "train: registered {} version {version} (candidate), artifact {}",

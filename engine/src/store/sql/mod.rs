@@ -68,6 +68,7 @@ impl<DB: Dialect> SqlStore<DB> {
     }
 
     async fn begin_write(&self) -> Result<(WriteGuard, Tx<DB>)> {
+        let waited = std::time::Instant::now();
         let guard = if DB::QUEUE_WRITERS {
             Some(self.writer.clone().lock_owned().await)
         } else {
@@ -77,6 +78,7 @@ impl<DB: Dialect> SqlStore<DB> {
             Some(begin) => self.pool.begin_with(begin).await?,
             None => self.pool.begin().await?,
         };
+        crate::metrics::metrics().write_began(waited.elapsed());
         Ok((guard, tx))
     }
 
