@@ -440,3 +440,53 @@ fn metrics_are_prometheus_text_behind_a_token() {
         server.stop();
     });
 }
+
+/// The Grafana dashboard (deploy/grafana) queries only metrics flow exports, as the docs list
+/// them, and is a dashboard Grafana lays out: unique ids, panels within the 24-column grid,
+/// every query on the dashboard's Prometheus variable.
+#[test]
+fn the_dashboard_queries_the_metrics_flow_exports() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dashboard: Json = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/flow-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let docs = std::fs::read_to_string(format!("{root}/docs/observability.md")).unwrap();
+    let documented = |name: &str| {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        docs.contains(&format!("`{base}`")) || docs.contains(&format!("`{base}`,"))
+    };
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut queried = std::collections::BTreeSet::new();
+    for p in panels {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "a duplicate id: {p}");
+        let g = &p["gridPos"];
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{p}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{p}");
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{p}");
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("flow_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    let unknown: Vec<&String> = queried.iter().filter(|n| !documented(n)).collect();
+    assert!(unknown.is_empty(), "queried but not exported: {unknown:?}");
+}
