@@ -24,6 +24,7 @@
 //! Everything else that is `pub` is so because one of those names it, or another crate reads it
 //! (the modules stay public for that); the rest is `pub(crate)`.
 
+pub mod alerts;
 pub mod dag;
 pub mod executor;
 pub mod keys;

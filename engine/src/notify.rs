@@ -1,5 +1,5 @@
 //! Run notifications: a JSON message that Slack's incoming webhooks accept, posted when a run
-//! ends. A failing webhook is logged and never changes the run.
+//! ends or an alert fires. A failing webhook is logged and never changes the run.
 
 use std::time::Duration;
 
@@ -44,14 +44,21 @@ pub fn message(ev: &RunEnded) -> serde_json::Value {
     })
 }
 
-/// Renders the webhook template (it may name secrets) and posts the message. Blocking: call it
-/// from `spawn_blocking`.
-pub fn post(webhook_template: &str, ev: &RunEnded, secrets: &Secrets) -> Result<(), String> {
+/// Renders the webhook template (it may name secrets) and posts `body` (a run's end,
+/// [`message`], or an alert's, [`crate::alerts::Alert::message`]). Blocking: call it from
+/// `spawn_blocking`.
+pub fn post_json(
+    webhook_template: &str,
+    dag_id: &str,
+    run_id: &str,
+    body: &serde_json::Value,
+    secrets: &Secrets,
+) -> Result<(), String> {
     let masker: Masker = secrets.masker();
     let ctx = template::context(json!({
         "secrets": secrets.to_json(),
-        "dag_id": ev.dag_id,
-        "run_id": ev.run_id,
+        "dag_id": dag_id,
+        "run_id": run_id,
     }));
     let url = template::render(webhook_template, &ctx)
         .map_err(|e| format!("webhook URL did not render: {}", masker.mask(&e)))?;
@@ -62,7 +69,7 @@ pub fn post(webhook_template: &str, ev: &RunEnded, secrets: &Secrets) -> Result<
         .into();
     agent
         .post(&url)
-        .send_json(message(ev))
+        .send_json(body)
         .map(|_| ())
         .map_err(|e| masker.mask(&format!("webhook {} failed: {e}", url)))
 }

@@ -17,7 +17,7 @@ use serde_json::Value as Json;
 use crate::harness::*;
 
 /// An HTTP receiver that answers every request 200 and keeps the bodies, until the test ends.
-fn counting_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn counting_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -39,7 +39,7 @@ fn counting_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 /// `flow scheduler` with a home of its own, as on another host, on the test's database and
 /// DAGs folder.
-fn spawn_scheduler(env: &Env, home: &str) -> Child {
+pub(crate) fn spawn_scheduler(env: &Env, home: &str) -> Child {
     let home = env.path(home);
     std::fs::create_dir_all(&home).unwrap();
     let log = std::fs::OpenOptions::new()

@@ -78,6 +78,9 @@ pub struct RateLimit {
 #[serde(deny_unknown_fields)]
 pub struct Notifications {
     pub webhook: Option<String>,
+    /// A run queued longer than this (held by max_active_runs, a paused DAG, a busy cluster) is
+    /// alerted once, to its DAG's `on_failure` webhook or this `webhook` (default: never).
+    pub stuck_queued: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,18 @@ fn poll_interval(file: &FileConfig) -> Result<Duration> {
         bail!("flow.toml: poll_interval must be at least 10ms");
     }
     Ok(poll)
+}
+
+fn stuck_queued(file: &FileConfig) -> Result<Option<Duration>> {
+    let Some(s) = &file.notifications.stuck_queued else {
+        return Ok(None);
+    };
+    let d = flow_engine::schedule::parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("flow.toml: [notifications] stuck_queued: {e}"))?;
+    if d.is_zero() {
+        bail!("flow.toml: [notifications] stuck_queued must be positive");
+    }
+    Ok(Some(d))
 }
 
 fn rate_limit(file: &FileConfig) -> Result<RateLimit> {
@@ -216,6 +231,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
             poll_interval,
             base_url,
             default_webhook: file.notifications.webhook.clone(),
+            stuck_queued: stuck_queued(&file)?,
             remote_logs: None,
         },
         home,

@@ -246,6 +246,12 @@ pub struct Task {
     /// The secrets the operator's keys name (`secrets.NAME`): the task's process gets
     /// `FLOW_SECRET_NAME` for these and for no other secret.
     pub secret_reads: BTreeSet<String>,
+    /// `sla:`: how long after the run's data interval ends the task should be done.
+    pub sla: Option<Duration>,
+    /// Posted when a try of the task fails with no retry left.
+    pub on_failure: Option<Notification>,
+    /// Posted when a try of the task fails and another will follow.
+    pub on_retry: Option<Notification>,
 }
 
 /// Calls `f` with every templated string inside `value`, at any depth (object keys aside).
@@ -355,6 +361,8 @@ pub struct Dag {
     pub params: Vec<Param>,
     pub on_failure: Option<Notification>,
     pub on_success: Option<Notification>,
+    /// `sla:`: how long after its data interval ends a run should have succeeded.
+    pub sla: Option<Duration>,
     /// In topological order: every task comes after its upstreams.
     pub tasks: Vec<Task>,
     pub path: PathBuf,

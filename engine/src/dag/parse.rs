@@ -39,6 +39,7 @@ const DAG_KEYS: &[&str] = &[
     "defaults",
     "on_failure",
     "on_success",
+    "sla",
     "tasks",
 ];
 
@@ -52,6 +53,9 @@ const POLICY_KEYS: &[&str] = &[
     "queue",
     "priority",
     "trigger_rule",
+    "sla",
+    "on_failure",
+    "on_retry",
 ];
 
 const TASK_KEYS: &[&str] = &["operator", "depends_on", "when", "for_each", "description"];
@@ -300,6 +304,7 @@ impl Cx {
         let params = get("params").map(|n| self.params(n)).unwrap_or_default();
         let on_failure = get("on_failure").and_then(|n| self.notification(n, "on_failure"));
         let on_success = get("on_success").and_then(|n| self.notification(n, "on_success"));
+        let sla = get("sla").and_then(|n| self.sla(n));
         let defaults = self.defaults(root);
         let tasks = self.dag_tasks(root, catalog, &defaults);
         // A missing id or a cycle must not hide the problems in templates.
@@ -320,6 +325,7 @@ impl Cx {
             params,
             on_failure,
             on_success,
+            sla,
             index: HashMap::new(),
             tasks: tasks.tasks,
             path: path.to_path_buf(),
@@ -643,7 +649,31 @@ impl Cx {
                 }
             }
         }
+        self.alert_policy(node, &mut p);
         p
+    }
+
+    /// A task's alert keys: `sla`, `on_failure`, `on_retry`.
+    fn alert_policy(&mut self, node: &Node, p: &mut Policy) {
+        if let Some(n) = node.get("sla") {
+            p.sla = self.sla(n).or(p.sla);
+        }
+        if let Some(n) = node.get("on_failure") {
+            p.on_failure = self.notification(n, "on_failure").or(p.on_failure.take());
+        }
+        if let Some(n) = node.get("on_retry") {
+            p.on_retry = self.notification(n, "on_retry").or(p.on_retry.take());
+        }
+    }
+
+    /// An `sla:`: a positive duration.
+    fn sla(&mut self, n: &Node) -> Option<Duration> {
+        let d = self.duration(n, "sla")?;
+        if d.is_zero() {
+            self.problem(n.pos, "'sla' must be positive");
+            return None;
+        }
+        Some(d)
     }
 
     /// Reports a `connection:` (at any depth of an operator key, as in a `sql` source) that
@@ -726,6 +756,9 @@ struct Policy {
     queue: String,
     priority: i32,
     trigger_rule: TriggerRule,
+    sla: Option<Duration>,
+    on_failure: Option<Notification>,
+    on_retry: Option<Notification>,
 }
 
 impl Default for Policy {
@@ -737,6 +770,9 @@ impl Default for Policy {
             queue: crate::dag::DEFAULT_QUEUE.to_string(),
             priority: 0,
             trigger_rule: TriggerRule::AllSuccess,
+            sla: None,
+            on_failure: None,
+            on_retry: None,
         }
     }
 }

@@ -48,6 +48,11 @@ pub(crate) struct TryEnv {
     pub home: PathBuf,
     /// `[logs] remote`: where logs are copied as tries run.
     pub remote_logs: Option<RemoteLogs>,
+    /// The web UI's address, for the links in a task's alerts.
+    pub base_url: String,
+    /// The loop's tries: a task's alert is posted in it, so a shutdown (the end of `flow run`)
+    /// waits for the post as for the try.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 enum Outcome {
@@ -71,7 +76,11 @@ pub(crate) async fn run_try(
         return finish(
             env,
             claim,
-            None,
+            TryOf {
+                dag,
+                run,
+                task: None,
+            },
             handover,
             Outcome::Failed {
                 message: format!(
@@ -148,7 +157,11 @@ async fn run_task(
             return finish(
                 env,
                 claim,
-                Some(task),
+                TryOf {
+                    dag,
+                    run,
+                    task: Some(task),
+                },
                 handover,
                 Outcome::Failed {
                     message: format!("cannot create the log folder of {}: {e}", path.display()),
@@ -180,7 +193,12 @@ async fn run_task(
     if let Some(shipping) = shipping {
         shipping.finish(log.written()).await;
     }
-    finish(env, claim, Some(task), handover, outcome).await
+    let of = TryOf {
+        dag,
+        run,
+        task: Some(task),
+    };
+    finish(env, claim, of, handover, outcome).await
 }
 
 /// An operator ready to run: its keys rendered for this try.
@@ -435,15 +453,24 @@ fn try_end(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -
 /// Records the end, fenced on the lease, handing the slot to the next queued try in the same
 /// transaction when the loop offered it. Returns the state recorded (None when the lease was
 /// lost or the write failed) and whether the slot was handed over.
+/// What a try belongs to: its DAG (version), run and task (None when the version lacks it).
+struct TryOf<'a> {
+    dag: &'a Dag,
+    run: &'a RunRow,
+    task: Option<&'a Task>,
+}
+
 async fn finish(
     env: &TryEnv,
     claim: &Claim,
-    task: Option<&Task>,
+    of: TryOf<'_>,
     handover: Option<Handover>,
     outcome: Outcome,
 ) -> (Option<TaskState>, bool) {
-    let end = try_end(env, claim, task, outcome);
+    let end = try_end(env, claim, of.task, outcome);
     let (state, now) = (end.state, end.now);
+    // A sensor giving its slot back is no failure to tell anyone of.
+    let alert = (!end.reschedule).then(|| end.error.clone()).flatten();
     env.running.ending(&try_key(claim));
     let handover = handover.filter(|h| !h.stop.is_cancelled()).map(|mut h| {
         h.request.now = now;
@@ -457,7 +484,12 @@ async fn finish(
         None => env.recorder.write(write).await,
     };
     let state = match written {
-        Ok(true) => Some(state),
+        Ok(true) => {
+            if let Some(error) = alert {
+                post_try_alert(env, claim, &of, state, &error);
+            }
+            Some(state)
+        }
         Ok(false) => {
             tracing::warn!("{} lost its lease; its result is dropped", try_key(claim));
             None
@@ -470,6 +502,41 @@ async fn finish(
     };
     // A failed transaction still answers the handover (with the error), which frees the slot.
     (state, handed_over)
+}
+
+/// Posts the task's `on_retry` or `on_failure` alert for a try that failed, off the loop. Only
+/// the process whose end of the try was recorded posts, so a try is alerted once.
+fn post_try_alert(env: &TryEnv, claim: &Claim, of: &TryOf<'_>, state: TaskState, error: &str) {
+    let mapped = if claim.map_index == UNMAPPED {
+        String::new()
+    } else {
+        format!(" (map index {})", claim.map_index)
+    };
+    let what = if state == TaskState::Failed {
+        "failed with no retry left"
+    } else {
+        "failed; another try follows"
+    };
+    let error: String = error.chars().take(500).collect();
+    let detail = format!("try {}{mapped} {what}: {error}", claim.try_number);
+    let Some((to, alert)) =
+        crate::alerts::try_alert(of.dag, of.run, &claim.task_id, state, detail, &env.base_url)
+    else {
+        return;
+    };
+    let secrets = env.secrets.clone();
+    env.tracker.spawn_blocking(move || {
+        let body = alert.message();
+        if let Err(e) =
+            crate::notify::post_json(&to.webhook, &alert.dag_id, &alert.run_id, &body, &secrets)
+        {
+            tracing::warn!(
+                "{} alert for run {}: {e}",
+                alert.kind.as_str(),
+                alert.run_id
+            );
+        }
+    });
 }
 
 /// Outcome of a try whose scheduler died: another try if the policy allows.

@@ -149,6 +149,7 @@ impl Loop {
         }
         .spawn(shutdown.clone());
         let cancel = CancellationToken::new();
+        let tracker = tokio_util::task::TaskTracker::new();
         let env = Arc::new(TryEnv {
             shutdown: cancel.clone(),
             running,
@@ -159,10 +160,12 @@ impl Loop {
             secrets: engine.secrets.clone(),
             home: engine.config.home.clone(),
             remote_logs: engine.config.remote_logs.clone(),
+            base_url: engine.config.base_url.clone(),
+            tracker: tracker.clone(),
         });
         let slots = Slots {
             env,
-            tries: tokio_util::task::TaskTracker::new(),
+            tries: tracker,
             cancel,
             done_tx,
             claimed_tx,
@@ -302,6 +305,10 @@ impl Loop {
                     .catch(engine.store.active_runs().await)
                     .unwrap_or_default();
             }
+        }
+        if self.mode == Mode::Daemon {
+            let alerted = engine.post_due_alerts(now, &active).await;
+            self.trouble.catch(alerted);
         }
         let started = engine.start_runs(&self.mode, now, &active, &paused).await;
         if let Some(started) = self.trouble.catch(started) {

@@ -69,6 +69,7 @@ use crate::state::RunState;
 use crate::store::group_commit::CommitError;
 use crate::store::{RunRow, Store, StoreError};
 
+mod alerts;
 mod catalog;
 mod event_loop;
 mod heartbeat;
@@ -97,6 +98,8 @@ pub struct EngineConfig {
     pub base_url: String,
     /// The webhook of `[notifications]`, used when a DAG has no `on_failure` of its own.
     pub default_webhook: Option<String>,
+    /// `[notifications] stuck_queued`: a run queued longer than this is alerted once.
+    pub stuck_queued: Option<Duration>,
     /// `[logs] remote`: try logs copied to an object store as they are written.
     pub remote_logs: Option<crate::log::RemoteLogs>,
 }
@@ -253,6 +256,7 @@ pub struct Engine {
     /// Webhook posts in flight: awaited before the loop returns, so `flow run` does not exit
     /// before its notification is sent.
     notifications: Vec<tokio::task::JoinHandle<()>>,
+    alerted: alerts::Alerted,
 }
 
 impl Engine {
@@ -283,6 +287,7 @@ impl Engine {
             next_due: HashMap::new(),
             run_rows: HashMap::new(),
             notifications: Vec::new(),
+            alerted: alerts::Alerted::default(),
         }
     }
 

@@ -108,12 +108,25 @@ impl Engine {
                 run.run_id
             ),
         };
+        let body = notify::message(&ev);
+        self.post_in_background(webhook, &ev.dag_id, &ev.run_id, body);
+    }
+
+    /// Posts `body` to the webhook off the loop; the post is awaited at shutdown.
+    pub(super) fn post_in_background(
+        &mut self,
+        webhook: String,
+        dag_id: &str,
+        run_id: &str,
+        body: serde_json::Value,
+    ) {
         let secrets = self.secrets.clone();
+        let (dag_id, run_id) = (dag_id.to_string(), run_id.to_string());
         self.notifications.retain(|h| !h.is_finished());
         self.notifications
             .push(tokio::task::spawn_blocking(move || {
-                if let Err(e) = notify::post(&webhook, &ev, &secrets) {
-                    tracing::warn!("notification for run {}: {e}", ev.run_id);
+                if let Err(e) = notify::post_json(&webhook, &dag_id, &run_id, &body, &secrets) {
+                    tracing::warn!("notification for run {run_id}: {e}");
                 }
             }));
     }

@@ -10,6 +10,7 @@
 //! changed means the lease was lost and the caller backs off.
 
 mod activity;
+mod alerts;
 mod cursor;
 mod dags;
 pub mod group_commit;
@@ -25,6 +26,7 @@ mod tries;
 mod wake;
 
 pub use activity::{ActiveRuns, Activity, ActivityStore, PoolActivity};
+pub use alerts::{AlertKey, AlertStore};
 pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
@@ -48,8 +50,8 @@ pub use wake::{Wake, Wakeups};
 /// `dyn Store` answers every method of its supertraits without them in scope).
 pub mod prelude {
     pub use super::{
-        ActivityStore, DagStore, HistoryStore, ModelRegistry, PlanStore, RunStore, Store,
-        TokenStore, TryStore,
+        ActivityStore, AlertStore, DagStore, HistoryStore, ModelRegistry, PlanStore, RunStore,
+        Store, TokenStore, TryStore,
     };
 }
 
@@ -131,6 +133,7 @@ pub trait Store:
     + TokenStore
     + ModelRegistry
     + ActivityStore
+    + AlertStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

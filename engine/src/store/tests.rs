@@ -675,6 +675,7 @@ mod pages {
 }
 
 mod activity;
+mod alerts;
 mod claims;
 mod history;
 mod keys;

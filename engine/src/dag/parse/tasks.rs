@@ -84,6 +84,9 @@ impl Cx {
             queue: policy.queue,
             priority: policy.priority,
             for_each,
+            sla: policy.sla,
+            on_failure: policy.on_failure,
+            on_retry: policy.on_retry,
         })
     }
 

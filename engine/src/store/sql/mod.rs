@@ -9,6 +9,7 @@
 //! (`i64: Encode<'_, DB>`) to no user of the trait, so they cannot be said once in [`Dialect`].
 
 mod activity;
+mod alerts;
 mod claims;
 mod connect;
 mod dags;

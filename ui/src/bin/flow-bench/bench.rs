@@ -156,6 +156,7 @@ pub(crate) fn bench_config(home: PathBuf, dags: PathBuf, parallelism: usize) -> 
         poll_interval: flow_engine::scheduler::DEFAULT_POLL,
         base_url: "http://127.0.0.1:8080".into(),
         default_webhook: None,
+        stuck_queued: None,
         remote_logs: None,
     }
 }
