@@ -33,6 +33,11 @@ pub struct Metrics {
     commit_batch: Histogram<u64>,
     orphans: Counter<u64>,
     write_wait: Histogram<f64>,
+    models: ModelGauges,
+}
+
+/// What the ML operators measured last.
+struct ModelGauges {
     model_metric: Gauge<f64>,
     drift_psi: Gauge<f64>,
     experiment_lift: Gauge<f64>,
@@ -98,31 +103,35 @@ pub fn metrics() -> &'static Metrics {
                 )
                 .with_boundaries(STEP_SECONDS.to_vec())
                 .build(),
-            model_metric: meter
-                .f64_gauge("flow.model.metric")
-                .with_description(
-                    "A model's latest measured metric (auc, accuracy, rmse, ...), by model, \
-                     stage and metric: a candidate when trained, production when promoted",
-                )
-                .build(),
-            drift_psi: meter
-                .f64_gauge("flow.drift.psi")
-                .with_description("The latest population stability index, by DAG, task and feature")
-                .build(),
-            experiment_lift: meter
-                .f64_gauge("flow.experiment.lift")
-                .with_description(
-                    "A variant's latest lift over the control, by experiment and variant",
-                )
-                .build(),
-            experiment_p: meter
-                .f64_gauge("flow.experiment.p_value")
-                .with_description(
-                    "A variant's latest p-value against the control, by experiment and variant",
-                )
-                .build(),
+            models: model_gauges(&meter),
         }
     })
+}
+
+fn model_gauges(meter: &opentelemetry::metrics::Meter) -> ModelGauges {
+    ModelGauges {
+        model_metric: meter
+            .f64_gauge("flow.model.metric")
+            .with_description(
+                "A model's latest measured metric (auc, accuracy, rmse, ...), by model, \
+                 stage and metric: a candidate when trained, production when promoted",
+            )
+            .build(),
+        drift_psi: meter
+            .f64_gauge("flow.drift.psi")
+            .with_description("The latest population stability index, by DAG, task and feature")
+            .build(),
+        experiment_lift: meter
+            .f64_gauge("flow.experiment.lift")
+            .with_description("A variant's latest lift over the control, by experiment and variant")
+            .build(),
+        experiment_p: meter
+            .f64_gauge("flow.experiment.p_value")
+            .with_description(
+                "A variant's latest p-value against the control, by experiment and variant",
+            )
+            .build(),
+    }
 }
 
 impl Metrics {
@@ -179,7 +188,7 @@ impl Metrics {
     pub fn model_measured(&self, model: &str, stage: &str, metrics: &serde_json::Value) {
         for (name, value) in metrics.as_object().into_iter().flatten() {
             if let Some(v) = value.as_f64() {
-                self.model_metric.record(
+                self.models.model_metric.record(
                     v,
                     &[
                         KeyValue::new("model", model.to_string()),
@@ -192,7 +201,7 @@ impl Metrics {
     }
 
     pub fn drift_measured(&self, dag_id: &str, task_id: &str, feature: &str, psi: f64) {
-        self.drift_psi.record(
+        self.models.drift_psi.record(
             psi,
             &[
                 KeyValue::new("dag_id", dag_id.to_string()),
@@ -207,8 +216,8 @@ impl Metrics {
             KeyValue::new("experiment", v.experiment.to_string()),
             KeyValue::new("variant", v.variant.to_string()),
         ];
-        self.experiment_lift.record(v.lift, &labels);
-        self.experiment_p.record(v.p_value, &labels);
+        self.models.experiment_lift.record(v.lift, &labels);
+        self.models.experiment_p.record(v.p_value, &labels);
     }
 
     pub fn orphan_recovered(&self) {
