@@ -179,6 +179,14 @@ fn a_runs_trace_spans_a_scheduler_and_a_worker() {
         assert_eq!(run_span["parent_span_id"], "", "the run's span is the root");
         assert_eq!(run_span["attributes"]["run_id"], run["run_id"]);
         assert_eq!(run_span["attributes"]["state"], "success");
+        // Each pass with work is a root span of its own.
+        let pass = receiver
+            .spans()
+            .into_iter()
+            .find(|s| s["name"] == "scheduler.pass" && s["service"] == "flow-scheduler");
+        let pass = pass.expect("a scheduler.pass span from the scheduler");
+        assert_eq!(pass["parent_span_id"], "", "{pass:#}");
+        assert!(pass["attributes"]["runs"].is_i64(), "{pass:#}");
         let extract = receiver.wait_span(trace_id, "extract", "flow-worker");
         let load = receiver.wait_span(trace_id, "load", "flow-worker");
         check_try(&extract, &run_span, "extract", "flow-worker");
@@ -279,6 +287,15 @@ fn json_logs_are_one_object_a_line() {
             .any(|l| !l.starts_with('{') && l.contains(" INFO ")),
         "a text log line: {stderr}"
     );
+    // Text lines name no scheduler pass: its span is for traces only.
+    let out = env
+        .command(&["run", "traced"])
+        .env("FLOW_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ended success"), "{stderr}");
+    assert!(!stderr.contains("scheduler.pass"), "{stderr}");
     // An unknown format is a usage error.
     let out = env
         .command(&["--log-format", "xml", "dags", "list"])

@@ -206,6 +206,9 @@ fn resource(service: &str) -> Resource {
 fn traced_targets() -> Targets {
     Targets::new()
         .with_target("flow_engine", LevelFilter::INFO)
+        // A pass's span is DEBUG so that text logs do not prefix every line logged in a pass
+        // with it; traces want it.
+        .with_target("flow_engine::scheduler::event_loop", LevelFilter::DEBUG)
         .with_target("flow_operators", LevelFilter::INFO)
         .with_target("flow_ui", LevelFilter::INFO)
         .with_default(LevelFilter::WARN)

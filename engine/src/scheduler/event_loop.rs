@@ -235,7 +235,7 @@ impl Loop {
         if self.dirty.is_empty() && self.answers.is_empty() {
             return tracing::Span::none();
         }
-        tracing::info_span!(
+        tracing::debug_span!(
             parent: None,
             "scheduler.pass",
             full = self.full_pass,
