@@ -48,8 +48,12 @@ struct ModelGauges {
 /// command runs).
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(|| {
-        let meter = opentelemetry::global::meter(SCOPE);
+    METRICS.get_or_init(|| Metrics::new(&opentelemetry::global::meter(SCOPE)))
+}
+
+impl Metrics {
+    /// The instruments on `meter`: the global one in a process, a test's own in a test.
+    pub fn new(meter: &opentelemetry::metrics::Meter) -> Metrics {
         Metrics {
             runs_ended: meter
                 .u64_counter("flow.runs.ended")
@@ -103,9 +107,9 @@ pub fn metrics() -> &'static Metrics {
                 )
                 .with_boundaries(STEP_SECONDS.to_vec())
                 .build(),
-            models: model_gauges(&meter),
+            models: model_gauges(meter),
         }
-    })
+    }
 }
 
 fn model_gauges(meter: &opentelemetry::metrics::Meter) -> ModelGauges {
@@ -241,3 +245,6 @@ pub struct VariantMeasured<'a> {
     pub lift: f64,
     pub p_value: f64,
 }
+
+#[cfg(test)]
+mod tests;
