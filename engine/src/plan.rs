@@ -210,6 +210,10 @@ pub(crate) fn evaluate(rule: TriggerRule, u: Upstream) -> Readiness {
         TriggerRule::Always => Run,
         TriggerRule::OneSuccess if u.success > 0 => Run,
         TriggerRule::OneFailed if u.failed > 0 => Run,
+        TriggerRule::OneDone if u.success + u.failed > 0 => Run,
+        // A skip settles these before the rest ends, as in Airflow.
+        TriggerRule::NoneSkipped if u.skipped > 0 => Skip,
+        TriggerRule::AllSkipped if u.success + u.failed > 0 => Skip,
         _ if !all_done => Wait,
         TriggerRule::AllSuccess if u.success == u.total => Run,
         TriggerRule::AllSuccess if u.failed > 0 => UpstreamFailed,
@@ -225,6 +229,10 @@ pub(crate) fn evaluate(rule: TriggerRule, u: Upstream) -> Readiness {
         TriggerRule::NoneFailedMinOneSuccess if u.failed > 0 => UpstreamFailed,
         TriggerRule::NoneFailedMinOneSuccess if u.success > 0 => Run,
         TriggerRule::NoneFailedMinOneSuccess => Skip,
+        // Every upstream ended skipped: nothing was done.
+        TriggerRule::OneDone => Skip,
+        TriggerRule::NoneSkipped => Run,
+        TriggerRule::AllSkipped => Run,
     }
 }
 
@@ -766,6 +774,45 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// The rules beyond the contract's eight (Airflow's `one_done`, `none_skipped`,
+    /// `all_skipped`), on the same upstream states.
+    #[test]
+    fn evaluate_follows_airflow_for_the_rules_beyond_the_contract() {
+        use Readiness::{Run, Skip, Wait};
+        // Columns: one_done, none_skipped, all_skipped.
+        let table: &[(&str, &[S], [Readiness; 3])] = &[
+            ("no upstreams", &[], [Run; 3]),
+            ("all success", &[S::Success, S::Success], [Run, Run, Skip]),
+            ("all failed", &[S::Failed, S::Failed], [Run, Run, Skip]),
+            ("all skipped", &[S::Skipped, S::Skipped], [Skip, Skip, Run]),
+            ("success and failed", &[S::Success, S::Failed], [Run, Run, Skip]),
+            ("success and skipped", &[S::Success, S::Skipped], [Run, Skip, Skip]),
+            ("upstream_failed and skipped", &[S::UpstreamFailed, S::Skipped], [Run, Skip, Skip]),
+            ("one success, one running", &[S::Success, S::Running], [Run, Wait, Skip]),
+            ("one skipped, one running", &[S::Skipped, S::Running], [Wait, Skip, Wait]),
+            ("one failed, one up_for_retry", &[S::Failed, S::UpForRetry], [Run, Wait, Skip]),
+            ("nothing ended yet", &[S::Scheduled, S::Queued], [Wait, Wait, Wait]),
+        ];
+        let rules = [
+            TriggerRule::OneDone,
+            TriggerRule::NoneSkipped,
+            TriggerRule::AllSkipped,
+        ];
+        let mut wrong = Vec::new();
+        for (label, states, expected) in table {
+            for (rule, want) in rules.iter().zip(expected) {
+                let got = evaluate(*rule, upstream(states));
+                if got != *want {
+                    wrong.push(format!("{} with {label}: got {got:?}, want {want:?}", rule.as_str()));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        for rule in rules {
+            assert_eq!(TriggerRule::parse(rule.as_str()), Some(rule));
+        }
     }
 
     #[test]

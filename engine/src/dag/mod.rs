@@ -52,10 +52,16 @@ pub enum TriggerRule {
     NoneFailed,
     NoneFailedMinOneSuccess,
     Always,
+    /// Airflow's: as soon as one upstream succeeded or failed.
+    OneDone,
+    /// Airflow's: every upstream done and none skipped (failures allowed).
+    NoneSkipped,
+    /// Airflow's: every upstream skipped.
+    AllSkipped,
 }
 
 impl TriggerRule {
-    pub const ALL: [(TriggerRule, &'static str); 8] = [
+    pub const ALL: [(TriggerRule, &'static str); 11] = [
         (TriggerRule::AllSuccess, "all_success"),
         (TriggerRule::AllFailed, "all_failed"),
         (TriggerRule::AllDone, "all_done"),
@@ -67,6 +73,9 @@ impl TriggerRule {
             "none_failed_min_one_success",
         ),
         (TriggerRule::Always, "always"),
+        (TriggerRule::OneDone, "one_done"),
+        (TriggerRule::NoneSkipped, "none_skipped"),
+        (TriggerRule::AllSkipped, "all_skipped"),
     ];
 
     pub fn parse(s: &str) -> Option<TriggerRule> {
