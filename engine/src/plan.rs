@@ -787,13 +787,41 @@ mod tests {
             ("all success", &[S::Success, S::Success], [Run, Run, Skip]),
             ("all failed", &[S::Failed, S::Failed], [Run, Run, Skip]),
             ("all skipped", &[S::Skipped, S::Skipped], [Skip, Skip, Run]),
-            ("success and failed", &[S::Success, S::Failed], [Run, Run, Skip]),
-            ("success and skipped", &[S::Success, S::Skipped], [Run, Skip, Skip]),
-            ("upstream_failed and skipped", &[S::UpstreamFailed, S::Skipped], [Run, Skip, Skip]),
-            ("one success, one running", &[S::Success, S::Running], [Run, Wait, Skip]),
-            ("one skipped, one running", &[S::Skipped, S::Running], [Wait, Skip, Wait]),
-            ("one failed, one up_for_retry", &[S::Failed, S::UpForRetry], [Run, Wait, Skip]),
-            ("nothing ended yet", &[S::Scheduled, S::Queued], [Wait, Wait, Wait]),
+            (
+                "success and failed",
+                &[S::Success, S::Failed],
+                [Run, Run, Skip],
+            ),
+            (
+                "success and skipped",
+                &[S::Success, S::Skipped],
+                [Run, Skip, Skip],
+            ),
+            (
+                "upstream_failed and skipped",
+                &[S::UpstreamFailed, S::Skipped],
+                [Run, Skip, Skip],
+            ),
+            (
+                "one success, one running",
+                &[S::Success, S::Running],
+                [Run, Wait, Skip],
+            ),
+            (
+                "one skipped, one running",
+                &[S::Skipped, S::Running],
+                [Wait, Skip, Wait],
+            ),
+            (
+                "one failed, one up_for_retry",
+                &[S::Failed, S::UpForRetry],
+                [Run, Wait, Skip],
+            ),
+            (
+                "nothing ended yet",
+                &[S::Scheduled, S::Queued],
+                [Wait, Wait, Wait],
+            ),
         ];
         let rules = [
             TriggerRule::OneDone,
@@ -805,7 +833,10 @@ mod tests {
             for (rule, want) in rules.iter().zip(expected) {
                 let got = evaluate(*rule, upstream(states));
                 if got != *want {
-                    wrong.push(format!("{} with {label}: got {got:?}, want {want:?}", rule.as_str()));
+                    wrong.push(format!(
+                        "{} with {label}: got {got:?}, want {want:?}",
+                        rule.as_str()
+                    ));
                 }
             }
         }
