@@ -501,44 +501,16 @@ fn rendered_items(src: &str, ctx: &minijinja::Value) -> Result<Vec<Json>, String
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::time::Duration;
 
     use chrono::TimeZone;
     use serde_json::json;
 
     use super::*;
-    use crate::dag::{Backoff, ParseOptions, parse_dag};
-    use crate::keys::{Catalog, OperatorKeys};
+    use crate::dag::Backoff;
     use crate::state::TaskState as S;
 
-    struct TestCatalog;
-
-    impl Catalog for TestCatalog {
-        fn keys(&self, operator: &str) -> Option<OperatorKeys> {
-            (operator == "shell").then_some(OperatorKeys {
-                required: &["command"],
-                optional: &["env", "cwd"],
-                code: &[],
-                shell: &[],
-                url: &[],
-                program: &[],
-            })
-        }
-        fn names(&self) -> Vec<&str> {
-            vec!["shell"]
-        }
-    }
-
-    fn dag(yaml: &str) -> Dag {
-        parse_dag(
-            Path::new("test.yaml"),
-            yaml,
-            &TestCatalog,
-            &ParseOptions::default(),
-        )
-        .unwrap_or_else(|problems| panic!("test DAG does not parse: {problems:#?}\n{yaml}"))
-    }
+    use crate::dag::testing::dag;
 
     /// `id -> depends_on` for shell tasks, each with the given extra YAML lines.
     fn tasks_yaml(tasks: &[(&str, &[&str], &str)]) -> String {

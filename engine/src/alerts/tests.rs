@@ -1,29 +1,7 @@
-use std::path::Path;
-
 use chrono::TimeZone;
 
 use super::*;
-use crate::dag::{ParseOptions, parse_dag};
-use crate::keys::{Catalog, OperatorKeys};
 use crate::state::RunType;
-
-struct Shell;
-
-impl Catalog for Shell {
-    fn keys(&self, operator: &str) -> Option<OperatorKeys> {
-        (operator == "shell").then_some(OperatorKeys {
-            required: &["command"],
-            optional: &[],
-            code: &[],
-            shell: &[],
-            url: &[],
-            program: &[],
-        })
-    }
-    fn names(&self) -> Vec<&str> {
-        vec!["shell"]
-    }
-}
 
 const YAML: &str = "id: nightly\nschedule: '@daily'\nstart_date: 2026-01-01\nsla: 2h\n\
 defaults:\n  on_retry: { webhook: 'http://hooks/retry' }\n\
@@ -32,8 +10,7 @@ load: { operator: shell, command: 'true', depends_on: [extract], sla: 1h, on_fai
 report: { operator: shell, command: 'true', depends_on: [load] }\n";
 
 fn dag() -> Dag {
-    parse_dag(Path::new("n.yaml"), YAML, &Shell, &ParseOptions::default())
-        .unwrap_or_else(|p| panic!("{p:#?}"))
+    crate::dag::testing::dag(YAML)
 }
 
 fn t(h: i64, m: i64) -> DateTime<Utc> {

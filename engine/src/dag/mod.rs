@@ -8,6 +8,8 @@ pub mod load;
 pub mod parse;
 mod quoting;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
