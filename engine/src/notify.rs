@@ -44,6 +44,21 @@ pub fn message(ev: &RunEnded) -> serde_json::Value {
     })
 }
 
+/// [`post_json`], a failure logged as `what` (`notification`, `task_retry alert`) for the run:
+/// a webhook never changes what it reports on.
+pub fn post_logged(
+    webhook_template: &str,
+    dag_id: &str,
+    run_id: &str,
+    body: &serde_json::Value,
+    secrets: &Secrets,
+    what: &str,
+) {
+    if let Err(e) = post_json(webhook_template, dag_id, run_id, body, secrets) {
+        tracing::warn!("{what} for run {run_id}: {e}");
+    }
+}
+
 /// Renders the webhook template (it may name secrets) and posts `body` (a run's end,
 /// [`message`], or an alert's, [`crate::alerts::Alert::message`]). Blocking: call it from
 /// `spawn_blocking`.

@@ -76,11 +76,7 @@ pub(crate) async fn run_try(
         return finish(
             env,
             claim,
-            TryOf {
-                dag,
-                run,
-                task: None,
-            },
+            TryOf { dag, run },
             handover,
             Outcome::Failed {
                 message: format!(
@@ -157,11 +153,7 @@ async fn run_task(
             return finish(
                 env,
                 claim,
-                TryOf {
-                    dag,
-                    run,
-                    task: Some(task),
-                },
+                TryOf { dag, run },
                 handover,
                 Outcome::Failed {
                     message: format!("cannot create the log folder of {}: {e}", path.display()),
@@ -193,12 +185,7 @@ async fn run_task(
     if let Some(shipping) = shipping {
         shipping.finish(log.written()).await;
     }
-    let of = TryOf {
-        dag,
-        run,
-        task: Some(task),
-    };
-    finish(env, claim, of, handover, outcome).await
+    finish(env, claim, TryOf { dag, run }, handover, outcome).await
 }
 
 /// An operator ready to run: its keys rendered for this try.
@@ -450,16 +437,15 @@ fn try_end(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -
     }
 }
 
-/// Records the end, fenced on the lease, handing the slot to the next queued try in the same
-/// transaction when the loop offered it. Returns the state recorded (None when the lease was
-/// lost or the write failed) and whether the slot was handed over.
-/// What a try belongs to: its DAG (version), run and task (None when the version lacks it).
+/// What a try belongs to: its DAG (version) and run.
 struct TryOf<'a> {
     dag: &'a Dag,
     run: &'a RunRow,
-    task: Option<&'a Task>,
 }
 
+/// Records the end, fenced on the lease, handing the slot to the next queued try in the same
+/// transaction when the loop offered it. Returns the state recorded (None when the lease was
+/// lost or the write failed) and whether the slot was handed over.
 async fn finish(
     env: &TryEnv,
     claim: &Claim,
@@ -467,7 +453,9 @@ async fn finish(
     handover: Option<Handover>,
     outcome: Outcome,
 ) -> (Option<TaskState>, bool) {
-    let end = try_end(env, claim, of.task, outcome);
+    // None only when the run's DAG version lacks the task (a bug, reported as the failure).
+    let task = of.dag.task(&claim.task_id);
+    let end = try_end(env, claim, task, outcome);
     let (state, now) = (end.state, end.now);
     // A sensor giving its slot back is no failure to tell anyone of.
     let alert = (!end.reschedule).then(|| end.error.clone()).flatten();
@@ -526,16 +514,16 @@ fn post_try_alert(env: &TryEnv, claim: &Claim, of: &TryOf<'_>, state: TaskState,
     };
     let secrets = env.secrets.clone();
     env.tracker.spawn_blocking(move || {
+        let what = format!("{} alert", alert.kind.as_str());
         let body = alert.message();
-        if let Err(e) =
-            crate::notify::post_json(&to.webhook, &alert.dag_id, &alert.run_id, &body, &secrets)
-        {
-            tracing::warn!(
-                "{} alert for run {}: {e}",
-                alert.kind.as_str(),
-                alert.run_id
-            );
-        }
+        crate::notify::post_logged(
+            &to.webhook,
+            &alert.dag_id,
+            &alert.run_id,
+            &body,
+            &secrets,
+            &what,
+        );
     });
 }
 

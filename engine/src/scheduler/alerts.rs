@@ -19,6 +19,9 @@ pub(super) struct Alerted {
 
 impl Alerted {
     fn forget_ended(&mut self, active: &[RunRow]) {
+        if self.settled.is_empty() {
+            return;
+        }
         let live: HashSet<&str> = active.iter().map(|r| r.run_id.as_str()).collect();
         self.settled.retain(|k| live.contains(k.run_id.as_str()));
     }
@@ -55,6 +58,9 @@ impl Engine {
                 let late = alerts::task_alerts_due(&dag, run, &states, now, &self.config.base_url);
                 self.settle_met_slas(&dag, run, now, &late);
                 due.extend(late);
+            }
+            if due.is_empty() {
+                continue;
             }
             // A missed SLA or a stuck run goes where the run's failure would.
             let webhook = dag

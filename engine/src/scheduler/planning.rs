@@ -125,9 +125,7 @@ impl Engine {
         self.notifications.retain(|h| !h.is_finished());
         self.notifications
             .push(tokio::task::spawn_blocking(move || {
-                if let Err(e) = notify::post_json(&webhook, &dag_id, &run_id, &body, &secrets) {
-                    tracing::warn!("notification for run {run_id}: {e}");
-                }
+                notify::post_logged(&webhook, &dag_id, &run_id, &body, &secrets, "notification");
             }));
     }
 }
