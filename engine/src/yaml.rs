@@ -8,6 +8,8 @@ use std::fmt;
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, ScanError, Tag};
 
+mod merge;
+
 /// A 1-based line and column (columns count characters, not bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
 pub struct Pos {
@@ -361,7 +363,10 @@ enum RawKind {
         plain: bool,
     },
     Seq(Vec<usize>),
-    Map(Vec<(Key, usize)>),
+    Map {
+        entries: Vec<(Key, usize)>,
+        merges: Vec<merge::Merge>,
+    },
     Alias(usize),
 }
 
@@ -378,12 +383,15 @@ enum FrameKind {
         entries: Vec<(Key, usize)>,
         first_seen: HashMap<String, Pos>,
         slot: KeySlot,
+        merges: Vec<merge::Merge>,
     },
 }
 
 enum KeySlot {
     Expecting,
     Have(Key),
+    /// A plain `<<` key: its value is merged into the mapping (YAML's merge key).
+    Merge(Pos),
     /// The key was bad (already reported); its value is parsed but dropped.
     Skip,
 }
@@ -457,6 +465,7 @@ impl<'a> Builder<'a> {
                         entries: Vec::new(),
                         first_seen: HashMap::new(),
                         slot: KeySlot::Expecting,
+                        merges: Vec::new(),
                     },
                 )?,
                 Event::SequenceEnd | Event::MappingEnd => self.close(),
@@ -560,7 +569,9 @@ impl<'a> Builder<'a> {
         };
         let kind = match frame.kind {
             FrameKind::Seq(items) => RawKind::Seq(items),
-            FrameKind::Map { entries, .. } => RawKind::Map(entries),
+            FrameKind::Map {
+                entries, merges, ..
+            } => RawKind::Map { entries, merges },
         };
         let node = RawNode {
             pos: frame.pos,
@@ -612,6 +623,18 @@ impl<'a> Builder<'a> {
             })
         );
         let key = if wants_key { self.key_of(index) } else { None };
+        let merge_key = wants_key && self.is_merge_key(index);
+        let merge_error = match self.stack.last() {
+            Some(Frame {
+                kind:
+                    FrameKind::Map {
+                        slot: KeySlot::Merge(_),
+                        ..
+                    },
+                ..
+            }) => self.merge_error(index),
+            _ => None,
+        };
         let Some(frame) = self.stack.last_mut() else {
             self.root.get_or_insert(index);
             return;
@@ -623,10 +646,21 @@ impl<'a> Builder<'a> {
                 entries,
                 first_seen,
                 slot,
+                merges,
             } => {
                 *slot = match std::mem::replace(slot, KeySlot::Expecting) {
                     KeySlot::Expecting => match key {
                         None => KeySlot::Skip,
+                        Some(key) if merge_key => match first_seen.insert(key.name, key.pos) {
+                            Some(first) => {
+                                self.errors.push(YamlError::new(
+                                    key.pos,
+                                    format!("duplicate key '<<' (first at line {})", first.line),
+                                ));
+                                KeySlot::Skip
+                            }
+                            None => KeySlot::Merge(key.pos),
+                        },
                         Some(key) => match first_seen.get(&key.name) {
                             Some(first) => {
                                 self.errors.push(YamlError::new(
@@ -646,6 +680,16 @@ impl<'a> Builder<'a> {
                     },
                     KeySlot::Have(key) => {
                         entries.push((key, index));
+                        KeySlot::Expecting
+                    }
+                    KeySlot::Merge(pos) => {
+                        match merge_error {
+                            Some(message) => self.errors.push(YamlError::new(pos, message)),
+                            None => merges.push(merge::Merge {
+                                at: entries.len(),
+                                value: index,
+                            }),
+                        }
                         KeySlot::Expecting
                     }
                     KeySlot::Skip => KeySlot::Expecting,
@@ -669,7 +713,7 @@ impl<'a> Builder<'a> {
                     });
                 }
                 RawKind::Seq(_) => break "list",
-                RawKind::Map(_) => break "mapping",
+                RawKind::Map { .. } => break "mapping",
             }
         };
         self.errors.push(YamlError::new(
@@ -706,12 +750,7 @@ impl<'a> Builder<'a> {
                     .map(|&i| self.expand(i, self.arena[i].pos))
                     .collect(),
             ),
-            RawKind::Map(entries) => Value::Map(
-                entries
-                    .iter()
-                    .map(|(k, i)| (k.clone(), self.expand(*i, self.arena[*i].pos)))
-                    .collect(),
-            ),
+            RawKind::Map { entries, merges } => Value::Map(self.expand_map(entries, merges)),
             // The copy's root sits where the alias is written; its insides
             // only exist in the text at the anchor, so they keep those places.
             RawKind::Alias(target) => return self.expand(*target, raw.pos),
@@ -942,7 +981,7 @@ tasks:
 
     #[test]
     fn keys_keep_their_text() {
-        let root = ok("1: a\ntrue: b\n'x y': c\n<<: d\n");
+        let root = ok("1: a\ntrue: b\n'x y': c\n'<<': d\n");
         let names: Vec<_> = root
             .as_map()
             .unwrap()
@@ -1020,6 +1059,75 @@ name: &n hello
             root.to_json()["one"],
             serde_json::json!({"retries": 3, "tags": ["a", "b"]})
         );
+    }
+
+    #[test]
+    fn merge_key_joins_mappings_and_own_keys_win() {
+        let text = "\
+base: &base
+  retries: 2
+  pool: etl
+task:
+  <<: *base
+  retries: 5
+";
+        let root = ok(text);
+        let task = root.get("task").unwrap();
+        let names: Vec<_> = task
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| &k.name)
+            .collect();
+        assert_eq!(names, ["pool", "retries"]);
+        assert_eq!(task.get("retries").unwrap().value, Value::Int(5));
+        // A merged key points at the text it was copied from.
+        assert_eq!(task.entry("pool").unwrap().0.pos, p(3, 3));
+    }
+
+    #[test]
+    fn merge_list_earlier_mapping_wins() {
+        let text =
+            "a: &a {x: 1, y: 1}\nb: &b {y: 2, z: 2}\nc:\n  <<: [*a, *b]\n  w: 0\nd: {<<: {q: 1}}\n";
+        let root = ok(text);
+        assert_eq!(
+            root.get("c").unwrap().to_json(),
+            serde_json::json!({"x": 1, "y": 1, "z": 2, "w": 0})
+        );
+        assert_eq!(
+            root.get("d").unwrap().to_json(),
+            serde_json::json!({"q": 1})
+        );
+    }
+
+    #[test]
+    fn merge_of_a_non_mapping_is_an_error() {
+        let e = one_err("a: 1\nb:\n  <<: 3\n");
+        assert_eq!(e.pos, p(3, 3));
+        assert_eq!(
+            e.message,
+            "'<<' merges a mapping or a list of mappings, not a scalar"
+        );
+        let e = one_err("a: &a {x: 1}\nb:\n  <<: [*a, [1]]\n");
+        assert_eq!(
+            e.message,
+            "'<<' merges a mapping or a list of mappings; item 2 is a list"
+        );
+        let e = one_err("a: &a {x: 1}\nb:\n  <<: *a\n  <<: *a\n");
+        assert_eq!(e.message, "duplicate key '<<' (first at line 3)");
+    }
+
+    #[test]
+    fn merge_bomb_is_still_bounded() {
+        let mut text = String::from("a0: &a0 {k: v}\n");
+        for i in 1..40 {
+            text.push_str(&format!(
+                "a{i}: &a{i}\n  <<: [*a{p}, *a{p}]\n  k{i}: [*a{p}, *a{p}]\n",
+                p = i - 1
+            ));
+        }
+        let e = errs(&text);
+        assert!(e[0].message.contains("alias expansion"), "{e:?}");
     }
 
     #[test]
