@@ -488,7 +488,7 @@ impl<'a> Planner<'a> {
 }
 
 /// The items of a templated `for_each`: it must render to a JSON list.
-fn rendered_items(src: &str, ctx: &minijinja::Value) -> Result<Vec<Json>, String> {
+pub(crate) fn rendered_items(src: &str, ctx: &minijinja::Value) -> Result<Vec<Json>, String> {
     let text = template::render(src, ctx).map_err(|e| format!("'for_each' did not render: {e}"))?;
     match serde_json::from_str::<Json>(&text) {
         Ok(Json::Array(items)) => Ok(items),

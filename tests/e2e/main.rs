@@ -8,6 +8,7 @@ mod alerts;
 mod api;
 mod api_server;
 mod architecture;
+mod authoring;
 mod browser;
 mod cli;
 mod daemon;

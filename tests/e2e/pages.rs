@@ -680,3 +680,59 @@ fn pages_on(env: &Env) {
     assert_eq!(after.status, 303);
     server.stop();
 }
+
+/// Param rules (issue 23) shape the trigger form: an `enum` is a list to pick from, bounds and
+/// a pattern are the fields' attributes, and what breaks a rule is refused by its field.
+#[test]
+fn the_trigger_form_reflects_param_rules() {
+    each_db(|env, db| {
+        env.dag(
+            "ruled.yaml",
+            "id: ruled\nparams:\n  region: { type: string, enum: [eu, us], default: us }\n  rate: { type: number, minimum: 0, maximum: 1, default: 0.5 }\n  model: { type: string, pattern: '^[a-z_]+$', default: churn }\ntasks:\n  t: { operator: shell, command: echo }\n",
+        );
+        let server = Server::start(&env, "standalone");
+        let admin = admin_token(&env);
+        let page = call(
+            &server.base,
+            "GET",
+            "/dags/ruled",
+            &Auth::Bearer(&admin),
+            None,
+        );
+        assert_eq!(page.status, 200, "{db:?}: {}", page.body);
+        let body = &page.body;
+        assert!(
+            body.contains(r#"<select id="p_region" name="p_region">"#),
+            "{db:?}: {body}"
+        );
+        assert!(
+            body.contains(r#"<option value="us" selected>us</option>"#),
+            "{body}"
+        );
+        assert!(body.contains(r#"<option value="eu">eu</option>"#), "{body}");
+        assert!(body.contains(r#"min="0" max="1""#), "{body}");
+        assert!(body.contains(r#"pattern=".*(?:^[a-z_]+$).*""#), "{body}");
+        for (form, field) in [
+            ("p_region=fr", "p_region"),
+            ("p_rate=2", "p_rate"),
+            ("p_model=Bad%21", "p_model"),
+        ] {
+            let refused = call(
+                &server.base,
+                "POST",
+                "/dags/ruled/trigger",
+                &Auth::Bearer(&admin),
+                Some(form),
+            );
+            assert_eq!(refused.status, 400, "{db:?} {form}: {}", refused.body);
+            assert!(
+                refused.body.contains(&format!("id=\"error-{field}\"")),
+                "{db:?} {form}: {}",
+                refused.body
+            );
+        }
+        let run_id = trigger_form(&server.base, &admin, "ruled", "p_region=eu&p_rate=1");
+        let run = wait_success(&server.base, &admin, &run_id);
+        assert_eq!(run["params"]["region"], "eu", "{run:#}");
+    });
+}

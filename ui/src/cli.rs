@@ -142,10 +142,40 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct TaskTestArgs {
+    /// The DAG id
+    pub dag: String,
+    /// The task id
+    pub task: String,
+    /// A param value, NAME=VALUE (repeatable)
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// The logical date the task sees (RFC 3339 or YYYY-MM-DD); default: now
+    #[arg(long, alias = "logical-date")]
+    pub date: Option<String>,
+    /// An upstream task's output, TASK=JSON (repeatable; wins over --outputs-from)
+    #[arg(long = "output", value_name = "TASK=JSON")]
+    pub outputs: Vec<String>,
+    /// Read the upstream outputs from this past run of the DAG
+    #[arg(long, value_name = "RUN_ID")]
+    pub outputs_from: Option<String>,
+    /// Which item of a mapped task (for_each) to run
+    #[arg(long)]
+    pub map_index: Option<i64>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DagsCommand {
     /// Validate DAG files (default: the DAGs folder); one PATH:LINE:COL: message per problem
-    Validate { paths: Vec<PathBuf> },
+    Validate {
+        paths: Vec<PathBuf>,
+        /// Also fail on a `connection:` that flow.toml does not define (a warning otherwise)
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Print the JSON Schema (2020-12) of the DAG file format, for editors' completion
+    Schema,
     /// The DAGs with schedule, pause flag and last run
     List {
         #[arg(long)]
@@ -230,6 +260,9 @@ pub enum TasksCommand {
         #[arg(long)]
         map_index: Option<i64>,
     },
+    /// Run one task alone, as `airflow tasks test`: no run is recorded, its log goes to stderr
+    /// and its output (JSON) to stdout
+    Test(TaskTestArgs),
     /// Reset a task (and with --downstream every task after it) so the scheduler runs it again
     Clear {
         run_id: String,

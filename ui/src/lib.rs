@@ -19,6 +19,7 @@ mod progress;
 pub mod render;
 pub mod server;
 pub mod state;
+mod task_test;
 pub mod telemetry;
 mod tokens;
 pub mod web;

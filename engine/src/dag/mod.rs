@@ -5,8 +5,10 @@
 //! executor) can therefore index tasks and trust ids, edges and policies without checking again.
 
 pub mod load;
+mod param_rules;
 pub mod parse;
 mod quoting;
+pub mod schema;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -24,6 +26,7 @@ use serde_json::Value as Json;
 use crate::schedule::{Schedule, Timetable};
 use crate::yaml::Pos;
 
+pub use param_rules::ParamRules;
 pub use parse::{ParseOptions, parse_dag};
 
 /// One problem found in a DAG file, with where it is.
@@ -44,15 +47,25 @@ impl std::fmt::Display for Problem {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a task may run, from its upstreams' states (Airflow's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(rename_all = "snake_case")]
 pub enum TriggerRule {
+    /// Every upstream succeeded (the default).
     AllSuccess,
+    /// Every upstream failed.
     AllFailed,
+    /// Every upstream ended, in any state.
     AllDone,
+    /// One upstream succeeded, without waiting for the rest.
     OneSuccess,
+    /// One upstream failed, without waiting for the rest.
     OneFailed,
+    /// Every upstream ended and none failed (skipped is fine).
     NoneFailed,
+    /// Every upstream ended, none failed, and at least one succeeded.
     NoneFailedMinOneSuccess,
+    /// At once, whatever the upstreams do.
     Always,
     /// Airflow's: as soon as one upstream succeeded or failed.
     OneDone,
@@ -93,7 +106,8 @@ impl TriggerRule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(rename_all = "snake_case")]
 pub enum Backoff {
     Fixed,
     Exponential,
@@ -141,7 +155,8 @@ pub enum ForEach {
     Template(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(rename_all = "lowercase")]
 pub enum ParamType {
     String,
     Number,
@@ -234,6 +249,7 @@ pub struct Param {
     pub kind: ParamType,
     pub default: Option<Json>,
     pub description: Option<String>,
+    pub rules: ParamRules,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -494,6 +510,9 @@ impl Dag {
                     article(p.kind.as_str()),
                     p.kind.as_str()
                 ));
+            }
+            if let Some(why) = p.rules.check(v) {
+                return Err(format!("param '{k}' {why}"));
             }
         }
         let mut out = serde_json::Map::new();

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono_tz::Tz;
-use serde_json::Value as Json;
 
 use super::{
-    Backoff, DEFAULT_MAX_ACTIVE_RUNS, DEFAULT_POOL, Dag, Notification, Param, ParamType, Problem,
-    RetryPolicy, Task, TriggerRule,
+    Backoff, DEFAULT_MAX_ACTIVE_RUNS, DEFAULT_POOL, Dag, Notification, Problem, RetryPolicy, Task,
+    TriggerRule,
 };
 use crate::keys::Catalog;
 use crate::schedule::{Schedule, parse_date, parse_duration};
@@ -22,9 +21,13 @@ use crate::template;
 use crate::yaml::{self, Key, Limits, Node, Pos, Value};
 
 mod checks;
+mod params;
 mod tasks;
 
-const DAG_KEYS: &[&str] = &[
+#[cfg(test)]
+pub(crate) use params::PARAM_KEYS;
+
+pub(crate) const DAG_KEYS: &[&str] = &[
     "id",
     "description",
     "schedule",
@@ -43,7 +46,7 @@ const DAG_KEYS: &[&str] = &[
     "tasks",
 ];
 
-const POLICY_KEYS: &[&str] = &[
+pub(crate) const POLICY_KEYS: &[&str] = &[
     "retries",
     "retry_delay",
     "retry_backoff",
@@ -58,9 +61,8 @@ const POLICY_KEYS: &[&str] = &[
     "on_retry",
 ];
 
-const TASK_KEYS: &[&str] = &["operator", "depends_on", "when", "for_each", "description"];
-
-const PARAM_KEYS: &[&str] = &["type", "default", "description"];
+pub(crate) const TASK_KEYS: &[&str] =
+    &["operator", "depends_on", "when", "for_each", "description"];
 
 #[derive(Debug, Clone, Default)]
 pub struct ParseOptions {
@@ -139,6 +141,12 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str
     }
 }
 
+/// Keys that begin with `x-` are the user's own (as in docker-compose files): they hold YAML
+/// anchors for `<<` merges, or notes, and flow ignores them wherever it names the keys.
+pub(crate) fn is_extension(key: &str) -> bool {
+    key.starts_with("x-")
+}
+
 fn is_id(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -169,7 +177,7 @@ impl Cx {
 
     fn unknown_keys(&mut self, entries: &[(Key, Node)], allowed: &[&[&str]], what: &str) {
         for (k, _) in entries {
-            if !allowed.iter().any(|set| set.contains(&k.name.as_str())) {
+            if !is_extension(&k.name) && !allowed.iter().any(|set| set.contains(&k.name.as_str())) {
                 let hint = did_you_mean(&k.name, allowed.iter().flat_map(|s| s.iter().copied()));
                 self.problem(k.pos, format!("unknown key '{}' in {what}{hint}", k.name));
             }
@@ -301,7 +309,9 @@ impl Cx {
                     .collect()
             })
             .unwrap_or_default();
-        let params = get("params").map(|n| self.params(n)).unwrap_or_default();
+        let params = get("params")
+            .map(|n| self.params(n, schedule.text.is_some()))
+            .unwrap_or_default();
         let on_failure = get("on_failure").and_then(|n| self.notification(n, "on_failure"));
         let on_success = get("on_success").and_then(|n| self.notification(n, "on_success"));
         let sla = get("sla").and_then(|n| self.sla(n));
@@ -500,83 +510,6 @@ impl Cx {
         webhook.map(|webhook| Notification { webhook })
     }
 
-    fn params(&mut self, node: &Node) -> Vec<Param> {
-        let Some(entries) = self.map(node, "'params'") else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (k, n) in entries {
-            if !is_id(&k.name) {
-                self.problem(
-                    k.pos,
-                    format!(
-                        "param name '{}' may only hold lowercase letters, digits and '_'",
-                        k.name
-                    ),
-                );
-                continue;
-            }
-            let (kind, default, description) = match &n.value {
-                Value::Map(fields) => {
-                    self.unknown_keys(fields, &[PARAM_KEYS], &format!("param '{}'", k.name));
-                    let default = n.get("default").map(Node::to_json);
-                    let kind = match n.get("type") {
-                        Some(t) => match self.string(t, "type") {
-                            Some(s) => match ParamType::parse(&s) {
-                                Some(kind) => Some(kind),
-                                None => {
-                                    self.problem(
-                                        t.pos,
-                                        format!("unknown param type '{s}' (expected string, number, integer, boolean, array or object)"),
-                                    );
-                                    None
-                                }
-                            },
-                            None => None,
-                        },
-                        None => Some(
-                            default
-                                .as_ref()
-                                .map(infer_type)
-                                .unwrap_or(ParamType::String),
-                        ),
-                    };
-                    let description = n
-                        .get("description")
-                        .and_then(|d| self.string(d, "description"));
-                    (kind, default, description)
-                }
-                // `name: value` is shorthand for a param with that default and its type.
-                _ => {
-                    let v = n.to_json();
-                    (Some(infer_type(&v)), Some(v), None)
-                }
-            };
-            let Some(kind) = kind else { continue };
-            if let Some(d) = &default
-                && !kind.accepts(d)
-            {
-                let pos = n.get("default").map(|d| d.pos).unwrap_or(n.pos);
-                self.problem(
-                    pos,
-                    format!(
-                        "default of param '{}' must be of type {}, found {}",
-                        k.name,
-                        kind.as_str(),
-                        d
-                    ),
-                );
-            }
-            out.push(Param {
-                name: k.name.clone(),
-                kind,
-                default,
-                description,
-            });
-        }
-        out
-    }
-
     fn policy(&mut self, node: &Node, base: &Policy) -> Policy {
         let mut p = base.clone();
         if let Some(n) = node.get("retries")
@@ -713,17 +646,6 @@ impl Cx {
             }
             _ => {}
         }
-    }
-}
-
-fn infer_type(v: &Json) -> ParamType {
-    match v {
-        Json::Bool(_) => ParamType::Boolean,
-        Json::Number(n) if n.is_i64() || n.is_u64() => ParamType::Integer,
-        Json::Number(_) => ParamType::Number,
-        Json::Array(_) => ParamType::Array,
-        Json::Object(_) => ParamType::Object,
-        _ => ParamType::String,
     }
 }
 

@@ -426,3 +426,6 @@ fn every_invalid_fixture_is_checked_and_points_into_its_file() {
 
 /// The valid fixtures, the folder loader, and what validation keeps of a valid DAG.
 mod valid;
+
+/// YAML merge keys, `x-` keys and param rules.
+mod authoring;

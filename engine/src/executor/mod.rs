@@ -322,7 +322,7 @@ async fn prepare(
 }
 
 /// Calls the operator, under the task's timeout unless the operator keeps its own.
-async fn call(
+pub(crate) async fn call(
     op: &dyn crate::operator::Operator,
     config: &Json,
     ctx: &TaskContext,
@@ -362,7 +362,7 @@ pub(crate) const MAX_OUTPUT_BYTES: u64 = 1 << 20;
 
 /// Reads and deletes the `FLOW_OUTPUT` file: it may hold a secret, and nothing unmasked stays
 /// under `$FLOW_HOME`.
-async fn read_output(path: &Path) -> Result<Option<Json>, String> {
+pub(crate) async fn read_output(path: &Path) -> Result<Option<Json>, String> {
     use std::io::Read;
     // Blocking calls on purpose: a missing file (most tasks) is one failed open, cheaper than a
     // trip to the blocking pool.

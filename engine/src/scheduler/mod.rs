@@ -77,6 +77,7 @@ mod launch;
 mod planning;
 mod recovery;
 mod runs;
+pub mod task_test;
 
 pub use catalog::DagCatalog;
 pub use runs::{Backfilled, backfill, manual_run, next_run_at, run_id, trigger};

@@ -57,6 +57,12 @@ pub struct Field {
     /// `text`, `number`, `boolean` or `json`.
     pub input: &'static str,
     pub step: &'static str,
+    /// The param's `enum`, as the texts the form posts: the field is then a list to pick from.
+    pub options: Vec<String>,
+    /// `min`, `max` and `pattern` attributes, so the browser refuses what the engine would.
+    pub min: String,
+    pub max: String,
+    pub pattern: String,
     pub value: String,
     pub description: String,
     pub error: Option<String>,
@@ -164,6 +170,16 @@ fn fields(dag: &Dag, submitted: Option<&Submitted>) -> Vec<Field> {
                 kind: p.kind.as_str(),
                 input,
                 step,
+                options: p.rules.one_of.iter().flatten().map(json_text).collect(),
+                min: p.rules.minimum.map(|m| m.to_string()).unwrap_or_default(),
+                max: p.rules.maximum.map(|m| m.to_string()).unwrap_or_default(),
+                // HTML anchors a pattern to the whole value; JSON Schema (and the engine) does not.
+                pattern: p
+                    .rules
+                    .pattern
+                    .as_ref()
+                    .map(|r| format!(".*(?:{r}).*"))
+                    .unwrap_or_default(),
                 value,
                 description: p.description.clone().unwrap_or_default(),
                 error: submitted.and_then(|s| s.errors.get(&p.name).cloned()),

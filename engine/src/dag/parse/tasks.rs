@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value as Json;
 
-use super::{Cx, POLICY_KEYS, Policy, TASK_KEYS, did_you_mean, is_id};
+use super::{Cx, POLICY_KEYS, Policy, TASK_KEYS, did_you_mean, is_extension, is_id};
 use crate::dag::{ForEach, Task};
 use crate::keys::{Catalog, OperatorKeys};
 use crate::yaml::{Key, Node, Pos, Value};
@@ -20,6 +20,12 @@ impl Cx {
         let Some(entries) = self.map(node, "'tasks'") else {
             return Vec::new();
         };
+        let entries: Vec<(Key, Node)> = entries
+            .iter()
+            .filter(|(k, _)| !is_extension(&k.name))
+            .cloned()
+            .collect();
+        let entries = entries.as_slice();
         if entries.is_empty() {
             self.problem(node.pos, "'tasks' is empty: a DAG needs at least one task");
         }

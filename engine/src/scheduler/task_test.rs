@@ -1,0 +1,281 @@
+//! `flow tasks test`: one task of a DAG run alone, as Airflow's `airflow tasks test`. Its
+//! upstream outputs are given (or read from a past run), its upstreams and trigger rule are not
+//! looked at, and no run, task instance or try is recorded. What the task itself does (files
+//! it writes, tables it loads, models it registers) it does for real.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
+
+use super::EngineError;
+use super::runs::manual_run;
+use crate::dag::{Dag, ForEach, Task};
+use crate::executor::{call, outputs_snapshot, read_output};
+use crate::log::{LogSink, log_header};
+use crate::operator::{OperatorError, Registry, TaskContext};
+use crate::plan::{UNMAPPED, rendered_items};
+use crate::secrets::Secrets;
+use crate::store::{ModelRegistry, RunRow, TaskOutput};
+use crate::template::{self, TaskPart};
+use crate::time::{now, rfc3339};
+
+/// What to test: the task, and what its run would have held.
+pub struct TaskTest {
+    pub task_id: String,
+    /// Param values given; the others take their defaults.
+    pub params: serde_json::Map<String, Json>,
+    pub logical_date: Option<DateTime<Utc>>,
+    /// Upstream outputs by task id, for the upstream outputs the task reads. Outputs of mapped
+    /// upstreams come with their map index (from a past run); given ones are unmapped.
+    pub outputs: Vec<TaskOutput>,
+    /// Which item of a mapped task (`for_each`) to run.
+    pub map_index: Option<i64>,
+}
+
+/// Where the test runs.
+pub struct TestEnv {
+    pub registry: Arc<Registry>,
+    pub secrets: Secrets,
+    pub home: PathBuf,
+    /// The model registry ML operators write to (the database's).
+    pub models: Option<Arc<dyn ModelRegistry>>,
+    /// Where the task's log goes (`flow tasks test` streams it to stderr).
+    pub log_path: PathBuf,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug)]
+pub enum TestOutcome {
+    Success {
+        output: Option<Json>,
+    },
+    /// `when:` rendered false.
+    Skipped,
+    Failed {
+        message: String,
+    },
+}
+
+/// Runs the task once. `Err` is bad input (unknown task, bad params, a missing `--map-index`)
+/// or a store failure; the task's own failure is [`TestOutcome::Failed`].
+pub async fn test_task(dag: &Dag, req: TaskTest, env: TestEnv) -> Result<TestOutcome, EngineError> {
+    let task = dag.task(&req.task_id).ok_or_else(|| {
+        let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
+        EngineError::Input(format!(
+            "DAG '{}' has no task '{}' (tasks: {})",
+            dag.id,
+            req.task_id,
+            ids.join(", ")
+        ))
+    })?;
+    let op = env
+        .registry
+        .get(&task.operator)
+        .cloned()
+        .ok_or_else(|| EngineError::Input(format!("unknown operator '{}'", task.operator)))?;
+    let new = manual_run(dag, &req.params, req.logical_date)?;
+    let run = RunRow {
+        run_id: format!("tasks_test__{}", rfc3339(now())),
+        dag_id: dag.id.clone(),
+        dag_version: dag.version.clone(),
+        run_type: new.run_type,
+        state: crate::state::RunState::Running,
+        logical_date: new.logical_date,
+        data_interval_start: new.data_interval_start,
+        data_interval_end: new.data_interval_end,
+        params: new.params,
+        queued_at: new.queued_at,
+        started_at: Some(new.queued_at),
+        ended_at: None,
+    };
+    let reads = task.output_reads.among(&dag.ancestors(&task.id));
+    let snap = outputs_snapshot(&run, req.outputs);
+    let context = snap.context(reads.iter().copied());
+    let part = |item: Option<&Json>, map_index: Option<i64>| {
+        context.to_value(
+            &TaskPart {
+                task_id: &task.id,
+                try_number: 1,
+                item,
+                map_index,
+            },
+            &env.secrets,
+        )
+    };
+    if let Some(when) = &task.when {
+        let rendered = template::render(when, &part(None, None)).map_err(|e| {
+            EngineError::Input(format!("'when' of task '{}' did not render: {e}", task.id))
+        })?;
+        if rendered.trim().eq_ignore_ascii_case("false") {
+            return Ok(TestOutcome::Skipped);
+        }
+    }
+    let item = mapped_item(task, req.map_index, &part(None, None))?;
+    let ctx = part(item.as_ref(), req.map_index.filter(|_| item.is_some()));
+    let config = match template::render_task_config(&task.config, &ctx, op.keys().shell) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(TestOutcome::Failed {
+                message: format!("template error: {e}"),
+            });
+        }
+    };
+    Ok(execute(
+        dag,
+        task,
+        &run,
+        config,
+        op,
+        item.is_some().then_some(req.map_index).flatten(),
+        env,
+    )
+    .await)
+}
+
+/// The item a mapped task runs for: `--map-index` must pick one.
+fn mapped_item(
+    task: &Task,
+    map_index: Option<i64>,
+    ctx: &minijinja::Value,
+) -> Result<Option<Json>, EngineError> {
+    let Some(for_each) = &task.for_each else {
+        return match map_index {
+            Some(_) => Err(EngineError::Input(format!(
+                "task '{}' has no for_each: it takes no --map-index",
+                task.id
+            ))),
+            None => Ok(None),
+        };
+    };
+    let items = match for_each {
+        ForEach::Items(items) => items.clone(),
+        ForEach::Template(src) => rendered_items(src, ctx).map_err(EngineError::Input)?,
+    };
+    let Some(index) = map_index else {
+        return Err(EngineError::Input(format!(
+            "task '{}' is mapped over {} item(s): pick one with --map-index 0..{}",
+            task.id,
+            items.len(),
+            items.len().saturating_sub(1)
+        )));
+    };
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| items.get(i).cloned())
+        .map(Some)
+        .ok_or_else(|| {
+            EngineError::Input(format!(
+                "--map-index {index} is out of range: task '{}' has {} item(s)",
+                task.id,
+                items.len()
+            ))
+        })
+}
+
+async fn execute(
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    config: Json,
+    op: Arc<dyn crate::operator::Operator>,
+    map_index: Option<i64>,
+    env: TestEnv,
+) -> TestOutcome {
+    let failed = |message: String| TestOutcome::Failed { message };
+    let masker = env.secrets.masker();
+    let header = log_header(&task.id, 1, &run.run_id, now(), "-");
+    let log = match LogSink::create(&env.log_path, &header, masker.clone()).await {
+        Ok(log) => log,
+        Err(e) => {
+            return failed(format!(
+                "cannot write the log to {}: {e}",
+                env.log_path.display()
+            ));
+        }
+    };
+    let tmp = env.home.join("tmp");
+    if let Err(e) = std::fs::create_dir_all(&tmp) {
+        return failed(format!("cannot create {}: {e}", tmp.display()));
+    }
+    let output_path = tmp.join(format!(
+        "output-test-{}-{}.json",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let ctx = TaskContext {
+        dag_id: dag.id.clone(),
+        run_id: run.run_id.clone(),
+        task_id: task.id.clone(),
+        map_index: map_index.filter(|i| *i != UNMAPPED),
+        try_number: 1,
+        first_started_at: now(),
+        timeout: task.timeout,
+        logical_date: rfc3339(run.logical_date),
+        data_interval_start: run.data_interval_start,
+        data_interval_end: run.data_interval_end,
+        dag_version: run.dag_version.clone(),
+        models: env.models.clone(),
+        dag_folder: dag.folder(),
+        output_path: output_path.clone(),
+        log: log.clone(),
+        secrets: env.secrets.clone(),
+        named_secrets: task.secret_reads.iter().cloned().collect(),
+        masker: masker.clone(),
+        on_spawn: None,
+        external: None,
+        on_external: None,
+        shutdown: env.shutdown.clone(),
+        traceparent: None,
+    };
+    let result = call(op.as_ref(), &config, &ctx, task.timeout).await;
+    drop(ctx);
+    let file_output = read_output(&output_path).await;
+    let outcome = match (result, file_output) {
+        (Err(OperatorError::Retryable(m) | OperatorError::Fatal(m)), _) => failed(m),
+        (Err(OperatorError::Reschedule(at)), _) => failed(format!(
+            "the operator asked to be rescheduled at {}; a test runs once",
+            rfc3339(at)
+        )),
+        (Ok(_), Err(m)) => failed(m),
+        (Ok(out), Ok(file)) => TestOutcome::Success {
+            output: out.or(file).map(|o| mask_json(&masker, o)),
+        },
+    };
+    match &outcome {
+        TestOutcome::Failed { message } => log.line(&format!("flow: test failed: {message}")).await,
+        _ => log.line("flow: test succeeded").await,
+    }
+    outcome
+}
+
+/// Outputs are printed: a secret in one is masked as in the database.
+fn mask_json(masker: &crate::secrets::Masker, v: Json) -> Json {
+    let text = masker.mask(&v.to_string());
+    serde_json::from_str(&text).unwrap_or(Json::String(text))
+}
+
+/// Upstream outputs given as `TASK=JSON` (a value that is not JSON is taken as a string).
+pub fn given_outputs(pairs: &[String]) -> Result<Vec<TaskOutput>, EngineError> {
+    let mut by_task = BTreeMap::new();
+    for pair in pairs {
+        let Some((task, value)) = pair.split_once('=') else {
+            return Err(EngineError::Input(format!(
+                "--output '{pair}' is not TASK=JSON"
+            )));
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Json::String(value.to_string()));
+        by_task.insert(task.to_string(), value);
+    }
+    Ok(by_task
+        .into_iter()
+        .map(|(task_id, output)| TaskOutput {
+            task_id,
+            map_index: UNMAPPED,
+            output: Some(output),
+        })
+        .collect())
+}
