@@ -288,24 +288,6 @@ impl Timetable {
         })
     }
 
-    /// A manual run's data interval. A logical date on the schedule covers the interval that
-    /// starts there, as the scheduled run of that date does (so `--logical-date 2026-03-01`
-    /// reruns that day with the same `ds` and interval). Any other instant (a trigger "now")
-    /// covers the last complete interval before it, as Airflow's `infer_manual_data_interval`
-    /// does; before the first interval, the one that starts at the instant.
-    pub(crate) fn manual_interval(&self, logical: DateTime<Utc>) -> Option<DataInterval> {
-        let (tz, anchor) = (self.tz, self.start_date);
-        let closing = self.schedule.latest_at_or_before(logical, tz, anchor);
-        if closing == Some(logical) {
-            return self.interval_for(logical);
-        }
-        let last_complete = closing.and_then(|end| {
-            let start = self.schedule.latest_before(end, tz, anchor)?;
-            Some(DataInterval { start, end })
-        });
-        last_complete.or_else(|| self.interval_for(logical))
-    }
-
     /// What to create next, given the logical date of the latest scheduled
     /// (non-manual) run, if any.
     pub fn next_run(&self, last_logical: Option<DateTime<Utc>>, now: DateTime<Utc>) -> NextRun {
@@ -549,33 +531,6 @@ mod tests {
             out.push(t);
         }
         out
-    }
-
-    #[test]
-    fn a_manual_run_covers_the_last_complete_interval_unless_on_the_schedule() {
-        let tt = timetable("@daily", UTC, "2026-01-01T00:00:00Z", None, false);
-        let interval = |t: &str| tt.manual_interval(utc(t)).map(|i| (i.start, i.end));
-        // Triggered mid-day: yesterday, complete (Airflow's infer_manual_data_interval).
-        assert_eq!(
-            interval("2026-03-05T10:30:00Z"),
-            Some((utc("2026-03-04T00:00:00Z"), utc("2026-03-05T00:00:00Z")))
-        );
-        // A logical date on the schedule: that date's interval, as its scheduled run has.
-        assert_eq!(
-            interval("2026-03-05T00:00:00Z"),
-            Some((utc("2026-03-05T00:00:00Z"), utc("2026-03-06T00:00:00Z")))
-        );
-        // Before any interval has ended: the one starting at the instant.
-        assert_eq!(
-            interval("2026-01-01T05:00:00Z"),
-            Some((utc("2026-01-01T05:00:00Z"), utc("2026-01-02T00:00:00Z")))
-        );
-        let hourly = timetable("0 * * * *", Amsterdam, "2026-01-01T00:00:00Z", None, false);
-        let got = hourly.manual_interval(utc("2026-03-29T01:20:00Z")).unwrap();
-        assert_eq!(
-            (got.start, got.end),
-            (utc("2026-03-29T00:00:00Z"), utc("2026-03-29T01:00:00Z"))
-        );
     }
 
     fn timetable(expr: &str, tz: Tz, start: &str, end: Option<&str>, catchup: bool) -> Timetable {

@@ -70,7 +70,9 @@ pub fn manual_run(
     let params = dag.resolve_params(given).map_err(EngineError::Input)?;
     let queued_at = now();
     let logical = logical_date.unwrap_or(queued_at);
-    let interval = dag.timetable().and_then(|tt| tt.manual_interval(logical));
+    // A manual run whose logical date falls on the schedule covers that interval; any other
+    // covers the instant itself, as Airflow does.
+    let interval = dag.timetable().and_then(|tt| tt.interval_for(logical));
     Ok(new_run(
         dag,
         RunType::Manual,
