@@ -90,6 +90,7 @@ impl RunSnapshot {
             data_interval_end: self.data_interval_end,
             params: self.params.clone(),
             tasks: outputs,
+            triggering_events: Vec::new(),
         }
     }
 }

@@ -132,6 +132,8 @@ pub enum RunType {
     Scheduled,
     Manual,
     Backfill,
+    /// Started by dataset events (`schedule: { datasets: [...] }`).
+    DatasetTriggered,
 }
 
 impl RunType {
@@ -140,6 +142,7 @@ impl RunType {
             RunType::Scheduled => "scheduled",
             RunType::Manual => "manual",
             RunType::Backfill => "backfill",
+            RunType::DatasetTriggered => "dataset_triggered",
         }
     }
 }
@@ -151,6 +154,7 @@ impl FromStr for RunType {
             "scheduled" => Ok(RunType::Scheduled),
             "manual" => Ok(RunType::Manual),
             "backfill" => Ok(RunType::Backfill),
+            "dataset_triggered" => Ok(RunType::DatasetTriggered),
             _ => Err(format!("unknown run type '{s}'")),
         }
     }

@@ -34,6 +34,7 @@ pub(crate) const CONTEXT_NAMES: &[&str] = &[
     "secrets",
     "item",
     "map_index",
+    "triggering_events",
 ];
 
 fn env() -> &'static Environment<'static> {
@@ -215,6 +216,9 @@ pub struct RunContext {
     pub params: Json,
     /// task id -> `{"output": ...}` for the upstream tasks that published one.
     pub tasks: serde_json::Map<String, Json>,
+    /// The dataset events that started the run (an empty list for any other run), read only
+    /// for the tasks that name `triggering_events`.
+    pub triggering_events: Vec<Json>,
 }
 
 /// What varies per task instance and try.
@@ -253,6 +257,10 @@ impl RunContext {
         ctx.insert("try_number".into(), task.try_number.into());
         ctx.insert("params".into(), self.params.clone());
         ctx.insert("tasks".into(), Json::Object(self.tasks.clone()));
+        ctx.insert(
+            "triggering_events".into(),
+            Json::Array(self.triggering_events.clone()),
+        );
         ctx.insert("secrets".into(), Json::Object(secrets.to_json()));
         if let Some(item) = task.item {
             ctx.insert("item".into(), item.clone());

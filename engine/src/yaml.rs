@@ -604,15 +604,9 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    /// Store a finished node and hand it to the enclosing collection.
-    fn complete(&mut self, node: RawNode, anchor: usize) {
-        let index = self.arena.len();
-        let cost = node.cost;
-        self.arena.push(node);
-        if anchor != 0 {
-            self.anchors.insert(anchor, index);
-        }
-        let wants_key = matches!(
+    /// The innermost collection is a mapping waiting for a key.
+    fn expecting_key(&self) -> bool {
+        matches!(
             self.stack.last(),
             Some(Frame {
                 kind: FrameKind::Map {
@@ -621,19 +615,24 @@ impl<'a> Builder<'a> {
                 },
                 ..
             })
-        );
+        )
+    }
+
+    /// Store a finished node and hand it to the enclosing collection.
+    fn complete(&mut self, node: RawNode, anchor: usize) {
+        let index = self.arena.len();
+        let cost = node.cost;
+        self.arena.push(node);
+        if anchor != 0 {
+            self.anchors.insert(anchor, index);
+        }
+        let wants_key = self.expecting_key();
         let key = if wants_key { self.key_of(index) } else { None };
         let merge_key = wants_key && self.is_merge_key(index);
-        let merge_error = match self.stack.last() {
-            Some(Frame {
-                kind:
-                    FrameKind::Map {
-                        slot: KeySlot::Merge(_),
-                        ..
-                    },
-                ..
-            }) => self.merge_error(index),
-            _ => None,
+        let merge_error = if self.merging() {
+            self.merge_error(index)
+        } else {
+            None
         };
         let Some(frame) = self.stack.last_mut() else {
             self.root.get_or_insert(index);
@@ -651,16 +650,6 @@ impl<'a> Builder<'a> {
                 *slot = match std::mem::replace(slot, KeySlot::Expecting) {
                     KeySlot::Expecting => match key {
                         None => KeySlot::Skip,
-                        Some(key) if merge_key => match first_seen.insert(key.name, key.pos) {
-                            Some(first) => {
-                                self.errors.push(YamlError::new(
-                                    key.pos,
-                                    format!("duplicate key '<<' (first at line {})", first.line),
-                                ));
-                                KeySlot::Skip
-                            }
-                            None => KeySlot::Merge(key.pos),
-                        },
                         Some(key) => match first_seen.get(&key.name) {
                             Some(first) => {
                                 self.errors.push(YamlError::new(
@@ -674,7 +663,11 @@ impl<'a> Builder<'a> {
                             }
                             None => {
                                 first_seen.insert(key.name.clone(), key.pos);
-                                KeySlot::Have(key)
+                                if merge_key {
+                                    KeySlot::Merge(key.pos)
+                                } else {
+                                    KeySlot::Have(key)
+                                }
                             }
                         },
                     },

@@ -12,6 +12,7 @@ mod authoring;
 mod browser;
 mod cli;
 mod daemon;
+mod datasets;
 mod deploy;
 mod emr;
 mod heavy;

@@ -22,30 +22,12 @@ use crate::cli::{
     Cli, Command, DagsCommand, Global, ModelsCommand, RunArgs, RunsCommand, TasksCommand,
     TokensCommand,
 };
-use crate::context::{Ctx, engine, engine_err, op_err, open, settings, usage};
+use crate::context::{
+    Ctx, engine, engine_err, find_dag, op_err, open, parse_logical, settings, usage,
+};
 use crate::ops;
 use crate::progress::follow;
 use crate::render::{dag_json, model_json, model_version_json, run_json, short_ts, table};
-
-pub(crate) fn find_dag(engine: &Engine, id: &str) -> Result<Arc<Dag>> {
-    engine
-        .dags()
-        .find(|d| d.id == id)
-        .cloned()
-        .ok_or_else(|| {
-            let known: Vec<&str> = engine.dags().map(|d| d.id.as_str()).collect();
-            let hint = flow_engine::dag::parse::did_you_mean(id, known.iter().copied());
-            usage(format!(
-                "unknown DAG '{id}'{hint}: see `flow dags list`, or `flow dags validate` if its file has problems"
-            ))
-        })
-}
-
-pub(crate) fn parse_logical(text: &Option<String>, dag: &Dag) -> Result<Option<DateTime<Utc>>> {
-    text.as_deref()
-        .map(|s| parse_date(s, dag.timezone).map_err(|e| usage(format!("--logical-date: {e}"))))
-        .transpose()
-}
 
 pub async fn dispatch(cli: Cli) -> Result<u8> {
     let g = &cli.global;
@@ -158,6 +140,11 @@ fn validate(g: &Global, paths: Vec<PathBuf>, strict: bool) -> Result<u8> {
     };
     let mut problems = 0;
     for p in loaded.problems() {
+        eprintln!("{p}");
+        problems += 1;
+    }
+    // Among the files checked, as duplicate ids are.
+    for p in flow_engine::dag::unproduced_datasets(&loaded.dags) {
         eprintln!("{p}");
         problems += 1;
     }

@@ -4,6 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use flow_engine::dag::Dag;
+use flow_engine::schedule::parse_date;
 use flow_engine::scheduler::{Engine, EngineError};
 use flow_engine::secrets::Secrets;
 use flow_engine::store::Store;
@@ -168,4 +171,26 @@ fn run_command(
             }
         },
     }
+}
+
+/// The loaded DAG named `id`, or a usage error with a "did you mean".
+pub(crate) fn find_dag(engine: &Engine, id: &str) -> Result<Arc<Dag>> {
+    engine
+        .dags()
+        .find(|d| d.id == id)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<&str> = engine.dags().map(|d| d.id.as_str()).collect();
+            let hint = flow_engine::dag::parse::did_you_mean(id, known.iter().copied());
+            usage(format!(
+                "unknown DAG '{id}'{hint}: see `flow dags list`, or `flow dags validate` if its file has problems"
+            ))
+        })
+}
+
+/// A `--logical-date` (or `--date`), read in the DAG's timezone.
+pub(crate) fn parse_logical(text: &Option<String>, dag: &Dag) -> Result<Option<DateTime<Utc>>> {
+    text.as_deref()
+        .map(|s| parse_date(s, dag.timezone).map_err(|e| usage(format!("--logical-date: {e}"))))
+        .transpose()
 }

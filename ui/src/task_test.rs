@@ -10,8 +10,7 @@ use flow_engine::store::{ModelRegistry, TaskOutput};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Global, TaskTestArgs};
-use crate::commands::{find_dag, parse_logical};
-use crate::context::{Ctx, engine, engine_err, open, usage};
+use crate::context::{Ctx, engine, engine_err, find_dag, open, parse_logical, usage};
 
 pub(crate) async fn run(g: &Global, args: TaskTestArgs) -> Result<u8> {
     let ctx = open(g).await?;

@@ -4,6 +4,7 @@
 //! found, each with its position. Everything downstream (the planner, the scheduler, the
 //! executor) can therefore index tasks and trust ids, edges and policies without checking again.
 
+mod datasets;
 pub mod load;
 mod param_rules;
 pub mod parse;
@@ -26,6 +27,7 @@ use serde_json::Value as Json;
 use crate::schedule::{Schedule, Timetable};
 use crate::yaml::Pos;
 
+pub use datasets::{DatasetMode, DatasetRef, DatasetSchedule, unproduced_datasets, uri_problem};
 pub use param_rules::ParamRules;
 pub use parse::{ParseOptions, parse_dag};
 
@@ -279,6 +281,10 @@ pub struct Task {
     pub on_failure: Option<Notification>,
     /// Posted when a try of the task fails and another will follow.
     pub on_retry: Option<Notification>,
+    /// `produces:` the dataset URIs a successful try of the task updates (one event each).
+    pub produces: Vec<String>,
+    /// A key of the task reads `triggering_events`, so a try fetches its run's events.
+    pub reads_triggering_events: bool,
 }
 
 /// Calls `f` with every templated string inside `value`, at any depth (object keys aside).
@@ -378,6 +384,8 @@ pub struct Dag {
     pub description: Option<String>,
     pub schedule: Option<Schedule>,
     pub schedule_text: Option<String>,
+    /// `schedule: { datasets: [...] }`: runs when the datasets are updated.
+    pub datasets: Option<DatasetSchedule>,
     pub timezone: Tz,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,

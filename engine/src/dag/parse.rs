@@ -21,6 +21,7 @@ use crate::template;
 use crate::yaml::{self, Key, Limits, Node, Pos, Value};
 
 mod checks;
+mod datasets;
 mod params;
 mod tasks;
 
@@ -61,8 +62,14 @@ pub(crate) const POLICY_KEYS: &[&str] = &[
     "on_retry",
 ];
 
-pub(crate) const TASK_KEYS: &[&str] =
-    &["operator", "depends_on", "when", "for_each", "description"];
+pub(crate) const TASK_KEYS: &[&str] = &[
+    "operator",
+    "depends_on",
+    "when",
+    "for_each",
+    "description",
+    "produces",
+];
 
 #[derive(Debug, Clone, Default)]
 pub struct ParseOptions {
@@ -105,10 +112,12 @@ pub fn parse_dag(
     }
 }
 
-/// The `schedule` key: the parsed schedule and its text as written.
+/// The `schedule` key: the parsed cron and its text as written, and the datasets.
+#[derive(Default)]
 struct ScheduleKey {
     schedule: Option<Schedule>,
     text: Option<String>,
+    datasets: Option<super::DatasetSchedule>,
 }
 
 struct Dates {
@@ -309,8 +318,9 @@ impl Cx {
                     .collect()
             })
             .unwrap_or_default();
+        let scheduled = schedule.text.is_some() || schedule.datasets.is_some();
         let params = get("params")
-            .map(|n| self.params(n, schedule.text.is_some()))
+            .map(|n| self.params(n, scheduled))
             .unwrap_or_default();
         let on_failure = get("on_failure").and_then(|n| self.notification(n, "on_failure"));
         let on_success = get("on_success").and_then(|n| self.notification(n, "on_success"));
@@ -325,6 +335,7 @@ impl Cx {
             description,
             schedule: schedule.schedule,
             schedule_text: schedule.text,
+            datasets: schedule.datasets,
             timezone: tz,
             start_date: dates.start,
             end_date: dates.end,
@@ -391,27 +402,28 @@ impl Cx {
     }
 
     fn schedule(&mut self, root: &Node) -> ScheduleKey {
-        let none = ScheduleKey {
-            schedule: None,
-            text: None,
-        };
-        let Some(n) = root.get("schedule") else {
-            return none;
-        };
-        if matches!(n.value, Value::Null) {
-            return none;
+        match root.get("schedule") {
+            None => ScheduleKey::default(),
+            Some(n) if matches!(n.value, Value::Null) => ScheduleKey::default(),
+            Some(n) if matches!(n.value, Value::Map(_)) => self.schedule_map(n),
+            Some(n) => self.cron(n, "schedule"),
         }
-        let Some(s) = self.string(n, "schedule") else {
-            return none;
+    }
+
+    /// A cron expression, preset or interval, and its text.
+    fn cron(&mut self, n: &Node, key: &str) -> ScheduleKey {
+        let Some(s) = self.string(n, key) else {
+            return ScheduleKey::default();
         };
         match Schedule::parse(&s) {
             Ok(sch) => ScheduleKey {
                 schedule: Some(sch),
                 text: Some(s),
+                datasets: None,
             },
             Err(e) => {
                 self.problem(n.pos, e.to_string());
-                none
+                ScheduleKey::default()
             }
         }
     }

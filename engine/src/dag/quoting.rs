@@ -37,7 +37,8 @@ fn trusted(dag: &Dag, task: &Task, name: &str) -> bool {
                     )
             })
         }
-        "tasks" => false,
+        // Dataset events carry the producing task's output, or an API caller's body.
+        "tasks" | "triggering_events" => false,
         // Items written out in the DAG file are the author's own text, not outside values; as
         // they stand, only when each is one plain word (a quote in one would shift the
         // quoting of the text around it).

@@ -30,9 +30,9 @@ struct DagFile {
     /// What the DAG does, shown in the UI.
     description: Option<String>,
     /// A cron expression (5 fields, or 6 with seconds first), a preset (`@hourly`, `@daily`,
-    /// `@weekly`, `@monthly`, `@yearly`) or an interval (`every 15m`). Omitted or null: manual
-    /// runs only.
-    schedule: Option<String>,
+    /// `@weekly`, `@monthly`, `@yearly`) or an interval (`every 15m`); or datasets
+    /// (`{ datasets: [...], mode: any|all, cron: ... }`). Omitted or null: manual runs only.
+    schedule: Option<ScheduleDoc>,
     /// An IANA time zone name; the cron is evaluated in it. Default UTC.
     timezone: Option<String>,
     /// A date (`2026-01-01`) or an RFC 3339 timestamp; required with a schedule.
@@ -63,6 +63,46 @@ struct DagFile {
     tasks: TasksDoc,
 }
 
+/// When the DAG runs: a cron text, or datasets (optionally with a cron).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ScheduleDoc {
+    Cron(String),
+    Datasets(DatasetScheduleDoc),
+}
+
+/// A run when datasets are updated (and on the cron too, when one is given).
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[allow(dead_code)]
+struct DatasetScheduleDoc {
+    /// Also run on this cron, as a plain `schedule:` does (needs `start_date`).
+    cron: Option<String>,
+    /// The dataset URIs; each must be produced by a task somewhere, or be marked external.
+    datasets: Vec<DatasetDoc>,
+    /// `any` (default): a run when one of them has a new event; `all`: when each has.
+    mode: Option<super::DatasetMode>,
+}
+
+/// A dataset URI, or one updated from outside flow.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum DatasetDoc {
+    Uri(String),
+    Spec(DatasetSpecDoc),
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+#[allow(dead_code)]
+struct DatasetSpecDoc {
+    uri: String,
+    /// Updated from outside flow (`POST /api/v1/datasets/events`): no task need produce it.
+    external: Option<bool>,
+}
+
 /// A task: its operator, its place in the DAG, its policy and the operator's own keys.
 #[derive(JsonSchema)]
 #[allow(dead_code)]
@@ -78,6 +118,8 @@ struct TaskDoc {
     for_each: Option<ForEachDoc>,
     /// What the task does, shown in the UI.
     description: Option<String>,
+    /// Dataset URIs a successful try updates (one event each, carrying the task's output).
+    produces: Option<NamesDoc>,
     #[serde(flatten)]
     policy: PolicyDoc,
 }

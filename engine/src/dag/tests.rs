@@ -429,3 +429,6 @@ mod valid;
 
 /// YAML merge keys, `x-` keys and param rules.
 mod authoring;
+
+/// Data-aware scheduling: produces, schedule on datasets.
+mod datasets;

@@ -307,7 +307,19 @@ async fn prepare(
             })?
     };
     let snap = outputs_snapshot(run, outputs);
-    let ctx_value = snap.context(reads.iter().copied()).to_value(
+    let mut context = snap.context(reads.iter().copied());
+    if task.reads_triggering_events {
+        let events = env
+            .store
+            .triggering_events(&run.run_id)
+            .await
+            .map_err(|e| Outcome::Failed {
+                message: format!("cannot read the run's dataset events: {e}"),
+                retryable: true,
+            })?;
+        context.triggering_events = events.iter().map(|e| e.to_json()).collect();
+    }
+    let ctx_value = context.to_value(
         &TaskPart {
             task_id: &task.id,
             try_number: claim.try_number,
@@ -410,6 +422,7 @@ fn try_end(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -
                 now,
                 requeue: false,
                 reschedule: false,
+                produced: task.map(|t| t.produces.clone()).unwrap_or_default(),
             }
         }
         Outcome::Rescheduled(at) => TryEnd {
@@ -420,6 +433,7 @@ fn try_end(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -
             now,
             requeue: false,
             reschedule: true,
+            produced: Vec::new(),
         },
         Outcome::Failed { message, retryable } => {
             let policy = task.map(|t| t.retry.clone()).unwrap_or_default();
@@ -432,6 +446,7 @@ fn try_end(env: &TryEnv, claim: &Claim, task: Option<&Task>, outcome: Outcome) -
                 now,
                 requeue: false,
                 reschedule: false,
+                produced: Vec::new(),
             }
         }
     }
@@ -548,5 +563,6 @@ pub(crate) fn orphan_end(task: Option<&Task>, ti: &TiRow) -> TryEnd {
         now,
         requeue: false,
         reschedule: false,
+        produced: Vec::new(),
     }
 }

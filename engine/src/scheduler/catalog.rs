@@ -201,7 +201,7 @@ fn record(dag: &Dag) -> DagRecord {
         fileloc: dag.path.display().to_string(),
         version: dag.version.clone(),
         description: dag.description.clone(),
-        schedule: dag.schedule_text.clone(),
+        schedule: dag.schedule_display(),
         timezone: dag.timezone.name().to_string(),
         tags: dag.tags.clone(),
         params: Json::Array(
@@ -220,5 +220,16 @@ fn record(dag: &Dag) -> DagRecord {
         paused: dag.paused,
         next_run_at: None,
         source: dag.source.to_string(),
+        consumes: dag.datasets.as_ref().map(|d| d.uris()).unwrap_or_default(),
+        produces: dag
+            .tasks
+            .iter()
+            .flat_map(|t| {
+                t.produces.iter().map(|uri| crate::store::ProducedBy {
+                    task_id: t.id.clone(),
+                    uri: uri.clone(),
+                })
+            })
+            .collect(),
     }
 }

@@ -333,6 +333,7 @@ async fn fail_now(env: &TryEnv, claim: &Claim, message: String) {
         now: now(),
         requeue: false,
         reschedule: false,
+        produced: Vec::new(),
     };
     if let Err(e) = env.store.finish_try(claim, &end).await {
         tracing::error!("cannot record a failed try: {e}");

@@ -71,6 +71,7 @@ use crate::store::{RunRow, Store, StoreError};
 
 mod alerts;
 mod catalog;
+mod datasets;
 mod event_loop;
 mod heartbeat;
 mod launch;

@@ -184,6 +184,7 @@ impl Engine {
             let active = active_per_dag.get(dag.id.as_str()).copied().unwrap_or(0);
             created += self.create_due_runs_of(&dag, now, active).await?;
         }
+        created += self.create_dataset_runs(now, active, paused).await?;
         Ok(created)
     }
 

@@ -25,6 +25,16 @@ pub struct DagRecord {
     pub paused: bool,
     pub next_run_at: Option<DateTime<Utc>>,
     pub source: String,
+    /// The dataset URIs the DAG is scheduled on.
+    pub consumes: Vec<String>,
+    pub produces: Vec<ProducedBy>,
+}
+
+/// A task that produces a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProducedBy {
+    pub task_id: String,
+    pub uri: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

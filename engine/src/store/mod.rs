@@ -13,6 +13,7 @@ mod activity;
 mod alerts;
 mod cursor;
 mod dags;
+mod datasets;
 pub mod group_commit;
 mod history;
 mod models;
@@ -27,7 +28,8 @@ mod wake;
 
 pub use activity::{ActiveRuns, Activity, ActivityStore, PoolActivity};
 pub use alerts::{AlertKey, AlertStore};
-pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun};
+pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun, ProducedBy};
+pub use datasets::{DatasetEvent, DatasetStore, DatasetSummary, DatasetTrigger, EventSource};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
     DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
@@ -50,8 +52,8 @@ pub use wake::{Wake, Wakeups};
 /// `dyn Store` answers every method of its supertraits without them in scope).
 pub mod prelude {
     pub use super::{
-        ActivityStore, AlertStore, DagStore, HistoryStore, ModelRegistry, PlanStore, RunStore,
-        Store, TokenStore, TryStore,
+        ActivityStore, AlertStore, DagStore, DatasetStore, HistoryStore, ModelRegistry, PlanStore,
+        RunStore, Store, TokenStore, TryStore,
     };
 }
 
@@ -134,6 +136,7 @@ pub trait Store:
     + ModelRegistry
     + ActivityStore
     + AlertStore
+    + DatasetStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

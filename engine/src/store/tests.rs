@@ -117,6 +117,8 @@ fn dag(dag_id: &str, version: &str, paused: bool) -> DagRecord {
         paused,
         next_run_at: Some(at(86_400)),
         source: format!("# {dag_id} {version}\ntasks:\n  - id: t\n"),
+        consumes: Vec::new(),
+        produces: Vec::new(),
     }
 }
 
@@ -265,6 +267,7 @@ fn ended(state: TaskState, now: DateTime<Utc>) -> TryEnd {
         now,
         requeue: false,
         reschedule: false,
+        produced: Vec::new(),
     }
 }
 

@@ -94,6 +94,9 @@ pub struct TryEnd {
     /// A sensor gave its slot back until `next_try_at` (`up_for_retry` meanwhile): the next
     /// claim is the same try, with the same number and its first `started_at`.
     pub reschedule: bool,
+    /// Dataset URIs the try updated (a success of a task that `produces:`): recorded as events
+    /// with the end, in its transaction.
+    pub produced: Vec<String>,
 }
 
 impl TryEnd {
@@ -108,6 +111,7 @@ impl TryEnd {
             now,
             requeue: true,
             reschedule: false,
+            produced: Vec::new(),
         }
     }
 }

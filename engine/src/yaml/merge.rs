@@ -33,6 +33,20 @@ impl Builder<'_> {
         }
     }
 
+    /// The innermost mapping is waiting for the value of a `<<` key.
+    pub(super) fn merging(&self) -> bool {
+        matches!(
+            self.stack.last(),
+            Some(super::Frame {
+                kind: super::FrameKind::Map {
+                    slot: super::KeySlot::Merge(_),
+                    ..
+                },
+                ..
+            })
+        )
+    }
+
     pub(super) fn is_merge_key(&self, index: usize) -> bool {
         matches!(&self.arena[index].kind, RawKind::Scalar { text, plain: true } if text == "<<")
     }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod dags;
+mod datasets;
 mod error;
 pub use error::ApiError;
 mod grid;
@@ -70,6 +71,8 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(runs::mark))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(datasets::list_datasets))
+        .routes(routes!(datasets::list_events, datasets::record_event))
         .routes(routes!(models::list_models))
         .routes(routes!(models::get_model))
         .routes(routes!(models::promote))

@@ -9,6 +9,7 @@
 
 mod assets;
 mod dag;
+mod datasets;
 mod list;
 mod models;
 mod run;
@@ -51,6 +52,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/dags/{dag_id}", get(dag::page))
         .route("/dags/{dag_id}/pause", post(list::pause))
         .route("/dags/{dag_id}/trigger", post(dag::trigger))
+        .route("/datasets", get(datasets::list))
         .route("/models", get(models::list))
         .route("/models/{model}", get(models::page))
         .route("/runs/{run_id}", get(run::page))

@@ -94,6 +94,18 @@ impl Cx {
                 }
             }
         }
+        if (key == "when" || key == "for_each")
+            && refs.iter().any(|r| r.starts_with("triggering_events"))
+        {
+            self.problem(
+                pos,
+                format!(
+                    "in '{key}' of task '{}': 'triggering_events' is available in the operator's \
+                     keys, not in '{key}'",
+                    task.id
+                ),
+            );
+        }
         for r in &refs {
             let found = check_reference(
                 r,
@@ -167,7 +179,7 @@ fn spliced_into_code(r: &str) -> Option<String> {
     let head = r.split('.').next().unwrap_or_default();
     let bind_name = match head {
         "params" | "tasks" => r.rsplit('.').next().unwrap_or(head),
-        "item" | "map_index" => head,
+        "item" | "map_index" | "triggering_events" => head,
         _ => return None,
     };
     Some(format!(

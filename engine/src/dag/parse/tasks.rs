@@ -74,6 +74,16 @@ impl Cx {
             _ => self.string(w, "when"),
         });
         let for_each = n.get("for_each").and_then(|f| self.for_each(f));
+        let produces = n
+            .get("produces")
+            .map(|p| self.produces(p))
+            .unwrap_or_default();
+        // Text search over-approximates (a literal mention also counts): a false positive costs
+        // one query per try, a miss would render an empty list.
+        let mentions = |t: &str| t.contains("triggering_events");
+        let reads_triggering_events = mentions(&Json::Object(config.clone()).to_string())
+            || when.as_deref().is_some_and(mentions)
+            || matches!(&for_each, Some(ForEach::Template(t)) if mentions(t));
         self.check_depends_on(k, &depends_on, siblings);
         Some(Task {
             id: k.name.clone(),
@@ -93,6 +103,8 @@ impl Cx {
             sla: policy.sla,
             on_failure: policy.on_failure,
             on_retry: policy.on_retry,
+            produces,
+            reads_triggering_events,
         })
     }
 

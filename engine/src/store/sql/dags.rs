@@ -88,6 +88,32 @@ where
         .bind(now)
         .execute(&mut **tx)
         .await?;
+        Self::dataset_refs_in(tx, d).await
+    }
+
+    /// What the DAG produces and consumes, replacing what its earlier version did.
+    async fn dataset_refs_in(tx: &mut Tx<DB>, d: &DagRecord) -> Result<()> {
+        sqlx::query("DELETE FROM dataset_refs WHERE dag_id = $1")
+            .bind(&d.dag_id)
+            .execute(&mut **tx)
+            .await?;
+        let consumers = d.consumes.iter().map(|uri| ("consumer", "", uri.as_str()));
+        let producers = d
+            .produces
+            .iter()
+            .map(|p| ("producer", p.task_id.as_str(), p.uri.as_str()));
+        for (role, task_id, uri) in consumers.chain(producers) {
+            sqlx::query(
+                "INSERT INTO dataset_refs (dag_id, uri, role, task_id) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&d.dag_id)
+            .bind(uri)
+            .bind(role)
+            .bind(task_id)
+            .execute(&mut **tx)
+            .await?;
+        }
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ mod alerts;
 mod claims;
 mod connect;
 mod dags;
+mod datasets;
 mod dialect;
 mod history;
 mod migrations;

@@ -141,7 +141,7 @@ where
 
     /// Inserts a queued run and its task instances; false (nothing inserted) when a scheduled
     /// or backfill run exists already for its DAG and logical date.
-    async fn insert_run(tx: &mut Tx<DB>, run: &NewRun) -> Result<bool> {
+    pub(super) async fn insert_run(tx: &mut Tx<DB>, run: &NewRun) -> Result<bool> {
         let inserted = sqlx::query(
             "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
              data_interval_start, data_interval_end, params, queued_at) \
@@ -341,7 +341,8 @@ where
 
     async fn latest_logical_date(&self, dag_id: &str) -> Result<Option<DateTime<Utc>>> {
         let row = sqlx::query(
-            "SELECT MAX(logical_date) AS m FROM dag_runs WHERE dag_id = $1 AND run_type <> 'manual'",
+            "SELECT MAX(logical_date) AS m FROM dag_runs WHERE dag_id = $1 \
+             AND run_type IN ('scheduled', 'backfill')",
         )
         .bind(dag_id)
         .fetch_one(&self.pool)

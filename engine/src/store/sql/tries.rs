@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, QueryBuilder, Row, Type};
 
+use super::datasets::NewEvent;
 use super::dialect::{Dialect, RowsAffected};
 use super::{SqlStore, TI_COLUMNS, Tx, json_text, opt_us, parse_state, same_instance, ts};
 use crate::state::TaskState;
@@ -116,6 +117,22 @@ where
                 let done: Vec<(&Claim, &TryEnd)> = done.iter().map(|&i| chunk[i]).collect();
                 Self::close_tries_in(tx, &done).await?;
             }
+        }
+        let events: Vec<NewEvent<'_>> = ends
+            .iter()
+            .zip(&applied)
+            .filter(|((_, end), ok)| **ok && end.state == TaskState::Success)
+            .flat_map(|((c, end), _)| {
+                end.produced.iter().map(|uri| NewEvent {
+                    uri,
+                    extra: end.output.as_ref().map_or_else(|| "{}".into(), json_text),
+                    source: Some((&c.run_id, &c.task_id, c.map_index)),
+                    created_at: to_micros(end.now),
+                })
+            })
+            .collect();
+        if !events.is_empty() {
+            Self::insert_events_in(tx, &events).await?;
         }
         Ok(applied)
     }

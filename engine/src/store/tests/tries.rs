@@ -61,6 +61,7 @@ async fn finish_try_is_fenced_by_owner_and_try_number(db: TestDb) {
         error: Some("interrupted".into()),
         requeue: true,
         reschedule: false,
+        produced: Vec::new(),
         ..ended(TaskState::Queued, at(12))
     };
     assert!(s.finish_try(&cb, &requeue).await.unwrap());
@@ -93,6 +94,7 @@ async fn a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try(db
     let poke = TryEnd {
         next_try_at: Some(at(35)),
         reschedule: true,
+        produced: Vec::new(),
         ..ended(TaskState::UpForRetry, at(6))
     };
     assert!(s.finish_try(&first, &poke).await.unwrap());
