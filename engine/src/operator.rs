@@ -51,6 +51,26 @@ pub trait Operator: Send + Sync {
     }
 }
 
+/// Starts runs of other DAGs and reads their state, for `trigger_dag`. The executor hands one to
+/// every try; `flow tasks test` hands none, since it records no run.
+#[async_trait]
+pub trait RunLauncher: Send + Sync {
+    /// A manual run of `dag_id`'s current version with `params`, created once per `key`: a
+    /// repeat of the key answers the run it first made. Fatal for an unknown DAG or refused
+    /// params; retryable when the database cannot be reached.
+    async fn trigger(
+        &self,
+        dag_id: &str,
+        params: &serde_json::Map<String, Json>,
+        key: &str,
+    ) -> Result<String, OperatorError>;
+    /// The run's state; None when there is no such run.
+    async fn run_state(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<crate::state::RunState>, OperatorError>;
+}
+
 #[derive(Default, Clone)]
 pub struct Registry {
     ops: BTreeMap<&'static str, Arc<dyn Operator>>,
@@ -120,6 +140,8 @@ pub struct TaskContext {
     /// The W3C trace context of the try's span when traces are exported: processes the
     /// operator starts get it as `TRACEPARENT`, a Spark step as a conf.
     pub traceparent: Option<String>,
+    /// Starts and follows runs of other DAGs (`trigger_dag`).
+    pub runs: Option<Arc<dyn RunLauncher>>,
 }
 
 /// Commits a reference to external work; answers whether it was recorded under the try's lease.

@@ -14,6 +14,7 @@ pub mod shell;
 pub mod spark;
 pub mod sql;
 pub mod storage;
+pub mod trigger_dag;
 pub mod warehouse;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub fn registry(connections: Connections) -> Registry {
     r.register(Arc::new(ml::predict::Predict::new(connections.clone())));
     r.register(Arc::new(ml::promote::Promote));
     r.register(Arc::new(demo::DemoData));
+    r.register(Arc::new(trigger_dag::TriggerDag));
     r.register(Arc::new(ml::drift::Drift::new(connections.clone())));
     r.register(Arc::new(ml::experiment::Experiment::new(
         connections.clone(),

@@ -53,6 +53,8 @@ pub(crate) struct TryEnv {
     /// The loop's tries: a task's alert is posted in it, so a shutdown (the end of `flow run`)
     /// waits for the post as for the try.
     pub tracker: tokio_util::task::TaskTracker,
+    /// What `trigger_dag` starts other DAGs' runs with.
+    pub runs: Arc<dyn crate::operator::RunLauncher>,
 }
 
 enum Outcome {
@@ -242,6 +244,7 @@ async fn execute(
         on_external: Some(external_recorder(env.recorder.clone(), claim.clone())),
         shutdown: env.shutdown.clone(),
         traceparent: telemetry::traceparent(),
+        runs: Some(env.runs.clone()),
     };
     // The process group is noted before the task's command may start its work, so that a
     // scheduler that finds this try orphaned can always stop it (see `PidJournal`).

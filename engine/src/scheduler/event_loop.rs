@@ -162,6 +162,10 @@ impl Loop {
             remote_logs: engine.config.remote_logs.clone(),
             base_url: engine.config.base_url.clone(),
             tracker: tracker.clone(),
+            runs: Arc::new(super::launcher::Launcher {
+                store: engine.store.clone(),
+                registry: engine.registry.clone(),
+            }),
         });
         let slots = Slots {
             env,

@@ -75,6 +75,7 @@ mod datasets;
 mod event_loop;
 mod heartbeat;
 mod launch;
+mod launcher;
 mod planning;
 mod recovery;
 mod runs;

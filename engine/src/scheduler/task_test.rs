@@ -230,6 +230,8 @@ async fn execute(
         on_external: None,
         shutdown: env.shutdown.clone(),
         traceparent: None,
+        // A test records no run, so it starts none either.
+        runs: None,
     };
     let result = call(op.as_ref(), &config, &ctx, task.timeout).await;
     drop(ctx);
