@@ -518,6 +518,7 @@ fn openapi_documents_every_route_and_its_answers() {
         ("patch", "/api/v1/dags/{dag_id}"),
         ("post", "/api/v1/dags/{dag_id}/runs"),
         ("get", "/api/v1/dags/{dag_id}/grid"),
+        ("get", "/api/v1/dags/{dag_id}/versions/{version}"),
         ("get", "/api/v1/runs"),
         ("get", "/api/v1/runs/{run_id}"),
         ("get", "/api/v1/runs/{run_id}/tasks/{task_id}/logs"),
@@ -529,6 +530,9 @@ fn openapi_documents_every_route_and_its_answers() {
         ("get", "/api/v1/models"),
         ("get", "/api/v1/models/{model}"),
         ("post", "/api/v1/models/{model}/versions/{version}/promote"),
+        ("get", "/api/v1/datasets"),
+        ("get", "/api/v1/datasets/events"),
+        ("post", "/api/v1/datasets/events"),
         ("get", "/metrics"),
     ] {
         assert!(
@@ -536,14 +540,22 @@ fn openapi_documents_every_route_and_its_answers() {
             "{method} {path} is not documented"
         );
     }
+    let run = server.get(&format!("/api/v1/runs/{run_id}"), &admin).ok();
+    let dag_version = run["dag_version"].as_str().expect("a run's DAG version");
+    assert!(run["dag_version_seen_at"].is_string(), "{run:#}");
     let mut called = 0;
     for (i, (template, item)) in paths.iter().enumerate() {
+        let version = if template.contains("/dags/{dag_id}/versions/") {
+            dag_version
+        } else {
+            "1"
+        };
         let path = template
             .replace("{dag_id}", "api")
             .replace("{run_id}", &run_id)
             .replace("{task_id}", "a")
             .replace("{model}", "m")
-            .replace("{version}", "1")
+            .replace("{version}", version)
             .replace("{name}", "victim");
         for method in ["get", "post", "patch", "put", "delete"] {
             let upper = method.to_uppercase();
@@ -561,6 +573,7 @@ fn openapi_documents_every_route_and_its_answers() {
             let body = match (method, template.as_str()) {
                 ("post", "/api/v1/tokens") => Some(json!({"name": format!("t{i}")})),
                 ("post", p) if p.ends_with("/mark") => Some(json!({"state": "success"})),
+                ("post", "/api/v1/datasets/events") => Some(json!({"uri": "s3://lake/x"})),
                 ("patch", _) => Some(json!({"paused": false})),
                 ("post", _) => Some(json!({})),
                 _ => None,
@@ -586,7 +599,7 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 20, "every documented operation was called");
+    assert_eq!(called, 24, "every documented operation was called");
     // The registry's pages, beside its routes.
     let page = |path: &str| {
         ureq::get(format!("{}{path}", server.base))

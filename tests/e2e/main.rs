@@ -30,5 +30,7 @@ mod schemathesis;
 mod security;
 mod telemetry;
 mod tokens;
+mod trigger_dag;
+mod versions;
 mod wakeups;
 mod workers;

@@ -27,7 +27,9 @@ use crate::context::{
 };
 use crate::ops;
 use crate::progress::follow;
-use crate::render::{dag_json, model_json, model_version_json, run_json, short_ts, table};
+use crate::render::{
+    dag_json, model_json, model_version_json, run_json, run_json_seen, short_ts, table,
+};
 
 pub async fn dispatch(cli: Cli) -> Result<u8> {
     let g = &cli.global;
@@ -252,7 +254,15 @@ async fn print_run(ctx: &Ctx, run_id: &str) -> Result<RunState> {
     let tis = ctx.store.task_instances(run_id).await?;
     println!(
         "{}",
-        serde_json::to_string_pretty(&run_json(&run, Some(&tis), &ctx.secrets.masker()))?
+        serde_json::to_string_pretty(&run_json_seen(
+            &run,
+            Some(&tis),
+            &ctx.secrets.masker(),
+            ctx.store
+                .dag_source(&run.dag_id, &run.dag_version)
+                .await?
+                .map(|s| s.seen_at),
+        ))?
     );
     Ok(run.state)
 }

@@ -58,6 +58,12 @@ pub struct RunView {
     /// The OpenTelemetry trace id of the run's trace (32 hex digits), the same in every try's
     /// log header; the trace exists where an OTLP endpoint was set.
     pub trace_id: String,
+    /// The content hash of the DAG version the run started on (its YAML:
+    /// `GET /api/v1/dags/{dag_id}/versions/{version}`).
+    pub dag_version: String,
+    /// When flow first saw that version; in a single run's answer, left out of lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dag_version_seen_at: Option<String>,
     /// Left out of lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks: Option<Vec<TaskView>>,
@@ -156,6 +162,16 @@ fn masked(view: &impl Serialize, masker: &Masker) -> Json {
 
 /// The run object of `flow runs show --json` (and `flow run --json`, the API).
 pub fn run_json(r: &RunRow, tasks: Option<&[TiRow]>, masker: &Masker) -> Json {
+    run_json_seen(r, tasks, masker, None)
+}
+
+/// [`run_json`] with when the run's DAG version was first seen, for a single run's answer.
+pub fn run_json_seen(
+    r: &RunRow,
+    tasks: Option<&[TiRow]>,
+    masker: &Masker,
+    version_seen_at: Option<DateTime<Utc>>,
+) -> Json {
     let view = RunView {
         run_id: r.run_id.clone(),
         dag_id: r.dag_id.clone(),
@@ -171,6 +187,8 @@ pub fn run_json(r: &RunRow, tasks: Option<&[TiRow]>, masker: &Masker) -> Json {
         trace_id: flow_engine::telemetry::RunTrace::of_run(r)
             .trace_id
             .to_string(),
+        dag_version: r.dag_version.clone(),
+        dag_version_seen_at: ts(version_seen_at),
         tasks: tasks.map(|tasks| tasks.iter().map(task_view).collect()),
     };
     masked(&view, masker)

@@ -65,6 +65,8 @@ pub struct LastRun {
 pub struct DagSource {
     pub fileloc: String,
     pub source: String,
+    /// When flow first recorded this version.
+    pub seen_at: DateTime<Utc>,
 }
 
 #[async_trait]

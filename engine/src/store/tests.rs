@@ -391,14 +391,12 @@ async fn sync_dags_upserts_keeps_pause_and_deactivates(db: TestDb) {
     );
 
     // Runs started on v1 still need v1's source after v2 arrives.
-    for v in ["v1", "v2"] {
-        assert_eq!(
-            s.dag_source("etl", v).await.unwrap(),
-            Some(DagSource {
-                fileloc: "dags/etl.yaml".to_string(),
-                source: dag("etl", v, true).source,
-            })
-        );
+    // Each version is dated by the sync that first recorded it (v1 at 0, v2 at 10).
+    for (v, seen) in [("v1", at(0)), ("v2", at(10))] {
+        let stored = s.dag_source("etl", v).await.unwrap().expect("kept");
+        assert_eq!(stored.fileloc, "dags/etl.yaml");
+        assert_eq!(stored.source, dag("etl", v, true).source);
+        assert_eq!(stored.seen_at, seen, "{v}");
     }
     assert_eq!(s.dag_source("etl", "v3").await.unwrap(), None);
     assert_eq!(s.dag_source("report", "v2").await.unwrap(), None);

@@ -15,6 +15,7 @@ mod meta;
 mod models;
 mod runs;
 mod tokens;
+mod versions;
 
 use std::sync::Arc;
 
@@ -64,6 +65,7 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(dags::get_dag, dags::patch_dag))
         .routes(routes!(dags::trigger))
         .routes(routes!(grid::grid))
+        .routes(routes!(versions::get_version))
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
         .routes(routes!(runs::task_logs))

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Operator, Viewer};
 use super::error::{ApiError, Body, ErrorBody, Path, Query};
 use crate::ops::{self, LogChunk};
-use crate::render::{RunView, run_json};
+use crate::render::{RunView, run_json, run_json_seen};
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -140,7 +140,16 @@ pub async fn get_run(
         }
     }
     let tis = state.store.task_instances(&run_id).await?;
-    Ok(axum::Json(run_json(&run, Some(&tis), &state.masker)))
+    let seen = state
+        .store
+        .dag_source(&run.dag_id, &run.dag_version)
+        .await?;
+    Ok(axum::Json(run_json_seen(
+        &run,
+        Some(&tis),
+        &state.masker,
+        seen.map(|s| s.seen_at),
+    )))
 }
 
 #[utoipa::path(

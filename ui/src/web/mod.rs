@@ -16,6 +16,7 @@ mod run;
 mod session;
 mod svg;
 mod task;
+mod version;
 
 use std::sync::Arc;
 
@@ -53,6 +54,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/dags/{dag_id}/pause", post(list::pause))
         .route("/dags/{dag_id}/trigger", post(dag::trigger))
         .route("/datasets", get(datasets::list))
+        .route("/dags/{dag_id}/versions/{version}", get(version::page))
         .route("/models", get(models::list))
         .route("/models/{model}", get(models::page))
         .route("/runs/{run_id}", get(run::page))

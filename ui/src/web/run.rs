@@ -58,6 +58,9 @@ struct RunPage {
     state: String,
     class: String,
     run_type: String,
+    /// The DAG version the run started on, and its page.
+    version: String,
+    version_href: String,
     logical_date: String,
     queued: String,
     started: String,
@@ -122,6 +125,8 @@ pub async fn page(
         state: run.state.as_str().to_string(),
         class: format!("state s-{}", run.state.as_str()),
         run_type: run.run_type.as_str().to_string(),
+        version_href: super::version::version_href(&run.dag_id, &run.dag_version),
+        version: run.dag_version.chars().take(12).collect(),
         logical_date: fmt_time(Some(run.logical_date)),
         queued: fmt_time(Some(run.queued_at)),
         started: fmt_time(run.started_at),

@@ -189,7 +189,7 @@ where
 
     async fn dag_source(&self, dag_id: &str, version: &str) -> Result<Option<DagSource>> {
         let row = sqlx::query(
-            "SELECT fileloc, source FROM dag_versions WHERE dag_id = $1 AND version = $2",
+            "SELECT fileloc, source, created_at FROM dag_versions WHERE dag_id = $1 AND version = $2",
         )
         .bind(dag_id)
         .bind(version)
@@ -199,6 +199,7 @@ where
             Ok(DagSource {
                 fileloc: r.try_get("fileloc")?,
                 source: r.try_get("source")?,
+                seen_at: crate::time::from_micros(r.try_get("created_at")?),
             })
         })
         .transpose()
