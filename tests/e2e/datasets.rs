@@ -176,3 +176,81 @@ fn validate_reports_a_consumed_dataset_nobody_produces() {
     env.dag("producer.yaml", PRODUCER);
     env.flow_ok(&["dags", "validate"], 0);
 }
+
+/// The shipped ML pipelines chain through datasets on the daemon: build_training_set's scheduled
+/// run writes the training set, which starts train_model, whose promote starts batch_predict.
+#[test]
+fn the_shipped_ml_pipelines_chain_through_datasets() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let workdir = env.dir.path().join("ml").display().to_string();
+    for p in [
+        "build_training_set.yaml",
+        "train_model.yaml",
+        "batch_predict.yaml",
+    ] {
+        let shipped = format!("{}/../dags/{p}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        // Runs started by events take their params' defaults: point them at this test's folder.
+        let text = text.replace(
+            "default: /tmp/flow-examples/ml",
+            &format!("default: {workdir}"),
+        );
+        std::fs::write(env.dags().join(p), text).unwrap();
+    }
+    std::fs::create_dir_all(env.dags().join("jobs")).unwrap();
+    std::fs::copy(
+        format!(
+            "{}/../dags/jobs/build_training_set.py",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        env.dags().join("jobs/build_training_set.py"),
+    )
+    .unwrap();
+    env.flow_ok(&["dags", "validate"], 0);
+    let scheduler = env.spawn(&["scheduler"]);
+    let begin = std::time::Instant::now();
+    let triggered = |dag: &str| -> Option<Json> {
+        let runs = env.flow_json(&["runs", "list", "--dag", dag, "--json"], 0);
+        runs.as_array()?
+            .iter()
+            .find(|r| r["run_type"] == "dataset_triggered" && r["state"] == "success")
+            .cloned()
+    };
+    let predicted = loop {
+        if let Some(run) = triggered("batch_predict") {
+            break run;
+        }
+        assert!(
+            begin.elapsed() < Duration::from_secs(300),
+            "the chain never reached batch_predict: {}",
+            std::fs::read_to_string(env.path("spawned.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    stop_gracefully(scheduler, "scheduler");
+    let trained = triggered("train_model").expect("train_model ran on the training set");
+    let shown = env.flow_json(
+        &[
+            "runs",
+            "show",
+            trained["run_id"].as_str().unwrap(),
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(
+        task(&shown, "promote", None)["state"],
+        "success",
+        "{shown:#}"
+    );
+    let shown = env.flow_json(
+        &[
+            "runs",
+            "show",
+            predicted["run_id"].as_str().unwrap(),
+            "--json",
+        ],
+        0,
+    );
+    assert_eq!(task(&shown, "score", None)["state"], "success", "{shown:#}");
+}
