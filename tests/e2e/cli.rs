@@ -321,6 +321,7 @@ fn flow_help_lists_only_product_commands() {
             "models",
             "scheduler",
             "worker",
+            "db",
             "server",
             "standalone",
             "help"

@@ -24,6 +24,7 @@ mod pages;
 mod private_pg;
 mod ready;
 mod remote_logs;
+mod retention;
 mod run;
 mod schedulers;
 mod schemathesis;

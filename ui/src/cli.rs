@@ -121,6 +121,11 @@ pub enum Command {
         #[arg(long = "queue", value_name = "NAME", value_delimiter = ',')]
         queues: Vec<String>,
     },
+    /// The metadata database: delete old history
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// The REST API (and, later, the web UI) on --bind, against the same database
     Server,
     /// Scheduler and web server in one process, on the embedded default database
@@ -163,6 +168,23 @@ pub struct TaskTestArgs {
     /// Which item of a mapped task (for_each) to run
     #[arg(long)]
     pub map_index: Option<i64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Delete ended runs queued before a time, with their tries, logs (local and remote), the
+    /// DAG versions and dataset events only they used; runs a model version was trained in stay
+    Clean {
+        /// An age (90d, 12h) or a date (YYYY-MM-DD or RFC 3339, UTC)
+        #[arg(long)]
+        before: String,
+        /// Only this DAG's runs and versions
+        #[arg(long)]
+        dag: Option<String>,
+        /// Count what would go; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

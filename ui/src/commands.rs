@@ -19,8 +19,8 @@ use flow_engine::time::{now, rfc3339};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    Cli, Command, DagsCommand, Global, ModelsCommand, RunArgs, RunsCommand, TasksCommand,
-    TokensCommand,
+    Cli, Command, DagsCommand, DbCommand, Global, ModelsCommand, RunArgs, RunsCommand,
+    TasksCommand, TokensCommand,
 };
 use crate::context::{
     Ctx, engine, engine_err, find_dag, op_err, open, parse_logical, settings, usage,
@@ -87,6 +87,14 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             TokensCommand::Revoke { name } => crate::tokens::revoke(g, &name).await,
         },
         Command::Models { command } => models(g, command).await,
+        Command::Db {
+            command:
+                DbCommand::Clean {
+                    before,
+                    dag,
+                    dry_run,
+                },
+        } => crate::retention::clean(g, &before, dag, dry_run).await,
         Command::Scheduler { no_tasks, queues } => {
             crate::daemons::scheduler(g, no_tasks, &queues).await
         }

@@ -38,6 +38,19 @@ pub struct FileConfig {
     pub max_queued_runs_per_dag: Option<u32>,
     #[serde(default)]
     pub logs: LogsFile,
+    #[serde(default)]
+    pub retention: RetentionFile,
+}
+
+/// `[retention]` in flow.toml: what the scheduler deletes by itself, as `flow db clean` does.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Ended runs queued longer ago than this go, with their tries and logs (default: none;
+    /// nothing is deleted).
+    pub max_age: Option<String>,
+    /// How often the scheduler cleans (default 1h).
+    pub every: Option<String>,
 }
 
 /// `[logs]` in flow.toml.
@@ -99,6 +112,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `[logs]`, made into `engine.remote_logs` once secrets are read ([`Settings::remote_logs`]).
     pub logs: LogsFile,
+    pub retention: RetentionFile,
 }
 
 /// What the command line and environment gave (clap reads both).
@@ -218,6 +232,7 @@ pub fn resolve(given: &Given) -> Result<Settings> {
         .map_err(|e| anyhow::anyhow!("flow.toml: [api] trusted_proxies: {e}"))?;
     Ok(Settings {
         logs: file.logs.clone(),
+        retention: file.retention.clone(),
         trusted_proxies,
         max_queued_runs,
         connections,

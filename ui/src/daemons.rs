@@ -73,6 +73,7 @@ pub(crate) async fn scheduler(g: &Global, no_tasks: bool, queues: &[String]) -> 
     let engine = engine(&ctx).await?.with_duties(duties).with_queues(queues);
     announce("scheduler", &ctx, &engine);
     let shutdown = shutdown_on_signals();
+    crate::retention::keep_clean(&ctx, shutdown.clone())?;
     engine
         .run(Mode::Daemon, shutdown)
         .await
@@ -174,6 +175,7 @@ pub(crate) async fn server(g: &Global, standalone: bool) -> Result<u8> {
     let api = tokio::spawn(crate::server::serve(listener, state, shutdown.clone()));
     let scheduled = match scheduler {
         Some(engine) => {
+            crate::retention::keep_clean(&ctx, shutdown.clone())?;
             let result = engine.run(Mode::Daemon, shutdown.clone()).await;
             // The scheduler stopped, by a signal or an error: the server stops with it.
             shutdown.cancel();

@@ -17,6 +17,7 @@ mod daemons;
 pub mod ops;
 mod progress;
 pub mod render;
+mod retention;
 pub mod server;
 pub mod state;
 mod task_test;

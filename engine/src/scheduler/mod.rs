@@ -78,6 +78,7 @@ mod launch;
 mod launcher;
 mod planning;
 mod recovery;
+pub mod retention;
 mod runs;
 pub mod task_test;
 

@@ -18,6 +18,7 @@ pub mod group_commit;
 mod history;
 mod models;
 mod plan;
+mod retention;
 mod runs;
 mod sql;
 #[cfg(test)]
@@ -35,6 +36,7 @@ pub use models::{
     DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
 };
 pub use plan::{Applied, PlanRows, PlanStore, TaskOutput};
+pub use retention::{OldRun, OldRuns, RetentionStore};
 pub use runs::{
     Created, IdempotencyKey, KeyedRun, Mark, NewRun, NewTaskInstance, RunCreate, RunFilter, RunRow,
     RunStore, TiRow,
@@ -137,6 +139,7 @@ pub trait Store:
     + ActivityStore
     + AlertStore
     + DatasetStore
+    + RetentionStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

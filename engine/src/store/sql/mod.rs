@@ -19,6 +19,7 @@ mod history;
 mod migrations;
 mod models;
 mod plan;
+mod retention;
 mod runs;
 mod tokens;
 mod tries;
