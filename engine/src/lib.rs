@@ -17,7 +17,7 @@
 //!   [`Registry`];
 //! - the scheduler: [`Engine`], [`EngineConfig`], [`EngineError`], [`Mode`], [`DagCatalog`],
 //!   and run creation ([`scheduler::trigger`], [`scheduler::manual_run`],
-//!   [`scheduler::backfill`]);
+//!   [`scheduler::backfills`]);
 //! - the metadata database: [`Store`] and [`store::connect`];
 //! - states: [`RunState`], [`TaskState`].
 //!

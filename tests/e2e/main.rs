@@ -9,6 +9,7 @@ mod api;
 mod api_server;
 mod architecture;
 mod authoring;
+mod backfills;
 mod browser;
 mod cli;
 mod daemon;

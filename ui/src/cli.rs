@@ -71,18 +71,7 @@ pub enum Command {
         wait: bool,
     },
     /// Create the scheduled runs whose logical dates fall in [FROM, TO]
-    Backfill {
-        dag: String,
-        /// First day (YYYY-MM-DD in the DAG's timezone, or RFC 3339)
-        #[arg(long)]
-        from: String,
-        /// Last day, inclusive
-        #[arg(long)]
-        to: String,
-        /// Follow the runs until they end
-        #[arg(long)]
-        wait: bool,
-    },
+    Backfill(BackfillArgs),
     /// List and show runs
     Runs {
         #[command(subcommand)]
@@ -168,6 +157,55 @@ pub struct TaskTestArgs {
     /// Which item of a mapped task (for_each) to run
     #[arg(long)]
     pub map_index: Option<i64>,
+}
+
+/// `flow backfill DAG --from --to`, or `flow backfill cancel|list`.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackfillArgs {
+    #[command(subcommand)]
+    pub command: Option<BackfillCommand>,
+    /// The DAG id
+    #[arg(required = true)]
+    pub dag: Option<String>,
+    /// First day (YYYY-MM-DD in the DAG's timezone, or RFC 3339)
+    #[arg(long, required = true)]
+    pub from: Option<String>,
+    /// Last day, inclusive
+    #[arg(long, required = true)]
+    pub to: Option<String>,
+    /// Follow the backfill's runs (those that existed too) until they end
+    #[arg(long)]
+    pub wait: bool,
+    /// A param value for every run, NAME=VALUE (repeatable)
+    #[arg(long = "param", value_name = "K=V")]
+    pub params: Vec<String>,
+    /// Most of its runs queued or running at once (default: the DAG's max_active_runs)
+    #[arg(long)]
+    pub max_active_runs: Option<u32>,
+    /// Newest interval first
+    #[arg(long)]
+    pub reverse: bool,
+    /// An interval that has a run already: leave it (none), run it again when it failed
+    /// (failed), or when it ended (all)
+    #[arg(long, default_value = "none", value_parser = ["none", "failed", "all"])]
+    pub rerun: String,
+    /// Print the intervals; create nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackfillCommand {
+    /// Stop a backfill: no more runs are created, and its runs that never started fail
+    Cancel { id: String },
+    /// The backfills, newest first, with their progress
+    List {
+        #[arg(long)]
+        dag: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,12 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
-use flow_engine::dag::Dag;
 use flow_engine::dag::load::{dag_files, load_files};
 use flow_engine::dag::parse::ParseOptions;
 use flow_engine::plan::UNMAPPED;
-use flow_engine::schedule::parse_date;
 use flow_engine::scheduler::{self, DagCatalog, Engine, Mode};
 use flow_engine::state::RunState;
 use flow_engine::store::RunFilter;
@@ -48,12 +45,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
         },
         Command::Run(args) => run(g, args).await,
         Command::Trigger { run, wait } => trigger(g, run, wait).await,
-        Command::Backfill {
-            dag,
-            from,
-            to,
-            wait,
-        } => backfill(g, &dag, &from, &to, wait).await,
+        Command::Backfill(args) => crate::backfill::run(g, args).await,
         Command::Runs { command } => match command {
             RunsCommand::List {
                 dag,
@@ -334,53 +326,6 @@ async fn trigger(g: &Global, args: RunArgs, wait: bool) -> Result<u8> {
     } else {
         println!("{}", run.run_id);
     }
-    Ok(if ok { 0 } else { 1 })
-}
-
-/// A day or timestamp for --from/--to: a date means that whole day in the DAG's timezone.
-fn day_bound(text: &str, dag: &Dag, end: bool, flag: &str) -> Result<DateTime<Utc>> {
-    let t = parse_date(text, dag.timezone).map_err(|e| usage(format!("{flag}: {e}")))?;
-    let is_date = text.len() == 10;
-    Ok(if end && is_date {
-        // The whole last day: up to just before the next local midnight.
-        let next = text
-            .parse::<chrono::NaiveDate>()
-            .ok()
-            .and_then(|d| d.succ_opt())
-            .map(|d| d.format("%Y-%m-%d").to_string())
-            .and_then(|s| parse_date(&s, dag.timezone).ok())
-            .unwrap_or(t);
-        next - chrono::Duration::microseconds(1)
-    } else {
-        t
-    })
-}
-
-async fn backfill(g: &Global, dag_id: &str, from: &str, to: &str, wait: bool) -> Result<u8> {
-    let ctx = open(g).await?;
-    let engine = engine(&ctx).await?;
-    let dag = find_dag(&engine, dag_id)?;
-    let from = day_bound(from, &dag, false, "--from")?;
-    let to = day_bound(to, &dag, true, "--to")?;
-    if to < from {
-        return Err(usage("--to is before --from"));
-    }
-    let scheduler::Backfilled { created, existing } =
-        scheduler::backfill(ctx.store.as_ref(), &dag, from, to)
-            .await
-            .map_err(engine_err)?;
-    eprintln!(
-        "backfill of {dag_id}: {} run(s) created, {existing} already existed",
-        created.len()
-    );
-    for id in &created {
-        println!("{id}");
-    }
-    if !wait || created.is_empty() {
-        return Ok(0);
-    }
-    let poll = ctx.settings.engine.poll_interval;
-    let ok = follow(ctx.store.as_ref(), &created, "backfill", poll).await?;
     Ok(if ok { 0 } else { 1 })
 }
 

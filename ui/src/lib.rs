@@ -8,6 +8,7 @@
 //! `render` (the JSON shapes), never on each other. See docs/ARCHITECTURE.md.
 
 pub mod api;
+pub mod backfill;
 pub mod cli;
 pub mod client;
 pub mod commands;

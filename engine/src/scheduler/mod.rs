@@ -70,6 +70,7 @@ use crate::store::group_commit::CommitError;
 use crate::store::{RunRow, Store, StoreError};
 
 mod alerts;
+pub mod backfills;
 mod catalog;
 mod datasets;
 mod event_loop;
@@ -83,7 +84,7 @@ mod runs;
 pub mod task_test;
 
 pub use catalog::DagCatalog;
-pub use runs::{Backfilled, backfill, manual_run, next_run_at, run_id, trigger};
+pub use runs::{manual_run, next_run_at, run_id, trigger};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

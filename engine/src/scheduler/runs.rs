@@ -98,52 +98,6 @@ pub async fn trigger(
         .ok_or(EngineError::RunVanished(run.run_id))
 }
 
-/// What a backfill did: the runs it created, and how many of its intervals had a run already.
-#[derive(Debug)]
-pub struct Backfilled {
-    pub created: Vec<String>,
-    pub existing: usize,
-}
-
-/// Creates the backfill runs whose logical dates fall in [from, to].
-pub async fn backfill(
-    store: &dyn Store,
-    dag: &Dag,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Backfilled, EngineError> {
-    let Some(tt) = dag.timetable() else {
-        return Err(EngineError::Input(format!(
-            "DAG '{}' has no schedule, so it has no intervals to backfill; use flow trigger",
-            dag.id
-        )));
-    };
-    let intervals = tt.intervals_between(from, to, 100_000)?;
-    let params = dag
-        .resolve_params(&Default::default())
-        .map_err(EngineError::Input)?;
-    let mut done = Backfilled {
-        created: Vec::new(),
-        existing: 0,
-    };
-    for iv in intervals {
-        let run = new_run(
-            dag,
-            RunType::Backfill,
-            iv.start,
-            Some(iv),
-            params.clone(),
-            now(),
-        );
-        if store.create_run(&run).await? {
-            done.created.push(run.run_id);
-        } else {
-            done.existing += 1;
-        }
-    }
-    Ok(done)
-}
-
 /// When the next scheduled run of `dag` will be created (its interval's end), if ever.
 pub async fn next_run_at(
     store: &dyn Store,
@@ -185,6 +139,7 @@ impl Engine {
             created += self.create_due_runs_of(&dag, now, active).await?;
         }
         created += self.create_dataset_runs(now, active, paused).await?;
+        created += self.advance_backfills().await?;
         Ok(created)
     }
 

@@ -11,6 +11,7 @@
 
 mod activity;
 mod alerts;
+mod backfills;
 mod cursor;
 mod dags;
 mod datasets;
@@ -29,6 +30,7 @@ mod wake;
 
 pub use activity::{ActiveRuns, Activity, ActivityStore, PoolActivity};
 pub use alerts::{AlertKey, AlertStore};
+pub use backfills::{Backfill, BackfillProgress, BackfillStep, BackfillStore, Rerun, StepDone};
 pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun, ProducedBy};
 pub use datasets::{DatasetEvent, DatasetStore, DatasetSummary, DatasetTrigger, EventSource};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
@@ -140,6 +142,7 @@ pub trait Store:
     + AlertStore
     + DatasetStore
     + RetentionStore
+    + BackfillStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

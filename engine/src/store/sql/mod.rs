@@ -10,6 +10,7 @@
 
 mod activity;
 mod alerts;
+mod backfills;
 mod claims;
 mod connect;
 mod dags;

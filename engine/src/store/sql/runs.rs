@@ -141,6 +141,50 @@ where
 
     /// Inserts a queued run and its task instances; false (nothing inserted) when a scheduled
     /// or backfill run exists already for its DAG and logical date.
+    /// Resets the given task instances (every one when `task_ids` is None) to `scheduled` and
+    /// the run to `queued`; false when the run is unknown.
+    pub(super) async fn clear_in(
+        tx: &mut Tx<DB>,
+        run_id: &str,
+        task_ids: Option<&[String]>,
+    ) -> Result<bool> {
+        let n =
+            sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        macro_rules! reset {
+            () => {
+                "UPDATE task_instances SET state = 'scheduled', try_base = try_number, \
+                 reschedules = 0, output = NULL, error = NULL, queued_at = NULL, started_at = NULL, \
+                 ended_at = NULL, next_try_at = NULL, lease_owner = NULL, lease_expires_at = NULL, \
+                 pid = NULL, external_ref = NULL WHERE run_id = $1"
+            };
+        }
+        match task_ids {
+            None => {
+                sqlx::query(reset!())
+                    .bind(run_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Some(ids) => {
+                for task_id in ids {
+                    sqlx::query(concat!(reset!(), " AND task_id = $2"))
+                        .bind(run_id)
+                        .bind(task_id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
     pub(super) async fn insert_run(tx: &mut Tx<DB>, run: &NewRun) -> Result<bool> {
         let inserted = sqlx::query(
             "INSERT INTO dag_runs (run_id, dag_id, dag_version, run_type, state, logical_date, \
@@ -412,25 +456,8 @@ where
     ) -> Result<bool> {
         let _ = now;
         let (writer, mut tx) = self.begin_write().await?;
-        let n =
-            sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1")
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if n == 0 {
+        if !Self::clear_in(&mut tx, run_id, Some(task_ids)).await? {
             return Ok(false);
-        }
-        for task_id in task_ids {
-            sqlx::query(
-                "UPDATE task_instances SET state = 'scheduled', try_base = try_number, reschedules = 0, output = NULL, error = NULL, \
-                 queued_at = NULL, started_at = NULL, ended_at = NULL, next_try_at = NULL, lease_owner = NULL, \
-                 lease_expires_at = NULL, pid = NULL, external_ref = NULL WHERE run_id = $1 AND task_id = $2",
-            )
-            .bind(run_id)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
         }
         self.commit_and_ring(writer, tx, Wake::Runs).await?;
         Ok(true)
