@@ -61,6 +61,8 @@ fn a_backfill_creates_its_runs_in_a_window_and_finishes() {
                 "2026-01-10",
                 "--param",
                 "n=5",
+                "--max-active-runs",
+                "2",
             ],
             0,
         );

@@ -183,29 +183,16 @@ fn validate_reports_a_consumed_dataset_nobody_produces() {
 fn the_shipped_ml_pipelines_chain_through_datasets() {
     let env = Env::new(Db::Sqlite).unwrap();
     let workdir = env.dir.path().join("ml").display().to_string();
-    for p in [
-        "build_training_set.yaml",
-        "train_model.yaml",
-        "batch_predict.yaml",
-    ] {
-        let shipped = format!("{}/../dags/{p}", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&shipped).unwrap();
-        // Runs started by events take their params' defaults: point them at this test's folder.
-        let text = text.replace(
-            "default: /tmp/flow-examples/ml",
-            &format!("default: {workdir}"),
-        );
-        std::fs::write(env.dags().join(p), text).unwrap();
-    }
-    std::fs::create_dir_all(env.dags().join("jobs")).unwrap();
-    std::fs::copy(
-        format!(
-            "{}/../dags/jobs/build_training_set.py",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-        env.dags().join("jobs/build_training_set.py"),
-    )
-    .unwrap();
+    // Runs started by events take their params' defaults: point them at this test's folder.
+    crate::ml::copy_pipelines(
+        &env,
+        &[
+            "build_training_set.yaml",
+            "train_model.yaml",
+            "batch_predict.yaml",
+        ],
+        Some(&workdir),
+    );
     env.flow_ok(&["dags", "validate"], 0);
     let scheduler = env.spawn(&["scheduler"]);
     let begin = std::time::Instant::now();

@@ -20,9 +20,21 @@ const MIN_AUC: f64 = 0.70;
 
 fn ml_env() -> (Env, String) {
     let env = Env::new(Db::Sqlite).unwrap();
-    for p in PIPELINES {
+    copy_pipelines(&env, PIPELINES, None);
+    let workdir = env.dir.path().join("ml").display().to_string();
+    (env, workdir)
+}
+
+/// Copies shipped pipelines and their Spark job into `env`'s DAGs folder; with `workdir`, their
+/// `workdir` param defaults to it (runs started by events or schedules take the defaults).
+pub(crate) fn copy_pipelines(env: &Env, files: &[&str], workdir: Option<&str>) {
+    for p in files {
         let shipped = format!("{}/../dags/{p}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::copy(&shipped, env.dags().join(p)).unwrap();
+        let mut text = std::fs::read_to_string(&shipped).unwrap();
+        if let Some(w) = workdir {
+            text = text.replace("default: /tmp/flow-examples/ml", &format!("default: {w}"));
+        }
+        std::fs::write(env.dags().join(p), text).unwrap();
     }
     std::fs::create_dir_all(env.dags().join("jobs")).unwrap();
     std::fs::copy(
@@ -33,8 +45,6 @@ fn ml_env() -> (Env, String) {
         env.dags().join("jobs/build_training_set.py"),
     )
     .unwrap();
-    let workdir = env.dir.path().join("ml").display().to_string();
-    (env, workdir)
 }
 
 fn run(env: &Env, dag: &str, workdir: &str, more: &[&str]) -> Json {

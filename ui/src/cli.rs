@@ -180,7 +180,8 @@ pub struct BackfillArgs {
     /// A param value for every run, NAME=VALUE (repeatable)
     #[arg(long = "param", value_name = "K=V")]
     pub params: Vec<String>,
-    /// Most of its runs queued or running at once (default: the DAG's max_active_runs)
+    /// Most of its runs queued or running at once (default 100, or the DAG's max_active_runs
+    /// when larger)
     #[arg(long)]
     pub max_active_runs: Option<u32>,
     /// Newest interval first

@@ -58,6 +58,27 @@ fn parse_file(rel: &str) -> Result<Dag, Vec<Problem>> {
     )
 }
 
+/// A DAG file's text parsed as `inline.yaml`, for tests that write their DAG in place.
+fn parse(text: &str) -> Result<Dag, Vec<Problem>> {
+    parse_dag(
+        Path::new("inline.yaml"),
+        text,
+        &TestCatalog,
+        &ParseOptions::default(),
+    )
+}
+
+/// Its problems as `LINE:COL: message`, none when it parses.
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(p) => p
+            .iter()
+            .map(|p| format!("{}: {}", p.pos, p.message))
+            .collect(),
+    }
+}
+
 fn render(problems: &[Problem]) -> String {
     problems
         .iter()

@@ -17,6 +17,11 @@ use crate::time::now;
 /// Most intervals one backfill may name.
 pub const MAX_INTERVALS: usize = 100_000;
 
+/// The default window: a backfill of up to this many intervals has all its runs at once, as
+/// `flow backfill` always did (the contract's "creates the runs"); a longer one never holds more
+/// created-but-unfinished runs. The DAG's `max_active_runs` still bounds how many run.
+pub const DEFAULT_WINDOW: u32 = 100;
+
 /// What to backfill.
 #[derive(Debug, Clone)]
 pub struct BackfillRequest {
@@ -25,7 +30,8 @@ pub struct BackfillRequest {
     pub params: serde_json::Map<String, Json>,
     pub rerun: Rerun,
     pub reverse: bool,
-    /// Default: the DAG's `max_active_runs`.
+    /// The window: most of its runs queued or running at once. Default: [`DEFAULT_WINDOW`],
+    /// or the DAG's `max_active_runs` when larger.
     pub max_active_runs: Option<u32>,
     /// List the intervals; create nothing.
     pub dry_run: bool,
@@ -87,7 +93,10 @@ pub async fn create_backfill(
         params: Json::Object(params),
         rerun: req.rerun,
         reverse: req.reverse,
-        max_active_runs: req.max_active_runs.unwrap_or(dag.max_active_runs).max(1),
+        max_active_runs: req
+            .max_active_runs
+            .unwrap_or(DEFAULT_WINDOW.max(dag.max_active_runs))
+            .max(1),
         state: "running".to_string(),
         cursor: Some(cursor),
         created: 0,

@@ -4,25 +4,6 @@ use serde_json::json;
 
 use super::*;
 
-fn parse(text: &str) -> Result<Dag, Vec<Problem>> {
-    parse_dag(
-        Path::new("a.yaml"),
-        text,
-        &TestCatalog,
-        &ParseOptions::default(),
-    )
-}
-
-fn problems(text: &str) -> Vec<String> {
-    match parse(text) {
-        Ok(_) => Vec::new(),
-        Err(p) => p
-            .iter()
-            .map(|p| format!("{}: {}", p.pos, p.message))
-            .collect(),
-    }
-}
-
 #[test]
 fn merge_keys_and_x_keys_build_tasks_from_a_base() {
     let text = "\

@@ -2,25 +2,6 @@
 
 use super::*;
 
-fn parse(text: &str) -> Result<Dag, Vec<Problem>> {
-    parse_dag(
-        Path::new("d.yaml"),
-        text,
-        &TestCatalog,
-        &ParseOptions::default(),
-    )
-}
-
-fn problems(text: &str) -> Vec<String> {
-    match parse(text) {
-        Ok(_) => Vec::new(),
-        Err(p) => p
-            .iter()
-            .map(|p| format!("{}: {}", p.pos, p.message))
-            .collect(),
-    }
-}
-
 const PRODUCER: &str = "\
 id: producer
 tasks:
