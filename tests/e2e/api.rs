@@ -497,6 +497,24 @@ fn openapi_documents_every_route_and_its_answers() {
         "id: model\ntasks:\n  fit:\n    operator: train\n    training_set: { path: rows.csv }\n    label: y\n    model: m\n    artifacts: models/\n",
     );
     env.flow_ok(&["run", "model"], 0);
+    // A scheduled DAG and a backfill of it, for the backfills' routes.
+    env.dag(
+        "nightly.yaml",
+        "id: nightly\nschedule: '@daily'\nstart_date: 2026-01-01\ntasks:\n  t: { operator: shell, command: 'true' }\n",
+    );
+    env.flow_ok(
+        &[
+            "backfill",
+            "nightly",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-02",
+        ],
+        0,
+    );
+    let listed = env.flow_json(&["backfill", "list", "--json"], 0);
+    let backfill_id = listed[0]["id"].as_str().expect("a backfill").to_string();
     let admin = token(&env, "root", "admin");
     // For DELETE /api/v1/tokens/{name}.
     token(&env, "victim", "viewer");
@@ -519,6 +537,10 @@ fn openapi_documents_every_route_and_its_answers() {
         ("post", "/api/v1/dags/{dag_id}/runs"),
         ("get", "/api/v1/dags/{dag_id}/grid"),
         ("get", "/api/v1/dags/{dag_id}/versions/{version}"),
+        ("post", "/api/v1/dags/{dag_id}/backfills"),
+        ("get", "/api/v1/backfills"),
+        ("get", "/api/v1/backfills/{backfill_id}"),
+        ("delete", "/api/v1/backfills/{backfill_id}"),
         ("get", "/api/v1/runs"),
         ("get", "/api/v1/runs/{run_id}"),
         ("get", "/api/v1/runs/{run_id}/tasks/{task_id}/logs"),
@@ -550,8 +572,14 @@ fn openapi_documents_every_route_and_its_answers() {
         } else {
             "1"
         };
+        let dag = if template.ends_with("/backfills") {
+            "nightly"
+        } else {
+            "api"
+        };
         let path = template
-            .replace("{dag_id}", "api")
+            .replace("{dag_id}", dag)
+            .replace("{backfill_id}", &backfill_id)
             .replace("{run_id}", &run_id)
             .replace("{task_id}", "a")
             .replace("{model}", "m")
@@ -574,6 +602,9 @@ fn openapi_documents_every_route_and_its_answers() {
                 ("post", "/api/v1/tokens") => Some(json!({"name": format!("t{i}")})),
                 ("post", p) if p.ends_with("/mark") => Some(json!({"state": "success"})),
                 ("post", "/api/v1/datasets/events") => Some(json!({"uri": "s3://lake/x"})),
+                ("post", p) if p.ends_with("/backfills") => {
+                    Some(json!({"from": "2026-02-01", "to": "2026-02-02"}))
+                }
                 ("patch", _) => Some(json!({"paused": false})),
                 ("post", _) => Some(json!({})),
                 _ => None,
@@ -599,7 +630,7 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 24, "every documented operation was called");
+    assert_eq!(called, 28, "every documented operation was called");
     // The registry's pages, beside its routes.
     let page = |path: &str| {
         ureq::get(format!("{}{path}", server.base))

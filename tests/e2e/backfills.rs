@@ -179,3 +179,54 @@ fn a_backfill_creates_its_runs_in_a_window_and_finishes() {
         );
     });
 }
+
+#[test]
+fn backfills_through_the_api() {
+    each_db(|env, db| {
+        env.dag("daily.yaml", DAILY);
+        let operator = crate::api_server::token(&env, "ops", "operator");
+        let viewer = crate::api_server::token(&env, "looker", "viewer");
+        let server = crate::api_server::Server::start(&env, "server");
+        let body = serde_json::json!({"from": "2026-03-01", "to": "2026-03-03", "params": {"n": 7}, "max_active_runs": 2});
+        let path = "/api/v1/dags/daily/backfills";
+        let refused = server.call("POST", path, Some(&viewer), Some(&body));
+        assert_eq!(refused.status, 403, "{db:?}");
+        let dry = serde_json::json!({"from": "2026-03-01", "to": "2026-03-03", "dry_run": true});
+        let dry = server.call("POST", path, Some(&operator), Some(&dry)).ok();
+        assert_eq!(
+            dry["intervals"].as_array().map(Vec::len),
+            Some(3),
+            "{db:?}: {dry:#}"
+        );
+        let made = server.call("POST", path, Some(&operator), Some(&body));
+        assert_eq!(made.status, 201, "{db:?}: {:#}", made.body);
+        let id = made.body["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            made.body["runs"]["queued"], 2,
+            "{db:?}: the first window: {:#}",
+            made.body
+        );
+        assert_eq!(made.body["params"]["n"], 7);
+        let bad = serde_json::json!({"from": "2026-03-01", "to": "2026-03-03", "rerun": "some"});
+        server
+            .call("POST", path, Some(&operator), Some(&bad))
+            .error(400, "bad_request");
+        let shown = server.get(&format!("/api/v1/backfills/{id}"), &viewer).ok();
+        assert_eq!(shown["state"], "running", "{db:?}: {shown:#}");
+        let listed = server.get("/api/v1/backfills?dag_id=daily", &viewer).ok();
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{db:?}");
+        let cancelled = server
+            .call(
+                "DELETE",
+                &format!("/api/v1/backfills/{id}"),
+                Some(&operator),
+                None,
+            )
+            .ok();
+        assert_eq!(cancelled["state"], "cancelled", "{db:?}: {cancelled:#}");
+        assert_eq!(cancelled["runs"]["failed"], 2, "{db:?}: {cancelled:#}");
+        server
+            .get("/api/v1/backfills/bf_nope", &viewer)
+            .error(404, "not_found");
+    });
+}

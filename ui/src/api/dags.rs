@@ -35,7 +35,7 @@ pub(super) async fn active_dag(state: &AppState, dag_id: &str) -> Result<DagRow,
     }
 }
 
-async fn parsed(state: &AppState, row: &DagRow) -> Result<Arc<Dag>, ApiError> {
+pub(super) async fn parsed(state: &AppState, row: &DagRow) -> Result<Arc<Dag>, ApiError> {
     state.dag_of(row).await?.ok_or_else(|| {
         ApiError::internal(format!(
             "version {} of DAG {} is recorded but its source is missing or no longer parses",

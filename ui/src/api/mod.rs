@@ -6,6 +6,7 @@
 //! calls every documented operation and checks the answer is one it declares).
 
 mod auth;
+mod backfills;
 mod dags;
 mod datasets;
 mod error;
@@ -65,6 +66,9 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(dags::get_dag, dags::patch_dag))
         .routes(routes!(dags::trigger))
         .routes(routes!(grid::grid))
+        .routes(routes!(backfills::create))
+        .routes(routes!(backfills::list))
+        .routes(routes!(backfills::get, backfills::cancel))
         .routes(routes!(versions::get_version))
         .routes(routes!(runs::list_runs))
         .routes(routes!(runs::get_run))
