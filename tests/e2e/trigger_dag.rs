@@ -35,6 +35,20 @@ tasks:
     params: { n: 0 }
 "#;
 
+/// Only the waiting task: a `kill -9` must not also catch another task mid-try (which, with no
+/// external work recorded yet, fails as any orphaned try does).
+const WAITING_PARENT: &str = r#"id: parent
+params:
+  n: { type: integer, default: 1 }
+tasks:
+  start:
+    operator: trigger_dag
+    dag: child
+    params: { n: "{{ params.n }}" }
+    wait: true
+    poke_interval: 200ms
+"#;
+
 fn child_runs(env: &Env) -> Vec<Json> {
     let runs = env.flow_json(&["runs", "list", "--dag", "child", "--json"], 0);
     runs.as_array().cloned().unwrap_or_default()
@@ -92,7 +106,7 @@ fn an_orphaned_parent_reattaches_to_its_child() {
     each_db(|env, db| {
         env.config("lease_timeout = \"2s\"\n");
         env.dag("child.yaml", CHILD);
-        env.dag("parent.yaml", PARENT);
+        env.dag("parent.yaml", WAITING_PARENT);
         let mut scheduler = env.spawn(&["scheduler"]);
         let run_id = env
             .flow_ok(&["trigger", "parent", "--param", "n=3"], 0)
