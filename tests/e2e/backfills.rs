@@ -230,3 +230,62 @@ fn backfills_through_the_api() {
             .error(404, "not_found");
     });
 }
+
+#[test]
+fn backfills_through_the_dag_page() {
+    use crate::pages::{Auth, call};
+    each_db(|env, db| {
+        env.dag("daily.yaml", DAILY);
+        let operator = crate::api_server::token(&env, "ops", "operator");
+        let server = crate::api_server::Server::start(&env, "server");
+        let as_ops = Auth::Bearer(&operator);
+        let page = call(&server.base, "GET", "/dags/daily", &as_ops, None);
+        assert!(
+            page.body.contains("id=\"backfill-form\""),
+            "{db:?}: {}",
+            page.body
+        );
+        let made = call(
+            &server.base,
+            "POST",
+            "/dags/daily/backfills",
+            &as_ops,
+            Some("from=2026-04-01&to=2026-04-03&max_active_runs=2&rerun=none"),
+        );
+        assert_eq!(made.status, 303, "{db:?}: {}", made.body);
+        let page = call(&server.base, "GET", "/dags/daily", &as_ops, None);
+        assert!(
+            page.body.contains("class=\"backfill-row\""),
+            "{db:?}: {}",
+            page.body
+        );
+        assert!(
+            page.body.contains("2 unfinished; 2 created"),
+            "{db:?}: {}",
+            page.body
+        );
+        let id = backfills(&env)[0]["id"].as_str().unwrap().to_string();
+        let bad = call(
+            &server.base,
+            "POST",
+            "/dags/daily/backfills",
+            &as_ops,
+            Some("from=soon&to=2026-04-03"),
+        );
+        assert_eq!(bad.status, 400, "{db:?}");
+        let cancelled = call(
+            &server.base,
+            "POST",
+            &format!("/dags/daily/backfills/{id}/cancel"),
+            &as_ops,
+            Some(""),
+        );
+        assert_eq!(cancelled.status, 303, "{db:?}: {}", cancelled.body);
+        let page = call(&server.base, "GET", "/dags/daily", &as_ops, None);
+        assert!(
+            page.body.contains("<td>cancelled</td>"),
+            "{db:?}: {}",
+            page.body
+        );
+    });
+}

@@ -74,7 +74,7 @@ pub fn admin_token(env: &Env) -> String {
 pub(crate) struct Page {
     pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Page {

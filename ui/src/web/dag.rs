@@ -76,6 +76,9 @@ struct DagPage {
     dag_id: String,
     pause_href: String,
     trigger_href: String,
+    backfill_href: String,
+    backfills: Vec<super::backfill::BackfillLine>,
+    scheduled: bool,
     description: String,
     schedule: Option<String>,
     schedule_words: Option<String>,
@@ -114,7 +117,7 @@ struct Submitted {
     error: Option<String>,
 }
 
-async fn active(state: &AppState, dag_id: &str) -> PageResult<(DagRow, Arc<Dag>)> {
+pub(super) async fn active(state: &AppState, dag_id: &str) -> PageResult<(DagRow, Arc<Dag>)> {
     let row = match state.store.get_dag(dag_id).await? {
         Some(row) if row.active => row,
         _ => {
@@ -261,6 +264,9 @@ async fn render(
         can_operate: who.can_operate(),
         pause_href: format!("{}/pause", dag_href(dag_id)),
         trigger_href: format!("{}/trigger", dag_href(dag_id)),
+        backfill_href: format!("{}/backfills", dag_href(dag_id)),
+        backfills: super::backfill::lines(state, dag_id).await?,
+        scheduled: dag.schedule.is_some(),
         description: row.description.clone().unwrap_or_default(),
         schedule: row.schedule.clone(),
         schedule_words: dag.schedule.as_ref().map(|s| s.describe()),

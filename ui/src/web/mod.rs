@@ -8,6 +8,7 @@
 //! script and inline style outright.
 
 mod assets;
+mod backfill;
 mod dag;
 mod datasets;
 mod list;
@@ -53,6 +54,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/dags/{dag_id}", get(dag::page))
         .route("/dags/{dag_id}/pause", post(list::pause))
         .route("/dags/{dag_id}/trigger", post(dag::trigger))
+        .route("/dags/{dag_id}/backfills", post(backfill::create))
+        .route(
+            "/dags/{dag_id}/backfills/{backfill_id}/cancel",
+            post(backfill::cancel),
+        )
         .route("/datasets", get(datasets::list))
         .route("/dags/{dag_id}/versions/{version}", get(version::page))
         .route("/models", get(models::list))
