@@ -331,24 +331,36 @@ impl Timetable {
         to: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<DataInterval>, ScheduleError> {
+        let out = self.first_intervals(from, to, limit + 1);
+        if out.len() > limit {
+            return Err(ScheduleError::TooManyIntervals { limit, from, to });
+        }
+        Ok(out)
+    }
+
+    /// The first `n` (at most) of those intervals: what a backfill's next window needs, without
+    /// walking every interval after it on each scheduler pass.
+    pub(crate) fn first_intervals(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        n: usize,
+    ) -> Vec<DataInterval> {
         let mut out = Vec::new();
         let mut next = self
             .schedule
             .first_at_or_after(from, self.tz, self.start_date);
         while let Some(start) = next {
-            if start > to || self.past_end(start) {
+            if out.len() == n || start > to || self.past_end(start) {
                 break;
             }
             let Some(interval) = self.interval_for(start) else {
                 break;
             };
-            if out.len() == limit {
-                return Err(ScheduleError::TooManyIntervals { limit, from, to });
-            }
             out.push(interval);
             next = Some(interval.end);
         }
-        Ok(out)
+        out
     }
 
     fn first(&self) -> Option<DateTime<Utc>> {

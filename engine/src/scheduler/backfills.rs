@@ -129,9 +129,9 @@ fn window(
         taken.reverse();
         return Ok((taken, next));
     }
-    let all = tt.intervals_between(cursor, b.to, MAX_INTERVALS)?;
-    let next = all.get(room).map(|iv| iv.start);
-    Ok((all.into_iter().take(room).collect(), next))
+    let mut taken = tt.first_intervals(cursor, b.to, room + 1);
+    let next = (taken.len() > room).then(|| taken.remove(room).start);
+    Ok((taken, next))
 }
 
 /// Creates the backfill's next window as room allows; finishes it once every interval has a
