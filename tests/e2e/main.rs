@@ -33,6 +33,7 @@ mod security;
 mod telemetry;
 mod tokens;
 mod trigger_dag;
+mod validate;
 mod versions;
 mod wakeups;
 mod workers;
