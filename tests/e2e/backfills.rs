@@ -245,14 +245,43 @@ fn backfills_through_the_dag_page() {
             "{db:?}: {}",
             page.body
         );
+        // The DAG's params are fields of the backfill form too, apart from the trigger form's.
+        assert!(
+            page.body.contains("id=\"bf-p_n\" name=\"p_n\""),
+            "{db:?}: {}",
+            page.body
+        );
+        let wrong = call(
+            &server.base,
+            "POST",
+            "/dags/daily/backfills",
+            &as_ops,
+            Some("from=2026-04-01&to=2026-04-03&p_n=many"),
+        );
+        assert_eq!(wrong.status, 400, "{db:?}: {}", wrong.body);
+        assert!(
+            wrong.body.contains("param &#39;n&#39;"),
+            "{db:?}: {}",
+            wrong.body
+        );
+        assert!(
+            backfills(&env).is_empty(),
+            "{db:?}: a refused form made a backfill"
+        );
         let made = call(
             &server.base,
             "POST",
             "/dags/daily/backfills",
             &as_ops,
-            Some("from=2026-04-01&to=2026-04-03&max_active_runs=2&rerun=none"),
+            Some("from=2026-04-01&to=2026-04-03&max_active_runs=2&rerun=none&p_n=7"),
         );
         assert_eq!(made.status, 303, "{db:?}: {}", made.body);
+        assert_eq!(
+            backfills(&env)[0]["params"]["n"],
+            7,
+            "{db:?}: {:#?}",
+            backfills(&env)
+        );
         let page = call(&server.base, "GET", "/dags/daily", &as_ops, None);
         assert!(
             page.body.contains("class=\"backfill-row\""),

@@ -82,7 +82,7 @@ pub async fn create(
     let req = BackfillRequest {
         from: crate::backfill::day_bound(from, &dag, false, "from").map_err(bad)?,
         to: crate::backfill::day_bound(to, &dag, true, "to").map_err(bad)?,
-        params: Default::default(),
+        params: super::dag::form_params(&dag, &form).map_err(PageError::BadRequest)?,
         rerun: Rerun::parse(rerun)
             .ok_or_else(|| PageError::BadRequest(format!("rerun '{rerun}'")))?,
         reverse: field(&form, "reverse").is_some(),

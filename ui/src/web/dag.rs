@@ -485,6 +485,26 @@ fn read_form(dag: &Dag, form: &[(String, String)]) -> (Submitted, serde_json::Ma
     (sub, given)
 }
 
+/// The params a form other than the trigger's posts (`p_NAME`, read as the trigger form reads
+/// them), or what is wrong with them, field by field.
+pub(super) fn form_params(
+    dag: &Dag,
+    form: &[(String, String)],
+) -> Result<serde_json::Map<String, Json>, String> {
+    let (sub, given) = read_form(dag, form);
+    let mut wrong: Vec<String> = sub.error.into_iter().collect();
+    wrong.extend(
+        sub.errors
+            .into_iter()
+            .map(|(k, e)| format!("param '{k}': {e}")),
+    );
+    if wrong.is_empty() {
+        Ok(given)
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
 impl Submitted {
     /// The engine refused the run: its message goes by the field of the param it names, else
     /// above the form.
