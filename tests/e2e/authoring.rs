@@ -268,3 +268,76 @@ fn tasks_test_refuses_bad_input_with_exit_2() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("item=beta"), "{stderr}");
 }
+
+#[test]
+fn tasks_test_record_records_a_run_of_the_one_task() {
+    each_db(|env, db| {
+        env.dag("tested.yaml", TESTED);
+        let out = env.flow(&[
+            "tasks",
+            "test",
+            "tested",
+            "report",
+            "--output",
+            r#"extract={"rows": 5}"#,
+            "--date",
+            "2026-03-02",
+            "--record",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{db:?}: {stderr}");
+        assert!(stderr.contains("rows=5 who=world"), "{db:?}: {stderr}");
+        let listed = runs(&env);
+        assert_eq!(listed.len(), 1, "{db:?}: {listed:#?}");
+        let run_id = listed[0]["run_id"].as_str().unwrap().to_string();
+        assert!(
+            stderr.contains(&format!("flow: recorded run {run_id}")),
+            "{db:?}: {stderr}"
+        );
+        let shown = env.flow_json(&["runs", "show", &run_id, "--json"], 0);
+        assert_eq!(shown["state"], "success", "{db:?}: {shown:#}");
+        assert_eq!(shown["logical_date"], "2026-03-02T00:00:00Z", "{db:?}");
+        let state = |task: &str| {
+            shown["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["task_id"] == task)
+                .cloned()
+                .unwrap_or_else(|| panic!("{db:?}: no task {task} in {shown:#}"))
+        };
+        let report = state("report");
+        assert_eq!(report["state"], "success", "{db:?}: {report:#}");
+        assert_eq!(report["tries"], 1, "{db:?}: {report:#}");
+        assert_eq!(report["output"], serde_json::json!({"ok": true}), "{db:?}");
+        for other in ["extract", "each", "broken"] {
+            assert_eq!(state(other)["state"], "skipped", "{db:?}: {other}");
+        }
+        let log = env.flow(&["tasks", "logs", &run_id, "report"]);
+        assert!(
+            String::from_utf8_lossy(&log.stdout).contains("rows=5 who=world"),
+            "{db:?}: the recorded try's log: {log:?}"
+        );
+
+        // A failing task records a failed run; a mapped one is refused.
+        let out = env.flow(&["tasks", "test", "tested", "broken", "--record"]);
+        assert_eq!(out.status.code(), Some(1), "{db:?}");
+        let failed: Vec<Json> = runs(&env)
+            .into_iter()
+            .filter(|r| r["state"] == "failed")
+            .collect();
+        assert_eq!(failed.len(), 1, "{db:?}: {failed:#?}");
+        let each = &[
+            "tasks",
+            "test",
+            "tested",
+            "each",
+            "--map-index",
+            "0",
+            "--record",
+        ];
+        let out = env.flow(each);
+        assert_eq!(out.status.code(), Some(2), "{db:?}: {out:?}");
+        assert_eq!(runs(&env).len(), 2, "{db:?}: a refused test recorded a run");
+    });
+}

@@ -157,6 +157,10 @@ pub struct TaskTestArgs {
     /// Which item of a mapped task (for_each) to run
     #[arg(long)]
     pub map_index: Option<i64>,
+    /// Record a manual run in which this task ran alone (its try, log and output; the other
+    /// tasks skipped), and print its id on stderr; the log is shown when the task ends
+    #[arg(long)]
+    pub record: bool,
 }
 
 /// `flow backfill DAG --from --to`, or `flow backfill cancel|list`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use flow_engine::Dag;
 use flow_engine::scheduler::task_test::{TaskTest, TestEnv, TestOutcome, given_outputs, test_task};
-use flow_engine::store::{ModelRegistry, TaskOutput};
+use flow_engine::store::{ModelRegistry, RunStore, TaskOutput};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Global, TaskTestArgs};
@@ -37,6 +37,7 @@ pub(crate) async fn run(g: &Global, args: TaskTestArgs) -> Result<u8> {
         home: ctx.settings.home.clone(),
         models: Some(ctx.store.clone() as Arc<dyn ModelRegistry>),
         log_path: PathBuf::from("/dev/stderr"),
+        record: args.record.then(|| ctx.store.clone() as Arc<dyn RunStore>),
         shutdown,
     };
     let req = TaskTest {
@@ -46,7 +47,15 @@ pub(crate) async fn run(g: &Global, args: TaskTestArgs) -> Result<u8> {
         outputs,
         map_index: args.map_index,
     };
-    match test_task(&dag, req, env).await.map_err(engine_err)? {
+    let tested = test_task(&dag, req, env).await.map_err(engine_err)?;
+    if let Some(run_id) = &tested.run_id {
+        // The log went to the recorded try's file, where `flow tasks logs` finds it.
+        if let Ok(log) = std::fs::read_to_string(&tested.log_path) {
+            eprint!("{log}");
+        }
+        eprintln!("flow: recorded run {run_id}");
+    }
+    match tested.outcome {
         TestOutcome::Success { output } => {
             if let Some(output) = output {
                 println!("{}", serde_json::to_string_pretty(&output)?);

@@ -15,11 +15,12 @@ use super::EngineError;
 use super::runs::manual_run;
 use crate::dag::{Dag, ForEach, Task};
 use crate::executor::{call, outputs_snapshot, read_output};
-use crate::log::{LogSink, log_header};
+use crate::log::{LogSink, log_header, log_path};
 use crate::operator::{OperatorError, Registry, TaskContext};
 use crate::plan::{UNMAPPED, rendered_items};
 use crate::secrets::Secrets;
-use crate::store::{ModelRegistry, RunRow, TaskOutput};
+use crate::state::TaskState;
+use crate::store::{ModelRegistry, NewRun, RunRow, RunStore, TaskOutput, TestRecord};
 use crate::template::{self, TaskPart};
 use crate::time::{now, rfc3339};
 
@@ -43,9 +44,22 @@ pub struct TestEnv {
     pub home: PathBuf,
     /// The model registry ML operators write to (the database's).
     pub models: Option<Arc<dyn ModelRegistry>>,
-    /// Where the task's log goes (`flow tasks test` streams it to stderr).
+    /// Where the task's log goes (`flow tasks test` streams it to stderr). A recorded test
+    /// writes the try's own log under `home` instead.
     pub log_path: PathBuf,
+    /// Record the run in this store (`--record`).
+    pub record: Option<Arc<dyn RunStore>>,
     pub shutdown: CancellationToken,
+}
+
+/// What a test did.
+#[derive(Debug)]
+pub struct Tested {
+    pub outcome: TestOutcome,
+    /// The run it recorded, with `--record`.
+    pub run_id: Option<String>,
+    /// Where its log went.
+    pub log_path: PathBuf,
 }
 
 #[derive(Debug)]
@@ -60,9 +74,10 @@ pub enum TestOutcome {
     },
 }
 
-/// Runs the task once. `Err` is bad input (unknown task, bad params, a missing `--map-index`)
-/// or a store failure; the task's own failure is [`TestOutcome::Failed`].
-pub async fn test_task(dag: &Dag, req: TaskTest, env: TestEnv) -> Result<TestOutcome, EngineError> {
+/// Runs the task once, and records it as a run when asked. `Err` is bad input (unknown task,
+/// bad params, a missing `--map-index`) or a store failure; the task's own failure is
+/// [`TestOutcome::Failed`].
+pub async fn test_task(dag: &Dag, req: TaskTest, mut env: TestEnv) -> Result<Tested, EngineError> {
     let task = dag.task(&req.task_id).ok_or_else(|| {
         let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
         EngineError::Input(format!(
@@ -77,9 +92,49 @@ pub async fn test_task(dag: &Dag, req: TaskTest, env: TestEnv) -> Result<TestOut
         .get(&task.operator)
         .cloned()
         .ok_or_else(|| EngineError::Input(format!("unknown operator '{}'", task.operator)))?;
+    if env.record.is_some() && task.for_each.is_some() {
+        return Err(EngineError::Input(format!(
+            "task '{}' is mapped: --record records unmapped tasks only (`flow run` records a \
+             whole run)",
+            task.id
+        )));
+    }
     let new = manual_run(dag, &req.params, req.logical_date)?;
-    let run = RunRow {
-        run_id: format!("tasks_test__{}", rfc3339(now())),
+    let run = test_run(dag, &new, env.record.is_some());
+    if env.record.is_some() {
+        env.log_path = log_path(&env.home, &dag.id, &run.run_id, &task.id, UNMAPPED, 1);
+    }
+    let started_at = now();
+    let outcome = run_once(dag, task, &run, req, op, &env).await?;
+    let run_id = match &env.record {
+        Some(store) => {
+            let rec = test_record(new, task, &outcome, started_at);
+            if !store.record_task_test(&rec).await? {
+                return Err(EngineError::Input(format!(
+                    "run '{}' exists already",
+                    rec.run.run_id
+                )));
+            }
+            Some(rec.run.run_id)
+        }
+        None => None,
+    };
+    Ok(Tested {
+        outcome,
+        run_id,
+        log_path: env.log_path,
+    })
+}
+
+/// The run the task sees: the manual run a trigger would make, under its own id when it is
+/// recorded, else under one that says it is a test.
+fn test_run(dag: &Dag, new: &NewRun, recorded: bool) -> RunRow {
+    RunRow {
+        run_id: if recorded {
+            new.run_id.clone()
+        } else {
+            format!("tasks_test__{}", rfc3339(now()))
+        },
         dag_id: dag.id.clone(),
         dag_version: dag.version.clone(),
         run_type: new.run_type,
@@ -87,13 +142,47 @@ pub async fn test_task(dag: &Dag, req: TaskTest, env: TestEnv) -> Result<TestOut
         logical_date: new.logical_date,
         data_interval_start: new.data_interval_start,
         data_interval_end: new.data_interval_end,
-        params: new.params,
+        params: new.params.clone(),
         queued_at: new.queued_at,
         started_at: Some(new.queued_at),
         ended_at: None,
+    }
+}
+
+fn test_record(
+    run: NewRun,
+    task: &Task,
+    outcome: &TestOutcome,
+    started_at: DateTime<Utc>,
+) -> TestRecord {
+    let (state, output, error) = match outcome {
+        TestOutcome::Success { output } => (TaskState::Success, output.clone(), None),
+        TestOutcome::Skipped => (TaskState::Skipped, None, None),
+        TestOutcome::Failed { message } => (TaskState::Failed, None, Some(message.clone())),
     };
+    TestRecord {
+        run,
+        task_id: task.id.clone(),
+        state,
+        output,
+        error,
+        started_at,
+        ended_at: now(),
+        hostname: crate::telemetry::host().to_string(),
+    }
+}
+
+/// Renders the task's `when`, item and keys, and runs it.
+async fn run_once(
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    req: TaskTest,
+    op: Arc<dyn crate::operator::Operator>,
+    env: &TestEnv,
+) -> Result<TestOutcome, EngineError> {
     let reads = task.output_reads.among(&dag.ancestors(&task.id));
-    let snap = outputs_snapshot(&run, req.outputs);
+    let snap = outputs_snapshot(run, req.outputs);
     let context = snap.context(reads.iter().copied());
     let part = |item: Option<&Json>, map_index: Option<i64>| {
         context.to_value(
@@ -124,16 +213,8 @@ pub async fn test_task(dag: &Dag, req: TaskTest, env: TestEnv) -> Result<TestOut
             });
         }
     };
-    Ok(execute(
-        dag,
-        task,
-        &run,
-        config,
-        op,
-        item.is_some().then_some(req.map_index).flatten(),
-        env,
-    )
-    .await)
+    let map_index = item.is_some().then_some(req.map_index).flatten();
+    Ok(execute(dag, task, run, config, op, map_index, env).await)
 }
 
 /// The item a mapped task runs for: `--map-index` must pick one.
@@ -183,7 +264,7 @@ async fn execute(
     config: Json,
     op: Arc<dyn crate::operator::Operator>,
     map_index: Option<i64>,
-    env: TestEnv,
+    env: &TestEnv,
 ) -> TestOutcome {
     let failed = |message: String| TestOutcome::Failed { message };
     let masker = env.secrets.masker();

@@ -41,7 +41,7 @@ pub use plan::{Applied, PlanRows, PlanStore, TaskOutput};
 pub use retention::{OldRun, OldRuns, RetentionStore};
 pub use runs::{
     Created, IdempotencyKey, KeyedRun, Mark, NewRun, NewTaskInstance, RunCreate, RunFilter, RunRow,
-    RunStore, TiRow,
+    RunStore, TestRecord, TiRow,
 };
 pub use sql::{connect, drop_database};
 pub use tokens::{

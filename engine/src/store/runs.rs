@@ -137,6 +137,21 @@ pub struct Mark {
     pub now: DateTime<Utc>,
 }
 
+/// A run `flow tasks test --record` ran one task of: [`RunStore::record_task_test`].
+#[derive(Debug, Clone)]
+pub struct TestRecord {
+    /// The manual run, with its task instances.
+    pub run: NewRun,
+    pub task_id: String,
+    /// `success`, `failed` or `skipped` (its `when` rendered false).
+    pub state: TaskState,
+    pub output: Option<Json>,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub hostname: String,
+}
+
 #[async_trait]
 pub trait RunStore: Send + Sync {
     /// Creates a queued run with its task instances. Returns false (and creates nothing) when a
@@ -197,4 +212,9 @@ pub trait RunStore: Send + Sync {
     /// and its scheduler stops it at the next heartbeat; the try is closed in the history with the
     /// marked state. Returns None when the run is unknown, else how many instances changed.
     async fn mark_task(&self, mark: &Mark) -> Result<Option<u64>>;
+    /// Records an ended manual run in which one task ran alone, in one transaction: the task's
+    /// instance with its one try, every other instance `skipped` (it did not run), and the run
+    /// `failed` when the task failed, else `success`. Returns false (nothing recorded) when the
+    /// run id is taken.
+    async fn record_task_test(&self, rec: &TestRecord) -> Result<bool>;
 }

@@ -11,7 +11,7 @@ use crate::plan::UNMAPPED;
 use crate::state::{RunState, RunType, TaskState};
 use crate::store::{
     Created, IdempotencyKey, KeyedRun, Mark, NewRun, Result, RunCreate, RunFilter, RunRow,
-    RunStore, StoreError, TiRow, Wake,
+    RunStore, StoreError, TestRecord, TiRow, Wake,
 };
 use crate::time::{from_micros, to_micros};
 
@@ -513,5 +513,76 @@ where
         }
         self.commit_and_ring(writer, tx, Wake::Runs).await?;
         Ok(Some(changed))
+    }
+
+    async fn record_task_test(&self, rec: &TestRecord) -> Result<bool> {
+        let (started, ended) = (to_micros(rec.started_at), to_micros(rec.ended_at));
+        let run_state = match rec.state {
+            TaskState::Failed => RunState::Failed,
+            _ => RunState::Success,
+        };
+        let (writer, mut tx) = self.begin_write().await?;
+        if !Self::insert_run(&mut tx, &rec.run).await? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE dag_runs SET state = $1, started_at = $2, ended_at = $3 WHERE run_id = $4",
+        )
+        .bind(run_state.as_str())
+        .bind(started)
+        .bind(ended)
+        .bind(&rec.run.run_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task_instances SET state = 'skipped', ended_at = $1, error = $2 \
+             WHERE run_id = $3 AND task_id <> $4",
+        )
+        .bind(ended)
+        .bind(format!(
+            "not run: `flow tasks test` ran task '{}' alone",
+            rec.task_id
+        ))
+        .bind(&rec.run.run_id)
+        .bind(&rec.task_id)
+        .execute(&mut *tx)
+        .await?;
+        let tried = rec.state != TaskState::Skipped;
+        sqlx::query(
+            "UPDATE task_instances SET state = $1, try_number = $2, output = $3, error = $4, \
+             queued_at = $5, started_at = $5, ended_at = $6, hostname = $7 \
+             WHERE run_id = $8 AND task_id = $9",
+        )
+        .bind(rec.state.as_str())
+        .bind(i64::from(tried))
+        .bind(rec.output.as_ref().map(json_text))
+        .bind(&rec.error)
+        .bind(started)
+        .bind(ended)
+        .bind(&rec.hostname)
+        .bind(&rec.run.run_id)
+        .bind(&rec.task_id)
+        .execute(&mut *tx)
+        .await?;
+        if tried {
+            sqlx::query(
+                "INSERT INTO task_tries (run_id, task_id, map_index, try_number, state, started_at, \
+                 ended_at, hostname, error) VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8)",
+            )
+            .bind(&rec.run.run_id)
+            .bind(&rec.task_id)
+            .bind(UNMAPPED)
+            .bind(rec.state.as_str())
+            .bind(started)
+            .bind(ended)
+            .bind(&rec.hostname)
+            .bind(&rec.error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // An ended run: no scheduler has anything to do with it.
+        tx.commit().await?;
+        drop(writer);
+        Ok(true)
     }
 }
