@@ -26,8 +26,8 @@ pub struct E2eOptions {
 pub const WORKLOADS: &[&str] = &["chain40", "fan500", "map10k"];
 
 /// The daemons of one measurement, stopped (SIGTERM, then waited for) when dropped.
-struct Cluster {
-    children: Vec<Child>,
+pub(crate) struct Cluster {
+    pub(crate) children: Vec<Child>,
 }
 
 impl Drop for Cluster {
@@ -51,10 +51,10 @@ impl Drop for Cluster {
 }
 
 /// Where a measurement's processes live and what they are told.
-struct Site {
-    dir: PathBuf,
-    url: String,
-    parallelism: usize,
+pub(crate) struct Site {
+    pub(crate) dir: PathBuf,
+    pub(crate) url: String,
+    pub(crate) parallelism: usize,
 }
 
 impl Site {
@@ -69,7 +69,7 @@ impl Site {
         Ok(())
     }
 
-    fn command(&self, home: &str, args: &[&str]) -> Result<Command> {
+    pub(crate) fn command(&self, home: &str, args: &[&str]) -> Result<Command> {
         let home = self.dir.join(home);
         let mut cmd = Command::new(flow_exe()?);
         cmd.args(args)
@@ -82,7 +82,7 @@ impl Site {
         Ok(cmd)
     }
 
-    fn start(&self, workers: usize) -> Result<Cluster> {
+    pub(crate) fn start(&self, workers: usize) -> Result<Cluster> {
         let log = |name: &str| -> Result<std::fs::File> {
             Ok(std::fs::File::create(self.dir.join(format!("{name}.log")))?)
         };

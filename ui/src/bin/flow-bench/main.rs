@@ -5,6 +5,7 @@
 //! builds both into the same folder).
 
 mod bench;
+mod bench_backfill;
 mod bench_e2e;
 mod bench_heavy;
 mod bench_ml;
@@ -38,6 +39,10 @@ enum Command {
     /// Measure chain40, fan500 and map10k as a user runs them: `flow trigger W --wait` against a
     /// scheduler daemon (or a task-less scheduler and --workers workers), beside in-process
     BenchE2e(E2eArgs),
+    /// Run a 10-year daily backfill through `flow backfill` against a scheduler daemon: the
+    /// most runs it has unfinished at once (the sliding window), its time and the scheduler's
+    /// CPU and memory
+    BenchBackfill(BackfillArgs),
     /// Measure the web server on a long history (100 runs, then --runs) with wrk
     BenchUi(UiArgs),
     /// Load, validate and record a DAGs folder in a fresh process (dags1000's inner step)
@@ -118,6 +123,37 @@ impl From<E2eArgs> for bench_e2e::E2eOptions {
             workloads,
             repeats: a.repeats.max(1),
             workers: a.workers,
+            parallelism: a
+                .parallelism
+                .unwrap_or_else(flow_engine::scheduler::default_parallelism)
+                .max(1),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct BackfillArgs {
+    /// Also measure on PostgreSQL: a scratch database per measurement on this server, dropped
+    /// at the end
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Daily intervals in the backfill
+    #[arg(long, default_value_t = 3650)]
+    days: u32,
+    /// Windows (`--max-active-runs`) to measure; 0 is the default window
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 3650])]
+    windows: Vec<u32>,
+    /// Tries at once in the scheduler (default: 4 x cores, as the scheduler's default)
+    #[arg(long)]
+    parallelism: Option<usize>,
+}
+
+impl From<BackfillArgs> for bench_backfill::BackfillOptions {
+    fn from(a: BackfillArgs) -> Self {
+        bench_backfill::BackfillOptions {
+            postgres_url: a.postgres,
+            days: a.days.max(1),
+            windows: a.windows,
             parallelism: a
                 .parallelism
                 .unwrap_or_else(flow_engine::scheduler::default_parallelism)
@@ -263,6 +299,7 @@ async fn dispatch(command: Command) -> Result<u8> {
     match command {
         Command::Bench(a) => bench::bench(a.into()).await,
         Command::BenchE2e(a) => bench_e2e::bench_e2e(a.into()).await,
+        Command::BenchBackfill(a) => bench_backfill::bench_backfill(a.into()).await,
         Command::BenchUi(a) => bench_ui::bench_ui(a.into()).await,
         Command::BenchLoad { dags, database_url } => bench::load_only(dags, database_url).await,
         Command::BenchHeavy(a) => bench_heavy::bench_heavy(a.into()).await,
