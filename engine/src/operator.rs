@@ -115,8 +115,14 @@ pub struct TaskContext {
     pub data_interval_end: chrono::DateTime<chrono::Utc>,
     /// The version of the DAG the run started on.
     pub dag_version: String,
+    /// The DAG runs on a schedule (a cron or datasets), so it runs again and again: an
+    /// operator whose defaults depend on being looked at repeatedly (`experiment`) reads it.
+    pub scheduled: bool,
     /// The model registry in the metadata database, for the ML operators.
     pub models: Option<Arc<dyn crate::store::ModelRegistry>>,
+    /// The experiments' records, for `experiment`: None where looks must not be recorded
+    /// (`flow tasks test`), and the operator then reads each look alone.
+    pub experiments: Option<Arc<dyn crate::store::ExperimentStore>>,
     /// The DAG file's folder: relative paths in task keys are taken from here.
     pub dag_folder: PathBuf,
     /// Where a task may write its JSON output (`FLOW_OUTPUT`).

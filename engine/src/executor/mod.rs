@@ -196,6 +196,20 @@ struct Prepared {
     config: Json,
 }
 
+/// A fresh file name under `FLOW_HOME/tmp` for the try's `FLOW_OUTPUT`.
+fn output_file(env: &TryEnv) -> Result<std::path::PathBuf, Outcome> {
+    let tmp = env.home.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(|e| Outcome::Failed {
+        message: format!("cannot create {}: {e}", tmp.display()),
+        retryable: true,
+    })?;
+    Ok(tmp.join(format!(
+        "output-{}-{}.json",
+        std::process::id(),
+        rand::random::<u64>()
+    )))
+}
+
 async fn execute(
     env: &TryEnv,
     claim: &Claim,
@@ -208,17 +222,10 @@ async fn execute(
         Ok(p) => p,
         Err(failed) => return failed,
     };
-    let output_path = env.home.join("tmp").join(format!(
-        "output-{}-{}.json",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    if let Err(e) = std::fs::create_dir_all(env.home.join("tmp")) {
-        return Outcome::Failed {
-            message: format!("cannot create {}: {e}", env.home.join("tmp").display()),
-            retryable: true,
-        };
-    }
+    let output_path = match output_file(env) {
+        Ok(p) => p,
+        Err(failed) => return failed,
+    };
     let (pid_tx, pid_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = TaskContext {
         dag_id: dag.id.clone(),
@@ -232,7 +239,9 @@ async fn execute(
         data_interval_start: run.data_interval_start,
         data_interval_end: run.data_interval_end,
         dag_version: run.dag_version.clone(),
+        scheduled: dag.schedule.is_some() || dag.datasets.is_some(),
         models: Some(env.store.clone() as Arc<dyn crate::store::ModelRegistry>),
+        experiments: Some(env.store.clone() as Arc<dyn crate::store::ExperimentStore>),
         dag_folder: dag.folder(),
         output_path: output_path.clone(),
         log: log.clone(),

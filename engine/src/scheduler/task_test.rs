@@ -299,7 +299,10 @@ async fn execute(
         data_interval_start: run.data_interval_start,
         data_interval_end: run.data_interval_end,
         dag_version: run.dag_version.clone(),
+        scheduled: dag.schedule.is_some() || dag.datasets.is_some(),
         models: env.models.clone(),
+        // A test is not a look: it neither reads nor extends the experiment's record.
+        experiments: None,
         dag_folder: dag.folder(),
         output_path: output_path.clone(),
         log: log.clone(),

@@ -2,8 +2,8 @@
 //!
 //! Each concern has its trait: [`DagStore`] (the DAGs loaded), [`RunStore`] (runs and their task
 //! instances), [`PlanStore`] (what the planner reads and decides), [`TryStore`] (claims, leases
-//! and the ends of tries), [`HistoryStore`] (bulk history and the grid), [`TokenStore`] and
-//! [`ModelRegistry`]. [`Store`] is all of them, for the engine, the CLI and the API, which hold
+//! and the ends of tries), [`HistoryStore`] (bulk history and the grid), [`TokenStore`],
+//! [`ModelRegistry`] and [`ExperimentStore`]. [`Store`] is all of them, for the engine, the CLI and the API, which hold
 //! an `Arc<dyn Store>`. They are implemented once in [`sql`] and instantiated for SQLite (the
 //! embedded default) and PostgreSQL; the same contract test suite runs on both. Every write that
 //! acts on a claimed try is a compare-and-set on (state, try number, lease owner): zero rows
@@ -15,6 +15,7 @@ mod backfills;
 mod cursor;
 mod dags;
 mod datasets;
+mod experiments;
 pub mod group_commit;
 mod history;
 mod models;
@@ -33,6 +34,9 @@ pub use alerts::{AlertKey, AlertStore};
 pub use backfills::{Backfill, BackfillProgress, BackfillStep, BackfillStore, Rerun, StepDone};
 pub use dags::{DagRecord, DagRow, DagSource, DagStore, LastRun, ProducedBy};
 pub use datasets::{DatasetEvent, DatasetStore, DatasetSummary, DatasetTrigger, EventSource};
+pub use experiments::{
+    ExperimentLook, ExperimentRecord, ExperimentState, ExperimentStore, Leader, LookRecorded,
+};
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
     DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
@@ -56,8 +60,8 @@ pub use wake::{Wake, Wakeups};
 /// `dyn Store` answers every method of its supertraits without them in scope).
 pub mod prelude {
     pub use super::{
-        ActivityStore, AlertStore, DagStore, DatasetStore, HistoryStore, ModelRegistry, PlanStore,
-        RunStore, Store, TokenStore, TryStore,
+        ActivityStore, AlertStore, DagStore, DatasetStore, ExperimentStore, HistoryStore,
+        ModelRegistry, PlanStore, RunStore, Store, TokenStore, TryStore,
     };
 }
 
@@ -143,6 +147,7 @@ pub trait Store:
     + DatasetStore
     + RetentionStore
     + BackfillStore
+    + ExperimentStore
 {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

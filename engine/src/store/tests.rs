@@ -678,6 +678,7 @@ mod pages {
 mod activity;
 mod alerts;
 mod claims;
+mod experiments;
 mod history;
 mod keys;
 mod plan;

@@ -16,6 +16,7 @@ mod connect;
 mod dags;
 mod datasets;
 mod dialect;
+mod experiments;
 mod history;
 mod migrations;
 mod models;
@@ -113,7 +114,9 @@ where
     for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
     for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
     for<'a> bool: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> f64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
     for<'a> Option<i64>: Encode<'a, DB>,
+    for<'a> Option<f64>: Encode<'a, DB>,
     for<'a> Option<String>: Encode<'a, DB>,
     usize: ColumnIndex<DB::Row>,
 {
