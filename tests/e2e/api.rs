@@ -497,6 +497,21 @@ fn openapi_documents_every_route_and_its_answers() {
         "id: model\ntasks:\n  fit:\n    operator: train\n    training_set: { path: rows.csv }\n    label: y\n    model: m\n    artifacts: models/\n",
     );
     env.flow_ok(&["run", "model"], 0);
+    // An experiment `victim`, for the experiments' routes (the stop route stops it).
+    let (mut assigned, mut outcomes) =
+        (String::from("unit,variant\n"), String::from("unit,value\n"));
+    for i in 0..100 {
+        let arm = if i % 2 == 0 { "control" } else { "treatment" };
+        assigned.push_str(&format!("{i},{arm}\n"));
+        outcomes.push_str(&format!("{i},{}\n", i32::from(i % 5 == 0)));
+    }
+    std::fs::write(env.dags().join("assignments.csv"), assigned).unwrap();
+    std::fs::write(env.dags().join("outcomes.csv"), outcomes).unwrap();
+    env.dag(
+        "ab.yaml",
+        "id: ab\ntasks:\n  look:\n    operator: experiment\n    experiment: victim\n    assignments: { path: assignments.csv }\n    outcomes: { path: outcomes.csv }\n",
+    );
+    env.flow_ok(&["run", "ab"], 0);
     // A scheduled DAG and a backfill of it, for the backfills' routes.
     env.dag(
         "nightly.yaml",
@@ -552,6 +567,9 @@ fn openapi_documents_every_route_and_its_answers() {
         ("get", "/api/v1/models"),
         ("get", "/api/v1/models/{model}"),
         ("post", "/api/v1/models/{model}/versions/{version}/promote"),
+        ("get", "/api/v1/experiments"),
+        ("get", "/api/v1/experiments/{name}"),
+        ("post", "/api/v1/experiments/{name}/stop"),
         ("get", "/api/v1/datasets"),
         ("get", "/api/v1/datasets/events"),
         ("post", "/api/v1/datasets/events"),
@@ -630,7 +648,7 @@ fn openapi_documents_every_route_and_its_answers() {
             called += 1;
         }
     }
-    assert_eq!(called, 28, "every documented operation was called");
+    assert_eq!(called, 31, "every documented operation was called");
     // The registry's pages, beside its routes.
     let page = |path: &str| {
         ureq::get(format!("{}{path}", server.base))
@@ -650,6 +668,32 @@ fn openapi_documents_every_route_and_its_answers() {
     assert!(
         versions.contains("data-version=\"1\"") && versions.contains("stage-production"),
         "{versions}"
+    );
+    let experiments = page("/experiments");
+    assert!(
+        experiments.contains("data-experiment=\"victim\"") && experiments.contains("stopped"),
+        "{experiments}"
+    );
+    let experiment = page("/experiments/victim");
+    assert!(
+        experiment.contains("data-variant=\"treatment\"") && experiment.contains("fixed test"),
+        "{experiment}"
+    );
+    // Stopping is an operator's: a viewer is refused, and the record says so.
+    let reader = token(&env, "reader", "viewer");
+    server
+        .call(
+            "POST",
+            "/api/v1/experiments/victim/stop",
+            Some(&reader),
+            Some(&json!({})),
+        )
+        .error(403, "forbidden");
+    let stopped = server.get("/api/v1/experiments/victim", &admin).ok();
+    assert_eq!(
+        (stopped[0]["state"].clone(), stopped[0]["looks"].clone()),
+        (json!("stopped"), json!(1)),
+        "{stopped:#}"
     );
     // `flow server` loaded the DAGs folder itself.
     let detail = server.get("/api/v1/dags/api", &admin).ok();

@@ -425,14 +425,14 @@ fn an_ml_operator_runs_its_heavy_step_as_an_emr_step() {
 tasks:
   here:
     operator: experiment
-    experiment: t
+    experiment: t_here
     assignments: {{ path: assignments.csv }}
     outcomes: {{ path: outcomes.csv }}
   on_emr:
     operator: experiment
     engine: spark
     spark: {{ target: emr, cluster_id: {cluster}, connection: aws, staging: "s3://{bucket}/staging/", scratch: "{scratch}" }}
-    experiment: t
+    experiment: t_emr
     assignments: {{ path: assignments.csv }}
     outcomes: {{ path: outcomes.csv }}
 "#,

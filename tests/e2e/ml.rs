@@ -316,6 +316,9 @@ fn assert_close(a: &Json, b: &Json) {
     assert!((x - y).abs() < 1e-9, "{a} != {b}");
 }
 
+/// The shipped `experiment_results` DAG looks at the experiment run after run: a look without
+/// enough units records the look and posts nothing; the look that concludes posts once; later
+/// looks return the recorded conclusion without reading the data and post nothing.
 #[test]
 fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies() {
     let (mut env, workdir) = ml_env();
@@ -329,6 +332,35 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
         .as_ref()
         .map(|r| r.vars().to_vec())
         .unwrap_or_default();
+
+    // Not enough units per arm: not concluded, a successful task all the same, no message.
+    let early = run(
+        &env,
+        "experiment_results",
+        &workdir,
+        &[
+            "--param",
+            "min_units_per_arm=50000",
+            "--param",
+            "notify=true",
+        ],
+    );
+    let out = &task(&early, "compute", None)["output"];
+    assert_eq!(
+        (
+            out["concluded"].clone(),
+            out["winner"].clone(),
+            out["state"].clone()
+        ),
+        (json!(false), Json::Null, json!("running")),
+        "{out:#}"
+    );
+    assert_eq!(
+        (out["method"].clone(), out["looks"].clone()),
+        (json!("sequential"), json!(1))
+    );
+    assert_eq!(task(&early, "notify", None)["state"], "skipped");
+
     let done = run_env(
         &env,
         "experiment_results",
@@ -339,6 +371,15 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
     let out = &task(&done, "compute", None)["output"];
     assert_eq!(out["concluded"], true, "{out:#}");
     assert_eq!(out["winner"], "treatment", "{out:#}");
+    assert_eq!(
+        (
+            out["state"].clone(),
+            out["looks"].clone(),
+            out["newly_concluded"].clone()
+        ),
+        (json!("concluded"), json!(2), json!(true)),
+        "{out:#}"
+    );
     assert!(out["srm_p_value"].as_f64().unwrap() > 0.001, "{out:#}");
     let variants = out["variants"].as_array().unwrap();
     let control = variants.iter().find(|v| v["variant"] == "control").unwrap();
@@ -358,9 +399,10 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
         treatment["lift_ci"][0].as_f64().unwrap(),
         treatment["lift_ci"][1].as_f64().unwrap(),
     );
-    // The generator's true absolute lift is 0.12 - 0.10.
-    assert!(lo < 0.02 && 0.02 < hi, "{treatment:#}");
+    // The generator's true absolute lift is 0.13 - 0.10.
+    assert!(lo < 0.03 && 0.03 < hi, "{treatment:#}");
     assert!(treatment["p_value"].as_f64().unwrap() < 0.05);
+    assert_eq!(treatment["looks"], 2, "{treatment:#}");
     if let Some(receiver) = &receiver {
         for (name, key) in [
             ("flow.experiment.lift", "lift"),
@@ -388,19 +430,109 @@ fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies(
         "{body}"
     );
 
-    // Not enough units per arm: not concluded, a successful task all the same, no message.
-    let early = run(
+    // The conclusion sticks: the next look is the record's, not a new computation, and the
+    // message does not go again.
+    let again = run(
         &env,
         "experiment_results",
         &workdir,
-        &["--param", "min_units_per_arm=50000"],
+        &[
+            "--param",
+            "notify=true",
+            "--param",
+            "min_units_per_arm=50000",
+        ],
     );
-    assert_eq!(task(&early, "compute", None)["output"]["concluded"], false);
+    let out = &task(&again, "compute", None)["output"];
     assert_eq!(
-        task(&early, "compute", None)["output"]["winner"],
-        Json::Null
+        (
+            out["concluded"].clone(),
+            out["winner"].clone(),
+            out["newly_concluded"].clone(),
+            out["recomputed"].clone(),
+        ),
+        (json!(true), json!("treatment"), json!(false), json!(false)),
+        "{out:#}"
     );
-    assert_eq!(task(&early, "notify", None)["state"], "skipped");
+    assert_eq!(task(&again, "notify", None)["state"], "skipped");
+    let shown = env.flow_json(&["experiments", "show", "subject_line_test", "--json"], 0);
+    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown:#}");
+    let rec = &shown[0];
+    assert_eq!(
+        (
+            rec["state"].clone(),
+            rec["looks"].clone(),
+            rec["winner"].clone(),
+            rec["method"].clone(),
+            rec["concluded_run_id"].clone(),
+        ),
+        (
+            json!("concluded"),
+            json!(2),
+            json!("treatment"),
+            json!("sequential"),
+            done["run_id"].clone(),
+        ),
+        "{rec:#}"
+    );
+    assert_eq!(rec["leader"]["variant"], "treatment", "{rec:#}");
+    // Stopping a concluded experiment leaves it concluded.
+    env.flow_ok(&["experiments", "stop", "subject_line_test"], 0);
+    let listed = env.flow_json(&["experiments", "list", "--json"], 0);
+    assert_eq!(listed[0]["state"], "concluded", "{listed:#}");
+}
+
+/// A stopped experiment is not looked at again: its task reads no data and concludes nothing.
+#[test]
+fn a_stopped_experiment_is_not_looked_at_again() {
+    each_db(|env, db| {
+        copy_pipelines(&env, &["experiment_results.yaml"], None);
+        let workdir = env.dir.path().join("ml").display().to_string();
+        let look = |more: &[&str]| {
+            let mut args = vec![
+                "--param",
+                "metric=mean",
+                "--param",
+                "outcomes=revenue.parquet",
+            ];
+            args.extend_from_slice(more);
+            run(&env, "experiment_results", &workdir, &args)
+        };
+        let first = look(&["--param", "min_units_per_arm=50000"]);
+        let out = &task(&first, "compute", None)["output"];
+        assert_eq!(
+            (out["state"].clone(), out["looks"].clone()),
+            (json!("running"), json!(1)),
+            "{db:?}: {out:#}"
+        );
+        let bad = env.flow(&["experiments", "stop", "no_such_experiment"]);
+        assert_eq!(bad.status.code(), Some(2), "{db:?}");
+        let said = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            said.contains("unknown experiment 'no_such_experiment'"),
+            "{said}"
+        );
+        env.flow_ok(&["experiments", "stop", "subject_line_test"], 0);
+        let after = look(&[]);
+        let out = &task(&after, "compute", None)["output"];
+        assert_eq!(
+            (
+                out["state"].clone(),
+                out["concluded"].clone(),
+                out["winner"].clone(),
+                out["recomputed"].clone(),
+                out["looks"].clone(),
+            ),
+            (
+                json!("stopped"),
+                json!(false),
+                Json::Null,
+                json!(false),
+                json!(1)
+            ),
+            "{db:?}: {out:#}"
+        );
+    });
 }
 
 #[test]
@@ -620,6 +752,7 @@ fn the_ml_operators_on_spark_give_the_in_process_answers() {
     assignments: {{ path: "{workdir}/data/assignments.parquet" }}
     outcomes: {{ path: "{workdir}/data/revenue.parquet" }}
     metric: mean
+    min_units_per_arm: 1000000
 "#
     );
     let drift = format!(
@@ -695,6 +828,12 @@ fn the_ml_operators_on_spark_give_the_in_process_answers() {
     // The experiment: the same arms, so the same statistics (sums of floats may differ in the
     // last bits between the engines' summation orders).
     let (local, spark) = (output("exp_local"), output("exp_spark"));
+    // Both looks read the data: the two tasks share the experiment's record, and too few units
+    // per arm keeps it running, so neither look returns the other's conclusion.
+    assert_eq!(
+        (local["recomputed"].clone(), spark["recomputed"].clone()),
+        (json!(true), json!(true))
+    );
     assert_eq!(local["concluded"], spark["concluded"]);
     assert_eq!(local["winner"], spark["winner"]);
     let variants = local["variants"].as_array().unwrap();

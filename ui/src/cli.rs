@@ -92,6 +92,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// A/B experiments the `experiment` operator keeps records of: state, decision, looks
+    Experiments {
+        #[command(subcommand)]
+        command: ExperimentsCommand,
+    },
     /// The scheduler daemon: creates due runs and runs tasks until SIGINT/SIGTERM
     Scheduler {
         /// Plan and create runs, but run no task: `flow worker` processes run them
@@ -312,6 +317,24 @@ pub enum ModelsCommand {
         #[arg(value_name = "VERSION")]
         number: i64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExperimentsCommand {
+    /// Every experiment and metric: method, state, looks, the leading lift and its p-value
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One experiment's records (one per metric) with the last look's result
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running experiment: its task reads no more data and posts nothing; a concluded
+    /// metric stays concluded
+    Stop { name: String },
 }
 
 #[derive(Subcommand, Debug)]

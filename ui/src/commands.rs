@@ -79,6 +79,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8> {
             TokensCommand::Revoke { name } => crate::tokens::revoke(g, &name).await,
         },
         Command::Models { command } => models(g, command).await,
+        Command::Experiments { command } => crate::experiments::command(g, command).await,
         Command::Db {
             command:
                 DbCommand::Clean {

@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 mod daemons;
+pub mod experiments;
 pub mod ops;
 mod progress;
 pub mod render;

@@ -11,6 +11,7 @@ mod dags;
 mod datasets;
 mod error;
 pub use error::ApiError;
+mod experiments;
 mod grid;
 mod meta;
 mod models;
@@ -82,6 +83,9 @@ fn routes() -> (OpenApiRouter<Arc<AppState>>, OpenApiRouter<Arc<AppState>>) {
         .routes(routes!(models::list_models))
         .routes(routes!(models::get_model))
         .routes(routes!(models::promote))
+        .routes(routes!(experiments::list_experiments))
+        .routes(routes!(experiments::get_experiment))
+        .routes(routes!(experiments::stop))
         .routes(routes!(meta::metrics));
     (public, protected)
 }

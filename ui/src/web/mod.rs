@@ -11,6 +11,7 @@ mod assets;
 mod backfill;
 mod dag;
 mod datasets;
+mod experiments;
 mod list;
 mod models;
 mod run;
@@ -63,6 +64,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/dags/{dag_id}/versions/{version}", get(version::page))
         .route("/models", get(models::list))
         .route("/models/{model}", get(models::page))
+        .route("/experiments", get(experiments::list))
+        .route("/experiments/{name}", get(experiments::page))
         .route("/runs/{run_id}", get(run::page))
         .route("/runs/{run_id}/tasks/{task_id}", get(task::page))
         .route("/runs/{run_id}/tasks/{task_id}/log", get(task::log_chunk))
