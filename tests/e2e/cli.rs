@@ -319,6 +319,7 @@ fn flow_help_lists_only_product_commands() {
             "tasks",
             "tokens",
             "models",
+            "experiments",
             "scheduler",
             "worker",
             "db",

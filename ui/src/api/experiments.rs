@@ -78,6 +78,7 @@ pub struct StopBody {}
     request_body = StopBody,
     responses(
         (status = 200, description = "the records after: every running metric is stopped, a concluded one stays concluded", body = Vec<ExperimentView>),
+        (status = 400, description = "a body that is not `{}`", body = ErrorBody),
         (status = 403, description = "the token is a viewer's", body = ErrorBody),
         (status = 404, description = "unknown experiment", body = ErrorBody),
     )
