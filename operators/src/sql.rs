@@ -12,6 +12,7 @@ mod bind;
 mod error;
 mod output;
 mod source;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -35,6 +36,7 @@ use self::error::run_error;
 pub use self::error::sql_error;
 use self::output::{Output, batches_to_json, write_output};
 use self::source::{Source, bucket_of, register};
+pub use self::stream::{Batches, IN_FLIGHT, Reading, read_stream, write_stream};
 use crate::connections::{Aws, Connections};
 use crate::error::fatal;
 use crate::storage::{self, Format, Location};
@@ -168,23 +170,7 @@ pub async fn read(
     ctx: &TaskContext,
     conns: &Connections,
 ) -> Result<(datafusion::arrow::datatypes::SchemaRef, Vec<RecordBatch>), OperatorError> {
-    let mut specs = BTreeMap::new();
-    for (name, spec) in sources {
-        let spec: SourceSpec = serde_json::from_value((*spec).clone()).map_err(|e| {
-            fatal(format!(
-                "`{name}`: {e} (expected {{path, format, connection}})"
-            ))
-        })?;
-        specs.insert(name.to_string(), spec);
-    }
-    let cfg = Config {
-        query: query.to_string(),
-        sources: specs,
-        bind: Default::default(),
-        output: None,
-        memory_limit: None,
-    };
-    let job = Job::resolve(cfg, ctx, conns)?;
+    let job = read_job(sources, query, ctx, conns)?;
     let log = ctx.log.clone();
     on_cpu(async move {
         let df = job.dataframe(&log).await?;
@@ -201,11 +187,49 @@ pub async fn read(
     .await
 }
 
+/// The job that reads `query` over `sources` (see [`read`]).
+fn read_job(
+    sources: &[(&str, &Json)],
+    query: &str,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Job, OperatorError> {
+    let mut specs = BTreeMap::new();
+    for (name, spec) in sources {
+        let spec: SourceSpec = serde_json::from_value((*spec).clone()).map_err(|e| {
+            fatal(format!(
+                "`{name}`: {e} (expected {{path, format, connection}})"
+            ))
+        })?;
+        specs.insert(name.to_string(), spec);
+    }
+    let cfg = Config {
+        query: query.to_string(),
+        sources: specs,
+        bind: Default::default(),
+        output: None,
+        memory_limit: None,
+    };
+    Job::resolve(cfg, ctx, conns)
+}
+
 /// Writes `batches` to `output` (an `output:` as `sql` takes it: path, format, mode,
 /// partition_by, connection); returns what `sql` would: `{"rows", "path", "bytes", "columns"}`.
 pub async fn write(
     schema: datafusion::arrow::datatypes::SchemaRef,
     batches: Vec<RecordBatch>,
+    output: &Json,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Json, OperatorError> {
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+        .map_err(|e| fatal(format!("DataFusion: {e}")))?;
+    write_table(Arc::new(table), output, ctx, conns).await
+}
+
+/// Writes the table `result` (what an operator computed) to `output`, as [`write`] does.
+async fn write_table(
+    table: Arc<dyn datafusion::catalog::TableProvider>,
     output: &Json,
     ctx: &TaskContext,
     conns: &Connections,
@@ -223,9 +247,7 @@ pub async fn write(
         memory_limit: None,
     };
     let mut job = Job::resolve(cfg, ctx, conns)?;
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
-        .map_err(|e| fatal(format!("DataFusion: {e}")))?;
-    job.tables.push(("result".to_string(), Arc::new(table)));
+    job.tables.push(("result".to_string(), table));
     let log = ctx.log.clone();
     on_cpu(job.run(log)).await
 }

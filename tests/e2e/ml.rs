@@ -914,3 +914,57 @@ fn the_ml_operators_on_spark_give_the_in_process_answers() {
     assert_eq!((a, b), (rows, rows));
     assert!(gap < 1e-12, "batch_predict: predictions differ by {gap}");
 }
+
+/// `predict` streams: an input of several DataFusion batches is read, scored and written batch
+/// by batch, every row once; an input without a feature fails when the query is planned, naming
+/// the column, and writes nothing.
+#[test]
+fn predict_streams_every_row_and_names_a_missing_feature() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let mut train = String::from("id,x,y\n");
+    for i in 0..400 {
+        train.push_str(&format!("{i},{},{}\n", i % 13, i32::from(i % 13 < 6)));
+    }
+    std::fs::write(env.dags().join("train.csv"), train).unwrap();
+    // 50,000 rows: seven batches of 8,192 rows and a short one.
+    let mut score = String::from("id,x\n");
+    for i in 0..50_000 {
+        score.push_str(&format!("{i},{}\n", i % 13));
+    }
+    std::fs::write(env.dags().join("score.csv"), score).unwrap();
+    std::fs::write(env.dags().join("no_x.csv"), "id,z\n1,2\n").unwrap();
+    let out = env.path("scored");
+    env.dag(
+        "scoring.yaml",
+        &format!(
+            "id: scoring\ntasks:\n  fit:\n    operator: train\n    training_set: {{ path: train.csv }}\n    label: y\n    id_column: id\n    model: m\n    algorithm: logistic_regression\n    artifacts: models/\n  score:\n    operator: predict\n    depends_on: [fit]\n    model: m\n    version: \"{{{{ tasks.fit.output.version }}}}\"\n    input: {{ path: score.csv }}\n    id_column: id\n    output: {{ path: \"{}/\", format: parquet }}\n",
+            out.display()
+        ),
+    );
+    let run = env.flow_json(&["run", "scoring", "--json"], 0);
+    let scored = &task(&run, "score", None)["output"];
+    assert_eq!(scored["rows"], 50_000, "{scored:#}");
+    let counted = query_one(
+        &format!("{}/", out.display()),
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids, MIN(prediction) >= 0 AS low, \
+         MAX(prediction) <= 1 AS high FROM t",
+    );
+    assert_eq!(
+        counted,
+        json!({"n": 50_000, "ids": 50_000, "low": true, "high": true})
+    );
+    env.dag(
+        "bad_input.yaml",
+        "id: bad_input\ntasks:\n  score:\n    operator: predict\n    model: m\n    version: 1\n    input: { path: no_x.csv }\n    id_column: id\n    output: { path: never/, format: parquet }\n",
+    );
+    let failed = env.flow_json(&["run", "bad_input", "--json"], 1);
+    let error = task(&failed, "score", None)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("No field named x"), "{error}");
+    assert!(
+        !env.dags().join("never").exists(),
+        "a failed read wrote output"
+    );
+}

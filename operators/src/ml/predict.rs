@@ -1,8 +1,8 @@
 //! `predict`: scores a dataset with a registered model version (the production one, or a pinned
 //! number) and writes one row per input row: the `id_column`, `prediction` (the probability of
-//! the positive class, or the value) and `model_version`. The input is scored one DataFusion
-//! batch at a time (8,192 rows), each batch encoded as the model was trained (see
-//! [`super::model`]).
+//! the positive class, or the value) and `model_version`. The input is read, scored and written
+//! as a stream of DataFusion batches (8,192 rows), each encoded as the model was trained (see
+//! [`super::model`]): a few batches are in memory at once, whatever the input's size.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::model::{Column, Encoding, Feature, Model, Scorer, encode};
@@ -20,6 +21,7 @@ use super::on_spark::{self, Engine};
 use super::{column_f64, column_text, ident};
 use crate::connections::Connections;
 use crate::error::fatal;
+use crate::sql::{Batches, Reading};
 use crate::storage::Location;
 
 pub struct Predict {
@@ -188,39 +190,95 @@ impl Scoring {
     }
 }
 
-/// The scored batches and how many rows they hold.
-struct Scored {
-    batches: Vec<RecordBatch>,
-    rows: usize,
-}
-
-/// Scores every non-empty batch with `model`, on blocking threads.
+/// Scores the batches of `input` with `model` on a blocking thread as they come, a few at a
+/// time (one per core: batches are independent, and a large booster scores only a few thousand
+/// rows a second on one core), and sends them on in order; answers the rows scored. An error
+/// is sent on as well, so that the writer stops.
 async fn score(
     model: Model,
-    batches: Vec<RecordBatch>,
+    mut input: Batches,
+    output: mpsc::Sender<Result<RecordBatch, OperatorError>>,
     scoring: Scoring,
-) -> Result<Scored, OperatorError> {
+) -> Result<usize, OperatorError> {
     tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         let scorer = model.scorer().map_err(|e| fatal(format!("predict: {e}")))?;
-        // One batch per core at a time: batches are independent, and a large booster
-        // scores only a few thousand rows a second on one core.
-        let scored = batches
-            .par_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| scoring.batch(&scorer, b))
-            .collect::<Result<Vec<_>, _>>()?;
-        let rows = scored.iter().map(RecordBatch::num_rows).sum::<usize>();
-        Ok::<_, OperatorError>(Scored {
-            batches: scored,
-            rows,
-        })
+        let per_group = rayon::current_num_threads().max(1);
+        let mut rows = 0;
+        let mut ended = false;
+        while !ended {
+            let mut group = Vec::with_capacity(per_group);
+            while group.len() < per_group {
+                match input.blocking_recv() {
+                    Some(Ok(b)) if b.num_rows() == 0 => {}
+                    Some(Ok(b)) => group.push(b),
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            let scored = group
+                .par_iter()
+                .map(|b| scoring.batch(&scorer, b))
+                .collect::<Result<Vec<_>, _>>();
+            for batch in scored? {
+                rows += batch.num_rows();
+                if output.blocking_send(Ok(batch)).is_err() {
+                    // The writer stopped; its error is the answer.
+                    return Ok(rows);
+                }
+            }
+        }
+        Ok(rows)
     })
     .await
     .map_err(|e| OperatorError::Retryable(format!("predict: scoring stopped: {e}")))?
-    .inspect(|s| {
-        tracing::Span::current().record("rows", s.rows as i64);
+    .inspect(|rows| {
+        tracing::Span::current().record("rows", *rows as i64);
     })
+}
+
+/// Reads, scores and writes at once, batch by batch: memory holds a few batches whatever the
+/// input's size.
+async fn score_stream(
+    cfg: &Config,
+    model: Model,
+    model_version: i64,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<(usize, Json), OperatorError> {
+    let query = input_query(&cfg.id_column, &model.features);
+    let reading = crate::sql::read_stream(&[("input", &cfg.input)], &query, ctx, conns).await?;
+    let out_schema = output_schema(&reading.schema, &cfg.id_column)?;
+    let scoring = Scoring {
+        features: model.features.clone(),
+        encoding: model.encoding(),
+        id_column: cfg.id_column.clone(),
+        schema: out_schema.clone(),
+        model_version,
+    };
+    let (tx, rx) = mpsc::channel(crate::sql::IN_FLIGHT);
+    let Reading { batches, .. } = reading;
+    let scored = score(model, batches, tx.clone(), scoring).instrument(tracing::info_span!(
+        "model.predict",
+        model = %cfg.model,
+        version = model_version,
+        rows = tracing::field::Empty
+    ));
+    let scored = async move {
+        let result = scored.await;
+        if let Err(e) = &result {
+            let _ = tx.send(Err(fatal(e.to_string()))).await;
+        }
+        drop(tx);
+        result
+    };
+    let written = crate::sql::write_stream(out_schema, rx, &cfg.output, ctx, conns);
+    let (scored, written) = tokio::join!(scored, written);
+    let rows = scored?;
+    Ok((rows, written?))
 }
 
 #[async_trait]
@@ -265,41 +323,15 @@ impl Operator for Predict {
         }
         let model =
             load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
-        let (schema, batches) = crate::sql::read(
-            &[("input", &cfg.input)],
-            &input_query(&cfg.id_column, &model.features),
-            ctx,
-            conns,
-        )
-        .await?;
-        let out_schema = output_schema(&schema, &cfg.id_column)?;
         let started = std::time::Instant::now();
-        let scoring = Scoring {
-            features: model.features.clone(),
-            encoding: model.encoding(),
-            id_column: cfg.id_column.clone(),
-            schema: out_schema.clone(),
-            model_version: version.version,
-        };
-        let Scored {
-            batches: scored,
-            rows,
-        } = score(model, batches, scoring)
-            .instrument(tracing::info_span!(
-                "model.predict",
-                model = %cfg.model,
-                version = version.version,
-                rows = tracing::field::Empty
-            ))
-            .await?;
+        let (rows, written) = score_stream(&cfg, model, version.version, ctx, conns).await?;
         let secs = started.elapsed().as_secs_f64();
         ctx.log
             .line(&format!(
-                "predict: scored {rows} rows in {secs:.2} s ({:.0} rows/s)",
+                "predict: read, scored and wrote {rows} rows in {secs:.2} s ({:.0} rows/s)",
                 rows as f64 / secs.max(1e-9)
             ))
             .await;
-        let written = crate::sql::write(out_schema, scored, &cfg.output, ctx, conns).await?;
         Ok(Some(json!({
             "rows": rows,
             "path": written["path"],
