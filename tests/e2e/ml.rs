@@ -968,3 +968,57 @@ fn predict_streams_every_row_and_names_a_missing_feature() {
         "a failed read wrote output"
     );
 }
+
+/// `flow models rollback`: back to the version that was production before the current one, as
+/// a compare-and-set; a second rollback undoes the first.
+#[test]
+fn models_roll_back_to_the_production_version_before() {
+    let env = Env::new(Db::Sqlite).unwrap();
+    let out = env.flow(&["models", "rollback", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'nope'"));
+    let mut rows = String::from("x,y\n");
+    for i in 0..200 {
+        rows.push_str(&format!("{i},{}\n", i32::from(i % 7 < 3)));
+    }
+    std::fs::write(env.dags().join("rows.csv"), rows).unwrap();
+    let fit = "    operator: train\n    training_set: { path: rows.csv }\n    label: y\n    model: m\n    algorithm: logistic_regression\n    artifacts: models/\n";
+    env.dag(
+        "two.yaml",
+        &format!("id: two\ntasks:\n  a:\n{fit}  b:\n    depends_on: [a]\n{fit}"),
+    );
+    env.flow_ok(&["run", "two"], 0);
+    let refused = |want: &str| {
+        let out = env.flow(&["models", "rollback", "m"]);
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{said}");
+        assert!(said.contains(want), "{said}");
+    };
+    refused("no production version to roll back from");
+    env.flow_ok(&["models", "promote", "m", "1"], 0);
+    refused("has had no production version before version 1");
+    env.flow_ok(&["models", "promote", "m", "2"], 0);
+    let stages = || -> Vec<(i64, String)> {
+        env.flow_json(&["models", "show", "m", "--json"], 0)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["version"].as_i64().unwrap(),
+                    v["stage"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    env.flow_ok(&["models", "rollback", "m"], 0);
+    assert_eq!(
+        stages(),
+        [(2, "archived".to_string()), (1, "production".to_string())]
+    );
+    env.flow_ok(&["models", "rollback", "m"], 0);
+    assert_eq!(
+        stages(),
+        [(2, "production".to_string()), (1, "archived".to_string())]
+    );
+}

@@ -317,6 +317,9 @@ pub enum ModelsCommand {
         #[arg(value_name = "VERSION")]
         number: i64,
     },
+    /// Make the version that was production before the current one production again (a
+    /// compare-and-set: nothing changes if production moved meanwhile)
+    Rollback { model: String },
 }
 
 #[derive(Subcommand, Debug)]

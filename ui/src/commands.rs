@@ -553,17 +553,31 @@ async fn models(g: &Global, command: ModelsCommand) -> Result<u8> {
         ModelsCommand::Promote {
             model,
             number: version,
-        } => {
-            let previous = ops::promote_by_hand(ctx.store.as_ref(), &model, version)
-                .await
-                .map_err(op_err)?;
-            eprintln!(
-                "{model} version {version} is production{}",
-                previous
-                    .filter(|p| *p != version)
-                    .map_or(String::new(), |p| format!(" (version {p} archived)"))
-            );
-            Ok(0)
-        }
+        } => promote(&ctx, &model, version).await,
+        ModelsCommand::Rollback { model } => rollback(&ctx, &model).await,
     }
+}
+
+async fn promote(ctx: &Ctx, model: &str, version: i64) -> Result<u8> {
+    let previous = ops::promote_by_hand(ctx.store.as_ref(), model, version)
+        .await
+        .map_err(op_err)?;
+    eprintln!(
+        "{model} version {version} is production{}",
+        previous
+            .filter(|p| *p != version)
+            .map_or(String::new(), |p| format!(" (version {p} archived)"))
+    );
+    Ok(0)
+}
+
+async fn rollback(ctx: &Ctx, model: &str) -> Result<u8> {
+    let done = ops::rollback(ctx.store.as_ref(), model)
+        .await
+        .map_err(op_err)?;
+    eprintln!(
+        "{model}: version {} is production again (version {} archived)",
+        done.to, done.from
+    );
+    Ok(0)
 }

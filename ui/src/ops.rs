@@ -448,3 +448,59 @@ pub async fn promote_by_hand(
         "the production version of {model} kept changing; try again"
     )))
 }
+
+/// What [`rollback`] did: production went from one version back to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolledBack {
+    pub from: i64,
+    pub to: i64,
+}
+
+/// Makes the version that was production before the current one production again, as a
+/// compare-and-set against the current one: if another promotion changed production meanwhile,
+/// nothing changes and the caller looks again (a rollback computed against one production
+/// version must not undo another). The version before is the most recently archived one, since
+/// only a promotion archives; so a second rollback undoes the first.
+pub async fn rollback(store: &dyn Store, model: &str) -> Result<RolledBack, OpError> {
+    use flow_engine::store::{ModelStage, Promotion};
+    let versions = store.model_versions(model).await?;
+    if versions.is_empty() {
+        return Err(OpError::NotFound(format!(
+            "unknown model '{model}': see `flow models list`"
+        )));
+    }
+    let Some(from) = versions.iter().find(|v| v.stage == ModelStage::Production) else {
+        return Err(OpError::Invalid(format!(
+            "model '{model}' has no production version to roll back from"
+        )));
+    };
+    let Some(to) = versions
+        .iter()
+        .filter(|v| v.stage == ModelStage::Archived)
+        .max_by_key(|v| (v.stage_changed_at, v.version))
+    else {
+        return Err(OpError::Invalid(format!(
+            "model '{model}' has had no production version before version {}",
+            from.version
+        )));
+    };
+    match store
+        .promote_model_version(model, to.version, Some(from.version), now())
+        .await?
+    {
+        Promotion::Promoted { .. } => Ok(RolledBack {
+            from: from.version,
+            to: to.version,
+        }),
+        Promotion::Stale { current } => Err(OpError::Invalid(format!(
+            "the production version of '{model}' changed from {} to {} while rolling back; \
+             nothing was changed: look again (`flow models show {model}`)",
+            from.version,
+            current.map_or("none".to_string(), |v| v.to_string())
+        ))),
+        Promotion::Unknown => Err(OpError::NotFound(format!(
+            "model '{model}' has no version {}",
+            to.version
+        ))),
+    }
+}
