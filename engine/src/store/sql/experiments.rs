@@ -130,62 +130,44 @@ where
         let leader = look.leader.as_ref();
         let concluded_run = look.concluded.then(|| look.run_id.clone());
         let ended = look.concluded.then_some(at);
-        let changed = if looks_before == 0 {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO experiments ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                 $18, $18, $19) ON CONFLICT DO NOTHING"
-            )))
-            .bind(&look.name)
-            .bind(&look.metric)
-            .bind(&look.method)
-            .bind(look.alpha)
-            .bind(&look.dag_id)
-            .bind(&look.task_id)
-            .bind(state.as_str())
-            .bind(json_text(&look.history))
-            .bind(json_text(&look.result))
-            .bind(look.winner.clone())
-            .bind(leader.map(|l| l.variant.clone()))
-            .bind(leader.map(|l| l.lift))
-            .bind(leader.map(|l| l.lift_low))
-            .bind(leader.map(|l| l.lift_high))
-            .bind(leader.map(|l| l.p_value))
-            .bind(&look.run_id)
-            .bind(concluded_run)
-            .bind(at)
-            .bind(ended)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-        } else {
-            sqlx::query(
-                "UPDATE experiments SET looks = looks + 1, state = $3, history = $4, result = $5, \
-                 winner = $6, variant = $7, lift = $8, lift_low = $9, lift_high = $10, \
-                 p_value = $11, last_run_id = $12, concluded_run_id = $13, updated_at = $14, \
-                 ended_at = $15 \
-                 WHERE name = $1 AND metric = $2 AND state = 'running' AND looks = $16",
-            )
-            .bind(&look.name)
-            .bind(&look.metric)
-            .bind(state.as_str())
-            .bind(json_text(&look.history))
-            .bind(json_text(&look.result))
-            .bind(look.winner.clone())
-            .bind(leader.map(|l| l.variant.clone()))
-            .bind(leader.map(|l| l.lift))
-            .bind(leader.map(|l| l.lift_low))
-            .bind(leader.map(|l| l.lift_high))
-            .bind(leader.map(|l| l.p_value))
-            .bind(&look.run_id)
-            .bind(concluded_run)
-            .bind(at)
-            .bind(ended)
-            .bind(looks_before)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-        };
+        // One statement for both: a first look creates the record (a conflict means another
+        // look created it first); a later one updates it only if nothing moved it meanwhile.
+        let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO experiments ({COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $20 + 1, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $18, $19) \
+             ON CONFLICT (name, metric) DO UPDATE SET looks = experiments.looks + 1, \
+             state = excluded.state, history = excluded.history, result = excluded.result, \
+             winner = excluded.winner, variant = excluded.variant, lift = excluded.lift, \
+             lift_low = excluded.lift_low, lift_high = excluded.lift_high, \
+             p_value = excluded.p_value, last_run_id = excluded.last_run_id, \
+             concluded_run_id = excluded.concluded_run_id, updated_at = excluded.updated_at, \
+             ended_at = excluded.ended_at \
+             WHERE experiments.state = 'running' AND experiments.looks = $20"
+        )))
+        .bind(&look.name)
+        .bind(&look.metric)
+        .bind(&look.method)
+        .bind(look.alpha)
+        .bind(&look.dag_id)
+        .bind(&look.task_id)
+        .bind(state.as_str())
+        .bind(json_text(&look.history))
+        .bind(json_text(&look.result))
+        .bind(look.winner.clone())
+        .bind(leader.map(|l| l.variant.clone()))
+        .bind(leader.map(|l| l.lift))
+        .bind(leader.map(|l| l.lift_low))
+        .bind(leader.map(|l| l.lift_high))
+        .bind(leader.map(|l| l.p_value))
+        .bind(&look.run_id)
+        .bind(concluded_run)
+        .bind(at)
+        .bind(ended)
+        .bind(looks_before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if changed == 0 {
             return Ok(LookRecorded::Stale);
         }
