@@ -430,6 +430,11 @@ impl Dag {
         self.index.get(id).copied()
     }
 
+    /// Whether the DAG runs on its own (a cron or datasets), and so again and again.
+    pub fn scheduled(&self) -> bool {
+        self.schedule.is_some() || self.datasets.is_some()
+    }
+
     /// The folder relative paths in task keys are taken from.
     pub fn folder(&self) -> PathBuf {
         self.path

@@ -239,7 +239,7 @@ async fn execute(
         data_interval_start: run.data_interval_start,
         data_interval_end: run.data_interval_end,
         dag_version: run.dag_version.clone(),
-        scheduled: dag.schedule.is_some() || dag.datasets.is_some(),
+        scheduled: dag.scheduled(),
         models: Some(env.store.clone() as Arc<dyn crate::store::ModelRegistry>),
         experiments: Some(env.store.clone() as Arc<dyn crate::store::ExperimentStore>),
         dag_folder: dag.folder(),

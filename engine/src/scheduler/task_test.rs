@@ -299,7 +299,7 @@ async fn execute(
         data_interval_start: run.data_interval_start,
         data_interval_end: run.data_interval_end,
         dag_version: run.dag_version.clone(),
-        scheduled: dag.schedule.is_some() || dag.datasets.is_some(),
+        scheduled: dag.scheduled(),
         models: env.models.clone(),
         // A test is not a look: it neither reads nor extends the experiment's record.
         experiments: None,

@@ -3,11 +3,11 @@
 //! Each concern has its trait: [`DagStore`] (the DAGs loaded), [`RunStore`] (runs and their task
 //! instances), [`PlanStore`] (what the planner reads and decides), [`TryStore`] (claims, leases
 //! and the ends of tries), [`HistoryStore`] (bulk history and the grid), [`TokenStore`],
-//! [`ModelRegistry`] and [`ExperimentStore`]. [`Store`] is all of them, for the engine, the CLI and the API, which hold
-//! an `Arc<dyn Store>`. They are implemented once in [`sql`] and instantiated for SQLite (the
-//! embedded default) and PostgreSQL; the same contract test suite runs on both. Every write that
-//! acts on a claimed try is a compare-and-set on (state, try number, lease owner): zero rows
-//! changed means the lease was lost and the caller backs off.
+//! [`ModelRegistry`] and [`ExperimentStore`]. [`Store`] is all of them, for the engine, the CLI
+//! and the API, which hold an `Arc<dyn Store>`. They are implemented once in [`sql`] and
+//! instantiated for SQLite (the embedded default) and PostgreSQL; the same contract test suite
+//! runs on both. Every write that acts on a claimed try is a compare-and-set on (state, try
+//! number, lease owner): zero rows changed means the lease was lost and the caller backs off.
 
 mod activity;
 mod alerts;

@@ -197,10 +197,7 @@ async fn arms_on_spark(
     let dags = &ctx.dag_folder;
     let job = json!({
         "experiment": cfg.experiment,
-        "metric": match cfg.metric {
-            Metric::Conversion => "conversion",
-            Metric::Mean => "mean",
-        },
+        "metric": cfg.metric.as_str(),
         "assignments": on_spark::data(&cfg.assignments, "assignments", dags)?,
         "outcomes": on_spark::data(&cfg.outcomes, "outcomes", dags)?,
     });
@@ -363,7 +360,7 @@ impl Operator for Experiment {
             None => None,
         };
         // An experiment keeps the method of its first look unless the key says otherwise.
-        let first = rec.as_ref().and_then(record::started_with);
+        let first = rec.as_ref().and_then(|r| Method::parse(&r.method));
         let settings = cfg.settings(first, ctx.scheduled)?;
         if let Some(ended) = rec.as_ref().filter(|r| r.state != ExperimentState::Running) {
             let result = record::ended(ended, &ctx.run_id);

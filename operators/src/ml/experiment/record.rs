@@ -9,7 +9,7 @@ use flow_engine::store::{
 };
 use serde_json::{Value as Json, json};
 
-use super::stats::{Analysis, Arm, History, Method, Metric, Settings, analyze};
+use super::stats::{Analysis, Arm, History, Metric, Settings, analyze};
 use crate::error::fatal;
 
 /// Looks that lost the compare-and-set to another run's look before this one gives up (for a
@@ -24,13 +24,6 @@ pub(super) struct Looker<'a> {
     pub run_id: &'a str,
 }
 
-fn metric_name(m: Metric) -> &'static str {
-    match m {
-        Metric::Conversion => "conversion",
-        Metric::Mean => "mean",
-    }
-}
-
 fn store_error(e: flow_engine::store::StoreError) -> OperatorError {
     OperatorError::Retryable(format!("experiment: the experiments' records: {e}"))
 }
@@ -42,9 +35,26 @@ pub(super) async fn read(
     metric: Metric,
 ) -> Result<Option<ExperimentRecord>, OperatorError> {
     store
-        .experiment(who.name, metric_name(metric))
+        .experiment(who.name, metric.as_str())
         .await
         .map_err(store_error)
+}
+
+/// Where a look leaves the experiment, as its output's extensions say it.
+struct Standing {
+    /// None without a record (`flow tasks test`).
+    state: Option<ExperimentState>,
+    looks: i64,
+    newly_concluded: bool,
+    recomputed: bool,
+}
+
+fn stamp(mut out: Json, at: Standing) -> Json {
+    out["state"] = at.state.map_or(Json::Null, |s| json!(s.as_str()));
+    out["looks"] = json!(at.looks);
+    out["newly_concluded"] = json!(at.newly_concluded);
+    out["recomputed"] = json!(at.recomputed);
+    out
 }
 
 /// The output of a look at an experiment that has ended: its recorded result, not recomputed.
@@ -55,11 +65,13 @@ pub(super) fn ended(rec: &ExperimentRecord, run_id: &str) -> Json {
     if !concluded {
         out["winner"] = Json::Null;
     }
-    out["state"] = json!(rec.state.as_str());
-    out["looks"] = json!(rec.looks);
-    out["newly_concluded"] = json!(concluded && rec.concluded_run_id.as_deref() == Some(run_id));
-    out["recomputed"] = json!(false);
-    out
+    let standing = Standing {
+        state: Some(rec.state),
+        looks: rec.looks,
+        newly_concluded: concluded && rec.concluded_run_id.as_deref() == Some(run_id),
+        recomputed: false,
+    };
+    stamp(out, standing)
 }
 
 /// The method and alpha are the experiment's from its first look: a history read by another test
@@ -119,7 +131,7 @@ fn look_of(who: &Looker<'_>, s: &Settings, analysis: &Analysis) -> ExperimentLoo
     let concluded = analysis.result["concluded"] == true;
     ExperimentLook {
         name: who.name.to_string(),
-        metric: metric_name(s.metric).to_string(),
+        metric: s.metric.as_str().to_string(),
         method: s.method.as_str().to_string(),
         alpha: s.alpha,
         dag_id: who.dag_id.to_string(),
@@ -144,12 +156,14 @@ pub(super) async fn look(
     mut record: Option<ExperimentRecord>,
 ) -> Result<Json, OperatorError> {
     let Some(store) = store else {
-        let mut out = analyze(arms, s, &History::new())?.result;
-        out["state"] = Json::Null;
-        out["looks"] = json!(1);
-        out["newly_concluded"] = out["concluded"].clone();
-        out["recomputed"] = json!(true);
-        return Ok(out);
+        let out = analyze(arms, s, &History::new())?.result;
+        let standing = Standing {
+            state: None,
+            looks: 1,
+            newly_concluded: out["concluded"] == true,
+            recomputed: true,
+        };
+        return Ok(stamp(out, standing));
     };
     for _ in 0..ATTEMPTS {
         if let Some(rec) = record.as_ref() {
@@ -166,12 +180,13 @@ pub(super) async fn look(
             .map_err(store_error)?;
         match recorded {
             LookRecorded::Recorded(rec) => {
-                let mut out = analysis.result;
-                out["state"] = json!(rec.state.as_str());
-                out["looks"] = json!(rec.looks);
-                out["newly_concluded"] = json!(rec.state == ExperimentState::Concluded);
-                out["recomputed"] = json!(true);
-                return Ok(out);
+                let standing = Standing {
+                    state: Some(rec.state),
+                    looks: rec.looks,
+                    newly_concluded: rec.state == ExperimentState::Concluded,
+                    recomputed: true,
+                };
+                return Ok(stamp(analysis.result, standing));
             }
             LookRecorded::Stale => record = read(store, who, s.metric).await?,
         }
@@ -182,19 +197,10 @@ pub(super) async fn look(
     )))
 }
 
-/// Whether a method given with `method:` is the record's; used before reading any data.
-pub(super) fn started_with(rec: &ExperimentRecord) -> Option<Method> {
-    match rec.method.as_str() {
-        "fixed" => Some(Method::Fixed),
-        "sequential" => Some(Method::Sequential),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::experiment::stats::Mixing;
+    use crate::ml::experiment::stats::{Method, Mixing};
 
     fn record(method: &str, alpha: f64) -> ExperimentRecord {
         ExperimentRecord {
@@ -255,7 +261,11 @@ mod tests {
             err.contains("started with alpha 0.05 and cannot go on with 0.1"),
             "{err}"
         );
-        assert_eq!(started_with(&record("fixed", 0.05)), Some(Method::Fixed));
+        assert_eq!(
+            Method::parse(&record("fixed", 0.05).method),
+            Some(Method::Fixed)
+        );
+        assert_eq!(Method::parse("peeking"), None);
     }
 
     #[test]

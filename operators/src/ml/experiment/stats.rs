@@ -33,6 +33,16 @@ pub enum Metric {
     Mean,
 }
 
+impl Metric {
+    /// The key's spelling, as the experiment's record and the Spark job take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Conversion => "conversion",
+            Metric::Mean => "mean",
+        }
+    }
+}
+
 /// One arm's sums: units, the sum of their values and of their squares.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Arm {
@@ -155,6 +165,13 @@ impl Method {
             Method::Fixed => "fixed",
             Method::Sequential => "sequential",
         }
+    }
+
+    /// The method [`Method::as_str`] spelled (as a record keeps it).
+    pub fn parse(s: &str) -> Option<Method> {
+        [Method::Fixed, Method::Sequential]
+            .into_iter()
+            .find(|m| m.as_str() == s)
     }
 }
 
