@@ -18,7 +18,7 @@ const PIPELINES: &[&str] = &[
 /// features of the training set.
 const MIN_AUC: f64 = 0.70;
 
-fn ml_env() -> (Env, String) {
+pub(crate) fn ml_env() -> (Env, String) {
     let env = Env::new(Db::Sqlite).unwrap();
     copy_pipelines(&env, PIPELINES, None);
     let workdir = env.dir.path().join("ml").display().to_string();
@@ -47,12 +47,12 @@ pub(crate) fn copy_pipelines(env: &Env, files: &[&str], workdir: Option<&str>) {
     .unwrap();
 }
 
-fn run(env: &Env, dag: &str, workdir: &str, more: &[&str]) -> Json {
+pub(crate) fn run(env: &Env, dag: &str, workdir: &str, more: &[&str]) -> Json {
     run_env(env, dag, workdir, more, &[])
 }
 
 /// [`run`] with more environment variables (an OTLP receiver's).
-fn run_env(
+pub(crate) fn run_env(
     env: &Env,
     dag: &str,
     workdir: &str,
@@ -79,7 +79,7 @@ fn run_env(
 }
 
 /// One row of a query over a parquet folder, through DataFusion.
-fn query_one(folder: &str, sql: &str) -> Json {
+pub(crate) fn query_one(folder: &str, sql: &str) -> Json {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ctx = datafusion::prelude::SessionContext::new();
@@ -310,231 +310,6 @@ fn the_ml_pipelines_train_promote_predict_and_watch_drift() {
     }
 }
 
-/// Two JSON numbers that agree to rounding.
-fn assert_close(a: &Json, b: &Json) {
-    let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-    assert!((x - y).abs() < 1e-9, "{a} != {b}");
-}
-
-/// The shipped `experiment_results` DAG looks at the experiment run after run: a look without
-/// enough units records the look and posts nothing; the look that concludes posts once; later
-/// looks return the recorded conclusion without reading the data and post nothing.
-#[test]
-fn the_experiment_concludes_with_the_true_lift_inside_its_interval_and_notifies() {
-    let (mut env, workdir) = ml_env();
-    let (port, received) = one_post_receiver();
-    env.secrets.push((
-        "EXPERIMENT_WEBHOOK".into(),
-        format!("http://127.0.0.1:{port}/hook"),
-    ));
-    let receiver = crate::telemetry::Receiver::start(&env);
-    let vars = receiver
-        .as_ref()
-        .map(|r| r.vars().to_vec())
-        .unwrap_or_default();
-
-    // Not enough units per arm: not concluded, a successful task all the same, no message.
-    let early = run(
-        &env,
-        "experiment_results",
-        &workdir,
-        &[
-            "--param",
-            "min_units_per_arm=50000",
-            "--param",
-            "notify=true",
-        ],
-    );
-    let out = &task(&early, "compute", None)["output"];
-    assert_eq!(
-        (
-            out["concluded"].clone(),
-            out["winner"].clone(),
-            out["state"].clone()
-        ),
-        (json!(false), Json::Null, json!("running")),
-        "{out:#}"
-    );
-    assert_eq!(
-        (out["method"].clone(), out["looks"].clone()),
-        (json!("sequential"), json!(1))
-    );
-    assert_eq!(task(&early, "notify", None)["state"], "skipped");
-
-    let done = run_env(
-        &env,
-        "experiment_results",
-        &workdir,
-        &["--param", "notify=true"],
-        &vars,
-    );
-    let out = &task(&done, "compute", None)["output"];
-    assert_eq!(out["concluded"], true, "{out:#}");
-    assert_eq!(out["winner"], "treatment", "{out:#}");
-    assert_eq!(
-        (
-            out["state"].clone(),
-            out["looks"].clone(),
-            out["newly_concluded"].clone()
-        ),
-        (json!("concluded"), json!(2), json!(true)),
-        "{out:#}"
-    );
-    assert!(out["srm_p_value"].as_f64().unwrap() > 0.001, "{out:#}");
-    let variants = out["variants"].as_array().unwrap();
-    let control = variants.iter().find(|v| v["variant"] == "control").unwrap();
-    assert_eq!(
-        (
-            control["lift"].clone(),
-            control["lift_ci"].clone(),
-            control["p_value"].clone()
-        ),
-        (Json::Null, Json::Null, Json::Null)
-    );
-    let treatment = variants
-        .iter()
-        .find(|v| v["variant"] == "treatment")
-        .unwrap();
-    let (lo, hi) = (
-        treatment["lift_ci"][0].as_f64().unwrap(),
-        treatment["lift_ci"][1].as_f64().unwrap(),
-    );
-    // The generator's true absolute lift is 0.13 - 0.10.
-    assert!(lo < 0.03 && 0.03 < hi, "{treatment:#}");
-    assert!(treatment["p_value"].as_f64().unwrap() < 0.05);
-    assert_eq!(treatment["looks"], 2, "{treatment:#}");
-    if let Some(receiver) = &receiver {
-        for (name, key) in [
-            ("flow.experiment.lift", "lift"),
-            ("flow.experiment.p_value", "p_value"),
-        ] {
-            let point = receiver.wait_point(name, &[("variant", "treatment")]);
-            assert_close(&point["value"], &treatment[key]);
-        }
-    }
-    assert_eq!(
-        control["units"].as_i64().unwrap() + treatment["units"].as_i64().unwrap(),
-        20_000
-    );
-    // The results table, and the message that it concluded.
-    let table = query_one(
-        out["table"].as_str().unwrap(),
-        "SELECT COUNT(*) AS n, SUM(CASE WHEN winner THEN 1 ELSE 0 END) AS winners FROM t",
-    );
-    assert_eq!(table, json!({"n": 2, "winners": 1}));
-    let (_, body) = received.join().unwrap();
-    let body: Json = serde_json::from_str(&body).unwrap();
-    assert_eq!(body["winner"], "treatment", "{body}");
-    assert!(
-        body["text"].as_str().unwrap().contains("concluded"),
-        "{body}"
-    );
-
-    // The conclusion sticks: the next look is the record's, not a new computation, and the
-    // message does not go again.
-    let again = run(
-        &env,
-        "experiment_results",
-        &workdir,
-        &[
-            "--param",
-            "notify=true",
-            "--param",
-            "min_units_per_arm=50000",
-        ],
-    );
-    let out = &task(&again, "compute", None)["output"];
-    assert_eq!(
-        (
-            out["concluded"].clone(),
-            out["winner"].clone(),
-            out["newly_concluded"].clone(),
-            out["recomputed"].clone(),
-        ),
-        (json!(true), json!("treatment"), json!(false), json!(false)),
-        "{out:#}"
-    );
-    assert_eq!(task(&again, "notify", None)["state"], "skipped");
-    let shown = env.flow_json(&["experiments", "show", "subject_line_test", "--json"], 0);
-    assert_eq!(shown.as_array().unwrap().len(), 1, "{shown:#}");
-    let rec = &shown[0];
-    assert_eq!(
-        (
-            rec["state"].clone(),
-            rec["looks"].clone(),
-            rec["winner"].clone(),
-            rec["method"].clone(),
-            rec["concluded_run_id"].clone(),
-        ),
-        (
-            json!("concluded"),
-            json!(2),
-            json!("treatment"),
-            json!("sequential"),
-            done["run_id"].clone(),
-        ),
-        "{rec:#}"
-    );
-    assert_eq!(rec["leader"]["variant"], "treatment", "{rec:#}");
-    // Stopping a concluded experiment leaves it concluded.
-    env.flow_ok(&["experiments", "stop", "subject_line_test"], 0);
-    let listed = env.flow_json(&["experiments", "list", "--json"], 0);
-    assert_eq!(listed[0]["state"], "concluded", "{listed:#}");
-}
-
-/// A stopped experiment is not looked at again: its task reads no data and concludes nothing.
-#[test]
-fn a_stopped_experiment_is_not_looked_at_again() {
-    each_db(|env, db| {
-        copy_pipelines(&env, &["experiment_results.yaml"], None);
-        let workdir = env.dir.path().join("ml").display().to_string();
-        let look = |more: &[&str]| {
-            let mut args = vec![
-                "--param",
-                "metric=mean",
-                "--param",
-                "outcomes=revenue.parquet",
-            ];
-            args.extend_from_slice(more);
-            run(&env, "experiment_results", &workdir, &args)
-        };
-        let first = look(&["--param", "min_units_per_arm=50000"]);
-        let out = &task(&first, "compute", None)["output"];
-        assert_eq!(
-            (out["state"].clone(), out["looks"].clone()),
-            (json!("running"), json!(1)),
-            "{db:?}: {out:#}"
-        );
-        let bad = env.flow(&["experiments", "stop", "no_such_experiment"]);
-        assert_eq!(bad.status.code(), Some(2), "{db:?}");
-        let said = String::from_utf8_lossy(&bad.stderr);
-        assert!(
-            said.contains("unknown experiment 'no_such_experiment'"),
-            "{said}"
-        );
-        env.flow_ok(&["experiments", "stop", "subject_line_test"], 0);
-        let after = look(&[]);
-        let out = &task(&after, "compute", None)["output"];
-        assert_eq!(
-            (
-                out["state"].clone(),
-                out["concluded"].clone(),
-                out["winner"].clone(),
-                out["recomputed"].clone(),
-                out["looks"].clone(),
-            ),
-            (
-                json!("stopped"),
-                json!(false),
-                Json::Null,
-                json!(false),
-                json!(1)
-            ),
-            "{db:?}: {out:#}"
-        );
-    });
-}
-
 #[test]
 fn the_training_set_on_spark_is_the_one_on_datafusion() {
     if !spark_available() {
@@ -684,17 +459,6 @@ tasks:
     for (path, bytes) in env.home_files() {
         assert!(!contains(&bytes, "lake-secret-9f2c"), "{}", path.display());
     }
-}
-
-#[test]
-fn models_cli_lists_shows_and_promotes_by_hand() {
-    let env = Env::new(Db::Sqlite).unwrap();
-    assert_eq!(env.flow_json(&["models", "list", "--json"], 0), json!([]));
-    let out = env.flow(&["models", "show", "nope"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'nope'"));
-    let out = env.flow(&["models", "promote", "nope", "1"]);
-    assert_eq!(out.status.code(), Some(2));
 }
 
 /// The largest difference of `prediction` between two prediction folders, joined on user_id,
@@ -915,110 +679,8 @@ fn the_ml_operators_on_spark_give_the_in_process_answers() {
     assert!(gap < 1e-12, "batch_predict: predictions differ by {gap}");
 }
 
-/// `predict` streams: an input of several DataFusion batches is read, scored and written batch
-/// by batch, every row once; an input without a feature fails when the query is planned, naming
-/// the column, and writes nothing.
-#[test]
-fn predict_streams_every_row_and_names_a_missing_feature() {
-    let env = Env::new(Db::Sqlite).unwrap();
-    let mut train = String::from("id,x,y\n");
-    for i in 0..400 {
-        train.push_str(&format!("{i},{},{}\n", i % 13, i32::from(i % 13 < 6)));
-    }
-    std::fs::write(env.dags().join("train.csv"), train).unwrap();
-    // 50,000 rows: seven batches of 8,192 rows and a short one.
-    let mut score = String::from("id,x\n");
-    for i in 0..50_000 {
-        score.push_str(&format!("{i},{}\n", i % 13));
-    }
-    std::fs::write(env.dags().join("score.csv"), score).unwrap();
-    std::fs::write(env.dags().join("no_x.csv"), "id,z\n1,2\n").unwrap();
-    let out = env.path("scored");
-    env.dag(
-        "scoring.yaml",
-        &format!(
-            "id: scoring\ntasks:\n  fit:\n    operator: train\n    training_set: {{ path: train.csv }}\n    label: y\n    id_column: id\n    model: m\n    algorithm: logistic_regression\n    artifacts: models/\n  score:\n    operator: predict\n    depends_on: [fit]\n    model: m\n    version: \"{{{{ tasks.fit.output.version }}}}\"\n    input: {{ path: score.csv }}\n    id_column: id\n    output: {{ path: \"{}/\", format: parquet }}\n",
-            out.display()
-        ),
-    );
-    let run = env.flow_json(&["run", "scoring", "--json"], 0);
-    let scored = &task(&run, "score", None)["output"];
-    assert_eq!(scored["rows"], 50_000, "{scored:#}");
-    let counted = query_one(
-        &format!("{}/", out.display()),
-        "SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids, MIN(prediction) >= 0 AS low, \
-         MAX(prediction) <= 1 AS high FROM t",
-    );
-    assert_eq!(
-        counted,
-        json!({"n": 50_000, "ids": 50_000, "low": true, "high": true})
-    );
-    env.dag(
-        "bad_input.yaml",
-        "id: bad_input\ntasks:\n  score:\n    operator: predict\n    model: m\n    version: 1\n    input: { path: no_x.csv }\n    id_column: id\n    output: { path: never/, format: parquet }\n",
-    );
-    let failed = env.flow_json(&["run", "bad_input", "--json"], 1);
-    let error = task(&failed, "score", None)["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(error.contains("No field named x"), "{error}");
-    assert!(
-        !env.dags().join("never").exists(),
-        "a failed read wrote output"
-    );
-}
-
-/// `flow models rollback`: back to the version that was production before the current one, as
-/// a compare-and-set; a second rollback undoes the first.
-#[test]
-fn models_roll_back_to_the_production_version_before() {
-    let env = Env::new(Db::Sqlite).unwrap();
-    let out = env.flow(&["models", "rollback", "nope"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model 'nope'"));
-    let mut rows = String::from("x,y\n");
-    for i in 0..200 {
-        rows.push_str(&format!("{i},{}\n", i32::from(i % 7 < 3)));
-    }
-    std::fs::write(env.dags().join("rows.csv"), rows).unwrap();
-    let fit = "    operator: train\n    training_set: { path: rows.csv }\n    label: y\n    model: m\n    algorithm: logistic_regression\n    artifacts: models/\n";
-    env.dag(
-        "two.yaml",
-        &format!("id: two\ntasks:\n  a:\n{fit}  b:\n    depends_on: [a]\n{fit}"),
-    );
-    env.flow_ok(&["run", "two"], 0);
-    let refused = |want: &str| {
-        let out = env.flow(&["models", "rollback", "m"]);
-        let said = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(2), "{said}");
-        assert!(said.contains(want), "{said}");
-    };
-    refused("no production version to roll back from");
-    env.flow_ok(&["models", "promote", "m", "1"], 0);
-    refused("has had no production version before version 1");
-    env.flow_ok(&["models", "promote", "m", "2"], 0);
-    let stages = || -> Vec<(i64, String)> {
-        env.flow_json(&["models", "show", "m", "--json"], 0)
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| {
-                (
-                    v["version"].as_i64().unwrap(),
-                    v["stage"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
-    env.flow_ok(&["models", "rollback", "m"], 0);
-    assert_eq!(
-        stages(),
-        [(2, "archived".to_string()), (1, "production".to_string())]
-    );
-    env.flow_ok(&["models", "rollback", "m"], 0);
-    assert_eq!(
-        stages(),
-        [(2, "production".to_string()), (1, "archived".to_string())]
-    );
+/// Two JSON numbers that agree to rounding.
+pub(crate) fn assert_close(a: &Json, b: &Json) {
+    let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+    assert!((x - y).abs() < 1e-9, "{a} != {b}");
 }
