@@ -49,9 +49,11 @@ impl Heartbeat {
         let now = now();
         let until = now + chrono::Duration::from_std(self.lease).unwrap_or_default();
         let pid = std::process::id() as i64;
+        // Only the tries in hand: one claimed under this name but never started lapses.
+        let held = self.running.keys();
         match self
             .store
-            .heartbeat(&self.owner, &self.hostname, pid, now, until)
+            .heartbeat(&self.owner, &self.hostname, pid, now, until, &held)
             .await
         {
             Ok(()) => true,

@@ -178,25 +178,62 @@ impl Engine {
         let claimed = c.result?;
         // A handover that came back short freed slots another pool may use.
         let filled = c.handover || claimed.iter().map(Vec::len).sum::<usize>() >= reserved;
+        // Every claimed try is held from here, before anything is awaited: the heartbeat extends
+        // only the tries held, and a start that fails lets go of the ones it did not start, so
+        // that their leases lapse and recovery runs them again rather than their runs never
+        // ending.
+        let mut pending = Vec::new();
         for (asked, claims) in c.asked.requests.into_iter().zip(claimed) {
             for claim in claims {
-                self.start_one(claim, &asked, slots).await?;
+                let lost = CancellationToken::new();
+                slots.env.running.insert(try_key(&claim), lost.clone());
+                pending.push((asked.clone(), claim, lost));
+            }
+        }
+        let mut pending = pending.into_iter();
+        while let Some((asked, claim, lost)) = pending.next() {
+            if let Err(e) = self.start_one(claim, &asked, lost, slots).await {
+                for (_, unstarted, _) in pending {
+                    slots.env.running.remove(&try_key(&unstarted));
+                }
+                return Err(e);
             }
         }
         Ok(filled)
     }
 
-    /// Spawns one claimed try; a claim whose run is gone is dropped.
+    /// A claim's run and the DAG version it runs; None when the run is gone.
+    async fn run_and_dag(
+        &mut self,
+        run_id: &str,
+    ) -> Result<Option<(Arc<RunRow>, Option<Arc<Dag>>)>, EngineError> {
+        let Some(run) = self.run_row(run_id).await? else {
+            return Ok(None);
+        };
+        let dag = self.catalog.version(&run.dag_id, &run.dag_version).await?;
+        Ok(Some((run, dag)))
+    }
+
+    /// Spawns one claimed try, held already under `lost`; a claim whose run is gone, or whose
+    /// run cannot be read, is let go.
     async fn start_one(
         &mut self,
         claim: Claim,
         asked: &ClaimRequest,
+        lost: CancellationToken,
         slots: &Slots,
     ) -> Result<(), EngineError> {
-        let Some(run) = self.run_row(&claim.run_id).await? else {
-            return Ok(());
+        let (run, dag) = match self.run_and_dag(&claim.run_id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                slots.env.running.remove(&try_key(&claim));
+                return Ok(());
+            }
+            Err(e) => {
+                slots.env.running.remove(&try_key(&claim));
+                return Err(e);
+            }
         };
-        let dag = self.catalog.version(&run.dag_id, &run.dag_version).await?;
         self.running.fetch_add(1, Ordering::SeqCst);
         let unknown_pool = self
             .config
@@ -212,8 +249,6 @@ impl Engine {
             answer: slots.claimed_tx.clone(),
             stop: slots.cancel.clone(),
         };
-        let lost = CancellationToken::new();
-        slots.env.running.insert(try_key(&claim), lost.clone());
         let start = Start {
             claim,
             run,

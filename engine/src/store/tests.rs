@@ -527,7 +527,7 @@ async fn timestamps_round_trip_exactly(db: TestDb) {
         Some(instants[3]),
         "the latest of the scheduled runs"
     );
-    s.heartbeat("w1", "w1.local", 1, instants[0], instants[3])
+    s.heartbeat("w1", "w1.local", 1, instants[0], instants[3], &[])
         .await
         .unwrap();
     assert_eq!(s.last_heartbeat().await.unwrap(), Some(instants[0]));

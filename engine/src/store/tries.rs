@@ -184,7 +184,9 @@ pub trait TryStore: Send + Sync {
         writes: &[TryWrite],
         claims: Option<&ClaimBatch>,
     ) -> Result<Recorded>;
-    /// Marks this scheduler alive and extends the leases of its running tries.
+    /// Marks this scheduler alive and extends the leases of the running tries it `held`: those
+    /// it has in hand. A try claimed under its name that it does not hold (its start failed after
+    /// the claim committed) is not extended, so its lease lapses and recovery runs it again.
     async fn heartbeat(
         &self,
         owner: &str,
@@ -192,6 +194,7 @@ pub trait TryStore: Send + Sync {
         pid: i64,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
+        held: &[TryId],
     ) -> Result<()>;
     async fn last_heartbeat(&self) -> Result<Option<DateTime<Utc>>>;
     /// The running tries `owner` still holds.

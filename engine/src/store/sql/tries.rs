@@ -27,6 +27,9 @@ const CLOSE_TRIES: &str = "UPDATE task_tries SET state = e.state, ended_at = e.e
 /// limit on binds.
 const ENDS_PER_STATEMENT: usize = 500;
 
+/// Held tries whose leases one heartbeat statement extends: four binds a try.
+const HELD_PER_STATEMENT: usize = 1000;
+
 /// A requeued try is closed as failed in the history; its instance goes back to `queued`.
 fn try_state(end: &TryEnd) -> &'static str {
     if end.requeue {
@@ -48,6 +51,46 @@ where
     for<'a> Option<String>: Encode<'a, DB>,
     usize: ColumnIndex<DB::Row>,
 {
+    /// Extends the leases of the `held` tries still running under `owner`. Rows another
+    /// transaction holds (a try ending right now) are skipped rather than waited for: waiting on
+    /// rows locked in another order deadlocks on PostgreSQL, and the next heartbeat extends
+    /// whatever is still running.
+    async fn extend_in(
+        tx: &mut Tx<DB>,
+        owner: &str,
+        until: DateTime<Utc>,
+        held: &[TryId],
+    ) -> Result<()> {
+        let mut qb: QueryBuilder<DB> =
+            QueryBuilder::new("WITH h (run_id, task_id, map_index, try_number) AS (VALUES ");
+        for (i, t) in held.iter().enumerate() {
+            qb.push(if i == 0 { "(" } else { ", (" });
+            qb.push_bind(t.run_id.clone())
+                .push(", ")
+                .push_bind(t.task_id.clone())
+                .push(", ")
+                .push_bind(t.map_index)
+                .push(", ")
+                .push_bind(t.try_number)
+                .push(")");
+        }
+        qb.push(") UPDATE task_instances SET lease_expires_at = ")
+            .push_bind(to_micros(until))
+            .push(
+                " WHERE (run_id, task_id, map_index) IN (SELECT t.run_id, t.task_id, t.map_index \
+                 FROM task_instances t WHERE t.state = 'running' AND t.lease_owner = ",
+            )
+            .push_bind(owner.to_string())
+            .push(
+                " AND (t.run_id, t.task_id, t.map_index, t.try_number) IN \
+                 (SELECT run_id, task_id, map_index, try_number FROM h) ",
+            )
+            .push(DB::CLAIM_LOCK)
+            .push(")");
+        qb.build().execute(&mut **tx).await?;
+        Ok(())
+    }
+
     async fn record_in(tx: &mut Tx<DB>, writes: &[TryWrite]) -> Result<Vec<bool>> {
         let mut applied = Vec::with_capacity(writes.len());
         // Ends go in batches, one statement per table for all of them rather than two per try:
@@ -308,6 +351,7 @@ where
         pid: i64,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
+        held: &[TryId],
     ) -> Result<()> {
         let (_writer, mut tx) = self.begin_write().await?;
         sqlx::query(
@@ -320,20 +364,9 @@ where
         .bind(to_micros(now))
         .execute(&mut *tx)
         .await?;
-        // Rows another transaction holds (a try ending right now) are skipped rather than waited
-        // for: waiting on rows locked in another order deadlocks on PostgreSQL, and the next
-        // heartbeat extends whatever is still running.
-        let extend = format!(
-            "UPDATE task_instances SET lease_expires_at = $1 WHERE state = 'running' AND (run_id, task_id, map_index) IN (\
-               SELECT run_id, task_id, map_index FROM task_instances \
-               WHERE lease_owner = $2 AND state = 'running' {})",
-            DB::CLAIM_LOCK
-        );
-        sqlx::query(sqlx::AssertSqlSafe(extend))
-            .bind(to_micros(lease_until))
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in held.chunks(HELD_PER_STATEMENT) {
+            Self::extend_in(&mut tx, owner, lease_until, chunk).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

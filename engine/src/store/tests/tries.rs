@@ -1,6 +1,7 @@
 //! A claimed try's writes: fenced ends, reschedules, external references, leases and heartbeats, the group commit. On both databases.
 
 use super::*;
+use crate::executor::try_key;
 
 async fn finish_try_is_fenced_by_owner_and_try_number(db: TestDb) {
     let s = db.store;
@@ -200,29 +201,44 @@ async fn an_external_reference_outlives_a_requeue_and_nothing_else(db: TestDb) {
     assert_eq!(ti(&*s, "r", "step", UNMAPPED).await.external_ref, None);
 }
 
-async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
+async fn heartbeat_extends_only_the_tries_the_owner_holds(db: TestDb) {
     let s = db.store;
     assert_eq!(s.last_heartbeat().await.unwrap(), None);
-    started_run(&*s, "r", &["a", "b", "c"]).await;
+    started_run(&*s, "r", &["a", "b", "c", "d"]).await;
     queue_all(&*s, "r", at(1)).await;
     let mine = claim_one(&*s, "w1", at(5)).await;
+    // Claimed under w1's name, but its start failed: w1 does not hold it.
+    let stray = claim_one(&*s, "w1", at(5)).await;
     let theirs = claim_one(&*s, "w2", at(5)).await;
+    let lease = |task: String| {
+        let s = s.clone();
+        async move { ti(&*s, "r", &task, UNMAPPED).await.lease_expires_at }
+    };
 
-    s.heartbeat("w1", "w1.local", 100, at(30), at(90))
+    // w1 names w2's try and an older try of its own as well: neither is extended.
+    let old = TryId {
+        try_number: mine.try_number - 1,
+        ..try_key(&mine)
+    };
+    let held = [try_key(&mine), try_key(&theirs), old];
+    s.heartbeat("w1", "w1.local", 100, at(30), at(90), &held)
         .await
         .unwrap();
-    assert_eq!(
-        ti(&*s, "r", &mine.task_id, UNMAPPED).await.lease_expires_at,
-        Some(at(90))
-    );
-    assert_eq!(
-        ti(&*s, "r", &theirs.task_id, UNMAPPED)
-            .await
-            .lease_expires_at,
-        Some(at(65))
-    );
-    assert_eq!(ti(&*s, "r", "c", UNMAPPED).await.lease_expires_at, None);
+    assert_eq!(lease(mine.task_id.clone()).await, Some(at(90)));
+    assert_eq!(lease(stray.task_id.clone()).await, Some(at(65)), "not held");
+    assert_eq!(lease(theirs.task_id.clone()).await, Some(at(65)));
+    assert_eq!(lease("d".into()).await, None);
     assert_eq!(s.last_heartbeat().await.unwrap(), Some(at(30)));
+    // The stray claim lapses, for recovery to run again.
+    let expired: Vec<String> = s
+        .expired_tries(at(70))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task_id)
+        .collect();
+    assert!(expired.contains(&stray.task_id), "{expired:?}");
+    assert!(!expired.contains(&mine.task_id), "{expired:?}");
 
     // A finished try has no lease left to extend.
     assert!(
@@ -230,7 +246,7 @@ async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
             .await
             .unwrap()
     );
-    s.heartbeat("w1", "w1.local", 100, at(50), at(110))
+    s.heartbeat("w1", "w1.local", 100, at(50), at(110), &[try_key(&mine)])
         .await
         .unwrap();
     let done = ti(&*s, "r", &mine.task_id, UNMAPPED).await;
@@ -238,22 +254,16 @@ async fn heartbeat_extends_only_the_owners_leases(db: TestDb) {
         (done.state, done.lease_expires_at),
         (TaskState::Success, None)
     );
-    assert_eq!(
-        ti(&*s, "r", &theirs.task_id, UNMAPPED)
-            .await
-            .lease_expires_at,
-        Some(at(65))
-    );
 
-    s.heartbeat("w2", "w2.local", 200, at(45), at(120))
+    s.heartbeat("w2", "w2.local", 200, at(45), at(120), &[try_key(&theirs)])
         .await
         .unwrap();
-    assert_eq!(
-        ti(&*s, "r", &theirs.task_id, UNMAPPED)
-            .await
-            .lease_expires_at,
-        Some(at(120))
-    );
+    assert_eq!(lease(theirs.task_id.clone()).await, Some(at(120)));
+    // Nothing held: the scheduler is alive, and no lease moves.
+    s.heartbeat("w2", "w2.local", 200, at(46), at(500), &[])
+        .await
+        .unwrap();
+    assert_eq!(lease(theirs.task_id.clone()).await, Some(at(120)));
     assert_eq!(
         s.last_heartbeat().await.unwrap(),
         Some(at(50)),
@@ -301,7 +311,7 @@ async fn expired_tries_finds_running_tries_past_their_lease(db: TestDb) {
         BTreeSet::from([short.task_id.clone(), long.task_id.clone()])
     );
 
-    s.heartbeat("w1", "w1.local", 1, at(100), at(300))
+    s.heartbeat("w1", "w1.local", 1, at(100), at(300), &[try_key(&short)])
         .await
         .unwrap();
     assert!(s.expired_tries(at(120)).await.unwrap().is_empty());
@@ -446,7 +456,7 @@ contract!(
     finish_try_is_fenced_by_owner_and_try_number,
     a_rescheduled_try_gives_its_slot_back_and_runs_again_as_the_same_try,
     an_external_reference_outlives_a_requeue_and_nothing_else,
-    heartbeat_extends_only_the_owners_leases,
+    heartbeat_extends_only_the_tries_the_owner_holds,
     expired_tries_finds_running_tries_past_their_lease,
     record_and_claim_ends_first_then_claims_within_one_limit,
     ends_in_one_group_commit_are_fenced_one_by_one,
