@@ -5,6 +5,7 @@
 
 pub mod drift;
 pub mod experiment;
+pub mod forest;
 pub mod model;
 pub mod on_spark;
 pub mod predict;

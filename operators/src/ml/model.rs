@@ -29,8 +29,10 @@
 //! `predict` gives the probability of the positive class (label 1 or true) for classification, the
 //! value for regression.
 
+use perpetual::PerpetualBooster;
 use perpetual::booster::config::BoosterIO;
-use perpetual::{Matrix, PerpetualBooster};
+
+use super::forest::Forest;
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: &str = "flow-model/1";
@@ -278,9 +280,6 @@ pub fn categorical_columns(features: &[Feature]) -> std::collections::HashSet<us
         .collect()
 }
 
-/// Above this many rows, perpetual scores one matrix on every core.
-const PARALLEL_ROWS: usize = 65_536;
-
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
@@ -292,8 +291,10 @@ pub enum Scorer<'a> {
         weights: &'a [f64],
         intercept: f64,
     },
+    /// A perpetual booster, flattened once ([`Forest`]): scored without perpetual's per-node
+    /// hash lookups.
     Boosted {
-        booster: Box<PerpetualBooster>,
+        forest: Forest,
         task: TaskKind,
     },
     Trees {
@@ -326,15 +327,13 @@ impl Scorer<'_> {
                     })
                     .collect())
             }
-            Scorer::Boosted { booster, task } => {
-                let m = Matrix::new(data, rows, cols);
-                // A large matrix (train's held-out rows) in parallel; `predict` already scores
-                // its batches in parallel.
-                let parallel = rows > PARALLEL_ROWS;
-                Ok(match task {
-                    TaskKind::Classification => booster.predict_proba(&m, parallel, false),
-                    TaskKind::Regression => booster.predict(&m, parallel),
-                })
+            Scorer::Boosted { forest, task } => {
+                let mut out = forest.predict(data, rows, cols)?;
+                if *task == TaskKind::Classification {
+                    // perpetual's own predict_proba: the same sigmoid of the same sum.
+                    out.iter_mut().for_each(|p| *p = sigmoid(*p));
+                }
+                Ok(out)
             }
             Scorer::Trees { base, nodes, task } => {
                 let mut out = vec![*base; rows];
@@ -420,7 +419,7 @@ impl Model {
                 intercept: self.intercept.ok_or("the model has no intercept")?,
             }),
             Algorithm::GradientBoosting => Ok(Scorer::Boosted {
-                booster: Box::new(self.booster()?),
+                forest: Forest::of(&self.booster()?)?,
                 task: self.task,
             }),
         }
