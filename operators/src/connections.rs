@@ -47,6 +47,37 @@ impl std::fmt::Debug for Aws {
     }
 }
 
+/// Where the `warehouse` operator loads: a PostgreSQL-protocol database, and for Redshift the S3
+/// stage its COPY reads from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WarehouseTarget {
+    Postgres { url: String },
+    Redshift(Redshift),
+}
+
+/// A `redshift` connection: `url` (postgres://user:pw@cluster:5439/db), `iam_role` (the role
+/// COPY reads the stage with), `stage` (an `s3://bucket/prefix/` flow may write and delete
+/// under) and `stage_connection` (the `aws` connection flow writes the stage with; unset: the
+/// standard AWS chain).
+#[derive(Clone, PartialEq)]
+pub struct Redshift {
+    pub url: String,
+    pub iam_role: String,
+    pub stage: String,
+    pub stage_connection: Option<String>,
+}
+
+impl std::fmt::Debug for Redshift {
+    // The URL may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redshift")
+            .field("iam_role", &self.iam_role)
+            .field("stage", &self.stage)
+            .field("stage_connection", &self.stage_connection)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Connections {
     pub fn new(entries: BTreeMap<String, Map<String, Json>>) -> Connections {
         Connections { entries }
@@ -81,6 +112,10 @@ impl Connections {
     }
 
     fn entry(&self, name: &str, want: &str) -> Result<&Map<String, Json>, OperatorError> {
+        self.entry_of(name, &[want])
+    }
+
+    fn entry_of(&self, name: &str, wants: &[&str]) -> Result<&Map<String, Json>, OperatorError> {
         let entry = self.entries.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
             OperatorError::Fatal(if known.is_empty() {
@@ -93,7 +128,8 @@ impl Connections {
             })
         })?;
         let kind = entry.get("type").and_then(Json::as_str).unwrap_or("");
-        if kind != want {
+        if !wants.contains(&kind) {
+            let want = wants.join("\" or \"");
             return Err(OperatorError::Fatal(format!(
                 "connection `{name}` has type \"{kind}\", but this task needs a \"{want}\" connection"
             )));
@@ -127,12 +163,38 @@ impl Connections {
             session_token: text("session_token")?,
         })
     }
+}
 
-    /// The URL of the `postgres` connection `name`, with its secrets filled in.
-    pub fn postgres_url(&self, name: &str, secrets: &Secrets) -> Result<String, OperatorError> {
-        let entry = self.entry(name, "postgres")?;
-        render_key(name, entry, "url", secrets)?
-            .ok_or_else(|| OperatorError::Fatal(format!("connection `{name}` has no url")))
+impl Connections {
+    /// The `postgres` or `redshift` connection `name`, with its secrets filled in.
+    pub fn warehouse(
+        &self,
+        name: &str,
+        secrets: &Secrets,
+    ) -> Result<WarehouseTarget, OperatorError> {
+        let entry = self.entry_of(name, &["postgres", "redshift"])?;
+        let text = |key: &str| render_key(name, entry, key, secrets);
+        let needed = |key: &str, why: &str| {
+            text(key)?.ok_or_else(|| {
+                OperatorError::Fatal(format!("connection `{name}` has no {key} ({why})"))
+            })
+        };
+        let url = needed("url", "the database to connect to")?;
+        if entry.get("type").and_then(Json::as_str) == Some("postgres") {
+            return Ok(WarehouseTarget::Postgres { url });
+        }
+        let stage = needed("stage", "the s3:// prefix flow stages loads under for COPY")?;
+        if !stage.starts_with("s3://") {
+            return Err(OperatorError::Fatal(format!(
+                "connection `{name}`: stage `{stage}` is not an s3:// URL"
+            )));
+        }
+        Ok(WarehouseTarget::Redshift(Redshift {
+            url,
+            iam_role: needed("iam_role", "the role Redshift's COPY reads the stage with")?,
+            stage,
+            stage_connection: text("stage_connection")?,
+        }))
     }
 }
 
@@ -214,8 +276,10 @@ mod tests {
         assert!(aws.force_path_style);
         assert!(!format!("{aws:?}").contains("s3cr3t"));
         assert_eq!(
-            conns().postgres_url("warehouse", &secrets).unwrap(),
-            "postgres://loader:pw@h/db"
+            conns().warehouse("warehouse", &secrets).unwrap(),
+            WarehouseTarget::Postgres {
+                url: "postgres://loader:pw@h/db".into()
+            }
         );
     }
 
@@ -256,9 +320,47 @@ mod tests {
             .to_string();
         assert!(err.contains("needs a \"aws\" connection"), "{err}");
         let err = conns()
-            .postgres_url("warehouse", &secrets)
+            .warehouse("warehouse", &secrets)
             .unwrap_err()
             .to_string();
         assert!(err.contains("url did not render"), "{err}");
+        let err = conns().warehouse("lake", &secrets).unwrap_err().to_string();
+        assert!(
+            err.contains("needs a \"postgres\" or \"redshift\" connection"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_redshift_connection_needs_its_role_and_an_s3_stage() {
+        let of = |entry: Json| {
+            let toml: BTreeMap<String, Map<String, Json>> =
+                serde_json::from_value(serde_json::json!({ "rs": entry })).unwrap();
+            Connections::new(toml).warehouse("rs", &Secrets::from_pairs([]))
+        };
+        let full = serde_json::json!({"type": "redshift", "url": "postgres://u:pw@c:5439/dev",
+            "iam_role": "arn:aws:iam::1:role/load", "stage": "s3://b/stage/",
+            "stage_connection": "lake"});
+        let WarehouseTarget::Redshift(rs) = of(full.clone()).unwrap() else {
+            panic!("not redshift");
+        };
+        assert_eq!(rs.iam_role, "arn:aws:iam::1:role/load");
+        assert_eq!(rs.stage_connection.as_deref(), Some("lake"));
+        assert!(!format!("{rs:?}").contains("pw"));
+        let without = |key: &str| {
+            let mut e = full.clone();
+            e.as_object_mut().unwrap().remove(key);
+            of(e).unwrap_err().to_string()
+        };
+        assert!(without("iam_role").contains("`rs` has no iam_role"));
+        assert!(without("stage").contains("`rs` has no stage"));
+        let mut local = full.clone();
+        local["stage"] = "/tmp/stage".into();
+        assert!(
+            of(local)
+                .unwrap_err()
+                .to_string()
+                .contains("is not an s3:// URL")
+        );
     }
 }

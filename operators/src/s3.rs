@@ -467,44 +467,50 @@ impl Operator for S3Delete {
                 .aws(cfg.connection.as_deref(), &ctx.secrets)?,
         )
         .await;
-        let found = objects(&client, &url).await?;
-        let bytes: u64 = found.iter().map(|(_, s)| s).sum();
-        for chunk in found.chunks(1000) {
-            let ids = chunk
-                .iter()
-                .map(|(k, _)| ObjectIdentifier::builder().key(k).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fatal(format!("s3_delete: {e}")))?;
-            let delete = Delete::builder()
-                .set_objects(Some(ids))
-                .quiet(true)
-                .build()
-                .map_err(|e| fatal(format!("s3_delete: {e}")))?;
-            let out = client
-                .delete_objects()
-                .bucket(&url.bucket)
-                .delete(delete)
-                .send()
-                .instrument(s3_span("s3.delete", &url.bucket))
-                .await
-                .map_err(|e| sdk_error(&format!("delete under {url}"), e))?;
-            if let Some(err) = out.errors().first() {
-                return Err(OperatorError::Retryable(format!(
-                    "s3_delete: s3://{}/{}: {}",
-                    url.bucket,
-                    err.key().unwrap_or_default(),
-                    err.message().unwrap_or("not deleted")
-                )));
-            }
-        }
+        let (count, bytes) = delete_under(&client, &url).await?;
         ctx.log
             .line(&format!(
-                "s3_delete: {} objects ({bytes} bytes) under {url}",
-                found.len()
+                "s3_delete: {count} objects ({bytes} bytes) under {url}"
             ))
             .await;
-        Ok(Some(json!({ "objects": found.len(), "bytes": bytes })))
+        Ok(Some(json!({ "objects": count, "bytes": bytes })))
     }
+}
+
+/// Deletes every object under `url` (or the one object it names), a thousand per request;
+/// answers how many objects and bytes went.
+pub async fn delete_under(client: &Client, url: &S3Url) -> Result<(usize, u64), OperatorError> {
+    let found = objects(client, url).await?;
+    let bytes: u64 = found.iter().map(|(_, s)| s).sum();
+    for chunk in found.chunks(1000) {
+        let ids = chunk
+            .iter()
+            .map(|(k, _)| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fatal(format!("deleting under {url}: {e}")))?;
+        let delete = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| fatal(format!("deleting under {url}: {e}")))?;
+        let out = client
+            .delete_objects()
+            .bucket(&url.bucket)
+            .delete(delete)
+            .send()
+            .instrument(s3_span("s3.delete", &url.bucket))
+            .await
+            .map_err(|e| sdk_error(&format!("delete under {url}"), e))?;
+        if let Some(err) = out.errors().first() {
+            return Err(OperatorError::Retryable(format!(
+                "deleting s3://{}/{}: {}",
+                url.bucket,
+                err.key().unwrap_or_default(),
+                err.message().unwrap_or("not deleted")
+            )));
+        }
+    }
+    Ok((found.len(), bytes))
 }
 
 /// `s3_sensor`: waits until an object (or, for a URL ending in `/`, any object under a

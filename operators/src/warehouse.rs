@@ -1,15 +1,22 @@
 //! `warehouse`: statements, then a file loaded into a table, on a PostgreSQL-protocol warehouse
 //! (PostgreSQL itself, Redshift), in one transaction.
 //!
-//! The load is `COPY table (columns) FROM STDIN` with the file's own column names, fed as CSV
-//! while DataFusion reads the file (parquet, csv or json; local or `s3://`), so a file of any
-//! size streams through. `replace` empties the table with DELETE rather than TRUNCATE: on
+//! On PostgreSQL the load is `COPY table (columns) FROM STDIN` with the file's own column names,
+//! fed as CSV while DataFusion reads the file (parquet, csv or json; local or `s3://`), so a file
+//! of any size streams through ([`load`]). Redshift's COPY reads only from S3: for a `redshift`
+//! connection the file is staged as parquet under the connection's `stage` and loaded with
+//! `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET`, and the stage is deleted whatever
+//! happened ([`redshift`]). `replace` empties the table with DELETE rather than TRUNCATE: on
 //! Redshift TRUNCATE commits at once, which would leave the table empty if the load then failed.
+//! `merge` upserts on `key:` through a session stage table and `MERGE`.
 //!
 //! Values reach `sql` statements only as parameters (`bind:` -> `$name`, see [`bind`]): validation
 //! refuses a param, output or item spliced into a statement's text, as it does for `sql`.
 
 mod bind;
+mod load;
+mod redshift;
+mod statements;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,9 +29,8 @@ use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection, SqlSafeStr, Statem
 
 use self::bind::Placeholders;
 
-use crate::connections::Connections;
+use crate::connections::{Connections, WarehouseTarget};
 use crate::error::fatal;
-use crate::sql::{Chunk, read_as_csv};
 use crate::storage::Format;
 
 pub struct Warehouse {
@@ -65,6 +71,35 @@ struct Load {
     format: Option<Format>,
     /// Where an `s3://` file is read from (the warehouse connection is the other one).
     connection: Option<String>,
+    /// The columns a `merge` matches rows on.
+    key: Option<Key>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Key {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Load {
+    /// The merge key's columns, quoted: given exactly when the mode is merge.
+    fn key(&self) -> Result<Vec<String>, OperatorError> {
+        let key = match &self.key {
+            None => Vec::new(),
+            Some(Key::One(k)) => vec![k.clone()],
+            Some(Key::Many(k)) => k.clone(),
+        };
+        match (self.mode, key.is_empty()) {
+            (Mode::Merge, true) => Err(fatal(
+                "load: mode merge needs `key:`, the column(s) rows are matched on",
+            )),
+            (Mode::Append | Mode::Replace, false) => Err(fatal(
+                "load: `key:` is for mode merge (append and replace match no rows)",
+            )),
+            _ => Ok(key.iter().map(|k| quote_ident(k)).collect()),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,6 +108,7 @@ enum Mode {
     #[default]
     Append,
     Replace,
+    Merge,
 }
 
 /// A database error: the server's message (and its position, for a statement), never the URL.
@@ -130,10 +166,15 @@ impl Operator for Warehouse {
         if cfg.sql.is_none() && cfg.load.is_none() {
             return Err(fatal("warehouse: give `sql`, `load` or both"));
         }
-        let url = self
-            .connections
-            .postgres_url(&cfg.connection, &ctx.secrets)?;
-        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| {
+        let target = self.connections.warehouse(&cfg.connection, &ctx.secrets)?;
+        if let Some(load) = &cfg.load {
+            load.key()?;
+        }
+        let url = match &target {
+            WarehouseTarget::Postgres { url } => url,
+            WarehouseTarget::Redshift(rs) => &rs.url,
+        };
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(|e| {
             OperatorError::Retryable(format!(
                 "warehouse: cannot connect to `{}`: {}",
                 cfg.connection,
@@ -157,7 +198,14 @@ impl Operator for Warehouse {
         }
         let mut rows_loaded = 0u64;
         if let Some(load) = &cfg.load {
-            rows_loaded = load_file(&mut tx, load, ctx, &self.connections).await?;
+            rows_loaded = match &target {
+                WarehouseTarget::Postgres { .. } => {
+                    load::from_stdin(&mut tx, load, ctx, &self.connections).await?
+                }
+                WarehouseTarget::Redshift(rs) => {
+                    redshift::load(&mut tx, load, rs, ctx, &self.connections).await?
+                }
+            };
         }
         tx.commit().await.map_err(|e| db_error("COMMIT", e))?;
         Ok(Some(json!({ "rows_loaded": rows_loaded })))
@@ -183,67 +231,6 @@ fn placeholders(
         )));
     }
     Ok(found)
-}
-
-/// `load:`: empties the table for `replace`, then streams the file into it with COPY, its
-/// columns by the file's own names; returns the rows loaded.
-async fn load_file(
-    conn: &mut PgConnection,
-    load: &Load,
-    ctx: &TaskContext,
-    conns: &Connections,
-) -> Result<u64, OperatorError> {
-    let table = quote_table(&load.table)?;
-    if load.mode == Mode::Replace {
-        (&mut *conn)
-            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table}"
-            ))))
-            .await
-            .map_err(|e| db_error(&format!("emptying {}", load.table), e))?;
-    }
-    let (_reading, mut chunks) =
-        read_as_csv(&load.file, load.format, load.connection.clone(), ctx, conns)?;
-    let columns = match chunks.recv().await {
-        Some(Ok(Chunk::Columns(c))) => c,
-        Some(Err(e)) => return Err(e),
-        _ => return Err(fatal(format!("load: {} gave no columns", load.file))),
-    };
-    let cols = columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let copy = format!("COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, HEADER true)");
-    let mut sink = conn
-        .copy_in_raw(&copy)
-        .await
-        .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
-    while let Some(chunk) = chunks.recv().await {
-        match chunk {
-            Ok(Chunk::Csv(bytes)) => {
-                sink.send(bytes)
-                    .await
-                    .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
-            }
-            Ok(Chunk::Columns(_)) => {}
-            Err(e) => {
-                let _ = sink.abort("the file could not be read").await;
-                return Err(e);
-            }
-        }
-    }
-    let rows_loaded = sink
-        .finish()
-        .await
-        .map_err(|e| db_error(&format!("loading {}", load.table), e))?;
-    ctx.log
-        .line(&format!(
-            "warehouse: loaded {rows_loaded} rows into {} ({:?})",
-            load.table, load.mode
-        ))
-        .await;
-    Ok(rows_loaded)
 }
 
 /// Why a statement failed, before the statement's number is put in front.

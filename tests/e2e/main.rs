@@ -38,4 +38,5 @@ mod trigger_dag;
 mod validate;
 mod versions;
 mod wakeups;
+mod warehouse;
 mod workers;
