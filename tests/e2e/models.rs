@@ -124,3 +124,75 @@ fn models_roll_back_to_the_production_version_before() {
         [(2, "production".to_string()), (1, "archived".to_string())]
     );
 }
+
+/// Lineage: a version names the dataset event it was trained on and the run, DAG version and
+/// task that trained it; `flow models show` lists the runs that scored with it.
+#[test]
+fn a_model_version_shows_what_it_was_trained_on_and_what_used_it() {
+    each_db(|env, db| {
+        let mut rows = String::from("id,x,y\n");
+        for i in 0..200 {
+            rows.push_str(&format!("{i},{},{}\n", i % 11, i32::from(i % 11 < 4)));
+        }
+        std::fs::write(env.dags().join("rows.csv"), rows).unwrap();
+        env.dag(
+            "lineage.yaml",
+            "id: lineage\ntasks:\n  build:\n    operator: shell\n    command: \"true\"\n    produces: [lake://ml/training_set]\n  fit:\n    operator: train\n    depends_on: [build]\n    training_set: { path: rows.csv }\n    dataset: lake://ml/training_set\n    label: y\n    id_column: id\n    model: m\n    algorithm: logistic_regression\n    artifacts: models/\n  score:\n    operator: predict\n    depends_on: [fit]\n    model: m\n    version: \"{{ tasks.fit.output.version }}\"\n    input: { path: rows.csv }\n    id_column: id\n    output: { path: scored/, format: parquet }\n",
+        );
+        let run = env.flow_json(&["run", "lineage", "--json"], 0);
+        let run_id = run["run_id"].as_str().unwrap().to_string();
+        // A second run trains version 2 and scores with it; version 1 keeps its own use.
+        let again = env.flow_json(&["run", "lineage", "--json"], 0);
+        let again_id = again["run_id"].as_str().unwrap().to_string();
+        let shown = env.flow_json(&["models", "show", "m", "--json"], 0);
+        let v1 = &shown[1];
+        assert_eq!(v1["version"], 1, "{db:?}: {shown:#}");
+        assert_eq!(v1["dataset"], "lake://ml/training_set");
+        assert_eq!(v1["run_id"], run_id.as_str());
+        assert_eq!(v1["task_id"], "fit");
+        assert!(v1["dag_version"].as_str().is_some_and(|v| !v.is_empty()));
+        let events = v1["trained_on"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{v1:#}");
+        assert_eq!(events[0]["source_run_id"], run_id.as_str());
+        assert_eq!(events[0]["source_dag_id"], "lineage");
+        assert_eq!(
+            v1["predictions"],
+            json!([{"dag_id": "lineage", "run_id": run_id, "task_id": "score",
+                    "map_index": null, "rows": 200, "at": v1["predictions"][0]["at"]}])
+        );
+        assert_eq!(shown[0]["predictions"][0]["run_id"], again_id.as_str());
+        assert_ne!(shown[0]["trained_on"][0]["id"], events[0]["id"]);
+
+        let table = env.flow_ok(&["models", "show", "m"], 0);
+        assert!(
+            table.contains("TRAINED ON") && table.contains("PREDICTIONS"),
+            "{table}"
+        );
+        let line = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("1 "))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&format!(
+                "lake://ml/training_set event #{}",
+                events[0]["id"]
+            )) && line.contains(&run_id),
+            "{table}"
+        );
+
+        // A task tested alone is no run: it leaves no use.
+        env.flow_ok(
+            &[
+                "tasks",
+                "test",
+                "lineage",
+                "score",
+                "--output",
+                "fit={\"version\": 1}",
+            ],
+            0,
+        );
+        let shown = env.flow_json(&["models", "show", "m", "--json"], 0);
+        assert_eq!(shown[1]["predictions"].as_array().unwrap().len(), 1);
+    });
+}

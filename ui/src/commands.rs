@@ -24,9 +24,7 @@ use crate::context::{
 };
 use crate::ops;
 use crate::progress::follow;
-use crate::render::{
-    dag_json, model_json, model_version_json, run_json, run_json_seen, short_ts, table,
-};
+use crate::render::{dag_json, model_json, run_json, run_json_seen, short_ts, table};
 
 pub async fn dispatch(cli: Cli) -> Result<u8> {
     let g = &cli.global;
@@ -522,31 +520,15 @@ async fn models(g: &Global, command: ModelsCommand) -> Result<u8> {
                     "unknown model '{model}': see `flow models list`"
                 )));
             }
+            let uses = ctx
+                .store
+                .model_predictions(&model, crate::render::LINEAGE_USES)
+                .await?;
             if json {
-                let list: Vec<serde_json::Value> =
-                    versions.iter().map(model_version_json).collect();
+                let list = crate::render::model_versions_json(&versions, &uses);
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                let rows = versions
-                    .iter()
-                    .map(|v| {
-                        vec![
-                            v.version.to_string(),
-                            v.stage.as_str().to_string(),
-                            v.new.algorithm.clone(),
-                            v.new.metrics.to_string(),
-                            short_ts(Some(v.new.created_at)),
-                            v.new.run_id.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &["version", "stage", "algorithm", "metrics", "created", "run"],
-                        rows
-                    )
-                );
+                println!("{}", versions_table(&versions, &uses));
             }
             Ok(0)
         }
@@ -556,6 +538,60 @@ async fn models(g: &Global, command: ModelsCommand) -> Result<u8> {
         } => promote(&ctx, &model, version).await,
         ModelsCommand::Rollback { model } => rollback(&ctx, &model).await,
     }
+}
+
+/// `flow models show`: a version per line with its lineage: the run that trained it, the dataset
+/// events it was trained on, and the runs that scored with it.
+fn versions_table(
+    versions: &[flow_engine::store::ModelVersion],
+    uses: &[flow_engine::store::PredictionUse],
+) -> String {
+    let rows = versions
+        .iter()
+        .map(|v| {
+            let trained_on = match (&v.new.dataset, v.events.as_slice()) {
+                (None, _) => v.new.training_set.clone(),
+                (Some(uri), []) => format!("{uri} (no event)"),
+                (Some(uri), events) => {
+                    let ids: Vec<String> = events.iter().map(|e| format!("#{}", e.id)).collect();
+                    format!("{uri} event {}", ids.join(", "))
+                }
+            };
+            let used: Vec<&str> = uses
+                .iter()
+                .filter(|u| u.version == v.version)
+                .map(|u| u.run_id.as_str())
+                .collect();
+            let predictions = match used.as_slice() {
+                [] => "-".to_string(),
+                [one] => one.to_string(),
+                [latest, rest @ ..] => format!("{latest} (+{} more)", rest.len()),
+            };
+            vec![
+                v.version.to_string(),
+                v.stage.as_str().to_string(),
+                v.new.algorithm.clone(),
+                v.new.metrics.to_string(),
+                short_ts(Some(v.new.created_at)),
+                format!("{} ({} {})", v.new.run_id, v.new.dag_id, v.new.dag_version),
+                trained_on,
+                predictions,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "version",
+            "stage",
+            "algorithm",
+            "metrics",
+            "created",
+            "trained by",
+            "trained on",
+            "predictions",
+        ],
+        rows,
+    )
 }
 
 async fn promote(ctx: &Ctx, model: &str, version: i64) -> Result<u8> {

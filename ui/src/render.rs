@@ -286,7 +286,38 @@ pub struct ModelVersionView {
     pub run_id: String,
     pub task_id: String,
     pub created_at: String,
+    /// The training set's dataset URI (train's `dataset:`), if given
+    pub dataset: Option<String>,
+    /// The dataset events the version was trained on
+    pub trained_on: Vec<LineageEventView>,
+    /// The latest runs that scored with this version, newest first (in `GET
+    /// /api/v1/models/{model}` and `flow models show`; not in a promotion's answer)
+    pub predictions: Option<Vec<PredictionView>>,
 }
+
+/// A dataset event a model version was trained on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineageEventView {
+    pub id: i64,
+    pub uri: String,
+    pub source_dag_id: Option<String>,
+    pub source_run_id: Option<String>,
+    pub timestamp: String,
+}
+
+/// A `predict` task that scored with a model version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictionView {
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    pub map_index: Option<i64>,
+    pub rows: Option<i64>,
+    pub at: String,
+}
+
+/// How many of a model's latest prediction runs its versions list.
+pub const LINEAGE_USES: i64 = 100;
 
 /// A model of the registry, as `flow models list --json` and the API show it.
 pub fn model_json(m: &flow_engine::store::ModelSummary) -> Json {
@@ -318,7 +349,47 @@ pub fn model_version_json(v: &flow_engine::store::ModelVersion) -> Json {
         "run_id": v.new.run_id,
         "task_id": v.new.task_id,
         "created_at": rfc3339(v.new.created_at),
+        "dataset": v.new.dataset,
+        "trained_on": v.events.iter().map(|e| {
+            let source = e.source.as_ref();
+            serde_json::json!({
+                "id": e.id,
+                "uri": e.uri,
+                "source_dag_id": source.map(|s| &s.dag_id),
+                "source_run_id": source.map(|s| &s.run_id),
+                "timestamp": rfc3339(e.created_at),
+            })
+        }).collect::<Vec<_>>(),
     })
+}
+
+/// A model's versions with the runs that used each (`GET /api/v1/models/{model}`, `flow
+/// models show --json`).
+pub fn model_versions_json(
+    versions: &[flow_engine::store::ModelVersion],
+    uses: &[flow_engine::store::PredictionUse],
+) -> Vec<Json> {
+    versions
+        .iter()
+        .map(|v| {
+            let mut j = model_version_json(v);
+            j["predictions"] = uses
+                .iter()
+                .filter(|u| u.version == v.version)
+                .map(|u| {
+                    serde_json::json!({
+                        "dag_id": u.dag_id,
+                        "run_id": u.run_id,
+                        "task_id": u.task_id,
+                        "map_index": (u.map_index >= 0).then_some(u.map_index),
+                        "rows": u.rows_scored,
+                        "at": rfc3339(u.created_at),
+                    })
+                })
+                .collect();
+            j
+        })
+        .collect()
 }
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {

@@ -39,7 +39,8 @@ pub use experiments::{
 };
 pub use history::{HistoryRun, HistoryStore, HistoryTask, TiCount};
 pub use models::{
-    DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion, Promotion,
+    DataInterval, ModelRegistry, ModelStage, ModelSummary, ModelVersion, NewModelVersion,
+    PredictionUse, Promotion,
 };
 pub use plan::{Applied, PlanRows, PlanStore, TaskOutput};
 pub use retention::{OldRun, OldRuns, RetentionStore};

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use super::Result;
+use super::{DatasetEvent, Result};
 
 /// A model version's stage in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub struct NewModelVersion {
     /// Where the artifact is: a local path or an `s3://` URL.
     pub artifact: String,
     pub training_set: String,
+    /// The training set's dataset URI (train's `dataset:`): the version is linked to its events.
+    pub dataset: Option<String>,
     pub data_interval: Option<DataInterval>,
     pub dag_id: String,
     pub dag_version: String,
@@ -68,6 +70,22 @@ pub struct ModelVersion {
     pub stage: ModelStage,
     pub stage_changed_at: DateTime<Utc>,
     pub new: NewModelVersion,
+    /// The dataset events it was trained on (see [`ModelRegistry::register_model_version`]).
+    pub events: Vec<DatasetEvent>,
+}
+
+/// A `predict` task that scored with a model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionUse {
+    pub model: String,
+    pub version: i64,
+    pub dag_id: String,
+    pub run_id: String,
+    pub task_id: String,
+    /// -1 for a task that is not mapped.
+    pub map_index: i64,
+    pub rows_scored: Option<i64>,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +113,8 @@ pub enum Promotion {
 #[async_trait]
 pub trait ModelRegistry: Send + Sync {
     /// Registers a new candidate version (creating the model on its first version); returns its
-    /// number.
+    /// number. With a `dataset`, the version is linked to the events of it that triggered the
+    /// training run, else to its latest event (none when it has none yet).
     async fn register_model_version(&self, v: &NewModelVersion) -> Result<i64>;
     async fn models(&self) -> Result<Vec<ModelSummary>>;
     /// Every version of `model`, newest first.
@@ -111,4 +130,9 @@ pub trait ModelRegistry: Send + Sync {
         expected: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<Promotion>;
+    /// Notes that a `predict` task of a recorded run scored with a version; a second note of the
+    /// same task is the first one. A run that is not recorded (`flow tasks test`) is not noted.
+    async fn record_prediction(&self, u: &PredictionUse) -> Result<()>;
+    /// The latest `limit` uses of any version of `model`, newest first.
+    async fn model_predictions(&self, model: &str, limit: i64) -> Result<Vec<PredictionUse>>;
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use flow_engine::operator::{Operator, OperatorError, OperatorKeys, TaskContext};
+use flow_engine::store::{ModelRegistry, ModelVersion, PredictionUse};
 use object_store::ObjectStoreExt;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -318,36 +319,70 @@ impl Operator for Predict {
                 version.new.artifact
             ))
             .await;
-        if Engine::parse(cfg.engine.as_ref(), "predict")? == Engine::Spark {
-            return on_spark(&cfg, &version, ctx, conns).await;
-        }
-        let model =
-            load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
-        let started = std::time::Instant::now();
-        let (rows, written) = score_stream(&cfg, model, version.version, ctx, conns).await?;
-        let secs = started.elapsed().as_secs_f64();
-        ctx.log
-            .line(&format!(
-                "predict: read, scored and wrote {rows} rows in {secs:.2} s ({:.0} rows/s)",
-                rows as f64 / secs.max(1e-9)
-            ))
-            .await;
-        Ok(Some(json!({
-            "rows": rows,
-            "path": written["path"],
-            "model_version": version.version,
-        })))
+        let out = if Engine::parse(cfg.engine.as_ref(), "predict")? == Engine::Spark {
+            on_spark(&cfg, &version, ctx, conns).await?
+        } else {
+            in_process(&cfg, &version, ctx, conns).await?
+        };
+        record_use(registry.as_ref(), &cfg.model, &version, &out, ctx).await?;
+        Ok(Some(out))
     }
+}
+
+async fn in_process(
+    cfg: &Config,
+    version: &ModelVersion,
+    ctx: &TaskContext,
+    conns: &Connections,
+) -> Result<Json, OperatorError> {
+    let model = load_model(&version.new.artifact, ctx, conns, cfg.connection.as_deref()).await?;
+    let started = std::time::Instant::now();
+    let (rows, written) = score_stream(cfg, model, version.version, ctx, conns).await?;
+    let secs = started.elapsed().as_secs_f64();
+    ctx.log
+        .line(&format!(
+            "predict: read, scored and wrote {rows} rows in {secs:.2} s ({:.0} rows/s)",
+            rows as f64 / secs.max(1e-9)
+        ))
+        .await;
+    Ok(json!({
+        "rows": rows,
+        "path": written["path"],
+        "model_version": version.version,
+    }))
+}
+
+/// Lineage: the registry notes which version this run scored with (docs/ml.md).
+async fn record_use(
+    registry: &dyn ModelRegistry,
+    model: &str,
+    version: &ModelVersion,
+    out: &Json,
+    ctx: &TaskContext,
+) -> Result<(), OperatorError> {
+    registry
+        .record_prediction(&PredictionUse {
+            model: model.to_string(),
+            version: version.version,
+            dag_id: ctx.dag_id.clone(),
+            run_id: ctx.run_id.clone(),
+            task_id: ctx.task_id.clone(),
+            map_index: ctx.map_index.unwrap_or(-1),
+            rows_scored: out["rows"].as_i64(),
+            created_at: flow_engine::time::now(),
+        })
+        .await
+        .map_err(|e| OperatorError::Retryable(format!("predict: noting the version used: {e}")))
 }
 
 /// Scores on Spark: the job reads the artifact, scores every partition with the same encoding
 /// and arithmetic as [`Model::scorer`], and writes the output folder itself.
 async fn on_spark(
     cfg: &Config,
-    version: &flow_engine::store::ModelVersion,
+    version: &ModelVersion,
     ctx: &TaskContext,
     conns: &Connections,
-) -> Result<Option<Json>, OperatorError> {
+) -> Result<Json, OperatorError> {
     let mut output = on_spark::data(&cfg.output, "output", &ctx.dag_folder)?;
     output["mode"] = match cfg.output.get("mode").and_then(Json::as_str) {
         None | Some("overwrite") => json!("overwrite"),
@@ -369,9 +404,9 @@ async fn on_spark(
     ctx.log
         .line(&format!("predict: Spark scored {} rows", result["rows"]))
         .await;
-    Ok(Some(json!({
+    Ok(json!({
         "rows": result["rows"],
         "path": output["path"],
         "model_version": version.version,
-    })))
+    }))
 }

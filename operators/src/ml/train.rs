@@ -62,6 +62,8 @@ struct Config {
     seed: Num<u64>,
     model: String,
     artifacts: String,
+    /// The training set's dataset URI, for lineage: the version is linked to its events.
+    dataset: Option<String>,
     /// For an `s3://` artifact store.
     connection: Option<String>,
     /// perpetual's budget (gradient_boosting).
@@ -508,6 +510,7 @@ async fn register_version(
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            dataset: cfg.dataset.clone(),
             data_interval: Some(DataInterval {
                 start: ctx.data_interval_start,
                 end: ctx.data_interval_end,
@@ -538,6 +541,7 @@ impl Operator for Train {
                 "algorithm",
                 "validation_split",
                 "seed",
+                "dataset",
                 "connection",
                 "budget",
                 "alpha",

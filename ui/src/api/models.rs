@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 
 use super::auth::{Operator, Viewer};
 use super::error::{ApiError, Body, ErrorBody, Path};
-use crate::render::{ModelVersionView, ModelView, model_json, model_version_json};
+use crate::render::{
+    LINEAGE_USES, ModelVersionView, ModelView, model_json, model_version_json, model_versions_json,
+};
 use crate::state::AppState;
 
 #[utoipa::path(
@@ -50,9 +52,8 @@ pub async fn get_model(
             "unknown model '{model}': GET /api/v1/models lists them"
         )));
     }
-    Ok(axum::Json(
-        versions.iter().map(model_version_json).collect(),
-    ))
+    let uses = state.store.model_predictions(&model, LINEAGE_USES).await?;
+    Ok(axum::Json(model_versions_json(&versions, &uses)))
 }
 
 /// A promotion by hand needs no body; `{}` is accepted.

@@ -62,6 +62,20 @@ pub struct VersionItem {
     pub run_id: String,
     pub run_href: String,
     pub created: String,
+    pub dag_version: String,
+    pub dataset: Option<String>,
+    /// The ids of the dataset events it was trained on.
+    pub events: Vec<i64>,
+    pub used_by: Vec<UseItem>,
+}
+
+/// A run that scored with a version.
+pub struct UseItem {
+    pub run_id: String,
+    pub href: String,
+    pub dag_id: String,
+    pub task_id: String,
+    pub at: String,
 }
 
 #[derive(Template)]
@@ -81,9 +95,27 @@ pub async fn page(
     if versions.is_empty() {
         return Err(PageError::NotFound(format!("unknown model '{name}'")));
     }
+    let uses = state
+        .store
+        .model_predictions(&name, crate::render::LINEAGE_USES)
+        .await?;
     let versions = versions
         .into_iter()
         .map(|v| VersionItem {
+            used_by: uses
+                .iter()
+                .filter(|u| u.version == v.version)
+                .map(|u| UseItem {
+                    href: run_href(&u.run_id),
+                    run_id: u.run_id.clone(),
+                    dag_id: u.dag_id.clone(),
+                    task_id: u.task_id.clone(),
+                    at: fmt_time(Some(u.created_at)),
+                })
+                .collect(),
+            dag_version: v.new.dag_version.clone(),
+            dataset: v.new.dataset.clone(),
+            events: v.events.iter().map(|e| e.id).collect(),
             version: v.version,
             stage: v.stage.as_str().to_string(),
             algorithm: v.new.algorithm.clone(),

@@ -15,7 +15,7 @@ use crate::store::{
 };
 use crate::time::{from_micros, to_micros};
 
-const EVENT_COLUMNS: &str = "e.id, e.uri, e.extra, e.source_dag_id, e.source_run_id, \
+pub(super) const EVENT_COLUMNS: &str = "e.id, e.uri, e.extra, e.source_dag_id, e.source_run_id, \
      e.source_task_id, e.source_map_index, e.created_at";
 
 /// Most events one dataset-triggered run takes; the rest wait for the next run.
@@ -81,7 +81,7 @@ where
         Ok(ids)
     }
 
-    fn event_row(r: &DB::Row) -> Result<DatasetEvent> {
+    pub(super) fn event_row(r: &DB::Row) -> Result<DatasetEvent> {
         let source = match r.try_get::<Option<String>, _>("source_run_id")? {
             Some(run_id) => Some(EventSource {
                 dag_id: r

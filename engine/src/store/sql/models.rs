@@ -5,15 +5,20 @@ use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, Row, Type};
 
-use super::dialect::Dialect;
-use super::{SqlStore, json_text, parse_json, parse_state};
+use super::dialect::{Dialect, RowsAffected};
+use super::{SqlStore, Tx, json_text, parse_json, parse_state};
 use crate::store::{
-    DataInterval, ModelRegistry, ModelSummary, ModelVersion, NewModelVersion, Promotion, Result,
+    DataInterval, ModelRegistry, ModelSummary, ModelVersion, NewModelVersion, PredictionUse,
+    Promotion, Result,
 };
 use crate::time::{from_micros, to_micros};
 
 const VERSION_COLUMNS: &str = "model, version, stage, task, algorithm, metrics, artifact, training_set, \
-     data_interval_start, data_interval_end, dag_id, dag_version, run_id, task_id, created_at, stage_changed_at";
+     data_interval_start, data_interval_end, dag_id, dag_version, run_id, task_id, created_at, stage_changed_at, \
+     dataset";
+
+const USE_COLUMNS: &str =
+    "model, version, dag_id, run_id, task_id, map_index, rows_scored, created_at";
 
 impl<DB> SqlStore<DB>
 where
@@ -41,6 +46,7 @@ where
                 metrics: parse_json(Some(r.try_get("metrics")?), "metrics")?.unwrap_or(Json::Null),
                 artifact: r.try_get("artifact")?,
                 training_set: r.try_get("training_set")?,
+                dataset: r.try_get("dataset")?,
                 data_interval: start.zip(end).map(|(s, e)| DataInterval {
                     start: from_micros(s),
                     end: from_micros(e),
@@ -51,6 +57,75 @@ where
                 task_id: r.try_get("task_id")?,
                 created_at: from_micros(r.try_get("created_at")?),
             },
+            events: Vec::new(),
+        })
+    }
+
+    /// Links a new version to its dataset's events: those that triggered the training run,
+    /// else the latest one.
+    async fn link_events(
+        tx: &mut Tx<DB>,
+        v: &NewModelVersion,
+        version: i64,
+        dataset: &str,
+    ) -> Result<()> {
+        let triggering = sqlx::query(
+            "INSERT INTO model_version_events (model, version, event_id) \
+             SELECT $1, $2, e.id FROM run_dataset_events r JOIN dataset_events e ON e.id = r.event_id \
+             WHERE r.run_id = $3 AND e.uri = $4",
+        )
+        .bind(&v.model)
+        .bind(version)
+        .bind(&v.run_id)
+        .bind(dataset)
+        .execute(&mut **tx)
+        .await?;
+        if triggering.rows_affected() == 0 {
+            sqlx::query(
+                "INSERT INTO model_version_events (model, version, event_id) \
+                 SELECT $1, $2, id FROM dataset_events WHERE uri = $3 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&v.model)
+            .bind(version)
+            .bind(dataset)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Fills each version's `events`, in one query.
+    async fn with_events(&self, mut versions: Vec<ModelVersion>) -> Result<Vec<ModelVersion>> {
+        let Some(first) = versions.first() else {
+            return Ok(versions);
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT m.version, {} FROM model_version_events m \
+             JOIN dataset_events e ON e.id = m.event_id WHERE m.model = $1 ORDER BY e.id",
+            super::datasets::EVENT_COLUMNS
+        )))
+        .bind(first.new.model.clone())
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let version: i64 = r.try_get("version")?;
+            if let Some(v) = versions.iter_mut().find(|v| v.version == version) {
+                v.events.push(Self::event_row(r)?);
+            }
+        }
+        Ok(versions)
+    }
+
+    fn use_row(r: &DB::Row) -> Result<PredictionUse> {
+        Ok(PredictionUse {
+            model: r.try_get("model")?,
+            version: r.try_get("version")?,
+            dag_id: r.try_get("dag_id")?,
+            run_id: r.try_get("run_id")?,
+            task_id: r.try_get("task_id")?,
+            map_index: r.try_get("map_index")?,
+            rows_scored: r.try_get("rows_scored")?,
+            created_at: from_micros(r.try_get("created_at")?),
         })
     }
 }
@@ -90,7 +165,7 @@ where
         .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO model_versions ({VERSION_COLUMNS}) VALUES \
-             ($1, $2, 'candidate', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)"
+             ($1, $2, 'candidate', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)"
         )))
         .bind(&v.model)
         .bind(version)
@@ -106,8 +181,12 @@ where
         .bind(&v.run_id)
         .bind(&v.task_id)
         .bind(now)
+        .bind(&v.dataset)
         .execute(&mut *tx)
         .await?;
+        if let Some(dataset) = &v.dataset {
+            Self::link_events(&mut tx, v, version, dataset).await?;
+        }
         tx.commit().await?;
         Ok(version)
     }
@@ -141,7 +220,8 @@ where
         .bind(model)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(Self::version_row).collect()
+        let versions = rows.iter().map(Self::version_row).collect::<Result<_>>()?;
+        self.with_events(versions).await
     }
 
     async fn model_version(&self, model: &str, version: i64) -> Result<Option<ModelVersion>> {
@@ -152,7 +232,10 @@ where
         .bind(version)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(Self::version_row).transpose()
+        let Some(found) = row.as_ref().map(Self::version_row).transpose()? else {
+            return Ok(None);
+        };
+        Ok(self.with_events(vec![found]).await?.pop())
     }
 
     async fn promote_model_version(
@@ -211,5 +294,38 @@ where
         }
         tx.commit().await?;
         Ok(Promotion::Promoted { previous: current })
+    }
+
+    async fn record_prediction(&self, u: &PredictionUse) -> Result<()> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO model_predictions ({USE_COLUMNS}) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM dag_runs WHERE run_id = $4) \
+             ON CONFLICT DO NOTHING"
+        )))
+        .bind(&u.model)
+        .bind(u.version)
+        .bind(&u.dag_id)
+        .bind(&u.run_id)
+        .bind(&u.task_id)
+        .bind(u.map_index)
+        .bind(u.rows_scored)
+        .bind(to_micros(u.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn model_predictions(&self, model: &str, limit: i64) -> Result<Vec<PredictionUse>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {USE_COLUMNS} FROM model_predictions WHERE model = $1 \
+             ORDER BY created_at DESC, run_id DESC LIMIT $2"
+        )))
+        .bind(model)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::use_row).collect()
     }
 }

@@ -14,9 +14,11 @@ use crate::time::to_micros;
 const USED_VERSION: &str = "(EXISTS (SELECT 1 FROM dag_runs r WHERE r.dag_id = v.dag_id AND r.dag_version = v.version) \
      OR EXISTS (SELECT 1 FROM dags d WHERE d.dag_id = v.dag_id AND d.version = v.version))";
 
-/// Events still needed: taken by a run that is kept, or queued for a DAG.
+/// Events still needed: taken by a run that is kept, queued for a DAG, or a model version's
+/// training data.
 const USED_EVENT: &str = "(EXISTS (SELECT 1 FROM run_dataset_events r WHERE r.event_id = e.id) \
-     OR EXISTS (SELECT 1 FROM dataset_queue q WHERE q.event_id = e.id))";
+     OR EXISTS (SELECT 1 FROM dataset_queue q WHERE q.event_id = e.id) \
+     OR EXISTS (SELECT 1 FROM model_version_events m WHERE m.event_id = e.id))";
 
 #[async_trait]
 impl<DB> RetentionStore for SqlStore<DB>

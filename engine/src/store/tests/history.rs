@@ -55,6 +55,7 @@ fn model_version(model: &str, auc: f64, at_s: i64) -> NewModelVersion {
         metrics: json!({"auc": auc}),
         artifact: format!("models/{model}/{at_s}"),
         training_set: "out/training_set/".into(),
+        dataset: None,
         data_interval: Some(DataInterval {
             start: at(at_s - 86_400),
             end: at(at_s),
@@ -197,7 +198,75 @@ async fn import_history_writes_runs_instances_and_tries_once(db: TestDb) {
     assert!(s.active_runs().await.unwrap().is_empty());
 }
 
+async fn a_model_version_keeps_its_training_events_and_the_runs_that_used_it(db: TestDb) {
+    let s = db.store;
+    let uri = "lake://ml/training_set";
+    let trained = |at_s: i64| NewModelVersion {
+        dataset: Some(uri.into()),
+        ..model_version("churn", 0.8, at_s)
+    };
+    // No event of the dataset yet: the version names the dataset and no event.
+    s.register_model_version(&trained(10)).await.unwrap();
+    let v1 = s.model_version("churn", 1).await.unwrap().unwrap();
+    assert_eq!((v1.new.dataset.as_deref(), v1.events.len()), (Some(uri), 0));
+    let _old = s
+        .record_dataset_event(uri, &json!({"rows": 1}), at(20))
+        .await
+        .unwrap();
+    let latest = s
+        .record_dataset_event(uri, &json!({"rows": 2}), at(30))
+        .await
+        .unwrap();
+    s.record_dataset_event("lake://other", &json!({}), at(31))
+        .await
+        .unwrap();
+    // Not triggered by the dataset: the dataset's latest event when the version was registered.
+    s.register_model_version(&trained(40)).await.unwrap();
+    s.register_model_version(&model_version("churn", 0.7, 50))
+        .await
+        .unwrap();
+    let versions = s.model_versions("churn").await.unwrap();
+    let events: Vec<Vec<i64>> = versions
+        .iter()
+        .map(|v| v.events.iter().map(|e| e.id).collect())
+        .collect();
+    assert_eq!(events, vec![vec![], vec![latest.id], vec![]]);
+    assert_eq!(versions[1].events[0].extra, json!({"rows": 2}));
+    // Retention keeps an event a version was trained on.
+    assert_eq!(s.old_dataset_events(at(1_000), false).await.unwrap(), 2);
+    assert_eq!(
+        s.model_version("churn", 2).await.unwrap().unwrap().events[0].id,
+        latest.id
+    );
+
+    s.import_history(&[history_run("r1", at(100)), history_run("r2", at(200))])
+        .await
+        .unwrap();
+    let used = |run: &str, version: i64, at_s: i64| PredictionUse {
+        model: "churn".into(),
+        version,
+        dag_id: "etl".into(),
+        run_id: run.into(),
+        task_id: "predict".into(),
+        map_index: -1,
+        rows_scored: Some(5),
+        created_at: at(at_s),
+    };
+    s.record_prediction(&used("r1", 2, 300)).await.unwrap();
+    s.record_prediction(&used("r1", 2, 301)).await.unwrap();
+    s.record_prediction(&used("r2", 3, 400)).await.unwrap();
+    // A run that is not recorded (a task tested alone) leaves no use.
+    s.record_prediction(&used("no-such-run", 3, 500))
+        .await
+        .unwrap();
+    let uses = s.model_predictions("churn", 10).await.unwrap();
+    assert_eq!(uses, vec![used("r2", 3, 400), used("r1", 2, 300)]);
+    assert_eq!(s.model_predictions("churn", 1).await.unwrap().len(), 1);
+    assert!(s.model_predictions("other", 10).await.unwrap().is_empty());
+}
+
 contract!(
     the_model_registry_numbers_versions_and_promotes_by_compare_and_set,
+    a_model_version_keeps_its_training_events_and_the_runs_that_used_it,
     import_history_writes_runs_instances_and_tries_once,
 );
