@@ -542,6 +542,14 @@ pub fn task<'a>(run: &'a Json, id: &str, map_index: Option<i64>) -> &'a Json {
         .unwrap_or_else(|| panic!("no task {id}[{map_index:?}] in {run:#}"))
 }
 
+/// An unmapped task's error in a run's JSON, or "" when it has none.
+pub fn task_error(run: &Json, id: &str) -> String {
+    task(run, id, None)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still has a /proc entry; its state letter is Z.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -438,12 +438,7 @@ tasks:
         ),
     );
     let run = env.flow_json(&["run", "bad", "--json"], 1);
-    let err = |id: &str| {
-        task(&run, id, None)["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let err = |id: &str| task_error(&run, id);
     assert!(
         err("no_bucket").contains("NoSuchBucket"),
         "{}",

@@ -73,12 +73,7 @@ tasks:
 "#,
     );
     let run = env.flow_json(&["run", "bad_merge", "--json"], 1);
-    let err = |id: &str| {
-        task(&run, id, None)["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let err = |id: &str| task_error(&run, id);
     assert!(
         err("no_key").contains("mode merge needs `key:`"),
         "{}",
@@ -151,12 +146,7 @@ tasks:
 "#,
     );
     let run = env.flow_json(&["run", "to_redshift", "--json"], 1);
-    let err = |id: &str| {
-        task(&run, id, None)["error"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let err = |id: &str| task_error(&run, id);
     let load = err("load");
     assert!(
         load.contains(&format!("COPY from s3://{bucket}/stage/flow-")) && load.contains("IAM_ROLE"),
