@@ -196,6 +196,11 @@ impl Measured {
         let secs = (to - from).num_milliseconds() as f64 / 1000.0;
         Ok((secs, peak_mib(&self.samples, from, to, own)))
     }
+
+    /// The flow process's peak RSS over the whole run, in MiB.
+    pub fn peak_mib(&self) -> f64 {
+        self.samples.iter().map(|s| s.own_kib).max().unwrap_or(0) as f64 / 1024.0
+    }
 }
 
 /// Runs `flow run DAG --json` in a child process (home under `work`, DAGs from `dags`) while a

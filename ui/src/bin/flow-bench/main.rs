@@ -228,6 +228,12 @@ struct MlArgs {
     /// perpetual's budget for gradient_boosting (default: train's, 0.5)
     #[arg(long)]
     budget: Option<f32>,
+    /// The format of the rows to score
+    #[arg(long, value_enum, default_value = "parquet")]
+    score_format: bench_ml::ScoreFormat,
+    /// Rows scored on one core by perpetual and by the flat scorer (gradient_boosting; 0: none)
+    #[arg(long, default_value_t = 20_000)]
+    compare_rows: usize,
 }
 
 impl From<MlArgs> for bench_ml::MlOptions {
@@ -239,6 +245,8 @@ impl From<MlArgs> for bench_ml::MlOptions {
             features: a.features.max(1),
             algorithm: a.algorithm,
             budget: a.budget,
+            score_format: a.score_format,
+            compare_rows: a.compare_rows,
         }
     }
 }
