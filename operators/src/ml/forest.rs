@@ -1,11 +1,14 @@
 //! A perpetual booster's trees as flat arrays, for scoring.
 //!
 //! perpetual keeps each tree as a `HashMap<usize, Node>` of ~100-byte nodes and walks it one row
-//! at a time through hash lookups: a default-budget booster (hundreds of deep trees) scores a few
-//! thousand rows a second. Here every node of every tree is one 32-byte [`Flat`] in one array,
-//! a node's children side by side (left at `left`, right at `left + 1`, a separate missing
-//! branch at `left + 2`), so a step is a compare and an add; and rows are scored a block at a
-//! time, tree by tree, so a tree's top levels stay in cache across the block.
+//! at a time through hash lookups: a default-budget booster (hundreds of trees, tens of levels
+//! deep) scores a few thousand rows a second. Here every node of every tree is one 32-byte
+//! [`Flat`] in one array, a node's children side by side, and rows are scored a block at a time,
+//! tree by tree, so a tree's top levels stay in cache across the block. Within a block, [`LANES`]
+//! rows walk a tree together, one step each per round: a walk is a chain of dependent loads, and
+//! independent chains let the processor overlap their latencies. A leaf points to itself, so a
+//! step is the same compare-and-select for every lane and a round ends the walk when no lane
+//! moved.
 //!
 //! The sum is the same as perpetual's, bit for bit: `base_score`, then each tree's leaf in tree
 //! order, each leaf's `f32` weight widened to `f64`; the same missing-value and categorical rules
@@ -17,26 +20,29 @@ use perpetual::PerpetualBooster;
 use perpetual::node::Node;
 use rayon::prelude::*;
 
-/// `left` of a leaf (no node has the root as a child).
-const LEAF: u32 = 0;
 /// `cats` of a numeric split.
 const NUMERIC: u32 = u32::MAX;
 /// Rows scored together, tree by tree.
 const BLOCK: usize = 256;
+/// Rows that walk one tree together.
+const LANES: usize = 8;
 /// Above this many rows, blocks are scored on every core.
 const PARALLEL_ROWS: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 struct Flat {
-    /// The split value, or for a leaf its weight.
+    /// The split value.
     value: f64,
+    /// A leaf's weight, as perpetual keeps it.
+    weight: f32,
     feature: u32,
+    /// A leaf's children are itself.
     left: u32,
+    right: u32,
     missing: u32,
     /// Index into `Forest::cats` of the left categories' bitset, or [`NUMERIC`].
     cats: u32,
-    _pad: u64,
 }
 
 /// A booster's trees, ready to score column-major rows.
@@ -73,43 +79,39 @@ impl Forest {
         Ok(forest)
     }
 
-    fn push(&mut self, node: &Node) -> u32 {
-        let at = self.nodes.len() as u32;
-        let flat = if node.is_leaf {
-            Flat {
-                value: f64::from(node.weight_value),
-                feature: 0,
-                left: LEAF,
-                missing: 0,
-                cats: NUMERIC,
-                _pad: 0,
-            }
-        } else {
-            self.max_feature = self.max_feature.max(node.split_feature);
-            let cats = match &node.left_cats {
-                Some(bits) => {
-                    self.cats.push(bits.clone());
-                    (self.cats.len() - 1) as u32
-                }
-                None => NUMERIC,
-            };
-            Flat {
-                value: node.split_value,
-                feature: node.split_feature as u32,
-                left: LEAF,
-                missing: 0,
-                cats,
-                _pad: 0,
-            }
+    fn push(&mut self, node: &Node) -> Result<u32, String> {
+        let at = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|at| *at < NUMERIC)
+            .ok_or("too many nodes")?;
+        let mut flat = Flat {
+            value: 0.0,
+            weight: node.weight_value,
+            feature: 0,
+            left: at,
+            right: at,
+            missing: at,
+            cats: NUMERIC,
         };
+        if !node.is_leaf {
+            self.max_feature = self.max_feature.max(node.split_feature);
+            flat.value = node.split_value;
+            flat.feature = u32::try_from(node.split_feature).map_err(|e| e.to_string())?;
+            if let Some(bits) = &node.left_cats {
+                self.cats.push(bits.clone());
+                flat.cats = (self.cats.len() - 1) as u32;
+            }
+        }
         self.nodes.push(flat);
-        at
+        Ok(at)
     }
 
     /// Lays one tree out breadth first, each node's children placed together.
     fn add_tree(&mut self, nodes: &HashMap<usize, Node>) -> Result<(), String> {
         let get = |id: usize| nodes.get(&id).ok_or(format!("no node {id}"));
-        let root = self.push(get(0)?);
+        // A tree lays out each of its nodes once; more means a child is an ancestor.
+        let most = self.nodes.len() + nodes.len();
+        let root = self.push(get(0)?)?;
         self.roots.push(root);
         let mut queue = VecDeque::from([(0usize, root)]);
         while let Some((id, at)) = queue.pop_front() {
@@ -117,11 +119,11 @@ impl Forest {
             if node.is_leaf {
                 continue;
             }
-            if self.nodes.len() > u32::MAX as usize - 3 {
-                return Err("too many nodes".into());
+            if self.nodes.len() > most {
+                return Err("a node is its own ancestor".into());
             }
-            let left = self.push(get(node.left_child)?);
-            let right = self.push(get(node.right_child)?);
+            let left = self.push(get(node.left_child)?)?;
+            let right = self.push(get(node.right_child)?)?;
             queue.push_back((node.left_child, left));
             queue.push_back((node.right_child, right));
             let missing = if node.missing_node == node.left_child {
@@ -129,13 +131,12 @@ impl Forest {
             } else if node.missing_node == node.right_child {
                 right
             } else {
-                let m = self.push(get(node.missing_node)?);
+                let m = self.push(get(node.missing_node)?)?;
                 queue.push_back((node.missing_node, m));
                 m
             };
             let flat = &mut self.nodes[at as usize];
-            flat.left = left;
-            flat.missing = missing;
+            (flat.left, flat.right, flat.missing) = (left, right, missing);
         }
         Ok(())
     }
@@ -164,40 +165,56 @@ impl Forest {
 
     fn block(&self, data: &[f64], rows: usize, first: usize, out: &mut [f64]) {
         for &root in &self.roots {
-            for (i, sum) in out.iter_mut().enumerate() {
-                *sum += self.leaf(root, |f| data[f * rows + first + i]);
+            for (c, sums) in out.chunks_mut(LANES).enumerate() {
+                self.lanes(root, data, rows, first + c * LANES, sums);
             }
         }
     }
 
+    /// Walks `sums.len()` (at most [`LANES`]) rows from `row` down one tree together and adds
+    /// each one's leaf.
     #[inline]
-    fn leaf(&self, root: u32, value: impl Fn(usize) -> f64) -> f64 {
-        let mut at = root as usize;
+    fn lanes(&self, root: u32, data: &[f64], rows: usize, row: usize, sums: &mut [f64]) {
+        let n = sums.len();
+        let mut at = [root; LANES];
         loop {
-            let node = &self.nodes[at];
-            if node.left == LEAF {
-                return node.value;
+            let mut moved = false;
+            for k in 0..n {
+                let node = &self.nodes[at[k] as usize];
+                let next = self.next(node, data[node.feature as usize * rows + row + k]);
+                moved |= next != at[k];
+                at[k] = next;
             }
-            let v = value(node.feature as usize);
-            at = if self.is_missing(v) {
-                node.missing as usize
-            } else if node.cats != NUMERIC {
-                node.left as usize + usize::from(!self.goes_left(node.cats, v))
-            } else {
-                // perpetual's `v < split`, not `v >= split`: the two differ on a NaN that is not
-                // the missing value.
-                let goes_left = v < node.value;
-                node.left as usize + usize::from(!goes_left)
-            };
+            if !moved {
+                break;
+            }
+        }
+        for (k, sum) in sums.iter_mut().enumerate() {
+            *sum += f64::from(self.nodes[at[k] as usize].weight);
         }
     }
 
     #[inline]
-    fn is_missing(&self, v: f64) -> bool {
-        if self.missing.is_nan() {
+    fn next(&self, node: &Flat, v: f64) -> u32 {
+        let missing = if self.missing.is_nan() {
             v.is_nan()
         } else {
             v == self.missing
+        };
+        if missing {
+            node.missing
+        } else if node.cats != NUMERIC {
+            if self.goes_left(node.cats, v) {
+                node.left
+            } else {
+                node.right
+            }
+        } else if v < node.value {
+            node.left
+        } else {
+            // Not `v >= split`: the two differ on a NaN that is not the missing value, and this
+            // is perpetual's.
+            node.right
         }
     }
 
