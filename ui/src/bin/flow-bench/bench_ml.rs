@@ -28,6 +28,8 @@ pub struct MlOptions {
     pub budget: Option<f32>,
     pub score_format: ScoreFormat,
     pub compare_rows: usize,
+    /// Only compare the two scorers on this model artifact (no runs).
+    pub compare_only: Option<PathBuf>,
 }
 
 /// The format of the rows to score.
@@ -119,6 +121,10 @@ fn write_set(
 }
 
 pub async fn bench_ml(opts: MlOptions) -> Result<u8> {
+    if let Some(artifact) = &opts.compare_only {
+        compare_scorers(artifact, opts.compare_rows, opts.features)?;
+        return Ok(0);
+    }
     generate(&opts).await?;
     let work = tempfile::tempdir()?;
     let dags = work.path().join("dags");

@@ -234,6 +234,9 @@ struct MlArgs {
     /// Rows scored on one core by perpetual and by the flat scorer (gradient_boosting; 0: none)
     #[arg(long, default_value_t = 20_000)]
     compare_rows: usize,
+    /// Only compare the two scorers on this model.json (gradient_boosting), without runs
+    #[arg(long)]
+    compare_only: Option<PathBuf>,
 }
 
 impl From<MlArgs> for bench_ml::MlOptions {
@@ -247,6 +250,7 @@ impl From<MlArgs> for bench_ml::MlOptions {
             budget: a.budget,
             score_format: a.score_format,
             compare_rows: a.compare_rows,
+            compare_only: a.compare_only,
         }
     }
 }
