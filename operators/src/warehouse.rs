@@ -167,9 +167,13 @@ impl Operator for Warehouse {
             return Err(fatal("warehouse: give `sql`, `load` or both"));
         }
         let target = self.connections.warehouse(&cfg.connection, &ctx.secrets)?;
-        if let Some(load) = &cfg.load {
-            load.key()?;
-        }
+        // Checked before connecting: a bad key is the DAG's error, not the warehouse's.
+        let key = cfg
+            .load
+            .as_ref()
+            .map(Load::key)
+            .transpose()?
+            .unwrap_or_default();
         let url = match &target {
             WarehouseTarget::Postgres { url } => url,
             WarehouseTarget::Redshift(rs) => &rs.url,
@@ -200,10 +204,10 @@ impl Operator for Warehouse {
         if let Some(load) = &cfg.load {
             rows_loaded = match &target {
                 WarehouseTarget::Postgres { .. } => {
-                    load::from_stdin(&mut tx, load, ctx, &self.connections).await?
+                    load::from_stdin(&mut tx, load, &key, ctx, &self.connections).await?
                 }
                 WarehouseTarget::Redshift(rs) => {
-                    redshift::load(&mut tx, load, rs, ctx, &self.connections).await?
+                    redshift::load(&mut tx, load, &key, rs, ctx, &self.connections).await?
                 }
             };
         }

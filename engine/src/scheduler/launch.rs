@@ -223,16 +223,10 @@ impl Engine {
         lost: CancellationToken,
         slots: &Slots,
     ) -> Result<(), EngineError> {
-        let (run, dag) = match self.run_and_dag(&claim.run_id).await {
-            Ok(Some(found)) => found,
-            Ok(None) => {
-                slots.env.running.remove(&try_key(&claim));
-                return Ok(());
-            }
-            Err(e) => {
-                slots.env.running.remove(&try_key(&claim));
-                return Err(e);
-            }
+        let found = self.run_and_dag(&claim.run_id).await;
+        let Ok(Some((run, dag))) = found else {
+            slots.env.running.remove(&try_key(&claim));
+            return found.map(drop);
         };
         self.running.fetch_add(1, Ordering::SeqCst);
         let unknown_pool = self

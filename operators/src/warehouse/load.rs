@@ -44,34 +44,15 @@ pub(super) fn checked_columns(
     Ok(quoted)
 }
 
-/// `replace` empties the table first; `merge` applies the staged rows. Both in the caller's
-/// transaction, so a failed load leaves the table as it was.
-pub(super) async fn apply_stage(
-    conn: &mut PgConnection,
-    load: &Load,
-    names: &Names<'_>,
-) -> Result<(), OperatorError> {
-    let what = format!("loading {}", load.table);
-    match load.mode {
-        Mode::Merge => run(conn, statements::merge(names), &what).await?,
-        Mode::Append => run(conn, statements::insert_from_stage(names), &what).await?,
-        Mode::Replace => {
-            run(conn, statements::delete_all(names.table), &what).await?;
-            run(conn, statements::insert_from_stage(names), &what).await?
-        }
-    };
-    Ok(())
-}
-
 /// `load:` on PostgreSQL; returns the rows the file had.
 pub(super) async fn from_stdin(
     conn: &mut PgConnection,
     load: &Load,
+    key: &[String],
     ctx: &TaskContext,
     conns: &Connections,
 ) -> Result<u64, OperatorError> {
     let table = quote_table(&load.table)?;
-    let key = load.key()?;
     if load.mode == Mode::Replace {
         run(
             conn,
@@ -87,12 +68,12 @@ pub(super) async fn from_stdin(
         Some(Err(e)) => return Err(e),
         _ => return Err(fatal(format!("load: {} gave no columns", load.file))),
     };
-    let columns = checked_columns(load, &columns, &key)?;
+    let columns = checked_columns(load, &columns, key)?;
     let names = Names {
         table: &table,
         stage: STAGE,
         columns: &columns,
-        key: &key,
+        key,
     };
     let into = if load.mode == Mode::Merge {
         run(

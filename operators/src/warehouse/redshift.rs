@@ -8,10 +8,10 @@ use flow_engine::operator::{OperatorError, TaskContext};
 use serde_json::{Value as Json, json};
 use sqlx::PgConnection;
 
-use super::Load;
-use super::load::{STAGE, apply_stage, checked_columns, run};
+use super::load::{STAGE, checked_columns, run};
 use super::quote_table;
 use super::statements::{self, Names};
+use super::{Load, Mode};
 use crate::connections::{Connections, Redshift};
 use crate::s3::{self, S3Url};
 use crate::sql::{read_stream, write_stream};
@@ -26,6 +26,7 @@ struct Staged {
 pub(super) async fn load(
     conn: &mut PgConnection,
     load: &Load,
+    key: &[String],
     rs: &Redshift,
     ctx: &TaskContext,
     conns: &Connections,
@@ -35,7 +36,7 @@ pub(super) async fn load(
         rs.stage.trim_end_matches('/'),
         rand::random::<u64>()
     );
-    let loaded = stage_then_copy(conn, load, rs, &prefix, ctx, conns).await;
+    let loaded = stage_then_copy(conn, load, key, rs, &prefix, ctx, conns).await;
     let removed = remove_stage(&prefix, rs, ctx, conns).await;
     let rows = loaded?;
     removed?;
@@ -45,22 +46,22 @@ pub(super) async fn load(
 async fn stage_then_copy(
     conn: &mut PgConnection,
     load: &Load,
+    key: &[String],
     rs: &Redshift,
     prefix: &str,
     ctx: &TaskContext,
     conns: &Connections,
 ) -> Result<u64, OperatorError> {
     let table = quote_table(&load.table)?;
-    let key = load.key()?;
     // The literals are checked before anything is written.
     let copy = statements::redshift_copy(STAGE, prefix, &rs.iam_role)?;
     let staged = stage(load, rs, prefix, ctx, conns).await?;
-    let columns = checked_columns(load, &staged.columns, &key)?;
+    let columns = checked_columns(load, &staged.columns, key)?;
     let names = Names {
         table: &table,
         stage: STAGE,
         columns: &columns,
-        key: &key,
+        key,
     };
     run(
         conn,
@@ -77,6 +78,25 @@ async fn stage_then_copy(
         ))
         .await;
     Ok(staged.rows)
+}
+
+/// `replace` empties the table first; `merge` applies the staged rows. Both in the caller's
+/// transaction, so a failed load leaves the table as it was.
+async fn apply_stage(
+    conn: &mut PgConnection,
+    load: &Load,
+    names: &Names<'_>,
+) -> Result<(), OperatorError> {
+    let what = format!("loading {}", load.table);
+    match load.mode {
+        Mode::Merge => run(conn, statements::merge(names), &what).await?,
+        Mode::Append => run(conn, statements::insert_from_stage(names), &what).await?,
+        Mode::Replace => {
+            run(conn, statements::delete_all(names.table), &what).await?;
+            run(conn, statements::insert_from_stage(names), &what).await?
+        }
+    };
+    Ok(())
 }
 
 /// Writes the file as parquet under `prefix`, batch by batch.

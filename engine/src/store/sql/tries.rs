@@ -62,18 +62,13 @@ where
         held: &[TryId],
     ) -> Result<()> {
         let mut qb: QueryBuilder<DB> =
-            QueryBuilder::new("WITH h (run_id, task_id, map_index, try_number) AS (VALUES ");
-        for (i, t) in held.iter().enumerate() {
-            qb.push(if i == 0 { "(" } else { ", (" });
-            qb.push_bind(t.run_id.clone())
-                .push(", ")
+            QueryBuilder::new("WITH h (run_id, task_id, map_index, try_number) AS (");
+        qb.push_values(held, |mut b, t| {
+            b.push_bind(t.run_id.clone())
                 .push_bind(t.task_id.clone())
-                .push(", ")
                 .push_bind(t.map_index)
-                .push(", ")
-                .push_bind(t.try_number)
-                .push(")");
-        }
+                .push_bind(t.try_number);
+        });
         qb.push(") UPDATE task_instances SET lease_expires_at = ")
             .push_bind(to_micros(until))
             .push(
