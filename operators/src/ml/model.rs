@@ -419,15 +419,24 @@ impl Model {
                 intercept: self.intercept.ok_or("the model has no intercept")?,
             }),
             Algorithm::GradientBoosting => Ok(Scorer::Boosted {
-                forest: Forest::of(&self.booster()?)?,
+                forest: Forest::from_json(self.booster_json()?)
+                    .map_err(|e| format!("the booster: {e}"))?,
                 task: self.task,
             }),
         }
     }
 
+    fn booster_json(&self) -> Result<&str, String> {
+        Ok(self
+            .booster
+            .as_ref()
+            .ok_or("the model has no booster")?
+            .get())
+    }
+
+    /// The booster as perpetual reads it (scoring reads it as a [`Forest`] instead).
     pub fn booster(&self) -> Result<PerpetualBooster, String> {
-        let json = self.booster.as_ref().ok_or("the model has no booster")?;
-        PerpetualBooster::from_json(json.get()).map_err(|e| format!("the booster: {e}"))
+        PerpetualBooster::from_json(self.booster_json()?).map_err(|e| format!("the booster: {e}"))
     }
 
     pub fn from_json(text: &[u8]) -> Result<Model, String> {
