@@ -62,15 +62,6 @@ struct Rare {
     cats: u32,
 }
 
-/// One node as perpetual describes it, to lay out.
-struct Split<'a> {
-    weight: f64,
-    value: f64,
-    feature: usize,
-    leaf: bool,
-    left_cats: Option<&'a [u8]>,
-}
-
 /// A booster's trees, ready to score column-major rows.
 #[derive(Debug)]
 pub struct Forest {
@@ -105,13 +96,14 @@ impl Forest {
         self.roots.len()
     }
 
-    fn push(&mut self, node: Split) -> Result<u32, String> {
+    fn push(&mut self, node: &NodeDoc) -> Result<u32, String> {
         let at = u32::try_from(self.nodes.len())
             .ok()
             .filter(|at| *at < SPECIAL)
             .ok_or("too many nodes")?;
         let mut flat = Flat {
-            value: node.weight,
+            // perpetual writes a NaN as `null`.
+            value: f64::from(node.weight_value.unwrap_or(f32::NAN)),
             feature: 0,
             left: at,
         };
@@ -119,15 +111,15 @@ impl Forest {
             missing: at,
             cats: NUMERIC,
         };
-        if !node.leaf {
-            self.max_feature = self.max_feature.max(node.feature);
-            flat.value = node.value;
-            flat.feature = u32::try_from(node.feature)
+        if !node.is_leaf {
+            self.max_feature = self.max_feature.max(node.split_feature);
+            flat.value = node.split_value.unwrap_or(f64::NAN);
+            flat.feature = u32::try_from(node.split_feature)
                 .ok()
                 .filter(|f| *f < SPECIAL)
-                .ok_or(format!("feature {} is out of range", node.feature))?;
-            if let Some(bits) = node.left_cats {
-                self.cats.push(bits.into());
+                .ok_or(format!("feature {} is out of range", node.split_feature))?;
+            if let Some(bits) = &node.left_cats {
+                self.cats.push(bits.clone());
                 rare.cats = (self.cats.len() - 1) as u32;
                 flat.feature |= SPECIAL;
             }
@@ -143,7 +135,7 @@ impl Forest {
         let get = |id: usize| nodes.get(&id).ok_or(format!("no node {id}"));
         // A tree lays out each of its nodes once; more means a child is an ancestor.
         let most = self.nodes.len() + nodes.len();
-        let root = self.push(get(0)?.split())?;
+        let root = self.push(get(0)?)?;
         self.roots.push(root);
         let mut stack = vec![(0usize, root)];
         while let Some((id, at)) = stack.pop() {
@@ -154,8 +146,8 @@ impl Forest {
             if self.nodes.len() > most {
                 return Err("a node is its own ancestor".into());
             }
-            let left = self.push(get(node.left_child)?.split())?;
-            let right = self.push(get(node.right_child)?.split())?;
+            let left = self.push(get(node.left_child)?)?;
+            let right = self.push(get(node.right_child)?)?;
             stack.push((node.right_child, right));
             stack.push((node.left_child, left));
             let missing = if node.missing_node == node.left_child {
@@ -163,7 +155,7 @@ impl Forest {
             } else if node.missing_node == node.right_child {
                 right
             } else {
-                let m = self.push(get(node.missing_node)?.split())?;
+                let m = self.push(get(node.missing_node)?)?;
                 stack.push((node.missing_node, m));
                 m
             };
@@ -245,15 +237,7 @@ impl Forest {
                 let (a, r) = (at[k], row[k]);
                 let node = &self.nodes[a as usize];
                 leaves[r] = a;
-                let v = block.value(r, node.feature);
-                let go = if node.feature & SPECIAL != 0
-                    || v.is_nan()
-                    || (!NAN_MISSING && v == self.missing)
-                {
-                    self.rare_step(a, *node, v)
-                } else {
-                    child(node.left, v, node.value)
-                };
+                let go = self.step::<NAN_MISSING>(a, *node, block.value(r, node.feature));
                 let leaf = node.left == a;
                 at[k] = if leaf { root } else { go };
                 row[k] = if leaf { next } else { r };
@@ -278,12 +262,19 @@ impl Forest {
             if node.left == at {
                 return at;
             }
-            let v = block.value(row, node.feature);
-            at = if node.feature & SPECIAL != 0 || v.is_nan() || v == self.missing {
-                self.rare_step(at, node, v)
-            } else {
-                child(node.left, v, node.value)
-            };
+            at = self.step::<false>(at, node, block.value(row, node.feature));
+        }
+    }
+
+    /// The child a value `v` of `node`'s feature goes to (`node` is at `at`). `NAN_MISSING`:
+    /// the missing value is known to be NaN, one test fewer (false is right for any missing
+    /// value, since `v == NaN` never holds).
+    #[inline(always)]
+    fn step<const NAN_MISSING: bool>(&self, at: u32, node: Flat, v: f64) -> u32 {
+        if node.feature & SPECIAL != 0 || v.is_nan() || (!NAN_MISSING && v == self.missing) {
+            self.rare_step(at, node, v)
+        } else {
+            child(node.left, v, node.value)
         }
     }
 

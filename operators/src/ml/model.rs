@@ -426,7 +426,8 @@ impl Model {
         }
     }
 
-    fn booster_json(&self) -> Result<&str, String> {
+    /// The booster's JSON as perpetual wrote it.
+    pub fn booster_json(&self) -> Result<&str, String> {
         Ok(self
             .booster
             .as_ref()

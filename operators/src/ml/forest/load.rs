@@ -11,7 +11,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
-use super::{Forest, Split};
+use super::Forest;
 
 /// perpetual writes a NaN as `null`, and reads `null` back as NaN.
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -49,18 +49,6 @@ pub(super) struct NodeDoc {
     pub is_leaf: bool,
     #[serde(default, deserialize_with = "perpetual::node::deserialize_left_cats")]
     pub left_cats: Option<Box<[u8]>>,
-}
-
-impl NodeDoc {
-    pub(super) fn split(&self) -> Split<'_> {
-        Split {
-            weight: f64::from(self.weight_value.unwrap_or(f32::NAN)),
-            value: self.split_value.unwrap_or(f64::NAN),
-            feature: self.split_feature,
-            leaf: self.is_leaf,
-            left_cats: self.left_cats.as_deref(),
-        }
-    }
 }
 
 /// The trees, flattened as they are read.

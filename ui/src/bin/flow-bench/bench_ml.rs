@@ -194,7 +194,7 @@ fn compare_scorers(artifact: &Path, rows: usize, features: usize) -> Result<()> 
     use flow_operators::ml::model::Model;
     let model = Model::from_json(&std::fs::read(artifact)?).map_err(anyhow::Error::msg)?;
     let booster = model.booster().map_err(anyhow::Error::msg)?;
-    let forest = Forest::from_json(model.booster.as_ref().context("no booster")?.get())?;
+    let forest = Forest::from_json(model.booster_json().map_err(anyhow::Error::msg)?)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let data: Vec<f64> = (0..rows * features)
         .map(|_| StandardNormal.sample(&mut rng))
